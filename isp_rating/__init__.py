@@ -1,0 +1,1 @@
+"""Generated API of the ISP usage-rating service."""

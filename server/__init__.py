@@ -1,0 +1,1 @@
+"""The ISP usage-rating service: grpc.aio servers over SQLAlchemy, with a Rust core."""

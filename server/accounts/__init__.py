@@ -1,0 +1,1 @@
+"""Customers, plans, subscriptions, invoices, payments and disputes."""

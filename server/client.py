@@ -1,0 +1,57 @@
+"""What client commands share: the target, the key, and a channel to the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import grpc
+
+from server.settings import DEFAULT_DATA_DIR, DEFAULT_LISTEN, key_file_path
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("RATING_TARGET", DEFAULT_LISTEN),
+        help="server address host:port (env RATING_TARGET; default %(default)s)",
+    )
+    parser.add_argument(
+        "--key-file",
+        default=None,
+        help="file holding the API key (default: env RATING_API_KEY, else the key file "
+        "the embedded default writes, var/api-key)",
+    )
+    parser.add_argument(
+        "--ca-cert", default=os.environ.get("RATING_CA_CERT"), help="CA certificate for TLS"
+    )
+
+
+def api_key(args: argparse.Namespace) -> str:
+    """--key-file, else RATING_API_KEY, else the embedded default's key file."""
+    if args.key_file:
+        return Path(args.key_file).read_text().strip()
+    env_key = os.environ.get("RATING_API_KEY")
+    if env_key:
+        return env_key.strip()
+    data_dir = Path(os.environ.get("RATING_DATA_DIR", DEFAULT_DATA_DIR))
+    path = key_file_path(data_dir)
+    if not path.exists():
+        raise SystemExit(
+            f"no API key: pass --key-file, set RATING_API_KEY, or start `rating serve` "
+            f"on the embedded default, which writes {path}"
+        )
+    return path.read_text().strip()
+
+
+def auth_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key(args)}"),)
+
+
+def client_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    if args.ca_cert:
+        credentials = grpc.ssl_channel_credentials(Path(args.ca_cert).read_bytes())
+        return grpc.aio.secure_channel(args.target, credentials, options=options)
+    return grpc.aio.insecure_channel(args.target, options=options)

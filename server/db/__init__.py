@@ -1,0 +1,1 @@
+"""Database plumbing: engine, declarative base, column types and the unit of work."""

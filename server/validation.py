@@ -1,0 +1,190 @@
+"""Input checks shared by every servicer; each failure names the offending field."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import re
+import uuid
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+import rating_core
+from server.currency import UNIT_PRICE_SCALE, exponent
+from server.errors import InvalidArgumentError
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+_MAC_HEX = re.compile(r"[0-9a-fA-F]{12}")
+_MAC_SEPARATORS = re.compile(r"[:\-.]")
+
+
+def require(field: str, value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgumentError(field, "is required")
+    return value
+
+
+def parse_id(field: str, value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgumentError(field, f"not a UUID: {value!r}") from None
+
+
+def optional_id(field: str, value: str) -> uuid.UUID | None:
+    return parse_id(field, value) if value else None
+
+
+def parse_enum(field: str, value: int, enum: Any, *, allow_unspecified: bool = False) -> int:
+    """Checks a proto enum value: known, and not *_UNSPECIFIED unless allowed."""
+    if value not in enum.values():
+        raise InvalidArgumentError(field, f"unknown value {value}")
+    if value == 0 and not allow_unspecified:
+        raise InvalidArgumentError(field, "is required")
+    return value
+
+
+def currency_exponent(field: str, code: str) -> int:
+    exp = exponent(code)
+    if exp is None:
+        raise InvalidArgumentError(field, f"not an ISO 4217 currency code: {code!r}")
+    return exp
+
+
+def parse_amount(field: str, amount: str, scale: int, *, allow_negative: bool = False) -> int:
+    """A decimal string to integer units of 10^-scale; refuses rounding and negatives."""
+    if not amount:
+        raise InvalidArgumentError(field, "is required")
+    try:
+        units = rating_core.parse_units(amount.strip(), scale)
+    except rating_core.RatingError as error:
+        raise InvalidArgumentError(field, f"{amount!r}: {error}") from None
+    if units < 0 and not allow_negative:
+        raise InvalidArgumentError(field, "must not be negative")
+    return units
+
+
+def parse_money(
+    field: str, money: Any, *, unit_price: bool = False, allow_negative: bool = False
+) -> tuple[str, int]:
+    """(currency, units): minor units, or micro-units when `unit_price`."""
+    code = money.currency_code.strip().upper()
+    exp = currency_exponent(f"{field}.currency_code", code)
+    scale = UNIT_PRICE_SCALE if unit_price else exp
+    return code, parse_amount(f"{field}.amount", money.amount, scale, allow_negative=allow_negative)
+
+
+def format_amount(units: int, scale: int) -> str:
+    return rating_core.format_units(units, scale)
+
+
+def parse_decimal(field: str, text: str, *, places: int, allow_negative: bool = False) -> Decimal:
+    """An exact decimal with at most `places` fractional digits."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise InvalidArgumentError(field, f"not a decimal number: {text!r}") from None
+    if not value.is_finite():
+        raise InvalidArgumentError(field, f"not a finite number: {text!r}")
+    exp = value.as_tuple().exponent
+    if (
+        isinstance(exp, int)
+        and -exp > places
+        and value != value.quantize(Decimal(1).scaleb(-places))
+    ):
+        raise InvalidArgumentError(field, f"more than {places} decimal places: {text!r}")
+    if value < 0 and not allow_negative:
+        raise InvalidArgumentError(field, "must not be negative")
+    return value
+
+
+def parse_mac(field: str, value: str) -> str:
+    """Any common MAC notation to canonical lower-case colon form."""
+    digits = _MAC_SEPARATORS.sub("", value.strip())
+    if not _MAC_HEX.fullmatch(digits):
+        raise InvalidArgumentError(field, f"not a MAC address: {value!r}")
+    digits = digits.lower()
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def parse_ipv4(field: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value.strip()))
+    except ValueError:
+        raise InvalidArgumentError(field, f"not an IPv4 address: {value!r}") from None
+
+
+def parse_ip(field: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise InvalidArgumentError(field, f"not an IP address: {value!r}") from None
+
+
+def parse_ipv6_prefix(field: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv6Network(value.strip(), strict=True))
+    except ValueError as error:
+        raise InvalidArgumentError(field, f"not an IPv6 prefix: {value!r} ({error})") from None
+
+
+def parse_date(field: str, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidArgumentError(field, f"not an ISO 8601 date: {value!r}") from None
+
+
+def parse_time_zone(field: str, value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgumentError(field, f"not an IANA time zone: {value!r}") from None
+    return value
+
+
+def timestamp_or_none(message: Any, field: str) -> dt.datetime | None:
+    """An aware UTC datetime from a Timestamp field, None when unset."""
+    if not message.HasField(field):
+        return None
+    ts: Timestamp = getattr(message, field)
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def to_timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgumentError("page_size", "must not be negative")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_page_token(cursor: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
+
+
+def decode_page_token(token: str) -> dict[str, Any] | None:
+    if not token:
+        return None
+    try:
+        cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError):
+        raise InvalidArgumentError("page_token", "malformed page token") from None
+    if not isinstance(cursor, dict):
+        raise InvalidArgumentError("page_token", "malformed page token")
+    return cursor
