@@ -47,6 +47,9 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
         for kind, code in ERROR_CODES:
             if isinstance(error, kind):
                 return code, error.message
+    if isinstance(error, NotImplementedError):
+        # The generated servicer bases raise it for services that are not built yet.
+        return grpc.StatusCode.UNIMPLEMENTED, "not implemented yet"
     if isinstance(error, IntegrityError):
         # A uniqueness race lost to a concurrent request: the checks passed before it.
         return grpc.StatusCode.ABORTED, "a concurrent change conflicted with this one; retry"

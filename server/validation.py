@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import ipaddress
 import json
 import re
@@ -42,9 +43,14 @@ def optional_id(field: str, value: str) -> uuid.UUID | None:
     return parse_id(field, value) if value else None
 
 
+@functools.cache
+def _enum_values(enum: Any) -> frozenset[int]:
+    return frozenset(enum.values())
+
+
 def parse_enum(field: str, value: int, enum: Any, *, allow_unspecified: bool = False) -> int:
     """Checks a proto enum value: known, and not *_UNSPECIFIED unless allowed."""
-    if value not in enum.values():
+    if value not in _enum_values(enum):
         raise InvalidArgumentError(field, f"unknown value {value}")
     if value == 0 and not allow_unspecified:
         raise InvalidArgumentError(field, "is required")

@@ -6,7 +6,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import String, any_, cast, insert, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.accounts.models import (
@@ -115,9 +116,19 @@ async def lines_of(
 async def existing_account_numbers(
     session: AsyncSession, tenant_id: uuid.UUID, numbers: Sequence[str]
 ) -> set[str]:
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        # One array parameter instead of thousands of bind parameters.
+        rows = await session.execute(
+            select(Customer.account_number).where(
+                Customer.tenant_id == tenant_id,
+                Customer.account_number == any_(cast(list(numbers), ARRAY(String))),
+            )
+        )
+        return set(rows.scalars())
     found: set[str] = set()
-    for start in range(0, len(numbers), 5000):
-        chunk = numbers[start : start + 5000]
+    for start in range(0, len(numbers), 500):
+        chunk = numbers[start : start + 500]
         rows = await session.execute(
             select(Customer.account_number).where(
                 Customer.tenant_id == tenant_id, Customer.account_number.in_(chunk)

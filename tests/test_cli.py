@@ -1,0 +1,142 @@
+"""The README's flow with real processes: `rating serve` on the embedded default, then the
+documented client commands against it; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RATING = [sys.executable, "-m", "server"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATING_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RATING, *args],
+        cwd=cwd,
+        env=_env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def embedded_server(tmp_path: Path) -> object:
+    port = _free_port()
+    process = subprocess.Popen(
+        [*RATING, "serve", "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "serving on" in line, process.stderr.read() if process.stderr else line
+    yield tmp_path, f"127.0.0.1:{port}", process
+    if process.poll() is None:
+        process.kill()
+    process.communicate(timeout=10)  # reaps the process and closes its pipes
+
+
+def test_client_commands_create_and_read_a_customer_when_server_runs_embedded(
+    embedded_server: tuple[Path, str, subprocess.Popen[str]],
+) -> None:
+    workdir, target, process = embedded_server
+    assert (workdir / "var" / "rating.db").exists()
+    assert (workdir / "var" / "api-key").stat().st_mode & 0o077 == 0
+
+    created = _run(
+        [
+            "customers",
+            "create",
+            "--name",
+            "Ada Lovelace",
+            "--account-number",
+            "ACC-1",
+            "--target",
+            target,
+        ],
+        workdir,
+    )
+    assert created.returncode == 0, created.stderr
+    customer = json.loads(created.stdout)
+    fetched = _run(["customers", "get", customer["id"], "--target", target], workdir)
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout) == customer
+    assert customer["name"] == "Ada Lovelace"
+
+    missing = _run(
+        ["customers", "get", "00000000-0000-4000-8000-000000000000", "--target", target], workdir
+    )
+    assert missing.returncode == 1
+    assert "NOT_FOUND" in missing.stderr
+
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert '"msg": "stopped"' in stderr
+
+
+def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'admin.db'}"
+    migrated = _run(["migrate", "--database-url", url], tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    tenant = _run(["admin", "create-tenant", "Acme", "--database-url", url], tmp_path)
+    assert tenant.returncode == 0, tenant.stderr
+    tenant_id = tenant.stdout.split("tenant_id:")[1].split()[0]
+    key = _run(
+        [
+            "admin",
+            "create-key",
+            "--tenant",
+            tenant_id,
+            "--scopes",
+            "usage:read",
+            "--database-url",
+            url,
+        ],
+        tmp_path,
+    )
+    assert key.returncode == 0, key.stderr
+    assert key.stdout.startswith("rk_")
+    bad = _run(
+        [
+            "admin",
+            "create-key",
+            "--tenant",
+            tenant_id,
+            "--scopes",
+            "usage:fly",
+            "--database-url",
+            url,
+        ],
+        tmp_path,
+    )
+    assert bad.returncode != 0
+    assert "usage:fly" in bad.stderr
