@@ -1,0 +1,1 @@
+"""Revenue at risk and dispute checks for Pedkai."""

@@ -1,0 +1,1 @@
+"""The BSS adapter conformance suite (package tests.bss; never shadows the top-level bss)."""

@@ -1,0 +1,1 @@
+"""Tests of RevenueService (a package, so that tests/bss can import tests.revenue.support)."""
