@@ -37,7 +37,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per request. A connection that died is
+        # invalidated with its pool on first use (that call answers UNAVAILABLE) and
+        # recycled connections never outlive a server-side idle timeout.
+        pool_recycle=1800,
         # Statements are prepared per connection; the cache keeps hot paths parsed once.
         connect_args={"statement_cache_size": 512},
     )
