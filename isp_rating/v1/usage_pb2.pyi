@@ -654,6 +654,8 @@ class UpsertNasClientRequest(_message.Message):
     INTERIM_INTERVAL_S_FIELD_NUMBER: _builtins.int
     STALE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     GRACE_S_FIELD_NUMBER: _builtins.int
+    NAS_KEY_FIELD_NUMBER: _builtins.int
+    CLOCK_SKEW_TOLERANCE_S_FIELD_NUMBER: _builtins.int
     source_address: _builtins.str
     """The packet source address this secret applies to."""
     secret: _builtins.str
@@ -668,6 +670,12 @@ class UpsertNasClientRequest(_message.Message):
     """k; 0 = default"""
     grace_s: _builtins.int
     """0 = default"""
+    nas_key: _builtins.str
+    """The NAS key the policy applies to: the NAS-Identifier or NAS-IP(v6)-Address the device
+    sends, or empty for the source address (devices that send neither).
+    """
+    clock_skew_tolerance_s: _builtins.int
+    """Event-Timestamp is trusted within this distance of arrival - Acct-Delay-Time; 0 = default."""
     def __init__(
         self,
         *,
@@ -678,10 +686,12 @@ class UpsertNasClientRequest(_message.Message):
         interim_interval_s: _builtins.int = ...,
         stale_multiplier: _builtins.int = ...,
         grace_s: _builtins.int = ...,
+        nas_key: _builtins.str = ...,
+        clock_skew_tolerance_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "secret", b"secret", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_skew_tolerance_s", b"clock_skew_tolerance_s", "grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "nas_key", b"nas_key", "secret", b"secret", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -697,12 +707,16 @@ class NasClient(_message.Message):
     INTERIM_INTERVAL_S_FIELD_NUMBER: _builtins.int
     STALE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     GRACE_S_FIELD_NUMBER: _builtins.int
+    NAS_KEY_FIELD_NUMBER: _builtins.int
+    CLOCK_SKEW_TOLERANCE_S_FIELD_NUMBER: _builtins.int
     source_address: _builtins.str
     swap_direction: _builtins.bool
     infer_wrap: _builtins.bool
     interim_interval_s: _builtins.int
     stale_multiplier: _builtins.int
     grace_s: _builtins.int
+    nas_key: _builtins.str
+    clock_skew_tolerance_s: _builtins.int
     def __init__(
         self,
         *,
@@ -712,10 +726,12 @@ class NasClient(_message.Message):
         interim_interval_s: _builtins.int = ...,
         stale_multiplier: _builtins.int = ...,
         grace_s: _builtins.int = ...,
+        nas_key: _builtins.str = ...,
+        clock_skew_tolerance_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_skew_tolerance_s", b"clock_skew_tolerance_s", "grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "nas_key", b"nas_key", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

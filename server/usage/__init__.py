@@ -1,0 +1,1 @@
+"""Usage recording: RADIUS accounting and metered usage, exactly once."""

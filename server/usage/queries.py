@@ -1,0 +1,188 @@
+"""Read side of usage: session instances and unattributed usage, with keyset pagination."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, literal, select, tuple_
+
+from server.db.base import UTCDateTime
+from server.db.database import Database
+from server.errors import InvalidArgumentError, NotFoundError
+from server.usage import repository as repo
+from server.usage.models import UsageSession
+from server.validation import decode_page_token, encode_page_token
+
+U64 = (1 << 64) - 1
+
+
+def unsigned(value: int) -> int:
+    """A BIGINT counter back to the engine's unsigned 64-bit value."""
+    return value & U64
+
+
+def session_id(nas_key: str, acct_session_id: str, generation: int) -> str:
+    """The opaque, stable id of a session instance (its key, URL-safe)."""
+    raw = f"{nas_key}\x1f{acct_session_id}\x1f{generation}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_session_id(value: str) -> tuple[str, str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        nas_key, acct_session_id, generation = raw.split("\x1f")
+        return nas_key, acct_session_id, int(generation)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgumentError("id", f"not a session id: {value!r}") from None
+
+
+async def get_session(db: Database, tenant_id: uuid.UUID, ident: str) -> UsageSession:
+    nas_key, acct_session_id, generation = parse_session_id(ident)
+    async with db.read() as session:
+        row = await session.get(UsageSession, (tenant_id, nas_key, acct_session_id, generation))
+    if row is None:
+        raise NotFoundError("session", ident)
+    return row
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    subscription_id: uuid.UUID | None = None
+    user_name: str = ""
+    nas_key: str = ""
+    open_only: bool = False
+
+
+async def list_sessions(
+    db: Database, tenant_id: uuid.UUID, where: SessionFilter, limit: int, token: str
+) -> tuple[list[UsageSession], str]:
+    """Newest first (start, then key, descending); the page token is the last row's key."""
+    order = (
+        UsageSession.start_at,
+        UsageSession.nas_key,
+        UsageSession.acct_session_id,
+        UsageSession.generation,
+    )
+    query = select(UsageSession).where(UsageSession.tenant_id == tenant_id)
+    if where.subscription_id is not None:
+        query = query.where(UsageSession.subscription_id == where.subscription_id)
+    if where.user_name:
+        query = query.where(UsageSession.user_name == where.user_name)
+    if where.nas_key:
+        query = query.where(UsageSession.nas_key == where.nas_key)
+    if where.open_only:
+        query = query.where(UsageSession.open.is_(True))
+    cursor = decode_page_token(token)
+    if cursor is not None:
+        try:
+            start = dt.datetime.fromisoformat(cursor["s"])
+            after = (start, str(cursor["n"]), str(cursor["a"]), int(cursor["g"]))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidArgumentError("page_token", "malformed page token") from None
+        query = query.where(
+            tuple_(*order)
+            < tuple_(
+                literal(after[0], UTCDateTime()),
+                literal(after[1]),
+                literal(after[2]),
+                literal(after[3]),
+            )
+        )
+    query = query.order_by(*(c.desc() for c in order)).limit(limit + 1)
+    async with db.read() as session:
+        rows = list((await session.execute(query)).scalars())
+    next_token = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_token = encode_page_token(
+            {
+                "s": last.start_at.isoformat(),
+                "n": last.nas_key,
+                "a": last.acct_session_id,
+                "g": last.generation,
+            }
+        )
+    return rows, next_token
+
+
+@dataclass(frozen=True)
+class Unattributed:
+    user_name: str
+    calling_station_id: str
+    framed_ip_address: str
+    input_bytes: int
+    output_bytes: int
+    session_count: int
+    first_seen_at: dt.datetime
+    last_seen_at: dt.datetime
+
+
+async def list_unattributed(
+    db: Database, tenant_id: uuid.UUID, limit: int, token: str
+) -> tuple[list[Unattributed], str]:
+    """Usage of sessions no identity attributes, per identity; re-attributes first."""
+    async with db.transaction() as session:
+        await repo.begin_write(session)
+        await repo.reattribute(session, tenant_id)
+    key = (
+        UsageSession.user_name,
+        UsageSession.calling_station_id,
+        UsageSession.framed_ip_address,
+    )
+    query: Any = (
+        select(
+            *key,
+            func.sum(UsageSession.input_bytes),
+            func.sum(UsageSession.output_bytes),
+            func.count(),
+            func.min(UsageSession.start_at),
+            func.max(UsageSession.last_update_at),
+        )
+        .where(UsageSession.tenant_id == tenant_id, UsageSession.subscription_id.is_(None))
+        .group_by(*key)
+        .order_by(*key)
+        .limit(limit + 1)
+    )
+    cursor = decode_page_token(token)
+    if cursor is not None:
+        try:
+            after = (str(cursor["u"]), str(cursor["c"]), str(cursor["f"]))
+        except (KeyError, TypeError):
+            raise InvalidArgumentError("page_token", "malformed page token") from None
+        query = query.where(tuple_(*key) > tuple_(*(literal(v) for v in after)))
+    async with db.read() as session:
+        rows = (await session.execute(query)).all()
+    items = [
+        Unattributed(
+            user_name=row[0],
+            calling_station_id=row[1],
+            framed_ip_address=row[2],
+            input_bytes=int(row[3] or 0),
+            output_bytes=int(row[4] or 0),
+            session_count=int(row[5]),
+            first_seen_at=_aware(row[6]),
+            last_seen_at=_aware(row[7]),
+        )
+        for row in rows
+    ]
+    next_token = ""
+    if len(items) > limit:
+        items = items[:limit]
+        last = items[-1]
+        next_token = encode_page_token(
+            {"u": last.user_name, "c": last.calling_station_id, "f": last.framed_ip_address}
+        )
+    return items, next_token
+
+
+def _aware(value: Any) -> dt.datetime:
+    """min()/max() of a UTCDateTime lose the type on SQLite (text): parse it back."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromisoformat(str(value)).replace(tzinfo=dt.UTC)

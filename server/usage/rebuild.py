@@ -1,0 +1,154 @@
+"""Rebuilds the usage projections (sessions, buckets, anomalies) by replaying the ledger.
+
+Per NAS, in nas_seq order, ledger entries are wrapped back into StreamAccountingRequest
+bytes (one request per original batch, with that batch's arrival default) and applied to
+a fresh engine; recorded stale-session sweeps are replayed at the point they ran. The
+tenant's NAS rows stay locked throughout, and their sequences move on so every replica's
+engine reloads afterwards.
+"""
+# SQL text is assembled from constants of this package only; every value is bound.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rating_core import _native as core
+from server.db.database import Database
+from server.usage import repository as repo
+from server.usage.service import policy_of, wrap_entries, write_projections
+
+PAGE = 20_000
+_PROJECTIONS = ("usage_sessions", "usage_buckets", "usage_unattributed_buckets", "usage_anomalies")
+
+
+async def rebuild(db: Database, tenant_id: uuid.UUID | None = None) -> dict[str, int]:
+    """Replays the ledger of one tenant (or all); returns counts of what was replayed."""
+    if tenant_id is None:
+        async with db.read() as session:
+            rows = await session.execute(text("SELECT DISTINCT tenant_id FROM usage_nas"))
+            tenants = [_uuid(row[0]) for row in rows.all()]
+    else:
+        tenants = [tenant_id]
+    report = {"tenants": 0, "nas": 0, "entries": 0, "sweeps": 0}
+    for tenant in tenants:
+        async with db.transaction() as session:
+            await _rebuild_tenant(session, tenant, report)
+        report["tenants"] += 1
+    return report
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(hex=str(value))
+
+
+async def _rebuild_tenant(
+    session: AsyncSession, tenant_id: uuid.UUID, report: dict[str, int]
+) -> None:
+    await repo.begin_write(session)
+    tenant = repo.tenant_param(session, tenant_id)
+    pg = session.get_bind().dialect.name == "postgresql"
+    keys = [
+        row[0]
+        for row in (
+            await session.execute(
+                text(
+                    "SELECT nas_key FROM usage_nas WHERE tenant_id = :t ORDER BY nas_key"
+                    + (" FOR UPDATE" if pg else "")
+                ),
+                {"t": tenant},
+            )
+        ).all()
+    ]
+    policies = await repo.nas_policies(session, tenant_id)
+    secrets = await repo.nas_secrets(session, tenant_id)
+    for table in _PROJECTIONS:
+        await session.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant})
+    for key in keys:
+        engine = core.Engine()
+        for address, secret in secrets.items():
+            engine.set_secret(address, secret)
+        for nas_key, policy in policies.items():
+            engine.set_policy(nas_key, policy_of(policy))
+        await _replay_nas(session, tenant_id, engine, key, report)
+        report["nas"] += 1
+    # A new sequence makes every replica's engine reload these NASes from the projections.
+    await session.execute(
+        text("UPDATE usage_nas SET seq = seq + 1 WHERE tenant_id = :t"), {"t": tenant}
+    )
+
+
+async def _replay_nas(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    engine: core.Engine,
+    nas_key: str,
+    report: dict[str, int],
+) -> None:
+    pg = session.get_bind().dialect.name == "postgresql"
+    tenant = repo.tenant_param(session, tenant_id)
+    sweeps = [
+        (int(row[0]), int(row[1]))
+        for row in (
+            await session.execute(
+                text(
+                    f"SELECT after_seq, {repo.us_sql(pg, 'as_of')} FROM usage_sweeps"
+                    " WHERE tenant_id = :t AND nas_key = :k ORDER BY after_seq, as_of"
+                ),
+                {"t": tenant, "k": nas_key},
+            )
+        ).all()
+    ]
+    empty = np.empty(0, dtype=np.int64)
+
+    async def sweep_through(seq: int | None) -> None:
+        while sweeps and (seq is None or sweeps[0][0] < seq):
+            _, as_of_us = sweeps.pop(0)
+            await write_projections(session, tenant_id, engine.sweep(as_of_us), empty)
+            report["sweeps"] += 1
+
+    group: list[bytes] = []
+    indices: list[int] = []
+    group_key: tuple[int, int] | None = None
+
+    async def flush() -> None:
+        if group and group_key is not None:
+            prepared = engine.prepare(wrap_entries(group), group_key[1])
+            result = engine.apply(prepared)
+            # Anomalies name the entry's index in the batch it originally came in.
+            await write_projections(session, tenant_id, result, np.array(indices, dtype=np.int64))
+            report["entries"] += len(group)
+            group.clear()
+            indices.clear()
+
+    after = (-1, -1)
+    while True:
+        rows = (
+            await session.execute(
+                text(
+                    f"SELECT nas_seq, entry_index, entry_bytes, {repo.us_sql(pg, 'received_at')}"
+                    " FROM usage_ledger WHERE tenant_id = :t AND nas_key = :k"
+                    " AND (nas_seq > :s OR (nas_seq = :s AND entry_index > :i))"
+                    " ORDER BY nas_seq, entry_index LIMIT :n"
+                ),
+                {"t": tenant, "k": nas_key, "s": after[0], "i": after[1], "n": PAGE},
+            )
+        ).all()
+        if not rows:
+            break
+        for seq, index, data, received_us in rows:
+            key = (int(seq), int(received_us))
+            if key != group_key:
+                await flush()
+                await sweep_through(key[0])
+                group_key = key
+            group.append(bytes(data))
+            indices.append(int(index))
+            after = (int(seq), int(index))
+    await flush()
+    await sweep_through(None)

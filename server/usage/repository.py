@@ -1,0 +1,851 @@
+"""Usage queries and bulk writes; never commits (the caller's unit of work does).
+
+Bulk paths bypass the ORM: on PostgreSQL they talk to asyncpg directly (binary COPY into a
+staging table, array-based upserts), on SQLite they use the driver's executemany. Times
+cross the boundary as integer microseconds and are converted inside SQL, so no Python
+loop turns numbers into datetimes. Longer than ~400 lines because every bulk statement
+exists in two dialects side by side.
+"""
+# SQL text is assembled from constants of this module only; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+US = 1_000_000
+
+# Columns of a NAS policy, in NasPolicy keyword order, with NasPolicy's defaults.
+POLICY_COLUMNS = (
+    "swap_direction",
+    "infer_wrap",
+    "interim_interval_s",
+    "stale_multiplier",
+    "grace_s",
+    "clock_skew_tolerance_s",
+)
+DEFAULT_POLICY: tuple[bool, bool, int, int, int, int] = (False, False, 600, 3, 300, 300)
+Policy = tuple[bool, bool, int, int, int, int]
+
+SESSION_COLUMNS = (
+    "nas_key",
+    "acct_session_id",
+    "generation",
+    "user_name",
+    "calling_station_id",
+    "framed_ip_address",
+    "start_us",
+    "stop_us",
+    "last_update_us",
+    "session_time_s",
+    "input_bytes",
+    "output_bytes",
+    "hwm_input",
+    "hwm_output",
+    "last_key",
+    "flags",
+    "terminate_cause",
+    "open",
+)
+
+
+@dataclass(frozen=True)
+class NasState:
+    nas_key: str
+    seq: int
+    policy: Policy
+
+
+@dataclass
+class LedgerRows:
+    """Columns of the ledger rows of one batch (entry_index = position in the sent batch)."""
+
+    content_key: list[bytes]
+    nas_key: list[str]
+    nas_seq: list[int]
+    entry_index: list[int]
+    entry_bytes: list[bytes]
+    status: list[int]
+    status_type: list[int]
+    event_us: list[int]
+    arrival_us: list[int]
+
+    def __len__(self) -> int:
+        return len(self.content_key)
+
+
+# ---------------------------------------------------------------- dialect helpers
+
+
+def _pg(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def tenant_param(session: AsyncSession, tenant_id: uuid.UUID) -> Any:
+    """SQLAlchemy's Uuid is a native uuid on PostgreSQL and 32 hex characters on SQLite."""
+    return tenant_id if _pg(session) else tenant_id.hex
+
+
+def ts_sql(pg: bool, expr: str) -> str:
+    """SQL turning integer microseconds into the stored form of a UTCDateTime."""
+    if pg:
+        return f"(TIMESTAMPTZ 'epoch' + ({expr}) * INTERVAL '1 microsecond')"
+    # SQLAlchemy's SQLite DATETIME text, so that ORM reads and text ordering both work.
+    return (
+        f"(strftime('%Y-%m-%d %H:%M:%S', ({expr}) / 1000000, 'unixepoch')"
+        f" || printf('.%06d', ({expr}) % 1000000))"
+    )
+
+
+def us_sql(pg: bool, column: str) -> str:
+    """SQL turning a UTCDateTime column into integer microseconds."""
+    if pg:
+        return f"(EXTRACT(EPOCH FROM {column}) * 1000000)::bigint"
+    return (
+        f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000000"
+        f" + CAST(substr({column}, 21, 6) AS INTEGER))"
+    )
+
+
+def attribution_sql(tenant: str, user: str, calling: str, framed: str) -> str:
+    """The subscription of a RADIUS identity: User-Name, then Calling-Station-Id, then IP.
+
+    A MAC-like Calling-Station-Id matches as sent and in canonical `aa:bb:cc:dd:ee:ff` form.
+    """
+    bare = f"replace(replace(replace({calling}, '-', ''), ':', ''), '.', '')"
+    mac = "lower(" + " || ':' || ".join(f"substr({bare}, {i}, 2)" for i in (1, 3, 5, 7, 9, 11))
+    mac += ")"
+    calling_forms = f"({calling}, CASE WHEN length({bare}) = 12 THEN {mac} ELSE {calling} END)"
+
+    def lookup(kind: int, value: str, condition: str) -> str:
+        return (
+            "(SELECT r.subscription_id FROM radius_identities r"
+            f" WHERE r.tenant_id = {tenant} AND r.kind = {kind} AND {condition}"
+            f" AND {value} <> '' LIMIT 1)"
+        )
+
+    return (
+        f"COALESCE({lookup(1, user, f'r.value = {user}')},"
+        f" {lookup(2, calling, f'r.value IN {calling_forms}')},"
+        f" {lookup(3, framed, f'r.value = {framed}')})"
+    )
+
+
+async def driver(session: AsyncSession) -> Any:
+    """The raw asyncpg / aiosqlite connection under the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+_PG_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS usage_ledger_stage (
+    content_key bytea, nas_key text, nas_seq bigint, entry_index integer, entry_bytes bytea,
+    status smallint, status_type smallint, event_us bigint, arrival_us bigint
+) ON COMMIT DELETE ROWS
+"""
+_SQLITE_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS usage_ledger_stage (content_key BLOB, nas_key TEXT,"
+    " nas_seq INTEGER, entry_index INTEGER, entry_bytes BLOB, status INTEGER,"
+    " status_type INTEGER, event_us INTEGER, arrival_us INTEGER)",
+    "CREATE TEMP TABLE IF NOT EXISTS usage_bucket_stage (nas_key TEXT, sid TEXT,"
+    " gen INTEGER, hour_us INTEGER, ib INTEGER, ob INTEGER, ss INTEGER)",
+)
+_LEDGER_STAGE_COLUMNS = (
+    "content_key",
+    "nas_key",
+    "nas_seq",
+    "entry_index",
+    "entry_bytes",
+    "status",
+    "status_type",
+    "event_us",
+    "arrival_us",
+)
+
+
+# ---------------------------------------------------------------- NAS rows
+
+
+async def begin_write(session: AsyncSession) -> None:
+    """On SQLite, takes the single writer lock first: a read transaction that upgrades to a
+    write after another writer committed fails at once instead of waiting its turn."""
+    if not _pg(session):
+        await session.execute(text("UPDATE usage_nas SET seq = seq WHERE 1 = 0"))
+
+
+async def lock_nas(
+    session: AsyncSession, tenant_id: uuid.UUID, nas_keys: Sequence[str]
+) -> dict[str, NasState]:
+    """Creates missing NAS rows and locks them all, in key order (no deadlock between
+    replicas); on SQLite the write itself takes the database's single writer lock."""
+    if not nas_keys:
+        return {}
+    keys = sorted(nas_keys)
+    pg = _pg(session)
+    tenant = tenant_param(session, tenant_id)
+    columns = ", ".join(POLICY_COLUMNS)
+    defaults = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in DEFAULT_POLICY)
+    if pg:
+        await session.execute(
+            text(
+                f"INSERT INTO usage_nas (tenant_id, nas_key, seq, {columns}, updated_at)"
+                f" SELECT :t, k, 0, {defaults}, now() FROM unnest(CAST(:keys AS TEXT[])) AS k"
+                " ORDER BY k ON CONFLICT DO NOTHING"
+            ),
+            {"t": tenant, "keys": keys},
+        )
+        rows = await session.execute(
+            text(
+                f"SELECT nas_key, seq, {columns} FROM usage_nas WHERE tenant_id = :t"
+                " AND nas_key = ANY(CAST(:keys AS TEXT[])) ORDER BY nas_key FOR UPDATE"
+            ),
+            {"t": tenant, "keys": keys},
+        )
+        found = rows.all()
+    else:
+        sqlite_defaults = defaults.replace("false", "0").replace("true", "1")
+        await session.execute(
+            text(
+                f"INSERT INTO usage_nas (tenant_id, nas_key, seq, {columns}, updated_at)"
+                f" VALUES (:t, :k, 0, {sqlite_defaults}, :now) ON CONFLICT DO NOTHING"
+            ),
+            [{"t": tenant, "k": k, "now": _sqlite_now()} for k in keys],
+        )
+        found = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join(f":k{i}" for i in range(len(chunk)))
+            params: dict[str, Any] = {f"k{i}": k for i, k in enumerate(chunk)}
+            params["t"] = tenant
+            result = await session.execute(
+                text(
+                    f"SELECT nas_key, seq, {columns} FROM usage_nas"
+                    f" WHERE tenant_id = :t AND nas_key IN ({marks}) ORDER BY nas_key"
+                ),
+                params,
+            )
+            found.extend(result.all())
+    return {row[0]: NasState(row[0], int(row[1]), _policy(row[2:])) for row in found}
+
+
+def _policy(values: Sequence[Any]) -> Policy:
+    return (
+        bool(values[0]),
+        bool(values[1]),
+        int(values[2]),
+        int(values[3]),
+        int(values[4]),
+        int(values[5]),
+    )
+
+
+def _sqlite_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+async def set_nas_seq(
+    session: AsyncSession, tenant_id: uuid.UUID, nas_keys: Sequence[str], seqs: Sequence[int]
+) -> None:
+    if not nas_keys:
+        return
+    await session.execute(
+        text("UPDATE usage_nas SET seq = :s WHERE tenant_id = :t AND nas_key = :k"),
+        [
+            {"s": int(s), "t": tenant_param(session, tenant_id), "k": k}
+            for k, s in zip(nas_keys, seqs, strict=True)
+        ],
+    )
+
+
+async def nas_policies(session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, Policy]:
+    rows = await session.execute(
+        text(f"SELECT nas_key, {', '.join(POLICY_COLUMNS)} FROM usage_nas WHERE tenant_id = :t"),
+        {"t": tenant_param(session, tenant_id)},
+    )
+    return {row[0]: _policy(row[1:]) for row in rows.all()}
+
+
+async def nas_secrets(session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, bytes]:
+    rows = await session.execute(
+        text("SELECT source_address, secret FROM usage_nas_clients WHERE tenant_id = :t"),
+        {"t": tenant_param(session, tenant_id)},
+    )
+    return {row[0]: bytes(row[1]) for row in rows.all()}
+
+
+async def upsert_nas_client(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    source_address: str,
+    secret: bytes | None,
+    nas_key: str,
+    policy: Policy,
+) -> None:
+    """Secret by source address (kept when `secret` is None), policy on the NAS key."""
+    pg = _pg(session)
+    tenant = tenant_param(session, tenant_id)
+    now = dt.datetime.now(dt.UTC) if pg else _sqlite_now()
+    if secret is not None:
+        await session.execute(
+            text(
+                "INSERT INTO usage_nas_clients"
+                " (tenant_id, source_address, secret, nas_key, created_at, updated_at)"
+                " VALUES (:t, :a, :s, :k, :now, :now) ON CONFLICT (tenant_id, source_address)"
+                " DO UPDATE SET secret = excluded.secret, nas_key = excluded.nas_key,"
+                " updated_at = excluded.updated_at"
+            ),
+            {"t": tenant, "a": source_address, "s": secret, "k": nas_key, "now": now},
+        )
+    columns = ", ".join(POLICY_COLUMNS)
+    values = ", ".join(f":p{i}" for i in range(len(POLICY_COLUMNS)))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in POLICY_COLUMNS)
+    params: dict[str, Any] = {f"p{i}": v for i, v in enumerate(policy)}
+    params.update({"t": tenant, "k": nas_key, "now": now})
+    await session.execute(
+        text(
+            f"INSERT INTO usage_nas (tenant_id, nas_key, seq, {columns}, updated_at)"
+            f" VALUES (:t, :k, 0, {values}, :now) ON CONFLICT (tenant_id, nas_key)"
+            f" DO UPDATE SET {updates}, updated_at = excluded.updated_at"
+        ),
+        params,
+    )
+
+
+async def nas_client_exists(
+    session: AsyncSession, tenant_id: uuid.UUID, source_address: str
+) -> bool:
+    row = await session.execute(
+        text("SELECT 1 FROM usage_nas_clients WHERE tenant_id = :t AND source_address = :a"),
+        {"t": tenant_param(session, tenant_id), "a": source_address},
+    )
+    return row.first() is not None
+
+
+# ---------------------------------------------------------------- sessions of a NAS
+
+
+def _select_sessions(pg: bool) -> str:
+    return (
+        "SELECT nas_key, acct_session_id, generation, user_name, calling_station_id,"
+        f" framed_ip_address, {us_sql(pg, 'start_at')},"
+        f" CASE WHEN stop_at IS NULL THEN -1 ELSE {us_sql(pg, 'stop_at')} END,"
+        f" {us_sql(pg, 'last_update_at')}, session_time_s, input_bytes, output_bytes,"
+        " hwm_input, hwm_output, last_key, flags, terminate_cause, open"
+        " FROM usage_sessions"
+    )
+
+
+def session_arrays(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """Database rows (in SESSION_COLUMNS order) to the engine's column arrays."""
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * 18
+
+    def ints(i: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
+        return np.array(cols[i], dtype=np.int64).astype(dtype)
+
+    return {
+        "nas_key": list(cols[0]),
+        "acct_session_id": list(cols[1]),
+        "generation": ints(2, np.uint32),
+        "user_name": list(cols[3]),
+        "calling_station_id": list(cols[4]),
+        "framed_ip_address": list(cols[5]),
+        "start_us": ints(6, np.int64),
+        "stop_us": ints(7, np.int64),
+        "last_update_us": ints(8, np.int64),
+        "session_time_s": ints(9, np.uint32),
+        # Stored bit for bit in signed BIGINT: reinterpret, never convert.
+        "input_bytes": np.array(cols[10], dtype=np.int64).view(np.uint64),
+        "output_bytes": np.array(cols[11], dtype=np.int64).view(np.uint64),
+        "hwm_input": np.array(cols[12], dtype=np.int64).view(np.uint64),
+        "hwm_output": np.array(cols[13], dtype=np.int64).view(np.uint64),
+        "last_key": np.frombuffer(b"".join(bytes(k) for k in cols[14]), dtype="V16").copy(),
+        "flags": ints(15, np.uint32),
+        "terminate_cause": ints(16, np.uint32),
+        "open": np.array([bool(v) for v in cols[17]], dtype=np.bool_),
+    }
+
+
+async def live_session_rows(
+    session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, retain_closed_s: int
+) -> list[Sequence[Any]]:
+    """Open sessions of a NAS, and closed ones updated within `retain_closed_s` of its newest
+    update (late Stops, interims after Stop and repeats must find their instance)."""
+    pg = _pg(session)
+    tenant = tenant_param(session, tenant_id)
+    newest = await session.execute(
+        text(
+            f"SELECT max({us_sql(pg, 'last_update_at')}) FROM usage_sessions"
+            " WHERE tenant_id = :t AND nas_key = :k"
+        ),
+        {"t": tenant, "k": nas_key},
+    )
+    top = newest.scalar()
+    if top is None:
+        return []
+    cutoff = int(top) - retain_closed_s * US
+    rows = await session.execute(
+        text(
+            f"{_select_sessions(pg)} WHERE tenant_id = :t AND nas_key = :k"
+            f" AND (open OR last_update_at >= {ts_sql(pg, ':c')})"
+            " ORDER BY acct_session_id, generation"
+        ),
+        {"t": tenant, "k": nas_key, "c": cutoff},
+    )
+    return list(rows.all())
+
+
+async def open_session_nas_keys(session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:
+    rows = await session.execute(
+        text(
+            "SELECT DISTINCT nas_key FROM usage_sessions WHERE tenant_id = :t AND open"
+            " ORDER BY nas_key"
+        ),
+        {"t": tenant_param(session, tenant_id)},
+    )
+    return [row[0] for row in rows.all()]
+
+
+# ---------------------------------------------------------------- batch writes
+
+
+async def insert_ledger(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    rows: LedgerRows,
+    batch_id: str,
+    received_us: int,
+) -> npt.NDArray[np.int64]:
+    """Appends rows whose content key is new; returns the entry indices that already were
+    in the ledger (the primary key is the final dedup authority)."""
+    if not len(rows):
+        return np.empty(0, dtype=np.int64)
+    pg = _pg(session)
+    conn = await driver(session)
+    columns = [getattr(rows, c) for c in _LEDGER_STAGE_COLUMNS]
+    insert = (
+        "INSERT INTO usage_ledger (tenant_id, content_key, nas_key, nas_seq, entry_index,"
+        " entry_bytes, status, status_type, event_at, arrival_at, received_at, batch_id)"
+        " SELECT {t}, content_key, nas_key, nas_seq, entry_index, entry_bytes, status,"
+        f" status_type, {ts_sql(pg, 'event_us')}, {ts_sql(pg, 'arrival_us')},"
+        " {received}, {batch} FROM usage_ledger_stage WHERE true"
+        " ON CONFLICT DO NOTHING"
+    )
+    if pg:
+        await conn.execute(_PG_STAGE)
+        await conn.copy_records_to_table(
+            "usage_ledger_stage", records=zip(*columns, strict=True), columns=_LEDGER_STAGE_COLUMNS
+        )
+        sql = insert.format(t="$1", received=ts_sql(True, "$2::bigint"), batch="$3")
+        existing = await conn.fetch(
+            f"WITH ins AS ({sql} RETURNING entry_index) SELECT s.entry_index"
+            " FROM usage_ledger_stage s WHERE NOT EXISTS"
+            " (SELECT 1 FROM ins WHERE ins.entry_index = s.entry_index)",
+            tenant_id,
+            received_us,
+            batch_id,
+        )
+        return np.array([r[0] for r in existing], dtype=np.int64)
+    for statement in _SQLITE_STAGE:
+        await conn.execute(statement)
+    await conn.execute("DELETE FROM temp.usage_ledger_stage")
+    await conn.executemany(
+        "INSERT INTO temp.usage_ledger_stage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        zip(*columns, strict=True),
+    )
+    cursor = await conn.execute(
+        "SELECT s.entry_index FROM temp.usage_ledger_stage s CROSS JOIN usage_ledger l"
+        " ON l.tenant_id = ? AND l.content_key = s.content_key",
+        (tenant_id.hex,),
+    )
+    existing = await cursor.fetchall()
+    await conn.execute(
+        insert.format(t="?1", received=ts_sql(False, "?2"), batch="?3"),
+        (tenant_id.hex, received_us, batch_id),
+    )
+    await conn.execute("DELETE FROM temp.usage_ledger_stage")
+    return np.array([r[0] for r in existing], dtype=np.int64)
+
+
+async def insert_quarantine(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    batch_id: str,
+    entries: Sequence[tuple[int, str, bytes]],
+    received_us: int,
+) -> None:
+    """Quarantined entries (index, reason, bytes); a resent one is kept once."""
+    if not entries:
+        return
+    pg = _pg(session)
+    tenant = tenant_param(session, tenant_id)
+    await session.execute(
+        text(
+            "INSERT INTO usage_quarantine (tenant_id, entry_digest, batch_id, entry_index,"
+            f" reason, entry_bytes, received_at) VALUES (:t, :d, :b, :i, :r, :e,"
+            f" {ts_sql(pg, ':rec')}) ON CONFLICT DO NOTHING"
+        ),
+        [
+            {
+                "t": tenant,
+                "d": hashlib.sha256(data).digest()[:16],
+                "b": batch_id,
+                "i": index,
+                "r": reason,
+                "e": data,
+                "rec": received_us,
+            }
+            for index, reason, data in entries
+        ],
+    )
+
+
+def session_columns_params(cols: Any) -> list[list[Any]]:
+    """SessionColumns as plain lists in SESSION_COLUMNS order (counters bit for bit)."""
+    return [
+        list(cols.nas_key),
+        list(cols.acct_session_id),
+        np.asarray(cols.generation, dtype=np.int64).tolist(),
+        list(cols.user_name),
+        list(cols.calling_station_id),
+        list(cols.framed_ip_address),
+        np.asarray(cols.start_us, dtype=np.int64).tolist(),
+        np.asarray(cols.stop_us, dtype=np.int64).tolist(),
+        np.asarray(cols.last_update_us, dtype=np.int64).tolist(),
+        np.asarray(cols.session_time_s, dtype=np.int64).tolist(),
+        np.ascontiguousarray(cols.input_bytes, dtype=np.uint64).view(np.int64).tolist(),
+        np.ascontiguousarray(cols.output_bytes, dtype=np.uint64).view(np.int64).tolist(),
+        np.ascontiguousarray(cols.hwm_input, dtype=np.uint64).view(np.int64).tolist(),
+        np.ascontiguousarray(cols.hwm_output, dtype=np.uint64).view(np.int64).tolist(),
+        np.asarray(cols.last_key).tolist(),
+        np.asarray(cols.flags, dtype=np.int64).tolist(),
+        np.asarray(cols.terminate_cause, dtype=np.int64).tolist(),
+        np.asarray(cols.open, dtype=np.bool_).tolist(),
+    ]
+
+
+_SESSION_TARGET = (
+    "nas_key, acct_session_id, generation, user_name, calling_station_id, framed_ip_address,"
+    " subscription_id, start_at, stop_at, last_update_at, session_time_s, input_bytes,"
+    " output_bytes, hwm_input, hwm_output, last_key, flags, terminate_cause, open"
+)
+_SESSION_UPDATE = (
+    "user_name = excluded.user_name, calling_station_id = excluded.calling_station_id,"
+    " framed_ip_address = excluded.framed_ip_address,"
+    " subscription_id = COALESCE(usage_sessions.subscription_id, excluded.subscription_id),"
+    " start_at = excluded.start_at, stop_at = excluded.stop_at,"
+    " last_update_at = excluded.last_update_at, session_time_s = excluded.session_time_s,"
+    " input_bytes = excluded.input_bytes, output_bytes = excluded.output_bytes,"
+    " hwm_input = excluded.hwm_input, hwm_output = excluded.hwm_output,"
+    " last_key = excluded.last_key, flags = excluded.flags,"
+    " terminate_cause = excluded.terminate_cause, open = excluded.open"
+)
+
+
+def _session_values(pg: bool, p: list[str], tenant: str) -> str:
+    """The VALUES/SELECT list of a session row from parameter expressions p[0..17]."""
+    return (
+        f"{tenant}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]},"
+        f" {attribution_sql(tenant, p[3], p[4], p[5])},"
+        f" {ts_sql(pg, p[6])}, CASE WHEN {p[7]} < 0 THEN NULL ELSE {ts_sql(pg, p[7])} END,"
+        f" {ts_sql(pg, p[8])}, {p[9]}, {p[10]}, {p[11]}, {p[12]}, {p[13]}, {p[14]}, {p[15]},"
+        f" {p[16]}, {p[17]}"
+    )
+
+
+_PG_SESSION_TYPES = (
+    "text",
+    "text",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bytea",
+    "bigint",
+    "bigint",
+    "boolean",
+)
+
+
+async def upsert_sessions(session: AsyncSession, tenant_id: uuid.UUID, cols: Any) -> None:
+    """Writes the final state of every session instance a batch touched, attributing new
+    ones to a subscription; an attribution, once made, sticks."""
+    if not len(cols):
+        return
+    pg = _pg(session)
+    params = session_columns_params(cols)
+    conn = await driver(session)
+    conflict = "ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
+    if pg:
+        # Existing instances are updated without attribution lookups (an attribution, once
+        # made, sticks; COALESCE evaluates the lookup only for unattributed ones); only new
+        # instances are inserted with their subscription.
+        unnest = ", ".join(f"${i + 2}::{t}[]" for i, t in enumerate(_PG_SESSION_TYPES))
+        names = [f"u.c{i}" for i in range(18)]
+        attribution = attribution_sql("$1::uuid", "u.c3", "u.c4", "u.c5")
+        updates = ", ".join(
+            f"{column} = {value}"
+            for column, value in zip(
+                _SESSION_TARGET.replace(" ", "").split(",")[3:],
+                [
+                    "u.c3",
+                    "u.c4",
+                    "u.c5",
+                    f"COALESCE(s.subscription_id, {attribution})",
+                    ts_sql(True, "u.c6"),
+                    f"CASE WHEN u.c7 < 0 THEN NULL ELSE {ts_sql(True, 'u.c7')} END",
+                    ts_sql(True, "u.c8"),
+                    *[f"u.c{i}" for i in range(9, 18)],
+                ],
+                strict=True,
+            )
+        )
+        aliases = ", ".join(f"c{i}" for i in range(18))
+        await conn.execute(
+            f"WITH u AS (SELECT * FROM unnest({unnest}) AS u({aliases})),"
+            f" upd AS (UPDATE usage_sessions s SET {updates} FROM u WHERE s.tenant_id = $1::uuid"
+            " AND s.nas_key = u.c0 AND s.acct_session_id = u.c1 AND s.generation = u.c2"
+            " RETURNING s.nas_key, s.acct_session_id, s.generation)"
+            f" INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
+            f" SELECT {_session_values(True, names, '$1::uuid')} FROM u WHERE NOT EXISTS"
+            " (SELECT 1 FROM upd WHERE upd.nas_key = u.c0 AND upd.acct_session_id = u.c1"
+            f" AND upd.generation = u.c2) {conflict} DO UPDATE SET {_SESSION_UPDATE}",
+            tenant_id,
+            *params,
+        )
+        return
+    marks = [f"?{i + 2}" for i in range(18)]
+    await conn.executemany(
+        f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
+        f" VALUES ({_session_values(False, marks, '?1')})"
+        f" {conflict} DO UPDATE SET {_SESSION_UPDATE}",
+        zip([tenant_id.hex] * len(cols), *params, strict=True),
+    )
+
+
+_BUCKET_ADD = (
+    "upload_bytes = {t}.upload_bytes + excluded.upload_bytes,"
+    " download_bytes = {t}.download_bytes + excluded.download_bytes,"
+    " session_time_s = {t}.session_time_s + excluded.session_time_s"
+)
+
+
+async def add_buckets(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    nas_key: list[str],
+    acct_session_id: list[str],
+    generation: list[int],
+    hour_us: list[int],
+    input_bytes: list[int],
+    output_bytes: list[int],
+    session_s: list[int],
+) -> None:
+    """Adds hourly deltas of sessions (already upserted) to their subscription's buckets,
+    or to the unattributed buckets of their identity."""
+    if not nas_key:
+        return
+    pg = _pg(session)
+    conn = await driver(session)
+    joined = (
+        "SELECT s.subscription_id AS sub, s.user_name AS un, s.calling_station_id AS cs,"
+        " s.framed_ip_address AS fi, d.hour_us, d.ib, d.ob, d.ss FROM {d} {join} usage_sessions s"
+        " ON s.tenant_id = {t} AND s.nas_key = d.nas_key AND s.acct_session_id = d.sid"
+        " AND s.generation = d.gen"
+    )
+    attributed = (
+        "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
+        " download_bytes, session_time_s) SELECT {t}, sub, {hour}, sum(ib), sum(ob), sum(ss)"
+        " FROM j WHERE sub IS NOT NULL GROUP BY sub, hour_us"
+        " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
+        + _BUCKET_ADD.format(t="usage_buckets")
+    )
+    unattributed = (
+        "INSERT INTO usage_unattributed_buckets (tenant_id, user_name, calling_station_id,"
+        " framed_ip_address, hour, upload_bytes, download_bytes, session_time_s)"
+        " SELECT {t}, un, cs, fi, {hour}, sum(ib), sum(ob), sum(ss) FROM j WHERE sub IS NULL"
+        " GROUP BY un, cs, fi, hour_us ON CONFLICT (tenant_id, user_name, calling_station_id,"
+        " framed_ip_address, hour) DO UPDATE SET "
+        + _BUCKET_ADD.format(t="usage_unattributed_buckets")
+    )
+    if pg:
+        source = (
+            "unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],"
+            " $7::bigint[], $8::bigint[]) AS d(nas_key, sid, gen, hour_us, ib, ob, ss)"
+        )
+        hour = ts_sql(True, "hour_us")
+        await conn.execute(
+            f"WITH j AS ({joined.format(d=source, t='$1::uuid', join='JOIN')}),"
+            f" a AS ({attributed.format(t='$1::uuid', hour=hour)} RETURNING 1)"
+            f" {unattributed.format(t='$1::uuid', hour=hour)}",
+            tenant_id,
+            nas_key,
+            acct_session_id,
+            generation,
+            hour_us,
+            input_bytes,
+            output_bytes,
+            session_s,
+        )
+        return
+    for statement in _SQLITE_STAGE:
+        await conn.execute(statement)
+    await conn.execute("DELETE FROM temp.usage_bucket_stage")
+    await conn.executemany(
+        "INSERT INTO temp.usage_bucket_stage VALUES (?, ?, ?, ?, ?, ?, ?)",
+        zip(
+            nas_key,
+            acct_session_id,
+            generation,
+            hour_us,
+            input_bytes,
+            output_bytes,
+            session_s,
+            strict=True,
+        ),
+    )
+    hour = ts_sql(False, "hour_us")
+    # CROSS JOIN makes SQLite's planner drive from the (unindexed) stage into the key.
+    stage = joined.format(d="temp.usage_bucket_stage d", t="?1", join="CROSS JOIN")
+    with_j = f"WITH j AS ({stage}) "
+    await conn.execute(with_j + attributed.format(t="?1", hour=hour), (tenant_id.hex,))
+    await conn.execute(with_j + unattributed.format(t="?1", hour=hour), (tenant_id.hex,))
+    await conn.execute("DELETE FROM temp.usage_bucket_stage")
+
+
+async def insert_anomalies(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    rows: Sequence[tuple[str, str, int | None, int, int, str]],
+    detected_us: int,
+) -> None:
+    """(nas_key, acct_session_id, generation, entry_index, flag, detail) of one batch."""
+    if not rows:
+        return
+    pg = _pg(session)
+    batch_uid = uuid.uuid4()
+    if pg:
+        columns = list(zip(*rows, strict=True))
+        conn = await driver(session)
+        await conn.execute(
+            "INSERT INTO usage_anomalies (tenant_id, batch_uid, ordinal, nas_key,"
+            " acct_session_id, generation, entry_index, flag, detail, detected_at)"
+            " SELECT $1::uuid, $2::uuid, o - 1, n, s, g, i, f, d,"
+            f" {ts_sql(True, '$3::bigint')} FROM unnest($4::text[], $5::text[], $6::bigint[],"
+            " $7::integer[], $8::bigint[], $9::text[]) WITH ORDINALITY AS a(n, s, g, i, f, d, o)",
+            tenant_id,
+            batch_uid,
+            detected_us,
+            *[list(c) for c in columns],
+        )
+        return
+    tenant = tenant_param(session, tenant_id)
+    await session.execute(
+        text(
+            "INSERT INTO usage_anomalies (tenant_id, batch_uid, ordinal, nas_key,"
+            " acct_session_id, generation, entry_index, flag, detail, detected_at)"
+            f" VALUES (:t, :b, :o, :n, :s, :g, :i, :f, :d, {ts_sql(pg, ':at')})"
+        ),
+        [
+            {
+                "t": tenant,
+                "b": batch_uid.hex,
+                "o": ordinal,
+                "n": nas,
+                "s": sid,
+                "g": gen,
+                "i": index,
+                "f": flag,
+                "d": detail,
+                "at": detected_us,
+            }
+            for ordinal, (nas, sid, gen, index, flag, detail) in enumerate(rows)
+        ],
+    )
+
+
+async def record_sweep(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    nas_keys: Sequence[str],
+    after_seqs: Sequence[int],
+    as_of_us: int,
+) -> None:
+    if not nas_keys:
+        return
+    pg = _pg(session)
+    await session.execute(
+        text(
+            "INSERT INTO usage_sweeps (tenant_id, nas_key, after_seq, as_of)"
+            f" VALUES (:t, :k, :s, {ts_sql(pg, ':a')}) ON CONFLICT DO NOTHING"
+        ),
+        [
+            {"t": tenant_param(session, tenant_id), "k": k, "s": int(s), "a": as_of_us}
+            for k, s in zip(nas_keys, after_seqs, strict=True)
+        ],
+    )
+
+
+# ---------------------------------------------------------------- attribution
+
+
+async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """Attributes unattributed sessions whose identity now matches a subscription and moves
+    their identity's unattributed buckets to the subscription's; returns sessions changed."""
+    t = ":t"
+    params = {"t": tenant_param(session, tenant_id)}
+    current = attribution_sql(
+        t,
+        "usage_sessions.user_name",
+        "usage_sessions.calling_station_id",
+        "usage_sessions.framed_ip_address",
+    )
+    updated = await session.execute(
+        text(
+            f"UPDATE usage_sessions SET subscription_id = {current} WHERE tenant_id = {t}"
+            f" AND subscription_id IS NULL AND {current} IS NOT NULL"
+        ),
+        params,
+    )
+    match = attribution_sql(t, "u.user_name", "u.calling_station_id", "u.framed_ip_address")
+    moved = (
+        "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
+        " download_bytes, session_time_s) SELECT :t, m.sub, m.hour, sum(m.up), sum(m.down),"
+        f" sum(m.secs) FROM (SELECT {match} AS sub, u.hour, u.upload_bytes AS up,"
+        " u.download_bytes AS down, u.session_time_s AS secs FROM usage_unattributed_buckets u"
+        f" WHERE u.tenant_id = {t}) m WHERE m.sub IS NOT NULL GROUP BY m.sub, m.hour"
+        " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
+        + _BUCKET_ADD.format(t="usage_buckets")
+    )
+    await session.execute(text(moved), params)
+    bucket = attribution_sql(
+        t,
+        "usage_unattributed_buckets.user_name",
+        "usage_unattributed_buckets.calling_station_id",
+        "usage_unattributed_buckets.framed_ip_address",
+    )
+    await session.execute(
+        text(
+            f"DELETE FROM usage_unattributed_buckets WHERE tenant_id = {t} AND {bucket} IS NOT NULL"
+        ),
+        params,
+    )
+    return int(getattr(updated, "rowcount", 0) or 0)

@@ -1,0 +1,324 @@
+"""UsageService over gRPC: proto ⇄ domain only; StreamAccounting hands raw bytes to the engine.
+
+StreamAccounting is registered without a request deserializer: each StreamAccountingRequest
+arrives as the exact bytes the client sent and goes to the Rust engine untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from isp_rating.v1 import usage_pb2
+from server.auth import principal
+from server.db.database import Database
+from server.errors import InvalidArgumentError
+from server.usage import queries, service
+from server.usage.models import UsageSession
+from server.validation import (
+    optional_id,
+    page_size,
+    parse_decimal,
+    parse_enum,
+    parse_ip,
+    require,
+    timestamp_or_none,
+    to_timestamp,
+)
+
+log = logging.getLogger("server.usage")
+
+SERVICE_NAME = "isp_rating.v1.UsageService"
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Seconds between in-process stale-session sweeps (0 disables them).
+SWEEP_INTERVAL_ENV = "RATING_SWEEP_INTERVAL_S"
+DEFAULT_SWEEP_INTERVAL_S = 300.0
+
+
+def session_message(row: UsageSession) -> usage_pb2.Session:
+    import rating_core._native as core
+
+    message = usage_pb2.Session(
+        id=queries.session_id(row.nas_key, row.acct_session_id, row.generation),
+        nas_key=row.nas_key,
+        acct_session_id=row.acct_session_id,
+        generation=row.generation,
+        user_name=row.user_name,
+        subscription_id=str(row.subscription_id) if row.subscription_id else "",
+        input_bytes=queries.unsigned(row.input_bytes),
+        output_bytes=queries.unsigned(row.output_bytes),
+        session_time_s=row.session_time_s,
+        start_at=to_timestamp(row.start_at),
+        last_update_at=to_timestamp(row.last_update_at),
+        state=usage_pb2.SESSION_STATE_OPEN if row.open else usage_pb2.SESSION_STATE_CLOSED,
+        flags=core.flag_names(row.flags),
+        terminate_cause=row.terminate_cause,
+    )
+    if row.stop_at is not None:
+        message.stop_at.FromDatetime(row.stop_at)
+    return message
+
+
+class UsageServicer:
+    """The RPC handlers; every one runs as the interceptor's authenticated principal."""
+
+    def __init__(self, db: Database, usage: service.UsageService, sweeper: Sweeper) -> None:
+        self.db = db
+        self.usage = usage
+        self.sweeper = sweeper
+
+    async def stream_accounting(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[usage_pb2.StreamAccountingResponse]:
+        tenant_id = principal().tenant_id
+        self.sweeper.ensure_started()
+        async for raw in requests:
+            ack = await self.usage.ingest(tenant_id, raw)
+            yield usage_pb2.StreamAccountingResponse(
+                batch_id=ack.batch_id,
+                accepted=ack.accepted,
+                duplicate=ack.duplicate,
+                late=ack.late,
+                quarantined=ack.quarantined,
+                quarantined_records=[
+                    usage_pb2.QuarantinedRecord(index=index, reason=reason)
+                    for index, reason in ack.quarantine
+                ],
+            )
+
+    async def record_usage(
+        self, request: usage_pb2.RecordUsageRequest, context: Context
+    ) -> usage_pb2.RecordUsageResponse:
+        usage_type = parse_enum("usage_type", request.usage_type, usage_pb2.UsageType)
+        custom_type = request.custom_type.strip()
+        if usage_type == usage_pb2.USAGE_TYPE_CUSTOM and not custom_type:
+            raise InvalidArgumentError("custom_type", "is required when usage_type is CUSTOM")
+        occurred_at = timestamp_or_none(request, "occurred_at")
+        if occurred_at is None:
+            raise InvalidArgumentError("occurred_at", "is required")
+        subject = request.WhichOneof("subject")
+        if subject is None:
+            raise InvalidArgumentError("subject", "subscription_id or radius_user_name is required")
+        source = parse_enum("source", request.source, usage_pb2.UsageSource, allow_unspecified=True)
+        metered = service.MeteredUsage(
+            idempotency_key=require("idempotency_key", request.idempotency_key),
+            usage_type=usage_type,
+            custom_type=custom_type,
+            quantity=parse_decimal("quantity", require("quantity", request.quantity), places=9),
+            unit=require("unit", request.unit),
+            occurred_at=occurred_at,
+            subscription_id=optional_id("subscription_id", request.subscription_id),
+            radius_user_name=(
+                require("radius_user_name", request.radius_user_name)
+                if subject == "radius_user_name"
+                else ""
+            ),
+            source=source or usage_pb2.USAGE_SOURCE_API,
+        )
+        if subject == "subscription_id" and metered.subscription_id is None:
+            raise InvalidArgumentError("subscription_id", "is required")
+        recorded = await service.record_usage(self.db, principal().tenant_id, metered)
+        return usage_pb2.RecordUsageResponse(
+            usage_id=str(recorded.usage_id),
+            subscription_id=str(recorded.subscription_id) if recorded.subscription_id else "",
+            replayed=recorded.replayed,
+        )
+
+    async def get_session(
+        self, request: usage_pb2.GetSessionRequest, context: Context
+    ) -> usage_pb2.Session:
+        row = await queries.get_session(self.db, principal().tenant_id, require("id", request.id))
+        return session_message(row)
+
+    async def list_sessions(
+        self, request: usage_pb2.ListSessionsRequest, context: Context
+    ) -> usage_pb2.ListSessionsResponse:
+        where = queries.SessionFilter(
+            subscription_id=optional_id("subscription_id", request.subscription_id),
+            user_name=request.user_name,
+            nas_key=request.nas_key,
+            open_only=request.open_only,
+        )
+        rows, token = await queries.list_sessions(
+            self.db, principal().tenant_id, where, page_size(request.page_size), request.page_token
+        )
+        return usage_pb2.ListSessionsResponse(
+            sessions=[session_message(row) for row in rows], next_page_token=token
+        )
+
+    async def upsert_nas_client(
+        self, request: usage_pb2.UpsertNasClientRequest, context: Context
+    ) -> usage_pb2.NasClient:
+        address = parse_ip("source_address", require("source_address", request.source_address))
+        client = service.NasClientSpec(
+            source_address=address,
+            secret=request.secret.encode() if request.secret else None,
+            nas_key=request.nas_key.strip() or address,
+            swap_direction=request.swap_direction,
+            infer_wrap=request.infer_wrap,
+            interim_interval_s=request.interim_interval_s,
+            stale_multiplier=request.stale_multiplier,
+            grace_s=request.grace_s,
+            clock_skew_tolerance_s=request.clock_skew_tolerance_s,
+        )
+        saved = await self.usage.upsert_nas_client(principal().tenant_id, client)
+        swap, wrap, interval, multiplier, grace, skew = saved.policy
+        return usage_pb2.NasClient(
+            source_address=saved.source_address,
+            swap_direction=swap,
+            infer_wrap=wrap,
+            interim_interval_s=interval,
+            stale_multiplier=multiplier,
+            grace_s=grace,
+            nas_key=saved.nas_key,
+            clock_skew_tolerance_s=skew,
+        )
+
+    async def list_unattributed_usage(
+        self, request: usage_pb2.ListUnattributedUsageRequest, context: Context
+    ) -> usage_pb2.ListUnattributedUsageResponse:
+        items, token = await queries.list_unattributed(
+            self.db, principal().tenant_id, page_size(request.page_size), request.page_token
+        )
+        return usage_pb2.ListUnattributedUsageResponse(
+            usage=[
+                usage_pb2.UnattributedUsage(
+                    user_name=item.user_name,
+                    calling_station_id=item.calling_station_id,
+                    framed_ip_address=item.framed_ip_address,
+                    input_bytes=queries.unsigned(item.input_bytes),
+                    output_bytes=queries.unsigned(item.output_bytes),
+                    session_count=item.session_count,
+                    first_seen_at=to_timestamp(item.first_seen_at),
+                    last_seen_at=to_timestamp(item.last_seen_at),
+                )
+                for item in items
+            ],
+            next_page_token=token,
+        )
+
+    async def sweep_stale_sessions(
+        self, request: usage_pb2.SweepStaleSessionsRequest, context: Context
+    ) -> usage_pb2.SweepStaleSessionsResponse:
+        as_of = timestamp_or_none(request, "as_of")
+        if as_of is None:
+            raise InvalidArgumentError("as_of", "is required")
+        closed = await self.usage.sweep(principal().tenant_id, as_of)
+        return usage_pb2.SweepStaleSessionsResponse(closed=closed)
+
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+def _handlers(servicer: UsageServicer) -> dict[str, Handler]:
+    def unary(fn: Any, request: Any, response: Any) -> Handler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn,
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+
+    pb = usage_pb2
+    return {
+        # No request deserializer: the engine decodes the batch bytes itself.
+        "StreamAccounting": grpc.stream_stream_rpc_method_handler(
+            servicer.stream_accounting,
+            request_deserializer=None,
+            response_serializer=pb.StreamAccountingResponse.SerializeToString,
+        ),
+        "RecordUsage": unary(servicer.record_usage, pb.RecordUsageRequest, pb.RecordUsageResponse),
+        "GetSession": unary(servicer.get_session, pb.GetSessionRequest, pb.Session),
+        "ListSessions": unary(
+            servicer.list_sessions, pb.ListSessionsRequest, pb.ListSessionsResponse
+        ),
+        "UpsertNasClient": unary(
+            servicer.upsert_nas_client, pb.UpsertNasClientRequest, pb.NasClient
+        ),
+        "ListUnattributedUsage": unary(
+            servicer.list_unattributed_usage,
+            pb.ListUnattributedUsageRequest,
+            pb.ListUnattributedUsageResponse,
+        ),
+        "SweepStaleSessions": unary(
+            servicer.sweep_stale_sessions,
+            pb.SweepStaleSessionsRequest,
+            pb.SweepStaleSessionsResponse,
+        ),
+    }
+
+
+class Sweeper:
+    """The in-process stale-session sweep: every tenant with open sessions, as of now, every
+    `interval_s`. Replicas may overlap safely (the NAS row locks serialize them and the second
+    finds nothing stale), so no advisory lock is needed."""
+
+    def __init__(self, db: Database, usage: service.UsageService, interval_s: float) -> None:
+        self.db = db
+        self.usage = usage
+        self.interval_s = interval_s
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_started(self) -> None:
+        if self.task is None and self.interval_s > 0:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                async with self.db.read() as session:
+                    query = select(UsageSession.tenant_id).where(UsageSession.open).distinct()
+                    tenants = list((await session.execute(query)).scalars())
+                for tenant_id in tenants:
+                    await self.usage.sweep(tenant_id, dt.datetime.now(dt.UTC))
+            except Exception:
+                log.exception("stale-session sweep failed")
+
+
+async def reattribute_hook(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    identities: list[tuple[int, str]],
+) -> None:
+    """AccountService calls it inside the transaction that registers RADIUS identities."""
+    del subscription_id, identities
+    await service.reattribute(tenant_id, session)
+
+
+def register(server: grpc.aio.Server, db: Database, on_stop: list[Callable[[], object]]) -> None:
+    """Adds UsageService to the server, and the in-process sweeper (RATING_SWEEP_INTERVAL_S)."""
+    from server.accounts.servicer import identity_hooks
+
+    if reattribute_hook not in identity_hooks:
+        identity_hooks.append(reattribute_hook)
+    usage = service.UsageService(db)
+    sweeper = Sweeper(
+        db, usage, float(os.environ.get(SWEEP_INTERVAL_ENV, DEFAULT_SWEEP_INTERVAL_S))
+    )
+    handlers = _handlers(UsageServicer(db, usage, sweeper))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    # Newer grpcio routes registered methods without the generic lookup.
+    add_registered = getattr(server, "add_registered_method_handlers", None)
+    if add_registered is not None:
+        add_registered(SERVICE_NAME, handlers)
+    with contextlib.suppress(RuntimeError):  # no running loop yet: the first stream starts it
+        sweeper.ensure_started()
+    on_stop.append(sweeper.stop)

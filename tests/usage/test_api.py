@@ -1,0 +1,385 @@
+"""UsageService RPCs over a real channel: golden packet, acks, queries, metered usage, tenants."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from isp_rating.v1 import accounts_pb2, accounts_pb2_grpc
+from isp_rating.v1 import usage_pb2 as pb
+from isp_rating.v1.common_pb2 import Money
+from server.usage import service
+from server.usage.models import LedgerEntry, UsageBucket
+from tests.conftest import RunningServer, TenantCtx, new_tenant
+from tests.usage.support import (
+    INTERIM,
+    START,
+    STOP,
+    Rec,
+    Usage,
+    at,
+    batch,
+    counts,
+    decoded,
+    raw_packet,
+    ts,
+)
+
+GOLDEN = bytes.fromhex(
+    "042a005bc0468ee46f4d6f5bdd5eb5ca28d854262806000000032c0a30303030303031410107616c6963650406"
+    "c00002012e0600000e102a06000003e83406000000012b06ffffffff35060000000237066553ff10290600000000"
+)
+GOLDEN_AT = dt.datetime.fromtimestamp(1700003600, dt.UTC)
+
+
+async def expect_status(call: object, code: grpc.StatusCode, text: str = "") -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    assert caught.value.code() == code, caught.value.details()
+    assert text in (caught.value.details() or "")
+
+
+async def test_golden_packet_decodes_to_64_bit_totals_when_sent_raw(usage: Usage) -> None:
+    await usage.register_nas("192.0.2.1", "testing123")
+    (ack,) = await usage.stream(batch([raw_packet(GOLDEN, "192.0.2.1", GOLDEN_AT)]))
+    assert counts(ack) == (1, 0, 0, 0)
+    session = await usage.session("0000001A", "192.0.2.1")
+    assert (session.input_bytes, session.output_bytes) == (4_294_968_296, 12_884_901_887)
+    assert session.user_name == "alice"
+    assert session.session_time_s == 3600
+    assert "lost_start" in session.flags
+
+
+async def test_decoded_copy_is_duplicate_when_golden_packet_was_accepted_raw(usage: Usage) -> None:
+    await usage.register_nas("192.0.2.1", "testing123")
+    await usage.stream(batch([raw_packet(GOLDEN, "192.0.2.1", GOLDEN_AT)]))
+    record = pb.AccountingRecord(
+        status_type=pb.ACCT_STATUS_TYPE_INTERIM_UPDATE,
+        acct_session_id="0000001A",
+        user_name="alice",
+        nas_ip_address="192.0.2.1",
+        source_address="192.0.2.1",
+        input_octets=1000,
+        input_gigawords=1,
+        output_octets=4294967295,
+        output_gigawords=2,
+        session_time_s=3600,
+        event_timestamp=ts(GOLDEN_AT),
+        delay_time_s=4,
+        arrival_time=ts(GOLDEN_AT + dt.timedelta(seconds=4)),
+    )
+    (ack,) = await usage.stream(batch([pb.AccountingEntry(decoded=record)]))
+    assert counts(ack) == (0, 1, 0, 0)
+
+
+async def test_raw_packet_is_quarantined_when_its_source_has_no_secret(usage: Usage) -> None:
+    (ack,) = await usage.stream(batch([raw_packet(GOLDEN, "192.0.2.99", GOLDEN_AT)]))
+    assert counts(ack) == (0, 0, 0, 1)
+    assert "secret" in ack.quarantined_records[0].reason
+
+
+async def test_ack_follows_commit_when_batch_is_acknowledged(
+    usage: Usage, server: RunningServer
+) -> None:
+    recs = [Rec(INTERIM, sid=f"s{i}", t=600, session_time=600, inp=i, out=i) for i in range(50)]
+    (ack,) = await usage.stream(batch([decoded(rec) for rec in recs]))
+    assert ack.accepted == 50
+    # A separate connection sees every acknowledged record: the ack came after the commit.
+    async with server.db.read() as session:
+        rows = await session.execute(
+            select(func.count()).where(LedgerEntry.tenant_id == usage.tenant.tenant_id)
+        )
+    assert rows.scalar() == 50
+
+
+async def test_resent_batch_is_applied_once_when_commit_failed_before_ack(
+    usage: Usage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await usage.send("decoded", Rec(INTERIM, t=600, session_time=600, inp=100, out=100))
+    failing = Rec(INTERIM, t=1200, session_time=1200, inp=300, out=500)
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(service, "write_projections", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await usage.send("decoded", failing)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    monkeypatch.undo()
+    # Nothing of the failed batch is durable, and the engine forgot its half-applied state.
+    ack = await usage.send("decoded", failing)
+    assert counts(ack) == (1, 0, 0, 0)
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (300, 500)
+
+
+async def test_tenants_see_only_their_own_usage_when_both_send_the_same_record(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    other = Usage(channel, await new_tenant(server.db))
+    rec = Rec(INTERIM, t=600, session_time=600, inp=1, out=2)
+    assert counts(await usage.send("decoded", rec)) == (1, 0, 0, 0)
+    assert await other.sessions() == []
+    mine = await usage.session()
+    await expect_status(
+        other.stub.GetSession(pb.GetSessionRequest(id=mine.id), metadata=other.metadata),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert counts(await other.send("decoded", rec)) == (1, 0, 0, 0)
+
+
+async def test_streaming_is_refused_when_key_lacks_usage_write(
+    channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    reader = Usage(channel, await new_tenant(server.db, ["usage:read"]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reader.send("decoded", Rec(INTERIM, t=1, session_time=1, inp=1, out=1))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_sessions_filter_and_page_when_many_exist(usage: Usage) -> None:
+    await usage.send(
+        "decoded",
+        *[Rec(START, sid=f"s{i}", t=i, user="ann" if i % 2 else "ben") for i in range(5)],
+        Rec(START, sid="x", nas="nas-2", t=9, user="ann"),
+        Rec(STOP, sid="s4", t=20, session_time=16, inp=1, out=1),
+    )
+    first = await usage.stub.ListSessions(
+        pb.ListSessionsRequest(page_size=2), metadata=usage.metadata
+    )
+    assert len(first.sessions) == 2
+    assert first.next_page_token
+    assert first.sessions[0].acct_session_id == "x"  # newest first
+    everything = await usage.sessions()
+    assert len(everything) == 6
+    assert len({s.id for s in everything}) == 6
+    assert {s.acct_session_id for s in await usage.sessions(user_name="ann")} == {"s1", "s3", "x"}
+    assert {s.acct_session_id for s in await usage.sessions(nas_key="nas-2")} == {"x"}
+    assert "s4" not in {s.acct_session_id for s in await usage.sessions(open_only=True)}
+    one = await usage.stub.GetSession(
+        pb.GetSessionRequest(id=everything[3].id), metadata=usage.metadata
+    )
+    assert one == everything[3]
+
+
+async def test_get_session_names_the_field_when_id_is_malformed(usage: Usage) -> None:
+    await expect_status(
+        usage.stub.GetSession(pb.GetSessionRequest(id="!!"), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "id",
+    )
+    await expect_status(
+        usage.stub.ListSessions(pb.ListSessionsRequest(page_token="nope"), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token",
+    )
+
+
+async def test_nas_client_is_refused_with_field_when_input_is_bad(usage: Usage) -> None:
+    await expect_status(
+        usage.stub.UpsertNasClient(
+            pb.UpsertNasClientRequest(source_address="not-an-ip", secret="x"),
+            metadata=usage.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "source_address",
+    )
+    await expect_status(
+        usage.stub.UpsertNasClient(
+            pb.UpsertNasClientRequest(source_address="203.0.113.9"), metadata=usage.metadata
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "secret",
+    )
+    client = await usage.register_nas("203.0.113.9", "k", grace_s=60)
+    assert (client.nas_key, client.grace_s, client.interim_interval_s) == ("203.0.113.9", 60, 600)
+
+
+async def test_sweep_names_the_field_when_as_of_is_missing(usage: Usage) -> None:
+    await expect_status(
+        usage.stub.SweepStaleSessions(pb.SweepStaleSessionsRequest(), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "as_of",
+    )
+
+
+def metered(key: str, **changes: object) -> pb.RecordUsageRequest:
+    request = pb.RecordUsageRequest(
+        idempotency_key=key,
+        usage_type=pb.USAGE_TYPE_VOICE,
+        quantity="12.5",
+        unit="minutes",
+        occurred_at=ts(at(0)),
+        radius_user_name="nobody",
+    )
+    for name, value in changes.items():
+        setattr(request, name, value)
+    return request
+
+
+async def test_metered_usage_is_recorded_once_when_key_is_replayed(usage: Usage) -> None:
+    first = await usage.stub.RecordUsage(metered("k1"), metadata=usage.metadata)
+    again = await usage.stub.RecordUsage(metered("k1"), metadata=usage.metadata)
+    assert not first.replayed
+    assert again.replayed
+    assert again.usage_id == first.usage_id
+    assert first.subscription_id == ""
+    await expect_status(
+        usage.stub.RecordUsage(metered("k1", quantity="13"), metadata=usage.metadata),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "idempotency_key",
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"idempotency_key": ""}, "idempotency_key"),
+        ({"quantity": "-1"}, "quantity"),
+        ({"quantity": "ten"}, "quantity"),
+        ({"unit": ""}, "unit"),
+        ({"usage_type": pb.USAGE_TYPE_CUSTOM}, "custom_type"),
+        ({"usage_type": 0}, "usage_type"),
+        ({"subscription_id": "nope"}, "subscription_id"),
+    ],
+)
+async def test_metered_usage_names_the_field_when_input_is_bad(
+    usage: Usage, changes: dict[str, object], field: str
+) -> None:
+    await expect_status(
+        usage.stub.RecordUsage(metered(uuid.uuid4().hex, **changes), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field,
+    )
+
+
+async def test_metered_usage_is_refused_when_subscription_is_unknown(usage: Usage) -> None:
+    await expect_status(
+        usage.stub.RecordUsage(
+            metered("k2", subscription_id=str(uuid.uuid4())), metadata=usage.metadata
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def subscribe(channel: grpc.aio.Channel, tenant: TenantCtx, **identities: str) -> str:
+    accounts = accounts_pb2_grpc.AccountServiceStub(channel)
+    customer = await accounts.CreateCustomer(
+        accounts_pb2.CreateCustomerRequest(customer=accounts_pb2.Customer(name="Ada")),
+        metadata=tenant.metadata,
+    )
+    plan = await accounts.CreatePlan(
+        accounts_pb2.CreatePlanRequest(
+            plan=accounts_pb2.Plan(
+                code=uuid.uuid4().hex[:8],
+                name="Fibre",
+                recurring_price=Money(currency_code="GBP", amount="30.00"),
+                billing_period=accounts_pb2.BILLING_PERIOD_MONTHLY,
+            )
+        ),
+        metadata=tenant.metadata,
+    )
+    kinds = {
+        "user_name": accounts_pb2.RADIUS_IDENTITY_KIND_USER_NAME,
+        "calling_station_id": accounts_pb2.RADIUS_IDENTITY_KIND_CALLING_STATION_ID,
+        "static_ip": accounts_pb2.RADIUS_IDENTITY_KIND_STATIC_IP,
+    }
+    sub = await accounts.CreateSubscription(
+        accounts_pb2.CreateSubscriptionRequest(
+            subscription=accounts_pb2.Subscription(
+                customer_id=customer.id,
+                plan_id=plan.id,
+                radius_identities=[
+                    accounts_pb2.RadiusIdentity(kind=kinds[k], value=v)
+                    for k, v in identities.items()
+                ],
+            )
+        ),
+        metadata=tenant.metadata,
+    )
+    return sub.id
+
+
+async def bucket_totals(server: RunningServer, tenant_id: uuid.UUID, sub: str) -> tuple[int, int]:
+    async with server.db.read() as session:
+        row = (
+            await session.execute(
+                select(
+                    func.sum(UsageBucket.upload_bytes), func.sum(UsageBucket.download_bytes)
+                ).where(
+                    UsageBucket.tenant_id == tenant_id,
+                    UsageBucket.subscription_id == uuid.UUID(sub),
+                )
+            )
+        ).one()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
+async def test_usage_is_attributed_by_calling_station_when_user_name_is_unknown(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    sub = await subscribe(channel, usage.tenant, calling_station_id="AA-BB-CC-00-11-22")
+    await usage.send(
+        "raw",
+        Rec(
+            INTERIM, user="who", calling="aa-bb-cc-00-11-22", t=600, session_time=600, inp=7, out=9
+        ),
+    )
+    assert (await usage.session()).subscription_id == sub
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (7, 9)
+
+
+async def test_unattributed_usage_is_kept_then_moved_when_identity_is_registered(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    await usage.send_each(
+        "decoded",
+        Rec(INTERIM, user="carol", t=600, session_time=600, inp=100, out=200),
+        Rec(INTERIM, user="carol", t=4200, session_time=4200, inp=150, out=260),
+    )
+    listed = await usage.stub.ListUnattributedUsage(
+        pb.ListUnattributedUsageRequest(), metadata=usage.metadata
+    )
+    assert [
+        (u.user_name, u.input_bytes, u.output_bytes, u.session_count) for u in listed.usage
+    ] == [("carol", 150, 260, 1)]
+    sub = await subscribe(channel, usage.tenant, user_name="carol")
+    assert (await usage.session()).subscription_id == sub
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (150, 260)
+    empty = await usage.stub.ListUnattributedUsage(
+        pb.ListUnattributedUsageRequest(), metadata=usage.metadata
+    )
+    assert list(empty.usage) == []
+    # Later deltas go straight to the subscription.
+    await usage.send(
+        "decoded", Rec(INTERIM, user="carol", t=7800, session_time=7800, inp=400, out=300)
+    )
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (400, 300)
+
+
+async def test_hourly_buckets_sum_to_session_total_when_session_spans_hours(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    sub = await subscribe(channel, usage.tenant, user_name="dora")
+    await usage.send_each(
+        "decoded",
+        *[
+            Rec(INTERIM, user="dora", t=600 * i, session_time=600 * i, inp=1000 * i, out=10 * i * i)
+            for i in range(1, 13)
+        ],
+    )
+    async with server.db.read() as session:
+        rows = (
+            await session.execute(
+                select(UsageBucket.hour, UsageBucket.upload_bytes)
+                .where(UsageBucket.tenant_id == usage.tenant.tenant_id)
+                .order_by(UsageBucket.hour)
+            )
+        ).all()
+    assert len(rows) == 3  # T0 + 10 min .. T0 + 2 h
+    assert all(row[0].minute == 0 and row[0].tzinfo is not None for row in rows)
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (12_000, 1440)

@@ -1,0 +1,293 @@
+"""Every hard case of RADIUS.md, through the real gRPC API, in both wire forms."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from isp_rating.v1 import usage_pb2 as pb
+from tests.conftest import TenantCtx
+from tests.usage.support import (
+    INTERIM,
+    OFF,
+    ON,
+    START,
+    STOP,
+    Rec,
+    Usage,
+    at,
+    batch,
+    counts,
+    entries,
+)
+
+GB = 1 << 30
+
+
+async def test_usage_is_sum_of_deltas_when_interims_arrive_in_order(
+    usage: Usage, form: str
+) -> None:
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=5000),
+        Rec(INTERIM, t=1200, session_time=1200, inp=3000, out=9000),
+        Rec(STOP, t=1500, session_time=1500, inp=3500, out=9900, cause=1),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (3500, 9900)
+    assert session.session_time_s == 1500
+    assert session.state == pb.SESSION_STATE_CLOSED
+    assert session.start_at.ToDatetime().isoformat() == at(0).replace(tzinfo=None).isoformat()
+    assert session.stop_at.ToDatetime().isoformat() == at(1500).replace(tzinfo=None).isoformat()
+    assert session.terminate_cause == 1
+    assert list(session.flags) == []
+
+
+async def test_retransmit_is_duplicate_when_delay_time_changes(usage: Usage, form: str) -> None:
+    first = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000)
+    await usage.send(form, Rec(START, t=0, session_time=0))
+    ack = await usage.send(form, first)
+    again = await usage.send(form, first.but(delay=7))
+    assert counts(ack) == (1, 0, 0, 0)
+    assert counts(again) == (0, 1, 0, 0)
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (1000, 2000)
+
+
+async def test_record_is_counted_once_when_two_collectors_send_it(
+    usage: Usage, form: str, channel: grpc.aio.Channel, tenant: TenantCtx
+) -> None:
+    other = Usage(channel, tenant)
+    rec = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000)
+    one = await usage.send(form, rec)
+    two = await other.send(form, rec.but(arrival_extra_s=0.25))
+    assert counts(one) == (1, 0, 0, 0)
+    assert counts(two) == (0, 1, 0, 0)
+    assert (await usage.session()).input_bytes == 1000
+
+
+async def test_repeat_inside_one_batch_is_duplicate_when_sent_twice_in_it(
+    usage: Usage, form: str
+) -> None:
+    rec = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000)
+    ack = await usage.send(form, rec, rec.but(delay=3))
+    assert counts(ack) == (1, 1, 0, 0)
+
+
+async def test_older_interim_changes_nothing_when_it_arrives_late(usage: Usage, form: str) -> None:
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=1200, session_time=1200, inp=5000, out=7000),
+        Rec(INTERIM, t=600, session_time=600, inp=2000, out=3000),
+    )
+    assert counts(acks[2]) == (0, 0, 1, 0)
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (5000, 7000)
+
+
+async def test_late_record_is_duplicate_when_resent_after_it_was_ledgered(
+    usage: Usage, form: str
+) -> None:
+    old = Rec(INTERIM, t=600, session_time=600, inp=2000, out=3000)
+    await usage.send_each(form, Rec(INTERIM, t=1200, session_time=1200, inp=5000, out=7000), old)
+    again = await usage.send(form, old.but(delay=2))
+    assert counts(again) == (0, 1, 0, 0)
+
+
+async def test_session_is_created_and_flagged_when_start_is_lost(usage: Usage, form: str) -> None:
+    ack = await usage.send(form, Rec(INTERIM, t=3600, session_time=1800, inp=4000, out=8000))
+    assert counts(ack) == (1, 0, 0, 0)
+    session = await usage.session()
+    assert "lost_start" in session.flags
+    assert (session.input_bytes, session.output_bytes) == (4000, 8000)
+    assert session.start_at.ToDatetime(tzinfo=at(0).tzinfo) == at(1800)
+    assert session.state == pb.SESSION_STATE_OPEN
+
+
+async def test_stale_session_closes_at_last_update_and_late_stop_applies_when_stop_was_lost(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000),
+    )
+    # Default policy: 3 x 600 s + 300 s of silence makes it stale.
+    assert await usage.sweep(at(600 + 3 * 600 + 299)) == 0
+    assert await usage.sweep(at(600 + 3 * 600 + 301)) == 1
+    swept = await usage.session()
+    assert swept.state == pb.SESSION_STATE_CLOSED
+    assert "stale_closed" in swept.flags
+    assert swept.stop_at.ToDatetime(tzinfo=at(0).tzinfo) == at(600)
+    assert swept.session_time_s == 600
+    ack = await usage.send(form, Rec(STOP, t=5000, session_time=5000, inp=1500, out=2600, cause=2))
+    assert counts(ack) == (1, 0, 0, 0)
+    late = await usage.session()
+    assert len(await usage.sessions()) == 1
+    assert (late.input_bytes, late.output_bytes) == (1500, 2600)
+    assert "late_stop" in late.flags
+    assert late.stop_at.ToDatetime(tzinfo=at(0).tzinfo) == at(5000)
+
+
+@pytest.mark.parametrize("zeros", [True, False], ids=["zeros", "no-counters"])
+async def test_high_water_mark_is_kept_when_stop_has_no_or_zero_counters(
+    usage: Usage, form: str, zeros: bool
+) -> None:
+    counters = {"inp": 0, "out": 0} if zeros else {}
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000),
+        Rec(STOP, t=700, session_time=700, cause=2, **counters),  # type: ignore[arg-type]
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (1000, 2000)
+    assert session.state == pb.SESSION_STATE_CLOSED
+    if zeros:
+        assert "stop_regression" in session.flags
+
+
+async def test_interim_after_stop_adds_nothing_when_session_is_closed(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=600, session_time=600, inp=1000, out=2000, cause=1),
+        Rec(INTERIM, t=900, session_time=900, inp=9000, out=9000),
+    )
+    sessions = await usage.sessions()
+    assert len(sessions) == 1
+    assert (sessions[0].input_bytes, sessions[0].output_bytes) == (1000, 2000)
+    assert sessions[0].state == pb.SESSION_STATE_CLOSED
+
+
+async def test_reboot_closes_sessions_started_before_it_when_accounting_on_arrives(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, sid="old", t=0, session_time=0),
+        Rec(INTERIM, sid="old", t=600, session_time=600, inp=100, out=200),
+        # A Start that raced ahead of the Accounting-On: it began after the reboot.
+        Rec(START, sid="new", t=1001, session_time=0),
+        Rec(ON, sid="", t=1000, user=""),
+    )
+    old = await usage.session("old")
+    new = await usage.session("new")
+    assert old.state == pb.SESSION_STATE_CLOSED
+    assert "nas_reboot_closed" in old.flags
+    assert (old.input_bytes, old.output_bytes) == (100, 200)
+    assert new.state == pb.SESSION_STATE_OPEN
+
+
+async def test_accounting_off_closes_open_sessions_when_nas_goes_down(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(OFF, sid="", t=100, user=""),
+    )
+    assert (await usage.session()).state == pb.SESSION_STATE_CLOSED
+
+
+async def test_arrival_minus_delay_is_event_time_when_nas_clock_is_skewed(
+    usage: Usage, form: str
+) -> None:
+    ack = await usage.send(
+        form, Rec(INTERIM, t=7200, session_time=3600, inp=10, out=20, delay=5, skew_s=86_400)
+    )
+    assert counts(ack) == (1, 0, 0, 0)
+    session = await usage.session()
+    assert "clock_skew" in session.flags
+    # arrival = event + delay; event time = arrival - delay = T0 + 7200 s.
+    assert session.last_update_at.ToDatetime(tzinfo=at(0).tzinfo) == at(7200)
+
+
+async def test_two_sessions_exist_when_same_session_id_comes_from_two_nases(
+    usage: Usage, form: str
+) -> None:
+    await usage.send(
+        form,
+        Rec(INTERIM, nas="nas-a", t=600, session_time=600, inp=1, out=2),
+        Rec(INTERIM, nas="nas-b", t=600, session_time=600, inp=10, out=20),
+    )
+    a = await usage.session(nas="nas-a")
+    b = await usage.session(nas="nas-b")
+    assert (a.input_bytes, b.input_bytes) == (1, 10)
+
+
+async def test_counters_fold_gigawords_when_usage_exceeds_32_bits(usage: Usage, form: str) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=5 * GB, out=3 * (1 << 32) + 7),
+        Rec(INTERIM, t=1200, session_time=1200, inp=9 * (1 << 32) + 1, out=12 * (1 << 32)),
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (9 * (1 << 32) + 1, 12 * (1 << 32))
+
+
+async def test_directions_swap_when_nas_policy_says_so(usage: Usage, form: str) -> None:
+    await usage.register_nas(nas_key="nas-1", swap_direction=True)
+    await usage.send(form, Rec(INTERIM, t=600, session_time=600, inp=111, out=999))
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (999, 111)
+
+
+async def test_counter_reset_keeps_old_total_when_counter_goes_down(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=600, session_time=600, inp=5000, out=5000),
+        Rec(INTERIM, t=1200, session_time=1200, inp=100, out=200),
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (5100, 5200)
+    assert "counter_reset" in session.flags
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (pb.AccountingRecord(acct_session_id="x", source_address="198.51.100.7"), "Status-Type"),
+        (
+            pb.AccountingRecord(
+                status_type=15,  # type: ignore[arg-type]
+                acct_session_id="x",
+                source_address="198.51.100.7",
+            ),
+            "Status-Type",
+        ),
+    ],
+    ids=["missing-status", "unknown-status"],
+)
+async def test_record_is_quarantined_with_reason_when_decoded_form_is_malformed(
+    usage: Usage, record: pb.AccountingRecord, reason: str
+) -> None:
+    good = entries("decoded", [Rec(INTERIM, t=600, session_time=600, inp=1, out=1)])
+    (ack,) = await usage.stream(batch([good[0], pb.AccountingEntry(decoded=record)]))
+    assert counts(ack) == (1, 0, 0, 1)
+    assert [q.index for q in ack.quarantined_records] == [1]
+    assert reason in ack.quarantined_records[0].reason
+
+
+async def test_raw_packet_is_quarantined_with_reason_when_counter_has_wrong_length(
+    usage: Usage,
+) -> None:
+    from tests.usage.support import SOURCE, attr, attr_int, radius_packet, raw_packet
+
+    bad = radius_packet(attr_int(40, INTERIM) + attr(44, b"x") + attr(42, b"\x00\x01"))
+    wrong_secret = radius_packet(attr_int(40, INTERIM) + attr(44, b"y"), secret="nope")
+    (ack,) = await usage.stream(
+        batch([raw_packet(bad, SOURCE, at(0)), raw_packet(wrong_secret, SOURCE, at(0))])
+    )
+    assert counts(ack) == (0, 0, 0, 2)
+    reasons = [q.reason for q in ack.quarantined_records]
+    assert [q.index for q in ack.quarantined_records] == [0, 1]
+    assert all(reasons), reasons

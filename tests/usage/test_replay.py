@@ -1,0 +1,232 @@
+"""The real capture of ../shared/radius (SOURCE.md totals) through the CLI, and the crash test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from isp_rating.v1 import usage_pb2 as pb
+from tests.conftest import Backend, RunningServer, TenantCtx, new_tenant
+from tests.usage.support import INTERIM, START, STOP, Rec, Usage, batch, decoded
+
+ROOT = Path(__file__).resolve().parents[2]
+PCAP = ROOT.parent / "shared" / "radius" / "wba_dl_5gb.pcap"
+RATING = [sys.executable, "-m", "server"]
+
+
+async def rating(*args: str, key: str, cwd: Path | None = None) -> Any:
+    env = {**os.environ, "RATING_API_KEY": key}
+    process = await asyncio.create_subprocess_exec(
+        *RATING,
+        *args,
+        cwd=cwd or ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+@pytest.mark.skipif(not PCAP.exists(), reason=f"{PCAP} is absent")
+async def test_capture_gives_source_totals_when_replayed_through_the_cli(
+    server: RunningServer, tenant: TenantCtx
+) -> None:
+    summary = await rating(
+        "replay",
+        str(PCAP),
+        "--secret",
+        "secret",
+        "--target",
+        server.target,
+        "--json",
+        key=tenant.key,
+    )
+    assert summary == {"records": 179, "accepted": 179, "duplicate": 0, "late": 0, "quarantined": 0}
+    again = await rating(
+        "replay",
+        str(PCAP),
+        "--secret",
+        "secret",
+        "--target",
+        server.target,
+        "--json",
+        key=tenant.key,
+    )
+    assert again["duplicate"] == 179
+    sessions = await rating("sessions", "--target", server.target, "--json", key=tenant.key)
+    assert len(sessions) == 1
+    (session,) = sessions
+    assert isinstance(session, dict)
+    assert session["nas"] == "192.168.123.1"
+    assert (session["input_bytes"], session["output_bytes"]) == (147_699_750, 5_682_218_308)
+    assert session["session_time_s"] == 1773
+    assert session["state"] == "closed"
+    assert session["terminate_cause"] == 1
+    assert "clock_skew" in session["flags"]
+    assert str(session["start_at"]).endswith("Z")
+
+
+def workload(
+    sessions: int = 40, interims: int = 10, per_batch: int = 20
+) -> list[pb.StreamAccountingRequest]:
+    recs = []
+    for step in range(interims + 2):
+        for s in range(sessions):
+            sid = f"c{s}"
+            if step == 0:
+                recs.append(Rec(START, sid=sid, t=s, session_time=0))
+            elif step <= interims:
+                t = 600 * step
+                recs.append(
+                    Rec(INTERIM, sid=sid, t=t + s, session_time=t, inp=t * (s + 1), out=t * 3)
+                )
+            else:
+                t = 600 * step
+                recs.append(
+                    Rec(STOP, sid=sid, t=t + s, session_time=t, inp=t * (s + 1), out=t * 3, cause=1)
+                )
+    return [
+        batch([decoded(r) for r in recs[i : i + per_batch]], f"b{i // per_batch}")
+        for i in range(0, len(recs), per_batch)
+    ]
+
+
+def totals(sessions: list[pb.Session]) -> list[tuple[object, ...]]:
+    return sorted(
+        (
+            s.nas_key,
+            s.acct_session_id,
+            s.generation,
+            s.input_bytes,
+            s.output_bytes,
+            s.session_time_s,
+            s.state,
+        )
+        for s in sessions
+    )
+
+
+class Serve:
+    """`python -m server serve` as a real process on the test backend's database."""
+
+    def __init__(self, data_dir: Path, database_url: str) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.process: subprocess.Popen[bytes] | None = None
+        self.target = ""
+        self.starts = 0
+
+    def _spawn(self, out: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "RATING_SWEEP_INTERVAL_S": "0", "RATING_LOG_LEVEL": "WARNING"}
+        env.pop("RATING_DATABASE_URL", None)
+        with out.open("wb") as stdout:
+            return subprocess.Popen(
+                [
+                    *RATING,
+                    "serve",
+                    "--database-url",
+                    self.database_url,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=stdout,
+                stderr=subprocess.DEVNULL,
+            )
+
+    async def start(self) -> None:
+        self.starts += 1
+        out = self.data_dir / f"serve-{self.starts}.out"
+        self.process = self._spawn(out)
+        for _ in range(300):
+            match = re.search(r"serving on (\S+)", out.read_text() if out.exists() else "")
+            if match:
+                self.target = match.group(1)
+                return
+            assert self.process.poll() is None, "server exited"
+            await asyncio.sleep(0.1)
+        raise AssertionError("server did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+async def stream_until_killed(
+    client: Usage, batches: list[pb.StreamAccountingRequest], served: Serve
+) -> tuple[list[str], grpc.StatusCode | None]:
+    """Streams every batch and SIGKILLs the server after a third are acknowledged."""
+    acked: list[str] = []
+    call = client.stub.StreamAccounting(requests(batches), metadata=client.metadata)
+    try:
+        async for ack in call:
+            acked.append(ack.batch_id)
+            if len(acked) == len(batches) // 3:
+                # Later batches are in flight: some commit, none is acknowledged.
+                served.kill()
+    except grpc.aio.AioRpcError as error:
+        return acked, error.code()
+    return acked, None
+
+
+@pytest.mark.slow
+async def test_totals_match_uninterrupted_run_when_server_is_killed_mid_stream(
+    usage: Usage, tmp_path: Path, server: RunningServer, backend: Backend
+) -> None:
+    batches = workload()
+    # The uninterrupted run, on the in-process test server.
+    for ack in await usage.stream(*batches):
+        assert ack.quarantined == 0
+    expected = totals(await usage.sessions())
+
+    served = Serve(tmp_path, backend.url)
+    await served.start()
+    try:
+        tenant = await new_tenant(server.db)
+        async with grpc.aio.insecure_channel(served.target) as channel:
+            client = Usage(channel, tenant)
+            acked, code = await stream_until_killed(client, batches, served)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert acked == [b.batch_id for b in batches[: len(acked)]]
+        await served.start()
+        # The unacknowledged batches, and the last acknowledged one once more (as a collector
+        # that lost its ack would): that one must come back as duplicates only.
+        resend = batches[len(acked) - 1 :]
+        async with grpc.aio.insecure_channel(served.target) as channel:
+            client = Usage(channel, tenant)
+            acks = await client.stream(*resend)
+            assert [a.batch_id for a in acks] == [b.batch_id for b in resend]
+            assert acks[0].duplicate == len(resend[0].entries)
+            assert acks[0].accepted == 0
+            assert totals(await client.sessions()) == expected
+    finally:
+        served.stop()
+
+
+async def requests(
+    items: list[pb.StreamAccountingRequest],
+) -> AsyncIterator[pb.StreamAccountingRequest]:
+    for item in items:
+        yield item
