@@ -1,0 +1,189 @@
+"""Core throughput: prepare + apply (dedup, sessions, deltas, hourly buckets) on one core.
+
+Run: pytest benchmarks/bench_core.py --benchmark-only -s
+Each case preloads N open sessions, then times batches of Interim-Updates that each touch
+distinct sessions with new counters. The pure-Python reference runs on the same records
+in the same run, and the ratio is reported. Figures go to benchmarks/RESULTS_core.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import rating_core as rc
+from tests.reference.accounting_wire import Rec
+from tests.reference.usage_reference import Reference, Session
+
+US = 1_000_000
+T0 = 1_700_000_000 * US
+M32 = (1 << 32) - 1
+NAS_COUNT = 16
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def ld(field: int, payload: bytes) -> bytes:
+    return varint((field << 3) | 2) + varint(len(payload)) + payload
+
+
+def ts(field: int, us: int) -> bytes:
+    seconds, micros = divmod(us, US)
+    return ld(
+        field, b"\x08" + varint(seconds) + (b"\x10" + varint(micros * 1000) if micros else b"")
+    )
+
+
+def nas(i: int) -> str:
+    return f"bng-{i % NAS_COUNT:02d}"
+
+
+def sid(i: int) -> str:
+    return f"{i:016X}"
+
+
+def mac(i: int) -> str:
+    return "02-00-" + "-".join(f"{i >> shift & 255:02X}" for shift in (24, 16, 8, 0))
+
+
+def prefix(i: int, status: int) -> bytes:
+    """Status, session id, user, NAS-Identifier, calling station: fixed per session."""
+    return (
+        b"\x08" + varint(status) + ld(2, sid(i).encode()) + ld(3, f"user{i}@isp.example".encode())
+        + ld(6, nas(i).encode()) + ld(21, mac(i).encode())
+    )  # fmt: skip
+
+
+def interim_batch(first: int, count: int, pool: int, rnd: int) -> tuple[bytes, list[Rec]]:
+    """Interim-Updates for sessions first..first+count (mod pool), round `rnd`."""
+    parts = [ld(1, b"bench")]
+    recs: list[Rec] = []
+    for k in range(first, first + count):
+        i = k % pool
+        lap = rnd + k // pool
+        t = 600 * (lap + 1)
+        inp = lap * 7_000_000 + i
+        out = lap * 90_000_000 + i
+        at = T0 + t * US
+        body = (
+            prefix(i, 3) + b"\x50" + varint(inp & M32) + b"\x58" + varint(inp >> 32)
+            + b"\x60" + varint(out & M32) + b"\x68" + varint(out >> 32) + b"\x70" + varint(t)
+            + ts(15, at) + ts(23, at)
+        )  # fmt: skip
+        parts.append(ld(2, ld(1, body)))
+        if len(recs) < 20_000:
+            recs.append(Rec(
+                status=3, sid=sid(i), nas_identifier=nas(i), user=f"user{i}@isp.example",
+                input_octets=inp & M32, input_gigawords=inp >> 32, output_octets=out & M32,
+                output_gigawords=out >> 32, session_time=t, event_ts_us=at, arrival_us=at,
+            ))  # fmt: skip
+    return b"".join(parts), recs
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def preload(pool: int) -> tuple[rc.Engine, int]:
+    """An engine with `pool` open sessions (applied as Starts); returns it and its RSS cost."""
+    gc.collect()
+    before = rss_bytes()
+    engine = rc.Engine()
+    chunk = 100_000
+    for lo in range(0, pool, chunk):
+        entries = [
+            ld(2, ld(1, prefix(i, 1) + b"\x70\x00" + ts(15, T0) + ts(23, T0)))
+            for i in range(lo, min(pool, lo + chunk))
+        ]
+        engine.apply(engine.prepare(ld(1, b"load") + b"".join(entries), T0))
+        del entries
+    gc.collect()
+    return engine, rss_bytes() - before
+
+
+def reference_for(pool: int) -> Reference:
+    ref = Reference()
+    for i in range(pool):
+        s = Session(
+            nas(i), sid(i), 1, f"user{i}@isp.example", "", "", start_us=T0, last_update_us=T0
+        )
+        ref.chains[(nas(i), sid(i))] = [s]
+    return ref
+
+
+RESULTS: dict[str, dict[str, float]] = {}
+
+
+def run_case(benchmark: Any, pool: int, batch_size: int) -> None:
+    engine, engine_rss = preload(pool)
+    assert engine.session_count() == pool
+    state = {"round": 0, "next": 0}
+
+    def setup() -> tuple[tuple[bytes], dict[str, Any]]:
+        data, _ = interim_batch(state["next"], batch_size, pool, state["round"])
+        state["next"] += batch_size
+        return (data,), {}
+
+    def step(data: bytes) -> rc.ApplyResult:
+        return engine.apply(engine.prepare(data, T0))
+
+    result = benchmark.pedantic(step, setup=setup, rounds=7, iterations=1, warmup_rounds=1)
+    assert int((result.outcome == rc.OUTCOME_ACCEPTED).sum()) == batch_size
+    assert int(result.bucket_input_bytes.sum()) > 0
+    median = benchmark.stats.stats.median
+    core_rate = batch_size / median
+
+    # The same records through the pure-Python reference (a 20k-record sample), same run.
+    data, recs = interim_batch(0, batch_size, pool, 100)
+    ref = reference_for(pool)
+    started = time.perf_counter()
+    for r in recs:
+        ref.record(r, T0)
+    ref_rate = len(recs) / (time.perf_counter() - started)
+    # Including the Python-side materialization of every column the service reads.
+    started = time.perf_counter()
+    res = engine.apply(engine.prepare(data, T0))
+    touch: list[Callable[[], object]] = [
+        lambda: res.outcome, lambda: res.content_key, lambda: res.entry_bytes,
+        lambda: res.sessions.acct_session_id, lambda: res.sessions.user_name,
+        lambda: res.sessions.input_bytes, lambda: res.bucket_input_bytes,
+    ]  # fmt: skip
+    for f in touch:
+        f()
+    full_rate = batch_size / (time.perf_counter() - started)
+    RESULTS[f"{pool}"] = {
+        "pool": pool,
+        "batch": batch_size,
+        "median_s": median,
+        "core_rate": core_rate,
+        "with_columns_rate": full_rate,
+        "reference_rate": ref_rate,
+        "ratio": core_rate / ref_rate,
+        "rss_mib": engine_rss / 2**20,
+        "rss_mib_per_million": engine_rss / 2**20 * 1_000_000 / pool,
+    }
+    benchmark.extra_info.update(RESULTS[f"{pool}"])
+    print(f"\n{pool} sessions: {RESULTS[f'{pool}']}")
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_throughput_with_10k_open_sessions(benchmark: Any) -> None:
+    run_case(benchmark, 10_000, 200_000)
+
+
+@pytest.mark.benchmark(group="core")
+def test_core_throughput_with_1m_open_sessions(benchmark: Any) -> None:
+    run_case(benchmark, 1_000_000, 200_000)

@@ -1,0 +1,43 @@
+"""Typed public face of the Rust rating core (the compiled module is private)."""
+
+from rating_core._native import (
+    OUTCOME_ACCEPTED,
+    OUTCOME_DUPLICATE,
+    OUTCOME_LATE,
+    OUTCOME_QUARANTINED,
+    ApplyResult,
+    Engine,
+    NasPolicy,
+    PreparedBatch,
+    RatingError,
+    SessionColumns,
+    accounting_response,
+    decode_radius,
+    empty_sessions,
+    flag_names,
+    format_units,
+    make_sessions,
+    parse_units,
+    read_pcap,
+)
+
+__all__ = [
+    "OUTCOME_ACCEPTED",
+    "OUTCOME_DUPLICATE",
+    "OUTCOME_LATE",
+    "OUTCOME_QUARANTINED",
+    "ApplyResult",
+    "Engine",
+    "NasPolicy",
+    "PreparedBatch",
+    "RatingError",
+    "SessionColumns",
+    "accounting_response",
+    "decode_radius",
+    "empty_sessions",
+    "flag_names",
+    "format_units",
+    "make_sessions",
+    "parse_units",
+    "read_pcap",
+]

@@ -1,0 +1,203 @@
+"""Type contract of the compiled module; CI checks it with mypy.stubtest.
+
+See docs/accounting-engine.md for the protocol between the engine and the usage service.
+"""
+
+from typing import Self, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "OUTCOME_ACCEPTED",
+    "OUTCOME_DUPLICATE",
+    "OUTCOME_LATE",
+    "OUTCOME_QUARANTINED",
+    "ApplyResult",
+    "Engine",
+    "NasPolicy",
+    "PreparedBatch",
+    "RatingError",
+    "SessionColumns",
+    "accounting_response",
+    "decode_radius",
+    "empty_sessions",
+    "flag_names",
+    "format_units",
+    "make_sessions",
+    "parse_units",
+    "read_pcap",
+]
+
+class RatingError(ValueError): ...
+
+def parse_units(text: str, scale: int) -> int: ...
+def format_units(units: int, scale: int) -> str: ...
+
+# Outcome codes, one per entry of a batch.
+OUTCOME_ACCEPTED: int  # 1
+OUTCOME_DUPLICATE: int  # 2
+OUTCOME_LATE: int  # 3
+OUTCOME_QUARANTINED: int  # 4
+
+def flag_names(flags: int) -> list[str]:
+    """Names of the session flag bits set in `flags` (lost_start, counter_reset, ...)."""
+
+def decode_radius(packet: bytes, secret: bytes | None) -> dict[str, object]:
+    """Decodes one Accounting-Request (for tools and tests; the hot path never calls it).
+
+    Raises RatingError naming the defect. With a secret, the authenticator is verified.
+    """
+
+def accounting_response(request: bytes, secret: bytes) -> bytes:
+    """The Accounting-Response (code 5) that acknowledges `request`."""
+
+def read_pcap(data: bytes) -> tuple[list[bytes], list[str], npt.NDArray[np.int64]]:
+    """RADIUS accounting requests (UDP to port 1813 or 1646) of a pcap file.
+
+    Returns (packets, source addresses, capture times in µs), in capture order.
+    """
+
+@final
+class NasPolicy:
+    def __new__(
+        cls,
+        *,
+        swap_direction: bool = False,
+        infer_wrap: bool = False,
+        interim_interval_s: int = 600,
+        stale_multiplier: int = 3,
+        grace_s: int = 300,
+        clock_skew_tolerance_s: int = 300,
+    ) -> Self: ...
+    @property
+    def swap_direction(self) -> bool: ...
+    @property
+    def infer_wrap(self) -> bool: ...
+    @property
+    def interim_interval_s(self) -> int: ...
+    @property
+    def stale_multiplier(self) -> int: ...
+    @property
+    def grace_s(self) -> int: ...
+    @property
+    def clock_skew_tolerance_s(self) -> int: ...
+
+@final
+class PreparedBatch:
+    """A decoded, validated batch; touches no session state."""
+
+    @property
+    def batch_id(self) -> str: ...
+    @property
+    def nas_keys(self) -> list[str]:
+        """Distinct NAS keys the batch touches, sorted."""
+
+    @property
+    def content_key(self) -> npt.NDArray[np.void]:
+        """Per entry, dtype V16 (all-zero when quarantined): look these up in the ledger."""
+
+    def __len__(self) -> int: ...
+
+@final
+class SessionColumns:
+    """Session instances, one row per index, all arrays of equal length."""
+
+    nas_key: list[str]
+    acct_session_id: list[str]
+    generation: npt.NDArray[np.uint32]
+    user_name: list[str]
+    calling_station_id: list[str]
+    framed_ip_address: list[str]
+    start_us: npt.NDArray[np.int64]
+    stop_us: npt.NDArray[np.int64]  # -1 while open
+    last_update_us: npt.NDArray[np.int64]  # event time of the last applied update
+    session_time_s: npt.NDArray[np.uint32]
+    input_bytes: npt.NDArray[np.uint64]  # usage so far (resets included)
+    output_bytes: npt.NDArray[np.uint64]
+    hwm_input: npt.NDArray[np.uint64]  # current high-water marks
+    hwm_output: npt.NDArray[np.uint64]
+    last_key: npt.NDArray[np.void]  # 16-byte content key of the last applied record
+    flags: npt.NDArray[np.uint32]
+    terminate_cause: npt.NDArray[np.uint32]  # 0 when none
+    open: npt.NDArray[np.bool_]
+    def __len__(self) -> int: ...
+
+@final
+class ApplyResult:
+    # Per entry of the batch, in batch order.
+    outcome: npt.NDArray[np.uint8]
+    content_key: npt.NDArray[np.void]  # dtype V16; all-zero for quarantined entries
+    nas_index: npt.NDArray[np.int32]  # index into nas_keys; -1 when quarantined
+    session_index: npt.NDArray[np.int32]  # row in `sessions`; -1 when none (On/Off, bad)
+    event_us: npt.NDArray[np.int64]  # effective event time (clock-skew policy applied)
+    arrival_us: npt.NDArray[np.int64]
+    status_type: npt.NDArray[np.uint8]
+    entry_bytes: list[bytes]  # each entry's exact AccountingEntry wire bytes (ledger)
+    quarantine: list[tuple[int, str]]  # (entry index, reason), ascending
+    nas_keys: list[str]
+    nas_seq: npt.NDArray[np.int64]  # per nas_keys: sequence after this batch
+    # Every session instance this batch created or changed (final state after the batch).
+    sessions: SessionColumns
+    # Usage deltas per (session row, hour), summed within the batch.
+    bucket_session_index: npt.NDArray[np.int32]
+    bucket_hour_us: npt.NDArray[np.int64]  # start of the UTC hour
+    bucket_input_bytes: npt.NDArray[np.uint64]
+    bucket_output_bytes: npt.NDArray[np.uint64]
+    bucket_session_s: npt.NDArray[np.uint64]
+    # Anomalies: (entry index or -1, session row or -1, flag bit, detail).
+    anomalies: list[tuple[int, int, int, str]]
+
+@final
+class Engine:
+    """The accounting state of one tenant: NAS policies, secrets and live sessions."""
+
+    def __new__(cls, default_policy: NasPolicy | None = None) -> Self: ...
+    def set_secret(self, source_address: str, secret: bytes) -> None: ...
+    def set_policy(self, nas_key: str, policy: NasPolicy) -> None: ...
+    def prepare(self, batch: bytes, default_arrival_us: int) -> PreparedBatch:
+        """Decodes a serialized StreamAccountingRequest; GIL released."""
+
+    def nas_seq(self, nas_key: str) -> int | None:
+        """Sequence this engine has applied for the NAS, None when it holds no state."""
+
+    def load_sessions(self, nas_key: str, seq: int, sessions: SessionColumns) -> None:
+        """Replaces the engine's state for one NAS with the database's."""
+
+    def forget_nas(self, nas_keys: list[str]) -> None: ...
+    def apply(
+        self, prepared: PreparedBatch, known: npt.NDArray[np.bool_] | None = None
+    ) -> ApplyResult:
+        """Dedup, sessions, deltas, buckets, flags; GIL released.
+
+        `known`: one flag per entry whose content key the ledger already holds; those are
+        duplicates and touch no state.
+        """
+
+    def sweep(self, as_of_us: int) -> ApplyResult:
+        """Closes stale sessions at their last update time (entry arrays are empty)."""
+
+    def session_count(self) -> int: ...
+
+def empty_sessions() -> SessionColumns: ...
+def make_sessions(
+    nas_key: list[str],
+    acct_session_id: list[str],
+    generation: npt.NDArray[np.uint32],
+    user_name: list[str],
+    calling_station_id: list[str],
+    framed_ip_address: list[str],
+    start_us: npt.NDArray[np.int64],
+    stop_us: npt.NDArray[np.int64],
+    last_update_us: npt.NDArray[np.int64],
+    session_time_s: npt.NDArray[np.uint32],
+    input_bytes: npt.NDArray[np.uint64],
+    output_bytes: npt.NDArray[np.uint64],
+    hwm_input: npt.NDArray[np.uint64],
+    hwm_output: npt.NDArray[np.uint64],
+    last_key: npt.NDArray[np.void],
+    flags: npt.NDArray[np.uint32],
+    terminate_cause: npt.NDArray[np.uint32],
+    open: npt.NDArray[np.bool_],
+) -> SessionColumns:
+    """Builds SessionColumns from database rows (for Engine.load_sessions)."""

@@ -1,0 +1,1441 @@
+//! Session instances, generations, deltas, dedup, stale sweep and NAS reboots (RADIUS.md).
+//!
+//! The engine holds the live state of one tenant. `apply` runs a prepared batch through
+//! dedup ▸ session instance ▸ deltas ▸ hourly buckets ▸ flags and returns columnar output.
+//!
+//! Longer than the house ~400 lines on purpose: instance routing, the delta rules and the
+//! session storage are one state machine; the output columns ride along.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use rustc_hash::FxHashMap;
+
+use crate::record::{
+    self, PrepareConfig, Prepared, Record, STATUS_INTERIM, STATUS_NONE, STATUS_OFF, STATUS_ON,
+    STATUS_START, STATUS_STOP,
+};
+use crate::slot_index::SlotIndex;
+
+pub const OUTCOME_ACCEPTED: u8 = 1;
+pub const OUTCOME_DUPLICATE: u8 = 2;
+pub const OUTCOME_LATE: u8 = 3;
+pub const OUTCOME_QUARANTINED: u8 = 4;
+
+pub const LOST_START: u32 = 1;
+pub const COUNTER_RESET: u32 = 2;
+pub const WRAP_INFERRED: u32 = 4;
+pub const STOP_REGRESSION: u32 = 8;
+pub const STALE_CLOSED: u32 = 16;
+pub const LATE_STOP: u32 = 32;
+pub const NAS_REBOOT_CLOSED: u32 = 64;
+pub const CLOCK_SKEW: u32 = 128;
+pub const INTERIM_AFTER_STOP: u32 = 256;
+pub const GENERATION_FROM_START_GAP: u32 = 512;
+
+/// Flag bits and their names, in bit order.
+pub const FLAG_NAMES: [(u32, &str); 10] = [
+    (LOST_START, "lost_start"),
+    (COUNTER_RESET, "counter_reset"),
+    (WRAP_INFERRED, "wrap_inferred"),
+    (STOP_REGRESSION, "stop_regression"),
+    (STALE_CLOSED, "stale_closed"),
+    (LATE_STOP, "late_stop"),
+    (NAS_REBOOT_CLOSED, "nas_reboot_closed"),
+    (CLOCK_SKEW, "clock_skew"),
+    (INTERIM_AFTER_STOP, "interim_after_stop"),
+    (GENERATION_FROM_START_GAP, "generation_from_start_gap"),
+];
+
+/// Names of the flag bits set in `flags`.
+#[must_use]
+pub fn flag_names(flags: u32) -> Vec<&'static str> {
+    FLAG_NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|&(_, name)| name)
+        .collect()
+}
+
+const US: i64 = 1_000_000;
+const HOUR_US: i64 = 3600 * US;
+const NONE: u32 = u32::MAX;
+/// `sweep` drops closed instances whose last update is older than this: late Stops,
+/// interim-after-stop detection and generation numbering look back this far.
+pub const CLOSED_RETENTION_US: i64 = 48 * HOUR_US;
+/// How many records ahead `apply` touches the index and session (see `Engine::touch`).
+const PREFETCH_DISTANCE: usize = 12;
+const WRAP: u64 = 1 << 32;
+
+/// Errors of engine operations (never of individual records: those are quarantined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The batch bytes are not a `StreamAccountingRequest`.
+    Wire(crate::proto::WireError),
+    /// `load_sessions` columns are inconsistent.
+    Columns(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Wire(e) => write!(f, "batch is not a StreamAccountingRequest: {e}"),
+            Self::Columns(s) => write!(f, "session columns: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// Accounting policy of one NAS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NasPolicy {
+    /// Input octets are download on this NAS.
+    pub swap_direction: bool,
+    /// A counter going down (no gigawords sent) is a 32-bit wrap, not a reset.
+    pub infer_wrap: bool,
+    pub interim_interval_s: u32,
+    pub stale_multiplier: u32,
+    pub grace_s: u32,
+    /// Event-Timestamp is believed within this distance of arrival − delay; also the
+    /// distance between implied start times beyond which a record starts a new generation.
+    pub clock_skew_tolerance_s: u32,
+}
+
+impl Default for NasPolicy {
+    fn default() -> Self {
+        Self {
+            swap_direction: false,
+            infer_wrap: false,
+            interim_interval_s: 600,
+            stale_multiplier: 3,
+            grace_s: 300,
+            clock_skew_tolerance_s: 300,
+        }
+    }
+}
+
+impl NasPolicy {
+    /// No update for longer than this closes a session as stale.
+    #[must_use]
+    pub fn stale_after_us(&self) -> i64 {
+        (i64::from(self.stale_multiplier) * i64::from(self.interim_interval_s)
+            + i64::from(self.grace_s))
+            * US
+    }
+    fn gap_us(&self) -> i64 {
+        i64::from(self.clock_skew_tolerance_s) * US
+    }
+}
+
+const STATE_OPEN: u8 = 0;
+const STATE_STOPPED: u8 = 1;
+/// Closed without a Stop (stale sweep, NAS reboot, superseded generation).
+const STATE_CLOSED_NO_STOP: u8 = 2;
+
+/// One session instance.
+#[derive(Debug, Clone)]
+struct Session {
+    start_us: i64,
+    stop_us: i64,
+    last_update_us: i64,
+    hwm_in: u64,
+    hwm_out: u64,
+    in_bytes: u64,
+    out_bytes: u64,
+    last_key: [u8; 16],
+    nas: u32,
+    generation: u32,
+    session_time: u32,
+    /// Flag bits (ten defined; see `FLAG_NAMES`).
+    flags: u16,
+    terminate_cause: u32,
+    /// Older instance of the same hash chain (older generation or hash collision).
+    prev: u32,
+    /// Check hash of (NAS, session id); see `sid_hash`.
+    id2: u32,
+    /// Output row of the current call (see `Touched::row`).
+    row_tag: u32,
+    /// Session id, user name, calling station id, framed IP, concatenated.
+    /// Offset of the session's text in [`Strings`]: session id, user name, calling
+    /// station id, framed IP, concatenated (each at most 255 bytes; RADIUS allows 253).
+    str_off: u32,
+    lens: [u8; 4],
+    state: u8,
+    live: bool,
+}
+
+impl Session {
+    fn text_len(&self) -> usize {
+        self.lens.iter().map(|&l| usize::from(l)).sum()
+    }
+}
+
+/// One buffer holding every session's text (no allocation per session). Freed text is
+/// garbage until `compact` rewrites the buffer.
+#[derive(Default)]
+struct Strings {
+    data: Vec<u8>,
+    garbage: usize,
+}
+
+impl Strings {
+    fn store(&mut self, f: [&[u8]; 4]) -> (u32, [u8; 4]) {
+        let off = self.data.len() as u32;
+        let mut lens = [0u8; 4];
+        for (i, v) in f.iter().enumerate() {
+            let v = &v[..v.len().min(usize::from(u8::MAX))];
+            self.data.extend_from_slice(v);
+            lens[i] = v.len() as u8;
+        }
+        (off, lens)
+    }
+
+    fn field<'a>(&'a self, s: &Session, i: usize) -> &'a [u8] {
+        let start = s.str_off as usize + s.lens[..i].iter().map(|&l| usize::from(l)).sum::<usize>();
+        self.data
+            .get(start..start + usize::from(s.lens[i]))
+            .unwrap_or_default()
+    }
+
+    fn release(&mut self, s: &Session) {
+        self.garbage += s.text_len();
+    }
+}
+
+/// Identity hasher for keys that are already hashes.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+/// Index hash and check hash of a session identity: two instances are of the same
+/// (NAS, session id) when NAS id and both hashes agree (128 bits; no string compare).
+fn sid_hash(nas: u32, sid: &[u8]) -> (u64, u64) {
+    record::identity_hash(nas, sid)
+}
+
+struct NasState {
+    key: String,
+    seq: Option<i64>,
+    policy: NasPolicy,
+    /// Content keys of the NAS's recent Accounting-On/Off records (dedup of repeats).
+    last_onoff: Vec<[u8; 16]>,
+}
+
+/// A column of strings in one buffer (no allocation per row).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StrColumn {
+    data: String,
+    ends: Vec<usize>,
+}
+
+impl StrColumn {
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// Row `i` (empty when out of range).
+    #[must_use]
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends.get(i - 1).copied().unwrap_or(0)
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.data.get(start..end).unwrap_or_default()
+    }
+    pub fn push(&mut self, v: &str) {
+        self.data.push_str(v);
+        self.ends.push(self.data.len());
+    }
+    /// Appends bytes as text (invalid UTF-8 replaced).
+    pub fn push_bytes(&mut self, v: &[u8]) {
+        match std::str::from_utf8(v) {
+            Ok(t) => self.push(t),
+            Err(_) => self.push(&String::from_utf8_lossy(v)),
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for StrColumn {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut c = Self::default();
+        for v in iter {
+            c.push(v.as_ref());
+        }
+        c
+    }
+}
+
+/// Session instances in columns (output of `apply`, input of `load_sessions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionTable {
+    pub nas_key: StrColumn,
+    pub acct_session_id: StrColumn,
+    pub generation: Vec<u32>,
+    pub user_name: StrColumn,
+    pub calling_station_id: StrColumn,
+    pub framed_ip_address: StrColumn,
+    pub start_us: Vec<i64>,
+    pub stop_us: Vec<i64>,
+    pub last_update_us: Vec<i64>,
+    pub session_time_s: Vec<u32>,
+    pub input_bytes: Vec<u64>,
+    pub output_bytes: Vec<u64>,
+    pub hwm_input: Vec<u64>,
+    pub hwm_output: Vec<u64>,
+    pub last_key: Vec<[u8; 16]>,
+    pub flags: Vec<u32>,
+    pub terminate_cause: Vec<u32>,
+    pub open: Vec<bool>,
+}
+
+impl SessionTable {
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.generation.len()
+    }
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.generation.is_empty()
+    }
+
+    fn push(&mut self, s: &Session, nas_key: &str, text: &Strings) {
+        self.nas_key.push(nas_key);
+        self.acct_session_id.push_bytes(text.field(s, 0));
+        self.generation.push(s.generation);
+        self.user_name.push_bytes(text.field(s, 1));
+        self.calling_station_id.push_bytes(text.field(s, 2));
+        self.framed_ip_address.push_bytes(text.field(s, 3));
+        self.start_us.push(s.start_us);
+        self.stop_us
+            .push(if s.state == STATE_OPEN { -1 } else { s.stop_us });
+        self.last_update_us.push(s.last_update_us);
+        self.session_time_s.push(s.session_time);
+        self.input_bytes.push(s.in_bytes);
+        self.output_bytes.push(s.out_bytes);
+        self.hwm_input.push(s.hwm_in);
+        self.hwm_output.push(s.hwm_out);
+        self.last_key.push(s.last_key);
+        self.flags.push(u32::from(s.flags));
+        self.terminate_cause.push(s.terminate_cause);
+        self.open.push(s.state == STATE_OPEN);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.generation.reserve(n);
+        self.start_us.reserve(n);
+        self.stop_us.reserve(n);
+        self.last_update_us.reserve(n);
+        self.session_time_s.reserve(n);
+        self.input_bytes.reserve(n);
+        self.output_bytes.reserve(n);
+        self.hwm_input.reserve(n);
+        self.hwm_output.reserve(n);
+        self.last_key.reserve(n);
+        self.flags.reserve(n);
+        self.terminate_cause.reserve(n);
+        self.open.reserve(n);
+    }
+
+    fn check(&self) -> Result<(), EngineError> {
+        let n = self.len();
+        let lens = [
+            self.nas_key.len(),
+            self.acct_session_id.len(),
+            self.user_name.len(),
+            self.calling_station_id.len(),
+            self.framed_ip_address.len(),
+            self.start_us.len(),
+            self.stop_us.len(),
+            self.last_update_us.len(),
+            self.session_time_s.len(),
+            self.input_bytes.len(),
+            self.output_bytes.len(),
+            self.hwm_input.len(),
+            self.hwm_output.len(),
+            self.last_key.len(),
+            self.flags.len(),
+            self.terminate_cause.len(),
+            self.open.len(),
+        ];
+        if lens.iter().any(|&l| l != n) {
+            return Err(EngineError::Columns(
+                "columns have different lengths".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Columnar result of `apply` or `sweep`.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOutput {
+    pub outcome: Vec<u8>,
+    pub content_key: Vec<[u8; 16]>,
+    pub nas_index: Vec<i32>,
+    pub session_index: Vec<i32>,
+    pub event_us: Vec<i64>,
+    pub arrival_us: Vec<i64>,
+    pub status_type: Vec<u8>,
+    pub quarantine: Vec<(u32, String)>,
+    pub nas_keys: Vec<String>,
+    pub nas_seq: Vec<i64>,
+    pub sessions: SessionTable,
+    pub bucket_session_index: Vec<i32>,
+    pub bucket_hour_us: Vec<i64>,
+    pub bucket_input_bytes: Vec<u64>,
+    pub bucket_output_bytes: Vec<u64>,
+    pub bucket_session_s: Vec<u64>,
+    /// `(entry index or -1, session row or -1, flag bit, detail)`.
+    pub anomalies: Vec<(i64, i64, u32, String)>,
+}
+
+/// A prepared batch with the bytes its spans refer to.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    p: &'a Prepared,
+    batch: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    fn text(&self, s: record::Span) -> &'a [u8] {
+        self.p.text(self.batch, s)
+    }
+}
+
+/// Per-call scratch: which sessions and buckets the call touched.
+#[derive(Default)]
+struct Touched {
+    rows: Vec<u32>,
+    /// Per row: the hour and index of its most recent bucket (most records hit it).
+    last_bucket: Vec<(i64, u32)>,
+    bucket_of: FxHashMap<(u32, i64), u32>,
+    anomalies: Vec<(i64, u32, u32, String)>,
+}
+
+impl Touched {
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.last_bucket.clear();
+        self.bucket_of.clear();
+        self.anomalies.clear();
+    }
+    /// The output row of a session, assigned on first touch; `tag` is the session's
+    /// `row_tag` (valid when it points at a row that holds this slot).
+    fn row(&mut self, slot: u32, tag: &mut u32) -> i32 {
+        let r = *tag as usize;
+        if self.rows.get(r) == Some(&slot) {
+            return r as i32;
+        }
+        let r = self.rows.len();
+        self.rows.push(slot);
+        self.last_bucket.push((i64::MIN, u32::MAX));
+        *tag = r as u32;
+        r as i32
+    }
+
+    fn lookup(&self, slot: u32, tag: u32) -> i32 {
+        if self.rows.get(tag as usize) == Some(&slot) {
+            tag as i32
+        } else {
+            -1
+        }
+    }
+}
+
+enum Target {
+    Create {
+        lost_start: bool,
+        gap: bool,
+        close: Option<u32>,
+    },
+    Existing(u32),
+    Late(u32),
+}
+
+/// Secrets and NAS policies: everything `prepare` reads. Kept apart from the sessions so
+/// a batch can be prepared while another is applied.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    default_policy: NasPolicy,
+    policies: FxHashMap<String, NasPolicy>,
+    secrets: FxHashMap<String, Vec<u8>>,
+}
+
+impl Config {
+    #[must_use]
+    pub fn new(default_policy: NasPolicy) -> Self {
+        Self {
+            default_policy,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the shared secret for packets from `source_address`.
+    pub fn set_secret(&mut self, source_address: &str, secret: &[u8]) {
+        self.secrets
+            .insert(record::canonical_address(source_address), secret.to_vec());
+    }
+
+    /// Sets the policy of one NAS key.
+    pub fn set_policy(&mut self, nas_key: &str, policy: NasPolicy) {
+        self.policies.insert(nas_key.to_owned(), policy);
+    }
+
+    /// The policy in force for a NAS key.
+    #[must_use]
+    pub fn policy(&self, nas_key: &str) -> NasPolicy {
+        self.policies
+            .get(nas_key)
+            .copied()
+            .unwrap_or(self.default_policy)
+    }
+
+    /// Decodes and validates a batch (touches no session state).
+    ///
+    /// # Errors
+    /// [`EngineError::Wire`] when the outer message is malformed.
+    pub fn prepare(&self, batch: &[u8], default_arrival_us: i64) -> Result<Prepared, EngineError> {
+        record::prepare(batch, default_arrival_us, self).map_err(EngineError::Wire)
+    }
+}
+
+impl PrepareConfig for Config {
+    fn secret(&self, source: &str) -> Option<&[u8]> {
+        self.secrets.get(source).map(Vec::as_slice)
+    }
+    fn skew_tolerance_s(&self, nas_key: &str) -> i64 {
+        i64::from(self.policy(nas_key).clock_skew_tolerance_s)
+    }
+}
+
+/// The accounting state of one tenant: NAS policies, secrets and live sessions.
+#[derive(Default)]
+pub struct Engine {
+    config: Config,
+    nas: Vec<NasState>,
+    nas_ids: FxHashMap<String, u32>,
+    sessions: Vec<Session>,
+    free: Vec<u32>,
+    index: SlotIndex,
+    strings: Strings,
+    live: usize,
+    /// Per-call scratch kept between calls so its memory is reused.
+    touched: Touched,
+    /// First 64 bits of a content key → index of the batch record that carried it.
+    seen: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
+}
+
+impl Engine {
+    #[must_use]
+    pub fn new(default_policy: NasPolicy) -> Self {
+        Self {
+            config: Config::new(default_policy),
+            ..Self::default()
+        }
+    }
+
+    /// Secrets and policies (what `prepare` reads).
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sets the shared secret for packets from `source_address`.
+    pub fn set_secret(&mut self, source_address: &str, secret: &[u8]) {
+        self.config.set_secret(source_address, secret);
+    }
+
+    /// Sets the policy of one NAS key.
+    pub fn set_policy(&mut self, nas_key: &str, policy: NasPolicy) {
+        self.config.set_policy(nas_key, policy);
+        if let Some(&id) = self.nas_ids.get(nas_key) {
+            self.nas[id as usize].policy = policy;
+        }
+    }
+
+    /// The policy in force for a NAS key.
+    #[must_use]
+    pub fn policy(&self, nas_key: &str) -> NasPolicy {
+        self.config.policy(nas_key)
+    }
+
+    /// Decodes and validates a batch (no session state is touched).
+    ///
+    /// # Errors
+    /// [`EngineError::Wire`] when the outer message is malformed.
+    pub fn prepare(&self, batch: &[u8], default_arrival_us: i64) -> Result<Prepared, EngineError> {
+        self.config.prepare(batch, default_arrival_us)
+    }
+
+    /// Sequence applied for a NAS; `None` when the engine holds no state for it.
+    #[must_use]
+    pub fn nas_seq(&self, nas_key: &str) -> Option<i64> {
+        self.nas_ids
+            .get(nas_key)
+            .and_then(|&id| self.nas[id as usize].seq)
+    }
+
+    /// Number of session instances held (open and closed).
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.live
+    }
+
+    /// Number of open session instances held.
+    #[must_use]
+    pub fn open_count(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| s.live && s.state == STATE_OPEN)
+            .count()
+    }
+
+    fn intern_nas(&mut self, key: &str) -> u32 {
+        if let Some(&id) = self.nas_ids.get(key) {
+            return id;
+        }
+        let id = self.nas.len() as u32;
+        self.nas.push(NasState {
+            key: key.to_owned(),
+            seq: None,
+            policy: self.policy(key),
+            last_onoff: Vec::new(),
+        });
+        self.nas_ids.insert(key.to_owned(), id);
+        id
+    }
+
+    fn find_head(&self, h: (u64, u64), nas: u32) -> Option<u32> {
+        let mut slot = self.index.get(h.0)?;
+        while slot != NONE {
+            let s = &self.sessions[slot as usize];
+            if s.nas == nas && s.id2 == h.1 as u32 {
+                return Some(slot);
+            }
+            slot = s.prev;
+        }
+        None
+    }
+
+    /// Newest instance of (nas, sid) whose start is within `gap` of `implied`.
+    fn chain_match(&self, head: u32, implied: i64, gap: i64) -> Option<u32> {
+        let (nas, id2) = {
+            let s = &self.sessions[head as usize];
+            (s.nas, s.id2)
+        };
+        let mut slot = head;
+        while slot != NONE {
+            let s = &self.sessions[slot as usize];
+            if s.nas == nas && s.id2 == id2 && s.start_us.abs_diff(implied) <= gap.unsigned_abs() {
+                return Some(slot);
+            }
+            slot = s.prev;
+        }
+        None
+    }
+
+    /// Rewrites the text buffer without freed text once it is mostly garbage.
+    fn compact(&mut self) {
+        let text = &mut self.strings;
+        if text.garbage < 1 << 20 || text.garbage * 2 < text.data.len() {
+            return;
+        }
+        let mut data = Vec::with_capacity(text.data.len() - text.garbage);
+        for s in self.sessions.iter_mut().filter(|s| s.live) {
+            let start = s.str_off as usize;
+            let bytes = text
+                .data
+                .get(start..start + s.text_len())
+                .unwrap_or_default();
+            s.str_off = data.len() as u32;
+            data.extend_from_slice(bytes);
+        }
+        text.data = data;
+        text.garbage = 0;
+    }
+
+    /// Loads the index entry and the session for `h` (a software prefetch without `unsafe`).
+    #[inline]
+    fn touch(&self, h: u64) {
+        if let Some(slot) = self.index.get(h) {
+            if let Some(s) = self.sessions.get(slot as usize) {
+                // Both cache lines of the session, and its text (read for the output row).
+                std::hint::black_box((s.start_us, s.last_key[15], s.row_tag, s.lens[0]));
+                std::hint::black_box(self.strings.data.get(s.str_off as usize));
+            }
+        }
+    }
+
+    fn alloc(&mut self, s: Session) -> u32 {
+        self.live += 1;
+        if let Some(slot) = self.free.pop() {
+            self.sessions[slot as usize] = s;
+            slot
+        } else {
+            self.sessions.push(s);
+            (self.sessions.len() - 1) as u32
+        }
+    }
+
+    fn insert(&mut self, s: Session) -> u32 {
+        let h = sid_hash(s.nas, self.strings.field(&s, 0));
+        self.insert_hashed(s, h)
+    }
+
+    fn insert_hashed(&mut self, mut s: Session, h: (u64, u64)) -> u32 {
+        s.id2 = h.1 as u32;
+        s.prev = self.index.get(h.0).unwrap_or(NONE);
+        let slot = self.alloc(s);
+        self.index.insert(h.0, slot);
+        slot
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let (h, prev) = {
+            let s = &self.sessions[slot as usize];
+            if !s.live {
+                return;
+            }
+            (sid_hash(s.nas, self.strings.field(s, 0)).0, s.prev)
+        };
+        match self.index.get(h) {
+            Some(head) if head == slot => {
+                if prev == NONE {
+                    self.index.remove(h);
+                } else {
+                    self.index.insert(h, prev);
+                }
+            }
+            Some(mut cur) => {
+                while cur != NONE {
+                    let next = self.sessions[cur as usize].prev;
+                    if next == slot {
+                        self.sessions[cur as usize].prev = prev;
+                        break;
+                    }
+                    cur = next;
+                }
+            }
+            None => {}
+        }
+        let s = &mut self.sessions[slot as usize];
+        s.live = false;
+        self.strings.release(s);
+        s.lens = [0; 4];
+        self.free.push(slot);
+        self.live -= 1;
+    }
+
+    fn slots_of(&self, nas: u32) -> Vec<u32> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.live && s.nas == nas)
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    /// Drops the state of these NASes (the next batch reloads it from the database).
+    pub fn forget_nas(&mut self, nas_keys: &[String]) {
+        for key in nas_keys {
+            let Some(&id) = self.nas_ids.get(key.as_str()) else {
+                continue;
+            };
+            for slot in self.slots_of(id) {
+                self.remove(slot);
+            }
+            let n = &mut self.nas[id as usize];
+            n.seq = None;
+            n.last_onoff.clear();
+        }
+        self.compact();
+    }
+
+    /// Replaces the engine's state for one NAS with the database's.
+    ///
+    /// # Errors
+    /// [`EngineError::Columns`] when the columns disagree in length or name another NAS.
+    pub fn load_sessions(
+        &mut self,
+        nas_key: &str,
+        seq: i64,
+        t: &SessionTable,
+    ) -> Result<(), EngineError> {
+        t.check()?;
+        if let Some(bad) = t.nas_key.iter().find(|&k| k != nas_key) {
+            return Err(EngineError::Columns(format!(
+                "row of NAS {bad:?} loaded for NAS {nas_key:?}"
+            )));
+        }
+        let long = [
+            &t.acct_session_id,
+            &t.user_name,
+            &t.calling_station_id,
+            &t.framed_ip_address,
+        ]
+        .iter()
+        .any(|c| c.iter().any(|v| v.len() > usize::from(u8::MAX)));
+        if long {
+            return Err(EngineError::Columns(
+                "text longer than 255 bytes (RADIUS attributes hold 253)".into(),
+            ));
+        }
+        let id = self.intern_nas(nas_key);
+        for slot in self.slots_of(id) {
+            self.remove(slot);
+        }
+        let mut order: Vec<usize> = (0..t.len()).collect();
+        order.sort_by(|&a, &b| {
+            (t.acct_session_id.get(a), t.generation[a])
+                .cmp(&(t.acct_session_id.get(b), t.generation[b]))
+        });
+        for i in order {
+            let state = if t.open[i] {
+                STATE_OPEN
+            } else if t.terminate_cause[i] != 0
+                || t.flags[i] & (STALE_CLOSED | NAS_REBOOT_CLOSED) == 0
+            {
+                STATE_STOPPED
+            } else {
+                STATE_CLOSED_NO_STOP
+            };
+            let mut s = Session {
+                start_us: t.start_us[i],
+                stop_us: t.stop_us[i],
+                last_update_us: t.last_update_us[i],
+                hwm_in: t.hwm_input[i],
+                hwm_out: t.hwm_output[i],
+                in_bytes: t.input_bytes[i],
+                out_bytes: t.output_bytes[i],
+                last_key: t.last_key[i],
+                nas: id,
+                generation: t.generation[i],
+                session_time: t.session_time_s[i],
+                flags: t.flags[i] as u16,
+                terminate_cause: t.terminate_cause[i],
+                prev: NONE,
+                id2: 0,
+                row_tag: u32::MAX,
+                str_off: 0,
+                lens: [0; 4],
+                state,
+                live: true,
+            };
+            (s.str_off, s.lens) = self.strings.store([
+                t.acct_session_id.get(i).as_bytes(),
+                t.user_name.get(i).as_bytes(),
+                t.calling_station_id.get(i).as_bytes(),
+                t.framed_ip_address.get(i).as_bytes(),
+            ]);
+            self.insert(s);
+        }
+        self.compact();
+        let n = &mut self.nas[id as usize];
+        n.seq = Some(seq);
+        n.last_onoff.clear();
+        Ok(())
+    }
+
+    fn close_no_stop(&mut self, slot: u32, flag: u32) {
+        let s = &mut self.sessions[slot as usize];
+        s.state = STATE_CLOSED_NO_STOP;
+        s.stop_us = s.last_update_us;
+        s.flags |= flag as u16;
+    }
+
+    /// Runs a prepared batch: dedup, sessions, deltas, buckets, flags.
+    pub fn apply(&mut self, p: &Prepared, batch: &[u8]) -> ApplyOutput {
+        self.apply_known(p, batch, None)
+    }
+
+    /// Like [`Engine::apply`], with the ledger's verdict: entries whose `known` flag is set
+    /// already have their content key in the ledger, so they are duplicates and touch nothing.
+    pub fn apply_known(
+        &mut self,
+        p: &Prepared,
+        batch: &[u8],
+        known: Option<&[bool]>,
+    ) -> ApplyOutput {
+        let input = Input { p, batch };
+        let n = p.records.len();
+        let mut out = ApplyOutput {
+            outcome: Vec::with_capacity(n),
+            content_key: Vec::with_capacity(n),
+            nas_index: Vec::with_capacity(n),
+            session_index: Vec::with_capacity(n),
+            event_us: Vec::with_capacity(n),
+            arrival_us: Vec::with_capacity(n),
+            status_type: Vec::with_capacity(n),
+            quarantine: p.quarantine.clone(),
+            nas_keys: p.nas_keys.clone(),
+            ..ApplyOutput::default()
+        };
+        let nas_map: Vec<u32> = p.nas_keys.iter().map(|k| self.intern_nas(k)).collect();
+        let mut t = std::mem::take(&mut self.touched);
+        t.clear();
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.clear();
+        seen.reserve(n);
+        // Identity hashes up front, so the loop can touch the index and the session of a
+        // record a few places ahead: at a million sessions those are cache misses, and
+        // issuing them early overlaps them with the current record's work.
+        let hashes: Vec<(u64, u64)> = p
+            .records
+            .iter()
+            .map(|r| match r.status {
+                STATUS_START | STATUS_STOP | STATUS_INTERIM => {
+                    sid_hash(nas_map[r.nas as usize], input.text(r.sid))
+                }
+                _ => (0, 0),
+            })
+            .collect();
+        for (i, r) in p.records.iter().enumerate() {
+            if let Some(&(ahead, _)) = hashes.get(i + PREFETCH_DISTANCE) {
+                if ahead != 0 {
+                    self.touch(ahead);
+                }
+            }
+            out.event_us.push(r.event_us);
+            out.arrival_us.push(r.arrival_us);
+            out.status_type.push(r.status);
+            if r.status == STATUS_NONE {
+                out.outcome.push(OUTCOME_QUARANTINED);
+                out.content_key.push([0; 16]);
+                out.nas_index.push(-1);
+                out.session_index.push(-1);
+                continue;
+            }
+            out.content_key.push(r.key);
+            out.nas_index.push(r.nas as i32);
+            let nas = nas_map[r.nas as usize];
+            let in_ledger = known.is_some_and(|k| k.get(i).copied().unwrap_or(false));
+            let (outcome, slot) = if in_ledger {
+                (OUTCOME_DUPLICATE, NONE)
+            } else if let Some(slot) = seen
+                .get(&key_prefix(&r.key))
+                .filter(|&&j| p.records[j as usize].key == r.key)
+                .map(|&j| out.session_index[j as usize])
+            {
+                let slot = if slot < 0 {
+                    NONE
+                } else {
+                    t.rows[slot as usize]
+                };
+                (OUTCOME_DUPLICATE, slot)
+            } else {
+                let (o, slot) = if r.status == STATUS_ON || r.status == STATUS_OFF {
+                    self.on_off(i, r, nas, &mut t)
+                } else {
+                    self.session_record(i, r, nas, hashes[i], input, &mut t, &mut out)
+                };
+                if o != OUTCOME_DUPLICATE {
+                    // A 64-bit prefix collision keeps the first record (the ledger dedups).
+                    seen.entry(key_prefix(&r.key)).or_insert(i as u32);
+                }
+                (o, slot)
+            };
+            out.outcome.push(outcome);
+            out.session_index.push(if slot == NONE {
+                -1
+            } else {
+                t.row(slot, &mut self.sessions[slot as usize].row_tag)
+            });
+        }
+        for &id in &nas_map {
+            let st = &mut self.nas[id as usize];
+            let seq = st.seq.unwrap_or(0) + 1;
+            st.seq = Some(seq);
+            out.nas_seq.push(seq);
+        }
+        self.finish(&mut out, &mut t);
+        self.touched = t;
+        self.seen = seen;
+        self.compact();
+        out
+    }
+
+    fn finish(&self, out: &mut ApplyOutput, t: &mut Touched) {
+        out.sessions.reserve(t.rows.len());
+        for &slot in &t.rows {
+            let s = &self.sessions[slot as usize];
+            out.sessions
+                .push(s, &self.nas[s.nas as usize].key, &self.strings);
+        }
+        let anomalies = std::mem::take(&mut t.anomalies);
+        out.anomalies = anomalies
+            .into_iter()
+            .map(|(entry, slot, flag, detail)| {
+                let row = if slot == NONE {
+                    -1
+                } else {
+                    i64::from(t.lookup(slot, self.sessions[slot as usize].row_tag))
+                };
+                (entry, row, flag, detail)
+            })
+            .collect();
+    }
+
+    fn on_off(&mut self, i: usize, r: &Record, nas: u32, t: &mut Touched) -> (u8, u32) {
+        if self.nas[nas as usize].last_onoff.contains(&r.key) {
+            return (OUTCOME_DUPLICATE, NONE);
+        }
+        for slot in self.slots_of(nas) {
+            let s = &self.sessions[slot as usize];
+            if s.state == STATE_OPEN && s.start_us < r.event_us {
+                self.close_no_stop(slot, NAS_REBOOT_CLOSED);
+                t.row(slot, &mut self.sessions[slot as usize].row_tag);
+                t.anomalies.push((
+                    i as i64,
+                    slot,
+                    NAS_REBOOT_CLOSED,
+                    "closed by Accounting-On/Off at its last update".into(),
+                ));
+            }
+        }
+        if r.skewed() {
+            t.anomalies
+                .push((i as i64, NONE, CLOCK_SKEW, skew_detail(r)));
+        }
+        let recent = &mut self.nas[nas as usize].last_onoff;
+        if recent.len() >= 8 {
+            recent.remove(0);
+        }
+        recent.push(r.key);
+        (OUTCOME_ACCEPTED, NONE)
+    }
+
+    fn session_record(
+        &mut self,
+        i: usize,
+        r: &Record,
+        nas: u32,
+        h: (u64, u64),
+        p: Input<'_>,
+        t: &mut Touched,
+        out: &mut ApplyOutput,
+    ) -> (u8, u32) {
+        let sid = p.text(r.sid);
+        let policy = self.nas[nas as usize].policy;
+        let gap = policy.gap_us();
+        // A Start is at session time 0 whether or not it says so (most omit the attribute).
+        let time = match r.session_time() {
+            None if r.status == STATUS_START => Some(0),
+            t => t,
+        };
+        let implied = time.map(|st| r.event_us.saturating_sub(i64::from(st) * US));
+        let head = self.find_head(h, nas);
+        let target = match head {
+            None => Target::Create {
+                lost_start: r.status != STATUS_START,
+                gap: false,
+                close: None,
+            },
+            Some(cur) => {
+                let c = &self.sessions[cur as usize];
+                if r.status == STATUS_START {
+                    if c.state == STATE_OPEN {
+                        match implied {
+                            Some(im) if im > c.start_us.saturating_add(gap) => Target::Create {
+                                lost_start: false,
+                                gap: true,
+                                close: Some(cur),
+                            },
+                            _ => Target::Existing(cur),
+                        }
+                    } else if r.event_us > c.last_update_us {
+                        Target::Create {
+                            lost_start: false,
+                            gap: false,
+                            close: None,
+                        }
+                    } else {
+                        Target::Existing(cur)
+                    }
+                } else {
+                    match implied {
+                        None => Target::Existing(cur),
+                        Some(im) => {
+                            if let Some(m) = self.chain_match(cur, im, gap) {
+                                Target::Existing(m)
+                            } else if im > c.start_us.saturating_add(gap) {
+                                let close = (c.state == STATE_OPEN).then_some(cur);
+                                Target::Create {
+                                    lost_start: true,
+                                    gap: true,
+                                    close,
+                                }
+                            } else {
+                                Target::Late(cur)
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match target {
+            Target::Late(slot) => (OUTCOME_LATE, slot),
+            Target::Create {
+                lost_start,
+                gap: is_gap,
+                close,
+            } => {
+                if let Some(old) = close {
+                    self.close_no_stop(old, STALE_CLOSED);
+                    t.row(old, &mut self.sessions[old as usize].row_tag);
+                    t.anomalies.push((
+                        i as i64,
+                        old,
+                        STALE_CLOSED,
+                        "superseded by a new generation; closed at its last update".into(),
+                    ));
+                }
+                let generation = head.map_or(1, |h| self.sessions[h as usize].generation + 1);
+                let mut flags = 0;
+                if lost_start {
+                    flags |= LOST_START;
+                }
+                if is_gap {
+                    flags |= GENERATION_FROM_START_GAP;
+                }
+                let mut s = Session {
+                    start_us: implied.unwrap_or(r.event_us),
+                    stop_us: -1,
+                    last_update_us: r.event_us,
+                    hwm_in: 0,
+                    hwm_out: 0,
+                    in_bytes: 0,
+                    out_bytes: 0,
+                    last_key: [0; 16],
+                    nas,
+                    generation,
+                    session_time: 0,
+                    flags: flags as u16,
+                    terminate_cause: 0,
+                    prev: NONE,
+                    id2: 0,
+                    row_tag: u32::MAX,
+                    str_off: 0,
+                    lens: [0; 4],
+                    state: STATE_OPEN,
+                    live: true,
+                };
+                (s.str_off, s.lens) =
+                    self.strings
+                        .store([sid, p.text(r.user), p.text(r.calling), p.text(r.framed)]);
+                let slot = self.insert_hashed(s, h);
+                for bit in [LOST_START, GENERATION_FROM_START_GAP] {
+                    if flags & bit != 0 {
+                        t.anomalies
+                            .push((i as i64, slot, bit, flag_detail(bit).into()));
+                    }
+                }
+                let o = self.update(i, slot, r, policy, p, t, out);
+                (o, slot)
+            }
+            Target::Existing(slot) => {
+                let (state, last_key, session_time) = {
+                    let s = &self.sessions[slot as usize];
+                    (s.state, s.last_key, s.session_time)
+                };
+                if last_key == r.key {
+                    return (OUTCOME_DUPLICATE, slot);
+                }
+                match (state, r.status) {
+                    (STATE_OPEN, _)
+                    | (STATE_STOPPED, STATUS_STOP)
+                    | (STATE_CLOSED_NO_STOP, STATUS_STOP | STATUS_INTERIM) => {
+                        (self.update(i, slot, r, policy, p, t, out), slot)
+                    }
+                    (STATE_STOPPED, STATUS_INTERIM) => {
+                        if r.session_time().is_none_or(|st| st >= session_time) {
+                            self.sessions[slot as usize].flags |= INTERIM_AFTER_STOP as u16;
+                            t.row(slot, &mut self.sessions[slot as usize].row_tag);
+                            t.anomalies.push((
+                                i as i64,
+                                slot,
+                                INTERIM_AFTER_STOP,
+                                flag_detail(INTERIM_AFTER_STOP).into(),
+                            ));
+                        }
+                        (OUTCOME_LATE, slot)
+                    }
+                    _ => (OUTCOME_LATE, slot),
+                }
+            }
+        }
+    }
+
+    /// Applies one record to an instance: the delta rules of RADIUS.md.
+    fn update(
+        &mut self,
+        i: usize,
+        slot: u32,
+        r: &Record,
+        policy: NasPolicy,
+        p: Input<'_>,
+        t: &mut Touched,
+        out: &mut ApplyOutput,
+    ) -> u8 {
+        let s = &mut self.sessions[slot as usize];
+        if r.session_time().is_some_and(|st| st < s.session_time) {
+            return OUTCOME_LATE;
+        }
+        let t_up = r.session_time().is_some_and(|st| st > s.session_time);
+        let (input, output, in_gw, out_gw) = if policy.swap_direction {
+            (r.output(), r.input(), r.output_gw(), r.input_gw())
+        } else {
+            (r.input(), r.output(), r.input_gw(), r.output_gw())
+        };
+        let is_stop = r.status == STATUS_STOP;
+        let (din, hin, fin) = delta(s.hwm_in, input, in_gw, t_up, is_stop, policy.infer_wrap);
+        let (dout, hout, fout) = delta(s.hwm_out, output, out_gw, t_up, is_stop, policy.infer_wrap);
+        let dsecs = match r.session_time() {
+            Some(st) if t_up => u64::from(st - s.session_time),
+            _ => 0,
+        };
+        s.hwm_in = hin;
+        s.hwm_out = hout;
+        s.in_bytes = s.in_bytes.saturating_add(din);
+        s.out_bytes = s.out_bytes.saturating_add(dout);
+        if let Some(st) = r.session_time() {
+            s.session_time = s.session_time.max(st);
+        }
+        let old_flags = u32::from(s.flags);
+        let mut new_flags = fin | fout;
+        if r.skewed() {
+            new_flags |= CLOCK_SKEW;
+        }
+        s.last_update_us = s.last_update_us.max(r.event_us);
+        s.last_key = r.key;
+        match s.state {
+            STATE_CLOSED_NO_STOP => {
+                new_flags |= LATE_STOP;
+                if is_stop {
+                    s.state = STATE_STOPPED;
+                    s.stop_us = r.event_us;
+                    s.terminate_cause = r.terminate_cause().unwrap_or(0);
+                } else {
+                    s.stop_us = s.last_update_us;
+                }
+            }
+            STATE_OPEN if is_stop => {
+                s.state = STATE_STOPPED;
+                s.stop_us = r.event_us;
+                s.terminate_cause = r.terminate_cause().unwrap_or(0);
+            }
+            _ => {}
+        }
+        s.flags |= new_flags as u16;
+        // Fill identity fields the instance did not know yet (e.g. after a lost Start).
+        if s.lens[1] == 0 && !r.user.is_empty()
+            || s.lens[2] == 0 && !r.calling.is_empty()
+            || s.lens[3] == 0 && !r.framed.is_empty()
+        {
+            let text = &mut self.strings;
+            let pick = |i: usize, new: &[u8]| -> Vec<u8> {
+                let old = text.field(s, i);
+                if old.is_empty() {
+                    new.to_vec()
+                } else {
+                    old.to_vec()
+                }
+            };
+            let sid = pick(0, b"");
+            let user = pick(1, p.text(r.user));
+            let calling = pick(2, p.text(r.calling));
+            let framed = pick(3, p.text(r.framed));
+            text.release(s);
+            (s.str_off, s.lens) = text.store([&sid, &user, &calling, &framed]);
+        }
+        let row = t.row(slot, &mut s.row_tag);
+        if din | dout | dsecs != 0 {
+            let hour = r.event_us.div_euclid(HOUR_US) * HOUR_US;
+            let (last_hour, last_idx) = t.last_bucket[row as usize];
+            let b = if last_hour == hour {
+                last_idx as usize
+            } else {
+                let next = out.bucket_hour_us.len() as u32;
+                // The map only holds rows with buckets in several hours: the first bucket
+                // of a row lives in `last_bucket` alone until the row moves to another hour.
+                let b = if last_idx == u32::MAX {
+                    next
+                } else {
+                    t.bucket_of.entry((slot, last_hour)).or_insert(last_idx);
+                    *t.bucket_of.entry((slot, hour)).or_insert(next)
+                };
+                if b == next {
+                    out.bucket_session_index.push(row);
+                    out.bucket_hour_us.push(hour);
+                    out.bucket_input_bytes.push(0);
+                    out.bucket_output_bytes.push(0);
+                    out.bucket_session_s.push(0);
+                }
+                t.last_bucket[row as usize] = (hour, b);
+                b as usize
+            };
+            out.bucket_input_bytes[b] = out.bucket_input_bytes[b].saturating_add(din);
+            out.bucket_output_bytes[b] = out.bucket_output_bytes[b].saturating_add(dout);
+            out.bucket_session_s[b] += dsecs;
+        }
+        for bit in [
+            COUNTER_RESET,
+            WRAP_INFERRED,
+            STOP_REGRESSION,
+            CLOCK_SKEW,
+            LATE_STOP,
+        ] {
+            // Clock skew is a property of the NAS: report it once per session, not per record.
+            if new_flags & bit != 0 && !(bit == CLOCK_SKEW && old_flags & CLOCK_SKEW != 0) {
+                let detail = if bit == CLOCK_SKEW {
+                    skew_detail(r)
+                } else {
+                    flag_detail(bit).into()
+                };
+                t.anomalies.push((i as i64, slot, bit, detail));
+            }
+        }
+        OUTCOME_ACCEPTED
+    }
+
+    /// Closes sessions with no update for k × interim interval + grace, at their last update.
+    pub fn sweep(&mut self, as_of_us: i64) -> ApplyOutput {
+        let mut t = Touched::default();
+        let mut touched_nas: Vec<u32> = Vec::new();
+        for slot in 0..self.sessions.len() as u32 {
+            let s = &self.sessions[slot as usize];
+            if !s.live || s.state != STATE_OPEN {
+                continue;
+            }
+            let policy = self.nas[s.nas as usize].policy;
+            if as_of_us.saturating_sub(s.last_update_us) > policy.stale_after_us() {
+                let nas = s.nas;
+                self.close_no_stop(slot, STALE_CLOSED);
+                t.row(slot, &mut self.sessions[slot as usize].row_tag);
+                t.anomalies
+                    .push((-1, slot, STALE_CLOSED, flag_detail(STALE_CLOSED).into()));
+                if !touched_nas.contains(&nas) {
+                    touched_nas.push(nas);
+                }
+            }
+        }
+        touched_nas.sort_by(|&a, &b| self.nas[a as usize].key.cmp(&self.nas[b as usize].key));
+        let mut out = ApplyOutput::default();
+        for id in touched_nas {
+            let st = &mut self.nas[id as usize];
+            let seq = st.seq.unwrap_or(0) + 1;
+            st.seq = Some(seq);
+            out.nas_keys.push(st.key.clone());
+            out.nas_seq.push(seq);
+        }
+        self.finish(&mut out, &mut t);
+        // Forget closed instances nothing will touch any more (their rows are durable).
+        for slot in 0..self.sessions.len() as u32 {
+            let s = &self.sessions[slot as usize];
+            if s.live
+                && s.state != STATE_OPEN
+                && as_of_us.saturating_sub(s.last_update_us) > CLOSED_RETENTION_US
+            {
+                self.remove(slot);
+            }
+        }
+        self.compact();
+        out
+    }
+}
+
+fn key_prefix(k: &[u8; 16]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&k[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// `(delta, new high-water mark, flag)` for one direction.
+fn delta(
+    hwm: u64,
+    c: Option<u64>,
+    gigawords: bool,
+    t_up: bool,
+    is_stop: bool,
+    infer_wrap: bool,
+) -> (u64, u64, u32) {
+    match c {
+        None => (0, hwm, if is_stop { STOP_REGRESSION } else { 0 }),
+        Some(c) if c >= hwm => (c - hwm, c, 0),
+        Some(c) => {
+            let wrap_ok = infer_wrap && !gigawords && hwm < WRAP && t_up;
+            if is_stop {
+                if wrap_ok && c > 0 {
+                    (WRAP - hwm + c, c, WRAP_INFERRED)
+                } else {
+                    (0, hwm, STOP_REGRESSION)
+                }
+            } else if t_up {
+                if wrap_ok {
+                    (WRAP - hwm + c, c, WRAP_INFERRED)
+                } else {
+                    (c, c, COUNTER_RESET)
+                }
+            } else {
+                (0, hwm, 0)
+            }
+        }
+    }
+}
+
+fn flag_detail(bit: u32) -> &'static str {
+    match bit {
+        LOST_START => "no Start seen; start inferred as event time - session time",
+        COUNTER_RESET => "counter went down while session time went up; counted from zero",
+        WRAP_INFERRED => "counter went down on a NAS without gigawords; 32-bit wrap inferred",
+        STOP_REGRESSION => "Stop without counters or with lower ones; high-water mark kept",
+        STALE_CLOSED => "no update within k x interim interval + grace; closed at last update",
+        LATE_STOP => "update after the session was closed without a Stop; delta applied",
+        INTERIM_AFTER_STOP => "Interim-Update after Stop; ignored",
+        GENERATION_FROM_START_GAP => "implied start far from the open instance's start",
+        _ => "",
+    }
+}
+
+fn skew_detail(r: &Record) -> String {
+    format!(
+        "Event-Timestamp disagrees with arrival - delay; event time {} us used",
+        r.event_us
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_stays_compact() {
+        // 112 bytes per session plus its text and index slot (see RESULTS_core.md).
+        assert!(std::mem::size_of::<super::Session>() <= 112);
+        println!("Session is {} bytes", std::mem::size_of::<super::Session>());
+    }
+}

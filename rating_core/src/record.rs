@@ -1,0 +1,690 @@
+//! Batch preparation: protobuf and raw RADIUS entries to validated, normalized records.
+//!
+//! Over ~400 lines because both entry forms normalize into one compact record here, next
+//! to the content key that must hash them identically.
+
+use std::net::IpAddr;
+
+use rustc_hash::FxHashMap;
+
+use crate::proto::{self, Entry, WireError};
+use crate::radius;
+
+pub const STATUS_START: u8 = 1;
+pub const STATUS_STOP: u8 = 2;
+pub const STATUS_INTERIM: u8 = 3;
+pub const STATUS_ON: u8 = 7;
+pub const STATUS_OFF: u8 = 8;
+/// Marks a quarantined record.
+pub const STATUS_NONE: u8 = 0;
+
+const US: i64 = 1_000_000;
+/// Longest attribute value RADIUS can carry (255 − 2 header bytes).
+const MAX_TEXT: usize = 253;
+
+/// A byte range: in the batch bytes, or (with [`Span::ARENA`] set in `len`) in
+/// [`Prepared::arena`] (text the core formatted, e.g. binary IP addresses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub off: u32,
+    pub len: u32,
+}
+
+impl Span {
+    pub const ARENA: u32 = 1 << 31;
+    #[must_use]
+    pub fn is_empty(self) -> bool {
+        self.len & !Self::ARENA == 0
+    }
+}
+
+const HAS_INPUT: u8 = 1;
+const HAS_OUTPUT: u8 = 2;
+const INPUT_GW: u8 = 4;
+const OUTPUT_GW: u8 = 8;
+const HAS_TIME: u8 = 16;
+const HAS_CAUSE: u8 = 32;
+const SKEWED: u8 = 64;
+
+/// One normalized accounting record (counters are 64-bit, gigawords folded in).
+/// Compact (104 bytes): optional values are a presence bit plus a value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record {
+    pub key: [u8; 16],
+    input: u64,
+    output: u64,
+    /// Effective event time (clock-skew policy applied).
+    pub event_us: i64,
+    pub arrival_us: i64,
+    pub sid: Span,
+    pub user: Span,
+    pub calling: Span,
+    pub framed: Span,
+    /// Index into [`Prepared::nas_keys`]; `u32::MAX` when quarantined.
+    pub nas: u32,
+    session_time: u32,
+    terminate_cause: u32,
+    /// The entry's byte range in the batch.
+    pub entry_off: u32,
+    pub entry_len: u32,
+    /// `STATUS_*`; `STATUS_NONE` when quarantined.
+    pub status: u8,
+    bits: u8,
+}
+
+impl Record {
+    #[inline]
+    fn opt<T>(&self, bit: u8, v: T) -> Option<T> {
+        (self.bits & bit != 0).then_some(v)
+    }
+    #[must_use]
+    pub fn input(&self) -> Option<u64> {
+        self.opt(HAS_INPUT, self.input)
+    }
+    #[must_use]
+    pub fn output(&self) -> Option<u64> {
+        self.opt(HAS_OUTPUT, self.output)
+    }
+    /// Whether the record carried Input-Gigawords (no wrap can be inferred then).
+    #[must_use]
+    pub fn input_gw(&self) -> bool {
+        self.bits & INPUT_GW != 0
+    }
+    #[must_use]
+    pub fn output_gw(&self) -> bool {
+        self.bits & OUTPUT_GW != 0
+    }
+    #[must_use]
+    pub fn session_time(&self) -> Option<u32> {
+        self.opt(HAS_TIME, self.session_time)
+    }
+    #[must_use]
+    pub fn terminate_cause(&self) -> Option<u32> {
+        self.opt(HAS_CAUSE, self.terminate_cause)
+    }
+    /// Event-Timestamp disagreed with arrival − delay beyond the tolerance.
+    #[must_use]
+    pub fn skewed(&self) -> bool {
+        self.bits & SKEWED != 0
+    }
+    fn set<T: Default>(&mut self, bit: u8, v: Option<T>) -> T {
+        match v {
+            Some(x) => {
+                self.bits |= bit;
+                x
+            }
+            None => T::default(),
+        }
+    }
+}
+
+/// A decoded, validated batch; touches no session state. It refers to the batch bytes
+/// by offset (no copy): pass the same bytes to `text` and `entry_bytes`.
+#[derive(Debug, Default, Clone)]
+pub struct Prepared {
+    pub batch_id: String,
+    pub arena: Vec<u8>,
+    pub records: Vec<Record>,
+    /// `(entry index, reason)`, ascending.
+    pub quarantine: Vec<(u32, String)>,
+    /// Distinct NAS keys of non-quarantined records, sorted.
+    pub nas_keys: Vec<String>,
+    /// Length of the batch these offsets refer to (a mismatch yields empty text).
+    pub batch_len: usize,
+}
+
+impl Prepared {
+    /// The text of a span.
+    #[must_use]
+    pub fn text<'a>(&'a self, batch: &'a [u8], s: Span) -> &'a [u8] {
+        let (src, len) = if s.len & Span::ARENA != 0 {
+            (self.arena.as_slice(), s.len & !Span::ARENA)
+        } else {
+            (batch, s.len)
+        };
+        src.get(s.off as usize..(s.off as usize + len as usize))
+            .unwrap_or_default()
+    }
+
+    /// An entry's exact `AccountingEntry` bytes.
+    #[must_use]
+    pub fn entry_bytes<'a>(&self, batch: &'a [u8], r: &Record) -> &'a [u8] {
+        batch
+            .get(r.entry_off as usize..(r.entry_off + r.entry_len) as usize)
+            .unwrap_or_default()
+    }
+}
+
+/// Configuration `prepare` reads (secrets and clock-skew tolerance per NAS key).
+pub trait PrepareConfig {
+    /// Shared secret for a (canonical) source address.
+    fn secret(&self, source: &str) -> Option<&[u8]>;
+    /// Clock-skew tolerance for a NAS key, in seconds.
+    fn skew_tolerance_s(&self, nas_key: &str) -> i64;
+}
+
+/// Canonical text of an address (IPv4/IPv6 re-formatted; anything else as given).
+#[must_use]
+pub fn canonical_address(text: &str) -> String {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return ip.to_string();
+    }
+    // "192.0.2.1:1813" / "[2001:db8::1]:1813": the port is not part of a NAS identity.
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip().to_string(),
+        Err(_) => text.to_owned(),
+    }
+}
+
+#[inline]
+fn fold(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+const S: [u64; 6] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+    0x4528_21e6_38d0_1377,
+    0xbe54_66cf_34e9_0c6c,
+];
+
+/// A fixed-seed 128-bit hash; stable across processes and versions (ledger primary key).
+#[derive(Clone, Copy)]
+struct KeyHasher {
+    a: u64,
+    b: u64,
+}
+
+impl KeyHasher {
+    fn new() -> Self {
+        Self { a: S[0], b: S[1] }
+    }
+    #[inline]
+    fn word(&mut self, x: u64) {
+        let t = fold(self.a ^ x, S[2]);
+        self.a = self.b.rotate_left(23) ^ t;
+        self.b = fold(self.b ^ x ^ S[3], S[4]).wrapping_add(t);
+    }
+    #[inline]
+    fn bytes(&mut self, b: &[u8]) {
+        self.word(b.len() as u64);
+        self.chunks(b);
+    }
+    /// The bytes in 8-byte words (the caller hashes the length).
+    #[inline]
+    fn chunks(&mut self, b: &[u8]) {
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            self.word(u64::from_le_bytes(a));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut a = [0u8; 8];
+            a[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(a));
+        }
+    }
+    fn finish(self) -> [u8; 16] {
+        let x = fold(self.a ^ S[5], self.b ^ S[0]);
+        let y = fold(self.b ^ S[1], x ^ S[2]) ^ self.a;
+        let x = fold(x ^ S[3], y ^ S[4]);
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&x.to_le_bytes());
+        out[8..].copy_from_slice(&y.to_le_bytes());
+        out
+    }
+}
+
+/// 64-bit hash of a string (NAS keys), stable across processes.
+#[must_use]
+pub fn stable_hash(b: &[u8]) -> u64 {
+    let mut h = KeyHasher::new();
+    h.bytes(b);
+    let k = h.finish();
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&k[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// 128-bit identity of (engine NAS id, session id): `(index hash, check hash)`.
+#[must_use]
+pub fn identity_hash(nas: u32, sid: &[u8]) -> (u64, u64) {
+    let mut h = KeyHasher::new();
+    h.word(u64::from(nas));
+    h.bytes(sid);
+    let k = h.finish();
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&k[..8]);
+    b.copy_from_slice(&k[8..]);
+    (u64::from_le_bytes(a), u64::from_le_bytes(b))
+}
+
+/// The content key of RADIUS.md: NAS key, session id, status type, session time, both
+/// counters, event time (Event-Timestamp as sent, else arrival − delay, whole seconds) and
+/// terminate cause. Transport fields (delay, identifier, authenticator) are never part of it.
+#[must_use]
+pub fn content_key(
+    nas_hash: u64,
+    sid: &[u8],
+    status: u8,
+    session_time: Option<u32>,
+    input: Option<u64>,
+    output: Option<u64>,
+    key_time_s: i64,
+    terminate_cause: Option<u32>,
+) -> [u8; 16] {
+    // Eight words: presence bits, small fields and the sid length share one word.
+    let presence = u64::from(session_time.is_some())
+        | u64::from(input.is_some()) << 1
+        | u64::from(output.is_some()) << 2
+        | u64::from(terminate_cause.is_some()) << 3;
+    let mut h = KeyHasher::new();
+    h.word(nas_hash);
+    h.word(
+        (sid.len() as u64 & 0xffff)
+            | u64::from(status) << 16
+            | presence << 24
+            | u64::from(session_time.unwrap_or(0)) << 32,
+    );
+    h.chunks(sid);
+    h.word(input.unwrap_or(0));
+    h.word(output.unwrap_or(0));
+    h.word(key_time_s as u64);
+    h.word(u64::from(terminate_cause.unwrap_or(0)));
+    h.finish()
+}
+
+fn counter(octets: Option<u32>, gigawords: Option<u32>) -> Option<u64> {
+    octets.map(|o| (u64::from(gigawords.unwrap_or(0)) << 32) | u64::from(o))
+}
+
+/// Fields common to both entry forms, before NAS interning.
+struct Fields<'a> {
+    status: u32,
+    sid: &'a [u8],
+    user: &'a [u8],
+    calling: &'a [u8],
+    framed: FramedIp<'a>,
+    nas: NasId<'a>,
+    input: Option<u64>,
+    output: Option<u64>,
+    input_gw: bool,
+    output_gw: bool,
+    session_time: Option<u32>,
+    event_ts_us: Option<i64>,
+    delay_s: u32,
+    terminate_cause: Option<u32>,
+    arrival_us: i64,
+}
+
+enum FramedIp<'a> {
+    Text(&'a [u8]),
+    V4(std::net::Ipv4Addr),
+}
+
+#[derive(Clone, Copy)]
+enum NasId<'a> {
+    Text(&'a [u8]),
+    V4(std::net::Ipv4Addr),
+    V6(std::net::Ipv6Addr),
+}
+
+fn non_empty(v: Option<&[u8]>) -> Option<&[u8]> {
+    v.filter(|b| !b.is_empty())
+}
+
+struct NasTable {
+    text: FxHashMap<Vec<u8>, u32>,
+    v4: FxHashMap<u32, u32>,
+    v6: FxHashMap<u128, u32>,
+    by_key: FxHashMap<String, u32>,
+    keys: Vec<String>,
+    hashes: Vec<u64>,
+    tolerance_us: Vec<i64>,
+}
+
+impl NasTable {
+    fn new() -> Self {
+        Self {
+            text: FxHashMap::default(),
+            v4: FxHashMap::default(),
+            v6: FxHashMap::default(),
+            by_key: FxHashMap::default(),
+            keys: Vec::new(),
+            hashes: Vec::new(),
+            tolerance_us: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, key: String, cfg: &dyn PrepareConfig) -> u32 {
+        if let Some(&i) = self.by_key.get(&key) {
+            return i;
+        }
+        let i = self.keys.len() as u32;
+        self.hashes.push(stable_hash(key.as_bytes()));
+        self.tolerance_us
+            .push(cfg.skew_tolerance_s(&key).saturating_mul(US));
+        self.by_key.insert(key.clone(), i);
+        self.keys.push(key);
+        i
+    }
+
+    #[inline]
+    fn intern(&mut self, id: NasId<'_>, cfg: &dyn PrepareConfig) -> u32 {
+        match id {
+            NasId::Text(t) => {
+                if let Some(&i) = self.text.get(t) {
+                    return i;
+                }
+                let key = canonical_address(&String::from_utf8_lossy(t));
+                let i = self.add(key, cfg);
+                self.text.insert(t.to_vec(), i);
+                i
+            }
+            NasId::V4(ip) => {
+                let k = u32::from(ip);
+                if let Some(&i) = self.v4.get(&k) {
+                    return i;
+                }
+                let i = self.add(ip.to_string(), cfg);
+                self.v4.insert(k, i);
+                i
+            }
+            NasId::V6(ip) => {
+                let k = u128::from(ip);
+                if let Some(&i) = self.v6.get(&k) {
+                    return i;
+                }
+                let i = self.add(ip.to_string(), cfg);
+                self.v6.insert(k, i);
+                i
+            }
+        }
+    }
+}
+
+fn push(arena: &mut Vec<u8>, b: &[u8]) -> Span {
+    let off = arena.len() as u32;
+    arena.extend_from_slice(b);
+    Span {
+        off,
+        len: b.len() as u32 | Span::ARENA,
+    }
+}
+
+/// A span of `b`, which must be a sub-slice of `batch`; text elsewhere goes to the arena.
+fn span_in(batch: &[u8], arena: &mut Vec<u8>, b: &[u8]) -> Span {
+    let base = batch.as_ptr() as usize;
+    let at = b.as_ptr() as usize;
+    if b.is_empty() {
+        Span::default()
+    } else if at >= base && at + b.len() <= base + batch.len() {
+        Span {
+            off: (at - base) as u32,
+            len: b.len() as u32,
+        }
+    } else {
+        push(arena, b)
+    }
+}
+
+fn from_proto(buf: &[u8], default_arrival_us: i64) -> Result<Fields<'_>, WireError> {
+    let r = proto::decode_record(buf)?;
+    let nas = if let Some(id) = non_empty(r.nas_identifier) {
+        NasId::Text(id)
+    } else if let Some(ip) = non_empty(r.nas_ipv6_address) {
+        NasId::Text(ip)
+    } else if let Some(ip) = non_empty(r.nas_ip_address) {
+        NasId::Text(ip)
+    } else {
+        NasId::Text(r.source_address)
+    };
+    Ok(Fields {
+        status: r.status_type,
+        sid: r.acct_session_id,
+        user: r.user_name,
+        calling: r.calling_station_id,
+        framed: FramedIp::Text(r.framed_ip_address),
+        nas,
+        input: counter(r.input_octets, r.input_gigawords),
+        output: counter(r.output_octets, r.output_gigawords),
+        input_gw: r.input_gigawords.is_some(),
+        output_gw: r.output_gigawords.is_some(),
+        session_time: r.session_time_s,
+        event_ts_us: r.event_timestamp_us,
+        delay_s: r.delay_time_s.unwrap_or(0),
+        terminate_cause: r.terminate_cause,
+        arrival_us: r.arrival_us.unwrap_or(default_arrival_us),
+    })
+}
+
+fn from_raw<'a>(
+    buf: &'a [u8],
+    default_arrival_us: i64,
+    cfg: &dyn PrepareConfig,
+) -> Result<Fields<'a>, String> {
+    let raw = proto::decode_raw(buf).map_err(|e| e.to_string())?;
+    let p = radius::frame(raw.packet).map_err(|e| e.to_string())?;
+    if p.code != radius::CODE_ACCOUNTING_REQUEST {
+        return Err(radius::RadiusError::NotAccountingRequest(p.code).to_string());
+    }
+    let source = canonical_address(&String::from_utf8_lossy(raw.source_address));
+    let Some(secret) = cfg.secret(&source) else {
+        return Err(format!(
+            "radius: no shared secret for source address {source:?}"
+        ));
+    };
+    if !radius::verify_request(&p, secret) {
+        return Err(radius::RadiusError::BadAuthenticator.to_string());
+    }
+    let a = radius::parse_attrs(p.attributes).map_err(|e| e.to_string())?;
+    let nas = if let Some(id) = non_empty(a.nas_identifier) {
+        NasId::Text(id)
+    } else if let Some(ip) = a.nas_ipv6_address {
+        NasId::V6(ip)
+    } else if let Some(ip) = a.nas_ip_address {
+        NasId::V4(ip)
+    } else {
+        NasId::Text(raw.source_address)
+    };
+    Ok(Fields {
+        status: a.status_type.unwrap_or(0),
+        sid: a.acct_session_id.unwrap_or_default(),
+        user: a.user_name.unwrap_or_default(),
+        calling: a.calling_station_id.unwrap_or_default(),
+        framed: match a.framed_ip_address {
+            Some(ip) => FramedIp::V4(ip),
+            None => FramedIp::Text(b""),
+        },
+        nas,
+        input: counter(a.input_octets, a.input_gigawords),
+        output: counter(a.output_octets, a.output_gigawords),
+        input_gw: a.input_gigawords.is_some(),
+        output_gw: a.output_gigawords.is_some(),
+        session_time: a.session_time_s,
+        event_ts_us: a.event_timestamp_s.map(|s| i64::from(s) * US),
+        delay_s: a.delay_time_s.unwrap_or(0),
+        terminate_cause: a.terminate_cause,
+        arrival_us: raw.arrival_us.unwrap_or(default_arrival_us),
+    })
+}
+
+fn nas_is_empty(id: NasId<'_>) -> bool {
+    matches!(id, NasId::Text(t) if t.is_empty())
+}
+
+/// Decodes and validates a serialized `StreamAccountingRequest`.
+///
+/// # Errors
+/// A [`WireError`] only when the outer message is malformed; defects inside an entry
+/// quarantine that entry.
+pub fn prepare(
+    batch: &[u8],
+    default_arrival_us: i64,
+    cfg: &dyn PrepareConfig,
+) -> Result<Prepared, WireError> {
+    // Offsets are 31-bit (the top bit of a span length marks the arena).
+    if batch.len() >= Span::ARENA as usize {
+        return Err(WireError::Length);
+    }
+    let split = proto::split_batch(batch)?;
+    let mut out = Prepared {
+        batch_id: split.batch_id,
+        arena: Vec::new(),
+        records: Vec::with_capacity(split.entries.len()),
+        quarantine: Vec::new(),
+        nas_keys: Vec::new(),
+        batch_len: batch.len(),
+    };
+    let mut nas = NasTable::new();
+    for (index, &(start, end)) in split.entries.iter().enumerate() {
+        let entry = &batch[start..end];
+        let mut rec = Record {
+            entry_off: start as u32,
+            entry_len: (end - start) as u32,
+            nas: u32::MAX,
+            arrival_us: default_arrival_us,
+            event_us: default_arrival_us,
+            ..Record::default()
+        };
+        match prepare_one(
+            batch,
+            entry,
+            default_arrival_us,
+            cfg,
+            &mut nas,
+            &mut out.arena,
+            &mut rec,
+        ) {
+            Ok(()) => {}
+            Err(reason) => {
+                rec.status = STATUS_NONE;
+                rec.nas = u32::MAX;
+                rec.key = [0; 16];
+                out.quarantine.push((index as u32, reason));
+            }
+        }
+        out.records.push(rec);
+    }
+    // Sort the NAS keys and renumber the records' indices.
+    let mut order: Vec<u32> = (0..nas.keys.len() as u32).collect();
+    order.sort_by(|&a, &b| nas.keys[a as usize].cmp(&nas.keys[b as usize]));
+    let mut rank = vec![0u32; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        rank[old as usize] = new as u32;
+    }
+    for r in &mut out.records {
+        if r.nas != u32::MAX {
+            r.nas = rank[r.nas as usize];
+        }
+    }
+    out.nas_keys = order
+        .iter()
+        .map(|&o| nas.keys[o as usize].clone())
+        .collect();
+    Ok(out)
+}
+
+fn prepare_one(
+    batch: &[u8],
+    entry: &[u8],
+    default_arrival_us: i64,
+    cfg: &dyn PrepareConfig,
+    nas: &mut NasTable,
+    arena: &mut Vec<u8>,
+    rec: &mut Record,
+) -> Result<(), String> {
+    let f = match proto::decode_entry(entry).map_err(|e| e.to_string())? {
+        Entry::Decoded(b) => from_proto(b, default_arrival_us).map_err(|e| e.to_string())?,
+        Entry::Raw(b) => from_raw(b, default_arrival_us, cfg)?,
+        Entry::Empty => return Err("entry has neither a decoded record nor a raw packet".into()),
+    };
+    rec.arrival_us = f.arrival_us;
+    let status = match f.status {
+        0 => return Err("missing Acct-Status-Type".into()),
+        1 | 2 | 3 | 7 | 8 => f.status as u8,
+        s => return Err(format!("unknown Acct-Status-Type {s}")),
+    };
+    let is_session = matches!(status, STATUS_START | STATUS_STOP | STATUS_INTERIM);
+    if is_session && f.sid.is_empty() {
+        return Err("missing Acct-Session-Id".into());
+    }
+    if nas_is_empty(f.nas) {
+        return Err(
+            "no NAS identity (no NAS-Identifier, NAS-IP(v6)-Address or source address)".into(),
+        );
+    }
+    let framed_text = match f.framed {
+        FramedIp::Text(t) => t,
+        FramedIp::V4(_) => b"",
+    };
+    if [f.sid, f.user, f.calling, framed_text]
+        .iter()
+        .any(|s| s.len() > MAX_TEXT)
+    {
+        return Err(format!(
+            "text longer than a RADIUS attribute allows ({MAX_TEXT} bytes)"
+        ));
+    }
+    let n = nas.intern(f.nas, cfg);
+    let base = f
+        .arrival_us
+        .checked_sub(i64::from(f.delay_s) * US)
+        .ok_or_else(|| "arrival time out of range".to_string())?;
+    let tol = nas.tolerance_us[n as usize];
+    let (event_us, skewed) = match f.event_ts_us {
+        Some(ts) if ts.abs_diff(base) <= tol.unsigned_abs() => (ts, false),
+        Some(_) => (base, true),
+        None => (base, false),
+    };
+    // Event time in the key: the NAS's Event-Timestamp; without one, an Interim or Stop is
+    // pinned by its session time (two collectors' arrival clocks must not split a
+    // retransmit), anything else by arrival − delay.
+    let key_time_s = match f.event_ts_us {
+        Some(ts) => ts.div_euclid(US),
+        None if f.session_time.is_some() && matches!(status, STATUS_STOP | STATUS_INTERIM) => {
+            i64::MIN
+        }
+        None => base.div_euclid(US),
+    };
+    rec.status = status;
+    rec.nas = n;
+    rec.sid = span_in(batch, arena, f.sid);
+    rec.user = span_in(batch, arena, f.user);
+    rec.calling = span_in(batch, arena, f.calling);
+    rec.framed = match f.framed {
+        FramedIp::Text(t) => span_in(batch, arena, t),
+        FramedIp::V4(ip) => push(arena, ip.to_string().as_bytes()),
+    };
+    rec.input = rec.set(HAS_INPUT, f.input);
+    rec.output = rec.set(HAS_OUTPUT, f.output);
+    if f.input_gw {
+        rec.bits |= INPUT_GW;
+    }
+    if f.output_gw {
+        rec.bits |= OUTPUT_GW;
+    }
+    rec.session_time = rec.set(HAS_TIME, f.session_time);
+    rec.event_us = event_us;
+    if skewed {
+        rec.bits |= SKEWED;
+    }
+    rec.terminate_cause = rec.set(HAS_CAUSE, f.terminate_cause);
+    rec.key = content_key(
+        nas.hashes[n as usize],
+        f.sid,
+        status,
+        f.session_time,
+        f.input,
+        f.output,
+        key_time_s,
+        f.terminate_cause,
+    );
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! Property tests of the pure core: decoders never panic; the delta rules' invariants hold.
+#![allow(clippy::unwrap_used, clippy::type_complexity)] // Test helpers: a panic is a failed test.
+
+use proptest::prelude::*;
+use rating_core::accounting::{
+    Engine, NasPolicy, OUTCOME_ACCEPTED, OUTCOME_LATE, OUTCOME_QUARANTINED,
+};
+use rating_core::proto::write;
+use rating_core::{radius, record};
+
+const US: i64 = 1_000_000;
+const T0: i64 = 1_700_000_000 * US;
+
+#[derive(Debug, Clone)]
+struct Rec {
+    status: u8,
+    sid: u8,
+    t: u32,
+    input: Option<u64>,
+    output: Option<u64>,
+}
+
+fn entry(r: &Rec) -> Vec<u8> {
+    let mut m = Vec::new();
+    write::uint(&mut m, 1, u64::from(r.status));
+    write::bytes(&mut m, 2, format!("s{}", r.sid).as_bytes());
+    write::bytes(&mut m, 6, b"nas1");
+    if let Some(v) = r.input {
+        write::uint(&mut m, 10, v & 0xffff_ffff);
+        write::uint(&mut m, 11, v >> 32);
+    }
+    if let Some(v) = r.output {
+        write::uint(&mut m, 12, v & 0xffff_ffff);
+    }
+    write::uint(&mut m, 14, u64::from(r.t));
+    let at = T0 + i64::from(r.t) * US;
+    write::timestamp(&mut m, 15, at);
+    write::timestamp(&mut m, 23, at);
+    let mut e = Vec::new();
+    write::bytes(&mut e, 1, &m);
+    e
+}
+
+fn batch(recs: &[Rec]) -> Vec<u8> {
+    let mut b = Vec::new();
+    write::bytes(&mut b, 1, b"batch");
+    for r in recs {
+        write::bytes(&mut b, 2, &entry(r));
+    }
+    b
+}
+
+fn rec_strategy() -> impl Strategy<Value = Rec> {
+    (
+        prop_oneof![Just(1u8), Just(2u8), Just(3u8), Just(3u8), Just(3u8)],
+        0u8..3,
+        0u32..20_000,
+        proptest::option::weighted(0.9, 0u64..(1 << 34)),
+        proptest::option::weighted(0.9, 0u64..(1 << 31)),
+    )
+        .prop_map(|(status, sid, t, input, output)| Rec {
+            status,
+            sid,
+            t,
+            input,
+            output,
+        })
+}
+
+/// Final (nas, sid, generation) → (input, output, time, open) and per-session bucket sums.
+type Summary = Vec<(String, u32, u64, u64, u32, bool, u64, u64, u64)>;
+
+fn run(chunks: &[&[Rec]]) -> Summary {
+    let mut engine = Engine::new(NasPolicy::default());
+    let mut state: std::collections::BTreeMap<(String, u32), (u64, u64, u32, bool, u64, u64, u64)> =
+        std::collections::BTreeMap::new();
+    let mut ledger = std::collections::HashSet::new();
+    for chunk in chunks {
+        let bytes = batch(chunk);
+        let p = engine.prepare(&bytes, T0).unwrap();
+        let known: Vec<bool> = p.records.iter().map(|r| ledger.contains(&r.key)).collect();
+        let out = engine.apply_known(&p, &bytes, Some(&known));
+        for (i, r) in p.records.iter().enumerate() {
+            if out.outcome[i] == OUTCOME_ACCEPTED || out.outcome[i] == OUTCOME_LATE {
+                ledger.insert(r.key);
+            }
+        }
+        let s = &out.sessions;
+        for i in 0..s.len() {
+            let e = state
+                .entry((s.acct_session_id.get(i).to_owned(), s.generation[i]))
+                .or_default();
+            e.0 = s.input_bytes[i];
+            e.1 = s.output_bytes[i];
+            e.2 = s.session_time_s[i];
+            e.3 = s.open[i];
+        }
+        for b in 0..out.bucket_hour_us.len() {
+            let row = out.bucket_session_index[b] as usize;
+            let e = state
+                .entry((s.acct_session_id.get(row).to_owned(), s.generation[row]))
+                .or_default();
+            e.4 += out.bucket_input_bytes[b];
+            e.5 += out.bucket_output_bytes[b];
+            e.6 += out.bucket_session_s[b];
+        }
+    }
+    state
+        .into_iter()
+        .map(|((sid, g), v)| (sid, g, v.0, v.1, v.2, v.3, v.4, v.5, v.6))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn radius_decoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(p) = radius::frame(&data) {
+            prop_assert!(p.bytes.len() >= 20 && p.bytes.len() <= data.len());
+            let _ = radius::parse_attrs(p.attributes);
+            let _ = radius::verify_request(&p, b"k");
+            prop_assert!(radius::accounting_response(&data, b"k").is_ok());
+        }
+    }
+
+    #[test]
+    fn prepare_never_panics_and_keeps_every_entry(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let mut engine = Engine::new(NasPolicy::default());
+        engine.set_secret("1.2.3.4", b"k");
+        if let Ok(p) = engine.prepare(&data, 0) {
+            let out = engine.apply(&p, &data);
+            prop_assert_eq!(out.outcome.len(), p.records.len());
+            for (i, o) in out.outcome.iter().enumerate() {
+                prop_assert_eq!(*o == OUTCOME_QUARANTINED, p.quarantine.iter().any(|q| q.0 as usize == i));
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_sum_to_session_totals(recs in proptest::collection::vec(rec_strategy(), 0..40)) {
+        for row in run(&[&recs]) {
+            prop_assert_eq!((row.2, row.3, u64::from(row.4)), (row.6, row.7, row.8));
+        }
+    }
+
+    #[test]
+    fn splitting_a_batch_anywhere_gives_the_same_result(
+        recs in proptest::collection::vec(rec_strategy(), 0..40),
+        cut_a in 0usize..40,
+        cut_b in 0usize..40,
+    ) {
+        let (mut a, mut b) = (cut_a.min(recs.len()), cut_b.min(recs.len()));
+        if a > b { std::mem::swap(&mut a, &mut b); }
+        let whole = run(&[&recs]);
+        let split = run(&[&recs[..a], &recs[a..b], &recs[b..]]);
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn replaying_a_batch_changes_nothing(recs in proptest::collection::vec(rec_strategy(), 0..40)) {
+        let once = run(&[&recs]);
+        let twice = run(&[&recs, &recs]);
+        prop_assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn in_order_session_usage_is_its_final_counter(
+        steps in proptest::collection::vec((1u32..3600, 0u64..1_000_000_000, 0u64..1_000_000), 1..20)
+    ) {
+        let mut recs = vec![Rec { status: 1, sid: 0, t: 0, input: None, output: None }];
+        let (mut t, mut i, mut o) = (0u32, 0u64, 0u64);
+        for (dt, di, dout) in steps {
+            t += dt; i += di; o += dout;
+            recs.push(Rec { status: 3, sid: 0, t, input: Some(i), output: Some(o) });
+        }
+        let summary = run(&[&recs]);
+        prop_assert_eq!(summary.len(), 1);
+        prop_assert_eq!((summary[0].2, summary[0].3, summary[0].4), (i, o, t));
+    }
+}
+
+#[test]
+fn content_key_ignores_transport_fields() {
+    let a = record::content_key(1, b"s", 3, Some(10), Some(5), None, 100, None);
+    let b = record::content_key(1, b"s", 3, Some(10), Some(5), None, 100, None);
+    let c = record::content_key(1, b"s", 3, Some(10), Some(5), Some(0), 100, None);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn first_record_is_accepted_and_creates_one_session() {
+    let mut engine = Engine::new(NasPolicy::default());
+    let bytes = batch(&[Rec {
+        status: 3,
+        sid: 0,
+        t: 60,
+        input: Some(7),
+        output: Some(9),
+    }]);
+    let p = engine.prepare(&bytes, T0).unwrap();
+    let out = engine.apply(&p, &bytes);
+    assert_eq!(out.outcome, vec![OUTCOME_ACCEPTED]);
+    assert_eq!(out.sessions.input_bytes, vec![7]);
+    assert_eq!(engine.session_count(), 1);
+}
+
+#[test]
+fn session_text_survives_compaction_when_other_nases_are_forgotten() {
+    fn record(nas: &str, sid: &str, user: &str, t: u64, input: u64) -> Vec<u8> {
+        let mut m = Vec::new();
+        write::uint(&mut m, 1, 3);
+        write::bytes(&mut m, 2, sid.as_bytes());
+        write::bytes(&mut m, 3, user.as_bytes());
+        write::bytes(&mut m, 6, nas.as_bytes());
+        write::uint(&mut m, 10, input);
+        write::uint(&mut m, 14, t);
+        let mut e = Vec::new();
+        write::bytes(&mut e, 1, &m);
+        e
+    }
+    let long_user = "u".repeat(200);
+    let mut engine = Engine::new(NasPolicy::default());
+    let mut b = Vec::new();
+    for i in 0..20_000 {
+        write::bytes(
+            &mut b,
+            2,
+            &record("big", &format!("s{i}"), &long_user, 60, 1),
+        );
+    }
+    write::bytes(&mut b, 2, &record("small", "keep", "alice", 60, 5));
+    let p = engine.prepare(&b, T0).unwrap();
+    engine.apply(&p, &b);
+    assert_eq!(engine.session_count(), 20_001);
+    engine.forget_nas(&["big".to_owned()]);
+    assert_eq!(engine.session_count(), 1);
+    let mut b = Vec::new();
+    write::bytes(&mut b, 2, &record("small", "keep", "", 120, 9));
+    let p = engine.prepare(&b, T0).unwrap();
+    let out = engine.apply(&p, &b);
+    assert_eq!(out.outcome, vec![OUTCOME_ACCEPTED]);
+    assert_eq!(out.sessions.acct_session_id.get(0), "keep");
+    assert_eq!(out.sessions.user_name.get(0), "alice");
+    assert_eq!(out.sessions.input_bytes, vec![9]);
+}
+
+#[test]
+fn sweep_forgets_closed_sessions_when_retention_has_passed() {
+    let mut engine = Engine::new(NasPolicy::default());
+    let recs = [
+        Rec {
+            status: 2,
+            sid: 0,
+            t: 60,
+            input: Some(1),
+            output: Some(1),
+        },
+        Rec {
+            status: 3,
+            sid: 1,
+            t: 60,
+            input: Some(1),
+            output: Some(1),
+        },
+    ];
+    let bytes = batch(&recs);
+    let p = engine.prepare(&bytes, T0).unwrap();
+    engine.apply(&p, &bytes);
+    assert_eq!(engine.session_count(), 2);
+    let day = 24 * 3600 * US;
+    let first = engine.sweep(T0 + day);
+    assert_eq!(first.sessions.len(), 1, "the open one is closed as stale");
+    assert_eq!(engine.session_count(), 2);
+    let later = engine.sweep(T0 + 3 * day);
+    assert_eq!(later.sessions.len(), 0);
+    assert_eq!(engine.session_count(), 0);
+}

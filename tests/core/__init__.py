@@ -1,0 +1,1 @@
+"""Python tests of the compiled rating_core module."""

@@ -1,0 +1,1 @@
+"""A slow, obviously correct pure-Python reference of the RADIUS usage rules."""

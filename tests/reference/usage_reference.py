@@ -1,0 +1,316 @@
+"""A slow, obviously correct model of RADIUS.md's usage rules, record by record.
+
+It models the engine plus the ledger: a record whose content key the ledger already holds
+is a duplicate and changes nothing. Decisions RADIUS.md leaves open follow
+docs/accounting-engine.md ("Rule details").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from tests.reference.accounting_wire import Rec
+
+US = 1_000_000
+HOUR_US = 3600 * US
+WRAP = 1 << 32
+
+START, STOP, INTERIM, ON, OFF = 1, 2, 3, 7, 8
+
+LOST_START = 1
+COUNTER_RESET = 2
+WRAP_INFERRED = 4
+STOP_REGRESSION = 8
+STALE_CLOSED = 16
+LATE_STOP = 32
+NAS_REBOOT_CLOSED = 64
+CLOCK_SKEW = 128
+INTERIM_AFTER_STOP = 256
+GENERATION_FROM_START_GAP = 512
+
+OPEN, STOPPED, CLOSED_NO_STOP = "open", "stopped", "closed_no_stop"
+CLOSED_RETENTION_US = 48 * HOUR_US
+
+
+@dataclass(frozen=True)
+class Policy:
+    swap_direction: bool = False
+    infer_wrap: bool = False
+    interim_interval_s: int = 600
+    stale_multiplier: int = 3
+    grace_s: int = 300
+    clock_skew_tolerance_s: int = 300
+
+
+@dataclass
+class Session:
+    nas: str
+    sid: str
+    generation: int
+    user: str
+    calling: str
+    framed: str
+    start_us: int
+    last_update_us: int
+    stop_us: int = -1
+    session_time: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    hwm_in: int = 0
+    hwm_out: int = 0
+    flags: int = 0
+    terminate_cause: int = 0
+    state: str = OPEN
+
+
+@dataclass
+class Norm:
+    """A record after validation: the fields the rules read."""
+
+    status: int
+    nas: str
+    sid: str
+    user: str
+    calling: str
+    framed: str
+    input: int | None
+    output: int | None
+    input_gw: bool
+    output_gw: bool
+    session_time: int | None
+    event_us: int
+    skewed: bool
+    terminate_cause: int | None
+    key: tuple[object, ...]
+
+
+def canonical(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        pass
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit():
+        try:
+            return str(ipaddress.ip_address(host.removeprefix("[").removesuffix("]")))
+        except ValueError:
+            pass
+    return address
+
+
+def counter(octets: int | None, gigawords: int | None) -> int | None:
+    if octets is None:
+        return None
+    return (gigawords or 0) * WRAP + octets
+
+
+@dataclass
+class Reference:
+    default_policy: Policy = field(default_factory=Policy)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    chains: dict[tuple[str, str], list[Session]] = field(default_factory=dict)
+    ledger: set[tuple[object, ...]] = field(default_factory=set)
+    buckets: dict[tuple[str, str, int, int], list[int]] = field(default_factory=dict)
+    forgotten: list[Session] = field(default_factory=list)
+
+    def policy(self, nas: str) -> Policy:
+        return self.policies.get(nas, self.default_policy)
+
+    # -- validation -------------------------------------------------------------------
+    def normalize(self, rec: Rec, default_arrival_us: int) -> Norm | str:
+        if rec.status == 0:
+            return "missing Acct-Status-Type"
+        if rec.status not in (START, STOP, INTERIM, ON, OFF):
+            return "unknown Acct-Status-Type"
+        if rec.status in (START, STOP, INTERIM) and not rec.sid:
+            return "missing Acct-Session-Id"
+        if any(len(v.encode()) > 253 for v in (rec.sid, rec.user, rec.calling, rec.framed_ip)):
+            return "text longer than a RADIUS attribute allows"
+        if rec.nas_identifier:
+            nas = canonical(rec.nas_identifier)
+        elif rec.nas_ip:
+            nas = canonical(rec.nas_ip)
+        elif rec.source:
+            nas = canonical(rec.source)
+        else:
+            return "no NAS identity"
+        arrival = rec.arrival_us if rec.arrival_us is not None else default_arrival_us
+        base = arrival - (rec.delay or 0) * US
+        tolerance = self.policy(nas).clock_skew_tolerance_s * US
+        skewed = False
+        if rec.event_ts_us is not None and abs(rec.event_ts_us - base) <= tolerance:
+            event = rec.event_ts_us
+        else:
+            event = base
+            skewed = rec.event_ts_us is not None
+        if rec.event_ts_us is not None:
+            key_time: int | None = rec.event_ts_us // US
+        elif rec.session_time is not None and rec.status in (STOP, INTERIM):
+            key_time = None  # pinned by the session time
+        else:
+            key_time = base // US
+        inp = counter(rec.input_octets, rec.input_gigawords)
+        out = counter(rec.output_octets, rec.output_gigawords)
+        key = (nas, rec.sid, rec.status, rec.session_time, inp, out, key_time, rec.terminate_cause)
+        return Norm(
+            rec.status, nas, rec.sid, rec.user, rec.calling, rec.framed_ip, inp, out,
+            rec.input_gigawords is not None, rec.output_gigawords is not None,
+            rec.session_time, event, skewed, rec.terminate_cause, key,
+        )  # fmt: skip
+
+    # -- one record -------------------------------------------------------------------
+    def record(self, rec: Rec, default_arrival_us: int = 0) -> str:
+        n = self.normalize(rec, default_arrival_us)
+        if isinstance(n, str):
+            return "quarantined"
+        if n.key in self.ledger:
+            return "duplicate"
+        self.ledger.add(n.key)
+        if n.status in (ON, OFF):
+            for chain in self.chains.values():
+                for s in chain:
+                    if s.nas == n.nas and s.state == OPEN and s.start_us < n.event_us:
+                        self.close_without_stop(s, NAS_REBOOT_CLOSED)
+            return "accepted"
+        return self.session_record(n)
+
+    def close_without_stop(self, s: Session, flag: int) -> None:
+        s.state = CLOSED_NO_STOP
+        s.stop_us = s.last_update_us
+        s.flags |= flag
+
+    def session_record(self, n: Norm) -> str:
+        chain = self.chains.setdefault((n.nas, n.sid), [])
+        gap = self.policy(n.nas).clock_skew_tolerance_s * US
+        time = 0 if n.session_time is None and n.status == START else n.session_time
+        implied = None if time is None else n.event_us - time * US
+        if not chain:
+            return self.create(n, chain, lost_start=n.status != START, gap=False, close=None)
+        cur = chain[-1]
+        if n.status == START:
+            if cur.state == OPEN:
+                if implied is not None and implied > cur.start_us + gap:
+                    return self.create(n, chain, lost_start=False, gap=True, close=cur)
+                return self.existing(n, cur)
+            if n.event_us > cur.last_update_us:
+                return self.create(n, chain, lost_start=False, gap=False, close=None)
+            return self.existing(n, cur)
+        if implied is None:
+            return self.existing(n, cur)
+        for s in reversed(chain):
+            if abs(s.start_us - implied) <= gap:
+                return self.existing(n, s)
+        if implied > cur.start_us + gap:
+            close = cur if cur.state == OPEN else None
+            return self.create(n, chain, lost_start=True, gap=True, close=close)
+        return "late"
+
+    def create(
+        self, n: Norm, chain: list[Session], *, lost_start: bool, gap: bool, close: Session | None
+    ) -> str:
+        if close is not None:
+            self.close_without_stop(close, STALE_CLOSED)
+        implied = n.event_us if n.session_time is None else n.event_us - n.session_time * US
+        generation = chain[-1].generation + 1 if chain else 1
+        s = Session(
+            n.nas, n.sid, generation, n.user, n.calling, n.framed,
+            start_us=implied, last_update_us=n.event_us,
+        )  # fmt: skip
+        s.flags = (LOST_START if lost_start else 0) | (GENERATION_FROM_START_GAP if gap else 0)
+        chain.append(s)
+        return self.update(n, s)
+
+    def existing(self, n: Norm, s: Session) -> str:
+        if s.state == OPEN or (s.state == STOPPED and n.status == STOP):
+            return self.update(n, s)
+        if s.state == CLOSED_NO_STOP and n.status in (STOP, INTERIM):
+            return self.update(n, s)
+        not_older = n.session_time is None or n.session_time >= s.session_time
+        if s.state == STOPPED and n.status == INTERIM and not_older:
+            s.flags |= INTERIM_AFTER_STOP
+        return "late"
+
+    def update(self, n: Norm, s: Session) -> str:
+        if n.session_time is not None and n.session_time < s.session_time:
+            return "late"
+        time_up = n.session_time is not None and n.session_time > s.session_time
+        policy = self.policy(n.nas)
+        if policy.swap_direction:
+            inp, out, in_gw, out_gw = n.output, n.input, n.output_gw, n.input_gw
+        else:
+            inp, out, in_gw, out_gw = n.input, n.output, n.input_gw, n.output_gw
+        stop = n.status == STOP
+        d_in, s.hwm_in, f_in = direction(s.hwm_in, inp, in_gw, time_up, stop, policy.infer_wrap)
+        d_out, s.hwm_out, f_out = direction(
+            s.hwm_out, out, out_gw, time_up, stop, policy.infer_wrap
+        )
+        d_secs = n.session_time - s.session_time if time_up and n.session_time is not None else 0
+        s.input_bytes += d_in
+        s.output_bytes += d_out
+        if n.session_time is not None:
+            s.session_time = max(s.session_time, n.session_time)
+        s.flags |= f_in | f_out | (CLOCK_SKEW if n.skewed else 0)
+        s.last_update_us = max(s.last_update_us, n.event_us)
+        if s.state == CLOSED_NO_STOP:
+            s.flags |= LATE_STOP
+            if stop:
+                s.state, s.stop_us = STOPPED, n.event_us
+                s.terminate_cause = n.terminate_cause or 0
+            else:
+                s.stop_us = s.last_update_us
+        elif s.state == OPEN and stop:
+            s.state, s.stop_us = STOPPED, n.event_us
+            s.terminate_cause = n.terminate_cause or 0
+        s.user = s.user or n.user
+        s.calling = s.calling or n.calling
+        s.framed = s.framed or n.framed
+        if d_in or d_out or d_secs:
+            hour = n.event_us // HOUR_US * HOUR_US
+            b = self.buckets.setdefault((s.nas, s.sid, s.generation, hour), [0, 0, 0])
+            b[0] += d_in
+            b[1] += d_out
+            b[2] += d_secs
+        return "accepted"
+
+    def sweep(self, as_of_us: int) -> int:
+        closed = 0
+        for chain in self.chains.values():
+            for s in chain:
+                p = self.policy(s.nas)
+                limit = (p.stale_multiplier * p.interim_interval_s + p.grace_s) * US
+                if s.state == OPEN and as_of_us - s.last_update_us > limit:
+                    self.close_without_stop(s, STALE_CLOSED)
+                    closed += 1
+            # Closed instances older than the retention are forgotten (their rows are kept).
+            keep = [
+                s for s in chain
+                if s.state == OPEN or as_of_us - s.last_update_us <= CLOSED_RETENTION_US
+            ]  # fmt: skip
+            self.forgotten.extend(s for s in chain if s not in keep)
+            chain[:] = keep
+        return closed
+
+    def sessions(self) -> dict[tuple[str, str, int], Session]:
+        live = [s for c in self.chains.values() for s in c]
+        return {(s.nas, s.sid, s.generation): s for s in [*self.forgotten, *live]}
+
+
+def direction(
+    hwm: int, c: int | None, gigawords: bool, time_up: bool, stop: bool, infer_wrap: bool
+) -> tuple[int, int, int]:
+    """(delta, new high-water mark, flag) for one counter; never negative."""
+    if c is None:
+        return 0, hwm, STOP_REGRESSION if stop else 0
+    if c >= hwm:
+        return c - hwm, c, 0
+    wrap_ok = infer_wrap and not gigawords and hwm < WRAP and time_up
+    if stop:
+        if wrap_ok and c > 0:
+            return WRAP - hwm + c, c, WRAP_INFERRED
+        return 0, hwm, STOP_REGRESSION
+    if time_up:
+        if wrap_ok:
+            return WRAP - hwm + c, c, WRAP_INFERRED
+        return c, c, COUNTER_RESET
+    return 0, hwm, 0
