@@ -87,8 +87,11 @@ class LedgerRows:
 # ---------------------------------------------------------------- dialect helpers
 
 
-def _pg(session: AsyncSession) -> bool:
+def is_pg(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+_pg = is_pg
 
 
 def tenant_param(session: AsyncSession, tenant_id: uuid.UUID) -> Any:
@@ -205,6 +208,10 @@ async def lock_nas(
             ),
             {"t": tenant, "keys": keys},
         )
+        # The batch statements are cheap per row but large: JIT would compile ~100-170
+        # functions per statement (tens of ms) to run a 10k-row upsert once. (After the
+        # first statement: the transaction block has begun, so SET LOCAL sticks.)
+        await (await driver(session)).execute("SET LOCAL jit = off")
         rows = await session.execute(
             text(
                 f"SELECT nas_key, seq, {columns} FROM usage_nas WHERE tenant_id = :t"
@@ -585,6 +592,50 @@ _PG_SESSION_TYPES = (
 )
 
 
+def _pg_session_upsert(first: int) -> str:
+    """CTEs `u` (the batch's session rows, with ordinality `o`), `upd` (existing instances
+    updated, without attribution lookups unless unattributed: an attribution, once made,
+    sticks) and `ins` (new instances inserted with their subscription); `r` maps every
+    row's ordinality to its subscription after the write. Parameters: $1 the tenant,
+    ${first}.. the 18 session columns."""
+    unnest = ", ".join(f"${i + first}::{t}[]" for i, t in enumerate(_PG_SESSION_TYPES))
+    names = [f"u.c{i}" for i in range(18)]
+    attribution = attribution_sql("$1::uuid", "u.c3", "u.c4", "u.c5")
+    updates = ", ".join(
+        f"{column} = {value}"
+        for column, value in zip(
+            _SESSION_TARGET.replace(" ", "").split(",")[3:],
+            [
+                "u.c3",
+                "u.c4",
+                "u.c5",
+                f"COALESCE(s.subscription_id, {attribution})",
+                ts_sql(True, "u.c6"),
+                f"CASE WHEN u.c7 < 0 THEN NULL ELSE {ts_sql(True, 'u.c7')} END",
+                ts_sql(True, "u.c8"),
+                *[f"u.c{i}" for i in range(9, 18)],
+            ],
+            strict=True,
+        )
+    )
+    aliases = ", ".join(f"c{i}" for i in range(18))
+    return (
+        f"WITH u AS (SELECT * FROM unnest({unnest}) WITH ORDINALITY AS u({aliases}, o)),"
+        f" upd AS (UPDATE usage_sessions s SET {updates} FROM u WHERE s.tenant_id = $1::uuid"
+        " AND s.nas_key = u.c0 AND s.acct_session_id = u.c1 AND s.generation = u.c2"
+        " RETURNING u.o, s.subscription_id AS sub),"
+        f" ins AS (INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
+        f" SELECT {_session_values(True, names, '$1::uuid')} FROM u"
+        " WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.o = u.o)"
+        " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
+        f" DO UPDATE SET {_SESSION_UPDATE}"
+        " RETURNING nas_key, acct_session_id, generation, subscription_id),"
+        " r AS (SELECT o, sub FROM upd UNION ALL SELECT u.o, ins.subscription_id FROM ins"
+        " JOIN u ON u.c0 = ins.nas_key AND u.c1 = ins.acct_session_id"
+        " AND u.c2 = ins.generation)"
+    )
+
+
 async def upsert_sessions(session: AsyncSession, tenant_id: uuid.UUID, cols: Any) -> None:
     """Writes the final state of every session instance a batch touched, attributing new
     ones to a subscription; an attribution, once made, sticks."""
@@ -593,51 +644,51 @@ async def upsert_sessions(session: AsyncSession, tenant_id: uuid.UUID, cols: Any
     pg = _pg(session)
     params = session_columns_params(cols)
     conn = await driver(session)
-    conflict = "ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
     if pg:
-        # Existing instances are updated without attribution lookups (an attribution, once
-        # made, sticks; COALESCE evaluates the lookup only for unattributed ones); only new
-        # instances are inserted with their subscription.
-        unnest = ", ".join(f"${i + 2}::{t}[]" for i, t in enumerate(_PG_SESSION_TYPES))
-        names = [f"u.c{i}" for i in range(18)]
-        attribution = attribution_sql("$1::uuid", "u.c3", "u.c4", "u.c5")
-        updates = ", ".join(
-            f"{column} = {value}"
-            for column, value in zip(
-                _SESSION_TARGET.replace(" ", "").split(",")[3:],
-                [
-                    "u.c3",
-                    "u.c4",
-                    "u.c5",
-                    f"COALESCE(s.subscription_id, {attribution})",
-                    ts_sql(True, "u.c6"),
-                    f"CASE WHEN u.c7 < 0 THEN NULL ELSE {ts_sql(True, 'u.c7')} END",
-                    ts_sql(True, "u.c8"),
-                    *[f"u.c{i}" for i in range(9, 18)],
-                ],
-                strict=True,
-            )
-        )
-        aliases = ", ".join(f"c{i}" for i in range(18))
-        await conn.execute(
-            f"WITH u AS (SELECT * FROM unnest({unnest}) AS u({aliases})),"
-            f" upd AS (UPDATE usage_sessions s SET {updates} FROM u WHERE s.tenant_id = $1::uuid"
-            " AND s.nas_key = u.c0 AND s.acct_session_id = u.c1 AND s.generation = u.c2"
-            " RETURNING s.nas_key, s.acct_session_id, s.generation)"
-            f" INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
-            f" SELECT {_session_values(True, names, '$1::uuid')} FROM u WHERE NOT EXISTS"
-            " (SELECT 1 FROM upd WHERE upd.nas_key = u.c0 AND upd.acct_session_id = u.c1"
-            f" AND upd.generation = u.c2) {conflict} DO UPDATE SET {_SESSION_UPDATE}",
-            tenant_id,
-            *params,
-        )
+        await conn.execute(_pg_session_upsert(2) + " SELECT count(*) FROM r", tenant_id, *params)
         return
     marks = [f"?{i + 2}" for i in range(18)]
     await conn.executemany(
         f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
         f" VALUES ({_session_values(False, marks, '?1')})"
-        f" {conflict} DO UPDATE SET {_SESSION_UPDATE}",
+        " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
+        f" DO UPDATE SET {_SESSION_UPDATE}",
         zip([tenant_id.hex] * len(cols), *params, strict=True),
+    )
+
+
+async def upsert_sessions_and_buckets(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    cols: Any,
+    bucket_row: npt.NDArray[np.int64],
+    hour_us: list[int],
+    input_bytes: list[int],
+    output_bytes: list[int],
+    session_s: list[int],
+) -> None:
+    """PostgreSQL: sessions and their hourly deltas in one statement. The buckets take each
+    session's subscription and identity from the upsert itself (RETURNING), not from a
+    second join with usage_sessions. `bucket_row` indexes `cols`."""
+    if not len(cols):
+        return
+    params = session_columns_params(cols)
+    conn = await driver(session)
+    hour = ts_sql(True, "hour_us")
+    await conn.execute(
+        _pg_session_upsert(2) + ","
+        " j AS (SELECT r.sub, u.c3 AS un, u.c4 AS cs, u.c5 AS fi, d.hour_us, d.ib, d.ob, d.ss"
+        " FROM unnest($20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[],"
+        " $24::bigint[]) AS d(o, hour_us, ib, ob, ss) JOIN r ON r.o = d.o JOIN u ON u.o = d.o),"
+        f" a AS ({_ATTRIBUTED.format(t='$1::uuid', hour=hour)} RETURNING 1)"
+        f" {_UNATTRIBUTED.format(t='$1::uuid', hour=hour)}",
+        tenant_id,
+        *params,
+        (bucket_row + 1).tolist(),
+        hour_us,
+        input_bytes,
+        output_bytes,
+        session_s,
     )
 
 
@@ -645,6 +696,22 @@ _BUCKET_ADD = (
     "upload_bytes = {t}.upload_bytes + excluded.upload_bytes,"
     " download_bytes = {t}.download_bytes + excluded.download_bytes,"
     " session_time_s = {t}.session_time_s + excluded.session_time_s"
+)
+
+
+_ATTRIBUTED = (
+    "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
+    " download_bytes, session_time_s) SELECT {t}, sub, {hour}, sum(ib), sum(ob), sum(ss)"
+    " FROM j WHERE sub IS NOT NULL GROUP BY sub, hour_us"
+    " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
+    + _BUCKET_ADD.format(t="usage_buckets")
+)
+_UNATTRIBUTED = (
+    "INSERT INTO usage_unattributed_buckets (tenant_id, user_name, calling_station_id,"
+    " framed_ip_address, hour, upload_bytes, download_bytes, session_time_s)"
+    " SELECT {t}, un, cs, fi, {hour}, sum(ib), sum(ob), sum(ss) FROM j WHERE sub IS NULL"
+    " GROUP BY un, cs, fi, hour_us ON CONFLICT (tenant_id, user_name, calling_station_id,"
+    " framed_ip_address, hour) DO UPDATE SET " + _BUCKET_ADD.format(t="usage_unattributed_buckets")
 )
 
 
@@ -659,11 +726,11 @@ async def add_buckets(
     output_bytes: list[int],
     session_s: list[int],
 ) -> None:
-    """Adds hourly deltas of sessions (already upserted) to their subscription's buckets,
-    or to the unattributed buckets of their identity."""
+    """SQLite: adds hourly deltas of sessions (already upserted) to their subscription's
+    buckets, or to the unattributed buckets of their identity (PostgreSQL writes them with
+    the sessions: upsert_sessions_and_buckets)."""
     if not nas_key:
         return
-    pg = _pg(session)
     conn = await driver(session)
     joined = (
         "SELECT s.subscription_id AS sub, s.user_name AS un, s.calling_station_id AS cs,"
@@ -671,41 +738,6 @@ async def add_buckets(
         " ON s.tenant_id = {t} AND s.nas_key = d.nas_key AND s.acct_session_id = d.sid"
         " AND s.generation = d.gen"
     )
-    attributed = (
-        "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
-        " download_bytes, session_time_s) SELECT {t}, sub, {hour}, sum(ib), sum(ob), sum(ss)"
-        " FROM j WHERE sub IS NOT NULL GROUP BY sub, hour_us"
-        " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
-        + _BUCKET_ADD.format(t="usage_buckets")
-    )
-    unattributed = (
-        "INSERT INTO usage_unattributed_buckets (tenant_id, user_name, calling_station_id,"
-        " framed_ip_address, hour, upload_bytes, download_bytes, session_time_s)"
-        " SELECT {t}, un, cs, fi, {hour}, sum(ib), sum(ob), sum(ss) FROM j WHERE sub IS NULL"
-        " GROUP BY un, cs, fi, hour_us ON CONFLICT (tenant_id, user_name, calling_station_id,"
-        " framed_ip_address, hour) DO UPDATE SET "
-        + _BUCKET_ADD.format(t="usage_unattributed_buckets")
-    )
-    if pg:
-        source = (
-            "unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],"
-            " $7::bigint[], $8::bigint[]) AS d(nas_key, sid, gen, hour_us, ib, ob, ss)"
-        )
-        hour = ts_sql(True, "hour_us")
-        await conn.execute(
-            f"WITH j AS ({joined.format(d=source, t='$1::uuid', join='JOIN')}),"
-            f" a AS ({attributed.format(t='$1::uuid', hour=hour)} RETURNING 1)"
-            f" {unattributed.format(t='$1::uuid', hour=hour)}",
-            tenant_id,
-            nas_key,
-            acct_session_id,
-            generation,
-            hour_us,
-            input_bytes,
-            output_bytes,
-            session_s,
-        )
-        return
     for statement in _SQLITE_STAGE:
         await conn.execute(statement)
     await conn.execute("DELETE FROM temp.usage_bucket_stage")
@@ -726,8 +758,8 @@ async def add_buckets(
     # CROSS JOIN makes SQLite's planner drive from the (unindexed) stage into the key.
     stage = joined.format(d="temp.usage_bucket_stage d", t="?1", join="CROSS JOIN")
     with_j = f"WITH j AS ({stage}) "
-    await conn.execute(with_j + attributed.format(t="?1", hour=hour), (tenant_id.hex,))
-    await conn.execute(with_j + unattributed.format(t="?1", hour=hour), (tenant_id.hex,))
+    await conn.execute(with_j + _ATTRIBUTED.format(t="?1", hour=hour), (tenant_id.hex,))
+    await conn.execute(with_j + _UNATTRIBUTED.format(t="?1", hour=hour), (tenant_id.hex,))
     await conn.execute("DELETE FROM temp.usage_bucket_stage")
 
 

@@ -153,27 +153,25 @@ async def write_projections(
 ) -> None:
     """Sessions, hourly buckets and anomalies of an ApplyResult (batch, sweep or replay)."""
     sessions = result.sessions
-    await repo.upsert_sessions(session, tenant_id, sessions)
     index = np.asarray(result.bucket_session_index, dtype=np.int64)
-    if index.size:
-        nas = _object_array(sessions.nas_key)[index].tolist()
-        sid = _object_array(sessions.acct_session_id)[index].tolist()
-        gen = np.asarray(sessions.generation, dtype=np.int64)[index].tolist()
-        await repo.add_buckets(
-            session,
-            tenant_id,
-            nas,
-            sid,
-            gen,
-            np.asarray(result.bucket_hour_us, dtype=np.int64).tolist(),
-            np.ascontiguousarray(result.bucket_input_bytes, dtype=np.uint64)
-            .view(np.int64)
-            .tolist(),
-            np.ascontiguousarray(result.bucket_output_bytes, dtype=np.uint64)
-            .view(np.int64)
-            .tolist(),
-            np.ascontiguousarray(result.bucket_session_s, dtype=np.uint64).view(np.int64).tolist(),
+    hours = np.asarray(result.bucket_hour_us, dtype=np.int64).tolist()
+    deltas = [
+        np.ascontiguousarray(values, dtype=np.uint64).view(np.int64).tolist()
+        for values in (
+            result.bucket_input_bytes,
+            result.bucket_output_bytes,
+            result.bucket_session_s,
         )
+    ]
+    if repo.is_pg(session):
+        await repo.upsert_sessions_and_buckets(session, tenant_id, sessions, index, hours, *deltas)
+    else:
+        await repo.upsert_sessions(session, tenant_id, sessions)
+        if index.size:
+            nas = _object_array(sessions.nas_key)[index].tolist()
+            sid = _object_array(sessions.acct_session_id)[index].tolist()
+            gen = np.asarray(sessions.generation, dtype=np.int64)[index].tolist()
+            await repo.add_buckets(session, tenant_id, nas, sid, gen, hours, *deltas)
     anomalies = result.anomalies
     if anomalies:
         # Every attribute read of an engine result copies its column: read each once.
