@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -155,6 +156,7 @@ def main() -> None:
         for i in range(args.streams)
     ]
     records = args.batch * args.batches * args.streams
+    print(f"streaming {records} records", file=sys.stderr, flush=True)
     result = asyncio.run(run_load(args.target, args.key, streams, args.window, records))
     print(json.dumps(asdict(result)))
 
