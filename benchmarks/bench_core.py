@@ -3,7 +3,7 @@
 Run: pytest benchmarks/bench_core.py --benchmark-only -s
 Each case preloads N open sessions, then times batches of Interim-Updates that each touch
 distinct sessions with new counters. The pure-Python reference runs on the same records
-in the same run, and the ratio is reported. Figures go to benchmarks/RESULTS_core.md.
+in the same run, and the ratio is reported. Figures go to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

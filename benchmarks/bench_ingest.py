@@ -3,7 +3,7 @@
 Run: pytest benchmarks/bench_ingest.py --benchmark-only -s
 Each round streams 30 pre-serialized batches of 10,000 Interim-Updates (100,000 sessions
 on 16 NASes) over loopback with 2 batches in flight; it reports records/s and the p50/p99
-ack latency. Figures go to benchmarks/RESULTS_ingest.md.
+ack latency. Figures go to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
