@@ -99,7 +99,7 @@ async def replay(
     progress: Any = None,
 ) -> dict[str, int]:
     """Registers the secret for every source address, then streams the capture."""
-    import rating_core._native as core
+    import rating_core as core
 
     packets, sources, times = core.read_pcap(data)
     for address in sorted(set(sources)):

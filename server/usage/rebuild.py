@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rating_core import _native as core
+import rating_core as core
 from server.db.database import Database
 from server.usage import repository as repo
 from server.usage.service import policy_of, wrap_entries, write_projections

@@ -26,9 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-# The engine's public names join rating_core.__all__ as the engine lands; the private
-# module is the typed contract (_native.pyi) and resolves its names only when called.
-from rating_core import _native as core
+import rating_core as core
 from server.accounts.models import RadiusIdentity, Subscription
 from server.db.database import Database
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError

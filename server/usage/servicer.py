@@ -47,7 +47,7 @@ DEFAULT_SWEEP_INTERVAL_S = 300.0
 
 
 def session_message(row: UsageSession) -> usage_pb2.Session:
-    import rating_core._native as core
+    import rating_core as core
 
     message = usage_pb2.Session(
         id=queries.session_id(row.nas_key, row.acct_session_id, row.generation),
