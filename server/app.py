@@ -22,10 +22,13 @@ from isp_rating.v1 import (
     revenue_pb2,
     usage_pb2,
 )
+from server.accounts.servicer import register as register_accounts
 from server.auth import Authenticator
 from server.db.database import Database
 from server.interceptors import ServiceInterceptor
+from server.revenue.servicer import register as register_revenue
 from server.settings import Settings
+from server.usage.servicer import register as register_usage
 
 log = logging.getLogger("server")
 
@@ -78,8 +81,6 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 def build_app(settings: Settings, db: Database | None = None) -> App:
     """Wires every service onto one grpc.aio server bound to settings.listen."""
-    from server.accounts.servicer import register as register_accounts
-
     db = db or Database(settings.database_url)
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(Authenticator(db))],
@@ -90,6 +91,8 @@ def build_app(settings: Settings, db: Database | None = None) -> App:
     )
     on_stop: list[Callable[[], object]] = []
     register_accounts(server, db)
+    register_usage(server, db, on_stop)
+    register_revenue(server, db)
     # Services not built yet answer UNIMPLEMENTED: the generated bases do exactly that
     # (their stubs mark the methods abstract, hence the ignores).
     aggregation_pb2_grpc.add_AggregationServiceServicer_to_server(
@@ -104,8 +107,6 @@ def build_app(settings: Settings, db: Database | None = None) -> App:
         contracts_pb2_grpc.ContractServiceServicer(),  # type: ignore[abstract]
         server,
     )
-    _register_optional(server, db, on_stop)
-
     services = [
         descriptor.services_by_name[name].full_name
         for descriptor, name in (
@@ -135,14 +136,3 @@ def build_app(settings: Settings, db: Database | None = None) -> App:
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     return App(settings, db, server, health_servicer, port, services, on_stop)
-
-
-def _register_optional(
-    server: grpc.aio.Server, db: Database, on_stop: list[Callable[[], object]]
-) -> None:
-    """Usage and revenue services, registered by their own packages."""
-    from server.revenue.servicer import register as register_revenue
-    from server.usage.servicer import register as register_usage
-
-    register_usage(server, db, on_stop)
-    register_revenue(server, db)

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from server.db.database import Database
-from server.errors import PermissionDeniedError, UnauthenticatedError
+from server.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from server.tenants.models import ApiKey, Tenant
 
 ALL_SCOPES: tuple[str, ...] = (
@@ -102,8 +107,6 @@ def parse_key(token: str) -> tuple[uuid.UUID, str]:
 def validate_scopes(scopes: list[str]) -> list[str]:
     unknown = sorted(set(scopes) - set(ALL_SCOPES))
     if unknown:
-        from server.errors import InvalidArgumentError
-
         raise InvalidArgumentError("scopes", f"unknown scopes {unknown}; known: {ALL_SCOPES}")
     return sorted(set(scopes))
 
@@ -122,8 +125,6 @@ async def create_key(db: Database, tenant_id: uuid.UUID, name: str, scopes: list
     secret = secrets.token_urlsafe(32)
     async with db.transaction() as session:
         if await session.get(Tenant, tenant_id) is None:
-            from server.errors import NotFoundError
-
             raise NotFoundError("tenant", tenant_id)
         session.add(
             ApiKey(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -44,7 +44,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     grace_s: float = 10.0
-    bootstrap: bool = field(default=False)
+    bootstrap: bool = False
 
     @property
     def embedded(self) -> bool:

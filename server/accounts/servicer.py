@@ -36,7 +36,6 @@ from server.validation import (
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Response = TypeVar("Response", bound=Message)
-Row = TypeVar("Row")
 
 # Hooks run inside the transaction that registers RADIUS identities (usage re-attribution).
 IdentityHook = Callable[
