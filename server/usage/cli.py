@@ -1,4 +1,4 @@
-"""Usage commands of `rating`: replay a pcap, list sessions, sweep, rebuild projections."""
+"""Usage commands of `rating`: replay a pcap or detail file, list sessions, sweep, rebuild."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import sys
 import uuid
+import zoneinfo
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from isp_rating.v1 import usage_pb2, usage_pb2_grpc
 from server.client import add_client_arguments, auth_metadata, client_channel
+from server.usage.detail import parse_detail
 
 DEFAULT_BATCH = 1000
 
@@ -23,11 +25,27 @@ DEFAULT_BATCH = 1000
 def add_commands(subparsers: Any) -> None:
     """Adds replay, sessions, sweep and rebuild to the `rating` parser."""
     replay = subparsers.add_parser(
-        "replay", help="stream the RADIUS accounting requests of a pcap into the server"
+        "replay",
+        help="stream the accounting requests of a pcap or a FreeRADIUS detail file",
     )
     add_client_arguments(replay)
-    replay.add_argument("pcap", type=Path, help="capture file (UDP 1813/1646)")
-    replay.add_argument("--secret", required=True, help="shared secret of every source address")
+    replay.add_argument(
+        "file", type=Path, help="classic pcap (UDP 1813/1646) or FreeRADIUS detail file"
+    )
+    replay.add_argument(
+        "--format",
+        choices=("auto", "pcap", "detail"),
+        default="auto",
+        help="file format (auto: pcap by its magic number, else detail)",
+    )
+    replay.add_argument(
+        "--secret", help="shared secret of every source address (required for a pcap)"
+    )
+    replay.add_argument(
+        "--detail-tz",
+        default="UTC",
+        help="IANA zone of detail header dates, used only for records without Timestamp",
+    )
     replay.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.set_defaults(handler=replay_command)
@@ -66,50 +84,51 @@ def parse_instant(text: str) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def pcap_batches(
-    packets: Sequence[bytes], sources: Sequence[str], times_us: Sequence[int], size: int
-) -> list[usage_pb2.StreamAccountingRequest]:
-    """Raw entries in capture order, capture time as arrival, one batch per `size`."""
-    batches = []
-    for start in range(0, len(packets), size):
-        entries = [
-            usage_pb2.AccountingEntry(
-                raw=usage_pb2.RawAccountingPacket(
-                    packet=packets[i], source_address=sources[i], arrival_time=_timestamp_us(t)
-                )
-            )
-            for i, t in zip(
-                range(start, min(start + size, len(packets))),
-                times_us[start : start + size],
-                strict=True,
-            )
-        ]
-        batches.append(
-            usage_pb2.StreamAccountingRequest(batch_id=f"replay-{start // size}", entries=entries)
-        )
-    return batches
+PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
 
 
-async def replay(
-    stub: usage_pb2_grpc.UsageServiceAsyncStub,
-    metadata: tuple[tuple[str, str], ...],
-    data: bytes,
-    secret: str,
-    batch_size: int = DEFAULT_BATCH,
-    progress: Any = None,
-) -> dict[str, int]:
-    """Registers the secret for every source address, then streams the capture."""
+def is_pcap(data: bytes) -> bool:
+    return data[:4] in PCAP_MAGICS
+
+
+def pcap_entries(data: bytes) -> tuple[list[usage_pb2.AccountingEntry], list[str]]:
+    """Raw entries in capture order with the capture time as arrival; their source addresses."""
     import rating_core as core
 
     packets, sources, times = core.read_pcap(data)
-    for address in sorted(set(sources)):
-        await stub.UpsertNasClient(
-            usage_pb2.UpsertNasClientRequest(source_address=address, secret=secret),
-            metadata=metadata,
+    entries = [
+        usage_pb2.AccountingEntry(
+            raw=usage_pb2.RawAccountingPacket(
+                packet=packet, source_address=source, arrival_time=_timestamp_us(int(t))
+            )
         )
-    batches = pcap_batches(packets, sources, [int(t) for t in times], max(1, batch_size))
-    summary = {"records": len(packets), "accepted": 0, "duplicate": 0, "late": 0}
-    summary["quarantined"] = 0
+        for packet, source, t in zip(packets, sources, times, strict=True)
+    ]
+    return entries, list(sources)
+
+
+def batches_of(
+    entries: Sequence[usage_pb2.AccountingEntry], size: int
+) -> list[usage_pb2.StreamAccountingRequest]:
+    """One batch per `size` entries, in order, with ids a resend repeats."""
+    size = max(1, size)
+    return [
+        usage_pb2.StreamAccountingRequest(
+            batch_id=f"replay-{start // size}", entries=entries[start : start + size]
+        )
+        for start in range(0, len(entries), size)
+    ]
+
+
+async def stream_batches(
+    stub: usage_pb2_grpc.UsageServiceAsyncStub,
+    metadata: tuple[tuple[str, str], ...],
+    batches: Sequence[usage_pb2.StreamAccountingRequest],
+    progress: Any = None,
+) -> dict[str, int]:
+    """Streams the batches; sums the acks (each one sent after its batch committed)."""
+    summary = {"records": sum(len(b.entries) for b in batches)}
+    summary |= {"accepted": 0, "duplicate": 0, "late": 0, "quarantined": 0}
 
     async def requests() -> AsyncIterator[usage_pb2.StreamAccountingRequest]:
         for batch in batches:
@@ -126,18 +145,73 @@ async def replay(
     return summary
 
 
+async def replay(
+    stub: usage_pb2_grpc.UsageServiceAsyncStub,
+    metadata: tuple[tuple[str, str], ...],
+    data: bytes,
+    secret: str,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Any = None,
+) -> dict[str, int]:
+    """Registers the secret for every source address of a pcap, then streams the capture."""
+    entries, sources = pcap_entries(data)
+    for address in sorted(set(sources)):
+        await stub.UpsertNasClient(
+            usage_pb2.UpsertNasClientRequest(source_address=address, secret=secret),
+            metadata=metadata,
+        )
+    return await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
+
+
+async def replay_detail(
+    stub: usage_pb2_grpc.UsageServiceAsyncStub,
+    metadata: tuple[tuple[str, str], ...],
+    data: bytes,
+    zone: dt.tzinfo = dt.UTC,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Any = None,
+) -> dict[str, int]:
+    """Streams a detail file's complete records as decoded entries (no secret needed).
+
+    Records that cannot be read are reported on `progress` and counted as rejected; a
+    trailing record without its closing blank line is counted as incomplete, not sent.
+    """
+    parsed = parse_detail(data, zone)
+    for rejected in parsed.rejected:
+        if progress is not None:
+            print(f"record at line {rejected.line} rejected: {rejected.reason}", file=progress)
+    if parsed.incomplete and progress is not None:
+        print("last record has no closing blank line yet: not sent", file=progress)
+    entries = [usage_pb2.AccountingEntry(decoded=r) for r in parsed.records]
+    summary = await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
+    summary["records"] += len(parsed.rejected)
+    summary["rejected"] = len(parsed.rejected)
+    summary["incomplete"] = int(parsed.incomplete)
+    return summary
+
+
 async def replay_command(args: argparse.Namespace) -> int:
-    data = await asyncio.to_thread(args.pcap.read_bytes)
+    data = await asyncio.to_thread(args.file.read_bytes)
+    pcap = args.format == "pcap" or (args.format == "auto" and is_pcap(data))
+    if pcap and not args.secret:
+        raise SystemExit("rating replay: --secret is required for a pcap")
+    try:
+        zone = zoneinfo.ZoneInfo(args.detail_tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SystemExit(f"rating replay: --detail-tz: unknown zone {args.detail_tz!r}") from None
     async with client_channel(args) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
-        summary = await replay(
-            stub, auth_metadata(args), data, args.secret, args.batch_size, sys.stderr
-        )
+        metadata = auth_metadata(args)
+        if pcap:
+            summary = await replay(stub, metadata, data, args.secret, args.batch_size, sys.stderr)
+        else:
+            summary = await replay_detail(stub, metadata, data, zone, args.batch_size, sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return 0
+    # Rejected detail records were not stored: the operator has to look at them.
+    return 1 if summary.get("rejected") else 0
 
 
 def _iso(ts: Timestamp, present: bool) -> str | None:

@@ -1,0 +1,288 @@
+"""FreeRADIUS detail files: the reader's rules, and `rating replay` of a detail file."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+import zoneinfo
+from pathlib import Path
+
+import pytest
+
+from server.usage.detail import parse_detail
+from tests.conftest import RunningServer, TenantCtx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HEADER = "Fri Mar  1 10:00:00 2024"
+
+
+def record(*lines: str, header: str = HEADER) -> str:
+    return header + "\n" + "".join(f"\t{line}\n" for line in lines) + "\n"
+
+
+def test_reads_the_usage_attributes_of_a_record() -> None:
+    data = record(
+        "Acct-Status-Type = Interim-Update",
+        'Acct-Session-Id = "0000001A"',
+        'User-Name = "alice"',
+        "NAS-IP-Address = 192.0.2.1",
+        'NAS-Identifier = "bng-1"',
+        "NAS-Port = 7",
+        'NAS-Port-Id = "ge-0/0/1.100"',
+        "Acct-Input-Octets = 1000",
+        "Acct-Input-Gigawords = 1",
+        "Acct-Output-Octets = 4294967295",
+        "Acct-Output-Gigawords = 2",
+        "Acct-Session-Time = 3600",
+        "Event-Timestamp = 1700003600",
+        "Acct-Delay-Time = 4",
+        "Framed-IP-Address = 10.0.0.9",
+        "Framed-IPv6-Prefix = 2001:db8:1::/64",
+        "Delegated-IPv6-Prefix = 2001:db8:2::/56",
+        'Calling-Station-Id = "00-11-22-33-44-55"',
+        "Class = 0x0102ff",
+        'Class = "second"',
+        "Client-IP-Address = 198.51.100.7",
+        'Cisco-AVPair = "ignored=yes"',
+        "Timestamp = 1700003604",
+    ).encode()
+    parsed = parse_detail(data)
+    assert parsed.rejected == []
+    assert not parsed.incomplete
+    assert parsed.consumed == len(data)
+    (r,) = parsed.records
+    assert (r.status_type, r.acct_session_id, r.user_name) == (3, "0000001A", "alice")
+    assert (r.nas_ip_address, r.nas_identifier, r.nas_port, r.nas_port_id) == (
+        "192.0.2.1",
+        "bng-1",
+        7,
+        "ge-0/0/1.100",
+    )
+    assert (r.input_octets, r.input_gigawords, r.output_octets, r.output_gigawords) == (
+        1000,
+        1,
+        4294967295,
+        2,
+    )
+    assert (r.session_time_s, r.delay_time_s) == (3600, 4)
+    assert r.event_timestamp.seconds == 1700003600
+    assert r.arrival_time.seconds == 1700003604
+    assert r.framed_ip_address == "10.0.0.9"
+    assert r.framed_ipv6_prefix == "2001:db8:1::/64"
+    assert r.delegated_ipv6_prefix == "2001:db8:2::/56"
+    assert r.calling_station_id == "00-11-22-33-44-55"
+    assert list(getattr(r, "class")) == [b"\x01\x02\xff", b"second"]
+    assert r.source_address == "198.51.100.7"
+
+
+def test_counters_absent_stay_absent_not_zero() -> None:
+    (r,) = parse_detail(
+        record("Acct-Status-Type = Stop", 'Acct-Session-Id = "s"', "Timestamp = 1").encode()
+    ).records
+    assert not r.HasField("input_octets")
+    assert not r.HasField("output_octets")
+    assert not r.HasField("session_time_s")
+
+
+def test_status_and_terminate_cause_names_and_numbers() -> None:
+    parsed = parse_detail(
+        (
+            record("Acct-Status-Type = Start", "Timestamp = 1")
+            + record("Acct-Status-Type = Alive", "Timestamp = 1")
+            + record("Acct-Status-Type = Accounting-On", "Timestamp = 1")
+            + record("Acct-Status-Type = Accounting-Off", "Timestamp = 1")
+            + record("Acct-Status-Type = 42", "Timestamp = 1")
+            + record(
+                "Acct-Status-Type = Stop",
+                "Acct-Terminate-Cause = Lost-Carrier",
+                "Timestamp = 1",
+            )
+            + record("Acct-Status-Type = Stop", "Acct-Terminate-Cause = 22", "Timestamp = 1")
+        ).encode()
+    )
+    assert [r.status_type for r in parsed.records] == [1, 3, 7, 8, 42, 2, 2]
+    assert [r.terminate_cause for r in parsed.records[-2:]] == [2, 22]
+
+
+def test_quoted_values_keep_their_escapes_as_bytes() -> None:
+    (r,) = parse_detail(
+        record(r'User-Name = "a\"b\\c\303\251\t"', 'Class = "x\\000y"', "Timestamp = 1").encode()
+    ).records
+    assert r.user_name == 'a"b\\cé\t'
+    assert list(getattr(r, "class")) == [b"x\x00y"]
+
+
+def test_timestamp_line_is_arrival_and_header_date_only_a_fallback() -> None:
+    both = parse_detail(record("Timestamp = 1700000000").encode()).records[0]
+    assert both.arrival_time.seconds == 1700000000
+    zone = zoneinfo.ZoneInfo("Europe/Berlin")
+    (fallback,) = parse_detail(record("Acct-Status-Type = Start").encode(), zone).records
+    expected = dt.datetime(2024, 3, 1, 10, 0, tzinfo=zone).astimezone(dt.UTC)
+    assert fallback.arrival_time.ToDatetime(tzinfo=dt.UTC) == expected
+
+
+def test_text_event_timestamps_are_trusted_only_in_utc() -> None:
+    utc, local, integer = parse_detail(
+        (
+            record('Event-Timestamp = "Nov 14 2023 22:13:20 UTC"', "Timestamp = 1")
+            + record('Event-Timestamp = "Nov 14 2023 23:13:20 CET"', "Timestamp = 1")
+            + record("Event-Timestamp = 1700000000", "Timestamp = 1")
+        ).encode()
+    ).records
+    assert utc.event_timestamp.seconds == 1700000000
+    assert not local.HasField("event_timestamp")
+    assert integer.event_timestamp.seconds == 1700000000
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("Acct-Input-Octets = 12x", "Acct-Input-Octets"),
+        ("Acct-Output-Octets = 4294967296", "Acct-Output-Octets"),
+        ("Acct-Output-Gigawords = -1", "Acct-Output-Gigawords"),
+        ("Acct-Session-Time = ", "Acct-Session-Time"),
+        ("Acct-Status-Type = Sometimes", "Acct-Status-Type"),
+        ("NAS-IP-Address = 300.1.1.1", "NAS-IP-Address"),
+        ("Framed-IPv6-Prefix = nope", "Framed-IPv6-Prefix"),
+        ('User-Name = "unterminated', "User-Name"),
+        ('User-Name = "\\377"', "User-Name"),
+        ("Acct-Terminate-Cause = Gone-Fishing", "Acct-Terminate-Cause"),
+        ("no equals sign", "Attribute = value"),
+    ],
+)
+def test_unreadable_record_is_rejected_with_its_line_and_attribute(line: str, named: str) -> None:
+    data = record("Acct-Status-Type = Stop", "Timestamp = 1") + record(line, "Timestamp = 1")
+    parsed = parse_detail(data.encode())
+    assert len(parsed.records) == 1
+    (rejected,) = parsed.rejected
+    assert rejected.line == 5
+    assert named in rejected.reason
+    assert "line 6" in rejected.reason
+
+
+def test_repeated_single_valued_attribute_is_rejected() -> None:
+    parsed = parse_detail(record("Acct-Input-Octets = 1", "Acct-Input-Octets = 2").encode())
+    assert parsed.records == []
+    assert "repeated" in parsed.rejected[0].reason
+
+
+def test_record_without_closing_blank_line_is_not_complete_yet() -> None:
+    done = record("Acct-Status-Type = Start", "Timestamp = 1")
+    partial = HEADER + "\n\tAcct-Status-Type = Stop\n\tAcct-Input-Octets = 5\n"
+    parsed = parse_detail((done + partial).encode())
+    assert len(parsed.records) == 1
+    assert parsed.incomplete
+    assert parsed.consumed == len(done.encode())
+    # Once the writer finishes the record, reading on from `consumed` picks it up.
+    rest = parse_detail((done + partial + "\n").encode()[parsed.consumed :])
+    assert [r.status_type for r in rest.records] == [2]
+    assert not rest.incomplete
+
+
+def test_crlf_line_ends_and_extra_blank_lines() -> None:
+    data = "\r\n\r\n" + record("Acct-Status-Type = Start", "Timestamp = 1").replace("\n", "\r\n")
+    parsed = parse_detail(data.encode())
+    assert [r.status_type for r in parsed.records] == [1]
+    assert not parsed.incomplete
+
+
+def session_file() -> str:
+    base = 1_709_287_200  # 2024-03-01T10:00:00Z
+    common = (
+        'Acct-Session-Id = "D1"',
+        'User-Name = "dora"',
+        "NAS-IP-Address = 192.0.2.55",
+    )
+
+    def rec(status: str, st: int, inp: int, out: int, delay: int = 0, *extra: str) -> str:
+        return record(
+            f"Acct-Status-Type = {status}",
+            *common,
+            f"Acct-Session-Time = {st}",
+            f"Acct-Input-Octets = {inp}",
+            "Acct-Input-Gigawords = 1",
+            f"Acct-Output-Octets = {out}",
+            f"Event-Timestamp = {base + st}",
+            f"Acct-Delay-Time = {delay}",
+            *extra,
+            f"Timestamp = {base + st + delay}",
+        )
+
+    return (
+        record("Acct-Status-Type = Start", *common, f"Timestamp = {base}")
+        + rec("Interim-Update", 600, 100, 1000)
+        # A retransmission: new Acct-Delay-Time, same content.
+        + rec("Interim-Update", 600, 100, 1000, 5)
+        + rec("Interim-Update", 1200, 300, 5000)
+        + record("Acct-Status-Type = Interim-Update", *common, "Acct-Input-Octets = x1")
+        + rec("Stop", 1500, 400, 7000, 0, "Acct-Terminate-Cause = Lost-Carrier")
+        # Still being written: no closing blank line.
+        + HEADER
+        + "\n\tAcct-Status-Type = Interim-Update\n"
+    )
+
+
+async def rating(*args: str, key: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "RATING_API_KEY": key},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_replay_of_a_detail_file_counts_each_record_once(
+    server: RunningServer, tenant: TenantCtx, tmp_path: Path
+) -> None:
+    path = tmp_path / "detail-20240301"
+    path.write_text(session_file())
+    args = ("replay", str(path), "--target", server.target, "--json")
+    code, out, err = await rating(*args, key=tenant.key)
+    assert code == 1, "a rejected record must make the command fail"
+    assert "record at line 47 rejected: line 52" in err
+    assert "Acct-Input-Octets" in err
+    assert "no closing blank line" in err
+    summary = json.loads(out)
+    assert summary == {
+        "records": 6,
+        "accepted": 4,
+        "duplicate": 1,
+        "late": 0,
+        "quarantined": 0,
+        "rejected": 1,
+        "incomplete": 1,
+    }
+    code, out, _ = await rating(*args, key=tenant.key)
+    assert json.loads(out)["duplicate"] == 5
+    code, out, err = await rating("sessions", "--target", server.target, "--json", key=tenant.key)
+    assert code == 0, err
+    (session,) = json.loads(out)
+    assert session["nas"] == "192.0.2.55"
+    assert session["acct_session_id"] == "D1"
+    assert (session["input_bytes"], session["output_bytes"]) == ((1 << 32) + 400, 7000)
+    assert session["session_time_s"] == 1500
+    assert session["state"] == "closed"
+    assert session["terminate_cause"] == 2
+    assert session["start_at"] == "2024-03-01T10:00:00Z"
+    assert session["stop_at"] == "2024-03-01T10:25:00Z"
+
+
+async def test_replay_of_a_pcap_needs_a_secret(
+    server: RunningServer, tenant: TenantCtx, tmp_path: Path
+) -> None:
+    path = tmp_path / "capture.pcap"
+    path.write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(20))
+    code, _, err = await rating("replay", str(path), "--target", server.target, key=tenant.key)
+    assert code != 0
+    assert "--secret is required" in err
