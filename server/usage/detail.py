@@ -297,9 +297,9 @@ def _record(header: str, body: list[tuple[int, str]], zone: dt.tzinfo) -> Any:
     source = next((sources[k] for k in SOURCE_ATTRIBUTES if k in sources), None)
     if source is None:
         source = values.get("nas_ip_address") or values.get("nas_ipv6_address") or ""
-    return usage_pb2.AccountingRecord(
-        **values, source_address=source, arrival_time=arrival, **{"class": classes}
-    )
+    out = usage_pb2.AccountingRecord(**values, source_address=source, arrival_time=arrival)
+    getattr(out, "class").extend(classes)  # `class` is a Python keyword
+    return out
 
 
 def parse_detail(data: bytes, zone: dt.tzinfo = dt.UTC) -> DetailFile:
