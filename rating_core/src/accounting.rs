@@ -133,8 +133,17 @@ const STATE_OPEN: u8 = 0;
 const STATE_STOPPED: u8 = 1;
 /// Closed without a Stop (stale sweep, NAS reboot, superseded generation).
 const STATE_CLOSED_NO_STOP: u8 = 2;
+/// A slot on the free list.
+const STATE_FREE: u8 = 3;
+/// Internal bit of `Session::flags` (never output): the slot has an `Engine::carry` entry.
+const HAS_CARRY: u16 = 1 << 15;
 
-/// One session instance.
+/// One session instance: 80 bytes (asserted below), plus its session id in [`Strings`], an
+/// 8-byte index entry, and an entry in `Engine::carry` only after a counter reset.
+///
+/// The engine keeps what the delta rules need. User-Name, Calling-Station-Id and
+/// Framed-IP-Address are identity the database holds: output rows carry them from the
+/// batch's records (see `Touched::text`), and the projection keeps the first it is given.
 #[derive(Debug, Clone)]
 struct Session {
     start_us: i64,
@@ -142,37 +151,32 @@ struct Session {
     last_update_us: i64,
     hwm_in: u64,
     hwm_out: u64,
-    in_bytes: u64,
-    out_bytes: u64,
-    last_key: [u8; 16],
+    /// First 64 bits of the content key of the last record applied (a repeat of that
+    /// record is a duplicate). Output and loaded as 16 bytes, the last 8 zero.
+    last_key: u64,
     nas: u32,
     generation: u32,
     session_time: u32,
-    /// Flag bits (ten defined; see `FLAG_NAMES`).
-    flags: u16,
     terminate_cause: u32,
-    /// Older instance of the same hash chain (older generation or hash collision).
+    /// Older instance of the same index chain (older generation or a shared tag).
     prev: u32,
-    /// Check hash of (NAS, session id); see `sid_hash`.
-    id2: u32,
     /// Output row of the current call (see `Touched::row`).
     row_tag: u32,
-    /// Session id, user name, calling station id, framed IP, concatenated.
-    /// Offset of the session's text in [`Strings`]: session id, user name, calling
-    /// station id, framed IP, concatenated (each at most 255 bytes; RADIUS allows 253).
+    /// Offset of the session id in [`Strings`] (at most 255 bytes; RADIUS allows 253).
     str_off: u32,
-    lens: [u8; 4],
+    /// Flag bits (ten defined; see `FLAG_NAMES`).
+    flags: u16,
+    sid_len: u8,
     state: u8,
-    live: bool,
 }
 
 impl Session {
-    fn text_len(&self) -> usize {
-        self.lens.iter().map(|&l| usize::from(l)).sum()
+    fn live(&self) -> bool {
+        self.state != STATE_FREE
     }
 }
 
-/// One buffer holding every session's text (no allocation per session). Freed text is
+/// One buffer holding every session id (no allocation per session). Freed text is
 /// garbage until `compact` rewrites the buffer.
 #[derive(Default)]
 struct Strings {
@@ -181,26 +185,22 @@ struct Strings {
 }
 
 impl Strings {
-    fn store(&mut self, f: [&[u8]; 4]) -> (u32, [u8; 4]) {
+    fn store(&mut self, sid: &[u8]) -> (u32, u8) {
         let off = self.data.len() as u32;
-        let mut lens = [0u8; 4];
-        for (i, v) in f.iter().enumerate() {
-            let v = &v[..v.len().min(usize::from(u8::MAX))];
-            self.data.extend_from_slice(v);
-            lens[i] = v.len() as u8;
-        }
-        (off, lens)
+        let v = &sid[..sid.len().min(usize::from(u8::MAX))];
+        self.data.extend_from_slice(v);
+        (off, v.len() as u8)
     }
 
-    fn field<'a>(&'a self, s: &Session, i: usize) -> &'a [u8] {
-        let start = s.str_off as usize + s.lens[..i].iter().map(|&l| usize::from(l)).sum::<usize>();
+    fn sid<'a>(&'a self, s: &Session) -> &'a [u8] {
+        let start = s.str_off as usize;
         self.data
-            .get(start..start + usize::from(s.lens[i]))
+            .get(start..start + usize::from(s.sid_len))
             .unwrap_or_default()
     }
 
     fn release(&mut self, s: &Session) {
-        self.garbage += s.text_len();
+        self.garbage += usize::from(s.sid_len);
     }
 }
 
@@ -225,10 +225,11 @@ impl Hasher for PassThrough {
     }
 }
 
-/// Index hash and check hash of a session identity: two instances are of the same
-/// (NAS, session id) when NAS id and both hashes agree (128 bits; no string compare).
-fn sid_hash(nas: u32, sid: &[u8]) -> (u64, u64) {
-    record::identity_hash(nas, sid)
+/// Index tag of a session identity (NAS id, session id). Tags may collide: instances are
+/// matched on the NAS id and the session id itself.
+fn sid_tag(nas: u32, sid: &[u8]) -> u32 {
+    let (h, _) = record::identity_hash(nas, sid);
+    (h ^ (h >> 32)) as u32
 }
 
 struct NasState {
@@ -325,24 +326,33 @@ impl SessionTable {
         self.generation.is_empty()
     }
 
-    fn push(&mut self, s: &Session, nas_key: &str, text: &Strings) {
+    fn push(
+        &mut self,
+        s: &Session,
+        (in_bytes, out_bytes): (u64, u64),
+        nas_key: &str,
+        sid: &[u8],
+        identity: [&[u8]; 3],
+    ) {
         self.nas_key.push(nas_key);
-        self.acct_session_id.push_bytes(text.field(s, 0));
+        self.acct_session_id.push_bytes(sid);
         self.generation.push(s.generation);
-        self.user_name.push_bytes(text.field(s, 1));
-        self.calling_station_id.push_bytes(text.field(s, 2));
-        self.framed_ip_address.push_bytes(text.field(s, 3));
+        self.user_name.push_bytes(identity[0]);
+        self.calling_station_id.push_bytes(identity[1]);
+        self.framed_ip_address.push_bytes(identity[2]);
         self.start_us.push(s.start_us);
         self.stop_us
             .push(if s.state == STATE_OPEN { -1 } else { s.stop_us });
         self.last_update_us.push(s.last_update_us);
         self.session_time_s.push(s.session_time);
-        self.input_bytes.push(s.in_bytes);
-        self.output_bytes.push(s.out_bytes);
+        self.input_bytes.push(in_bytes);
+        self.output_bytes.push(out_bytes);
         self.hwm_input.push(s.hwm_in);
         self.hwm_output.push(s.hwm_out);
-        self.last_key.push(s.last_key);
-        self.flags.push(u32::from(s.flags));
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&s.last_key.to_le_bytes());
+        self.last_key.push(key);
+        self.flags.push(u32::from(s.flags & !HAS_CARRY));
         self.terminate_cause.push(s.terminate_cause);
         self.open.push(s.state == STATE_OPEN);
     }
@@ -433,6 +443,11 @@ impl<'a> Input<'a> {
 #[derive(Default)]
 struct Touched {
     rows: Vec<u32>,
+    /// Per row: User-Name, Calling-Station-Id, Framed-IP-Address from the first record of
+    /// the call that carried each (empty: the projection keeps what it has), as ranges of
+    /// `text_buf`, copied while the record is in cache.
+    text: Vec<[record::Span; 3]>,
+    text_buf: Vec<u8>,
     /// Per row: the hour and index of its most recent bucket (most records hit it).
     last_bucket: Vec<(i64, u32)>,
     bucket_of: FxHashMap<(u32, i64), u32>,
@@ -442,6 +457,8 @@ struct Touched {
 impl Touched {
     fn clear(&mut self) {
         self.rows.clear();
+        self.text.clear();
+        self.text_buf.clear();
         self.last_bucket.clear();
         self.bucket_of.clear();
         self.anomalies.clear();
@@ -455,6 +472,7 @@ impl Touched {
         }
         let r = self.rows.len();
         self.rows.push(slot);
+        self.text.push([record::Span::default(); 3]);
         self.last_bucket.push((i64::MIN, u32::MAX));
         *tag = r as u32;
         r as i32
@@ -545,6 +563,9 @@ pub struct Engine {
     free: Vec<u32>,
     index: SlotIndex,
     strings: Strings,
+    /// Per slot, after a counter reset: usage total − high-water mark, both directions
+    /// (wrapping). Without an entry a session's usage equals its high-water marks.
+    carry: FxHashMap<u32, (u64, u64)>,
     live: usize,
     /// Per-call scratch kept between calls so its memory is reused.
     touched: Touched,
@@ -613,8 +634,51 @@ impl Engine {
     pub fn open_count(&self) -> usize {
         self.sessions
             .iter()
-            .filter(|s| s.live && s.state == STATE_OPEN)
+            .filter(|s| s.state == STATE_OPEN)
             .count()
+    }
+
+    /// Bytes the engine holds for its sessions (capacity of every structure that grows with
+    /// them, per-call scratch included): what the memory benchmark reports per session.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        let t = &self.touched;
+        self.sessions.capacity() * std::mem::size_of::<Session>()
+            + self.free.capacity() * 4
+            + self.index.heap_bytes()
+            + self.strings.data.capacity()
+            + self.carry.capacity() * 24
+            + self.seen.capacity() * 16
+            + t.rows.capacity() * 4
+            + t.text.capacity() * std::mem::size_of::<[record::Span; 3]>()
+            + t.text_buf.capacity()
+            + t.last_bucket.capacity() * 16
+            + t.bucket_of.capacity() * 24
+    }
+
+    /// Usage totals of a session: high-water marks plus the carry of any counter reset.
+    fn totals(&self, slot: u32) -> (u64, u64) {
+        let s = &self.sessions[slot as usize];
+        if s.flags & HAS_CARRY == 0 {
+            return (s.hwm_in, s.hwm_out);
+        }
+        let (ci, co) = self.carry.get(&slot).copied().unwrap_or_default();
+        (s.hwm_in.wrapping_add(ci), s.hwm_out.wrapping_add(co))
+    }
+
+    fn set_totals(&mut self, slot: u32, (total_in, total_out): (u64, u64)) {
+        let s = &mut self.sessions[slot as usize];
+        let carry = (
+            total_in.wrapping_sub(s.hwm_in),
+            total_out.wrapping_sub(s.hwm_out),
+        );
+        if carry != (0, 0) {
+            s.flags |= HAS_CARRY;
+            self.carry.insert(slot, carry);
+        } else if s.flags & HAS_CARRY != 0 {
+            s.flags &= !HAS_CARRY;
+            self.carry.remove(&slot);
+        }
     }
 
     fn intern_nas(&mut self, key: &str) -> u32 {
@@ -632,11 +696,16 @@ impl Engine {
         id
     }
 
-    fn find_head(&self, h: (u64, u64), nas: u32) -> Option<u32> {
-        let mut slot = self.index.get(h.0)?;
+    fn same_identity(&self, s: &Session, nas: u32, sid: &[u8]) -> bool {
+        s.nas == nas && short_eq(self.strings.sid(s), sid)
+    }
+
+    /// Newest instance of (nas, sid).
+    fn find_head(&self, tag: u32, nas: u32, sid: &[u8]) -> Option<u32> {
+        let mut slot = self.index.get(tag)?;
         while slot != NONE {
             let s = &self.sessions[slot as usize];
-            if s.nas == nas && s.id2 == h.1 as u32 {
+            if self.same_identity(s, nas, sid) {
                 return Some(slot);
             }
             slot = s.prev;
@@ -644,16 +713,15 @@ impl Engine {
         None
     }
 
-    /// Newest instance of (nas, sid) whose start is within `gap` of `implied`.
-    fn chain_match(&self, head: u32, implied: i64, gap: i64) -> Option<u32> {
-        let (nas, id2) = {
-            let s = &self.sessions[head as usize];
-            (s.nas, s.id2)
-        };
+    /// Newest instance of (nas, sid), from its newest `head`, whose start is within `gap`
+    /// of `implied`.
+    fn chain_match(&self, head: u32, sid: &[u8], implied: i64, gap: i64) -> Option<u32> {
+        let nas = self.sessions[head as usize].nas;
         let mut slot = head;
         while slot != NONE {
             let s = &self.sessions[slot as usize];
-            if s.nas == nas && s.id2 == id2 && s.start_us.abs_diff(implied) <= gap.unsigned_abs() {
+            if self.same_identity(s, nas, sid) && s.start_us.abs_diff(implied) <= gap.unsigned_abs()
+            {
                 return Some(slot);
             }
             slot = s.prev;
@@ -668,11 +736,11 @@ impl Engine {
             return;
         }
         let mut data = Vec::with_capacity(text.data.len() - text.garbage);
-        for s in self.sessions.iter_mut().filter(|s| s.live) {
+        for s in self.sessions.iter_mut().filter(|s| s.live()) {
             let start = s.str_off as usize;
             let bytes = text
                 .data
-                .get(start..start + s.text_len())
+                .get(start..start + usize::from(s.sid_len))
                 .unwrap_or_default();
             s.str_off = data.len() as u32;
             data.extend_from_slice(bytes);
@@ -683,12 +751,12 @@ impl Engine {
 
     /// Loads the index entry and the session for `h` (a software prefetch without `unsafe`).
     #[inline]
-    fn touch(&self, h: u64) {
-        if let Some(slot) = self.index.get(h) {
+    fn touch(&self, tag: u32) {
+        if let Some(slot) = self.index.get(tag) {
             if let Some(s) = self.sessions.get(slot as usize) {
-                // Both cache lines of the session, and its text (read for the output row).
-                std::hint::black_box((s.start_us, s.last_key[15], s.row_tag, s.lens[0]));
-                std::hint::black_box(self.strings.data.get(s.str_off as usize));
+                // Both cache lines of the session, and its session id (compared on lookup).
+                std::hint::black_box((s.start_us, s.last_key, s.row_tag, s.sid_len));
+                std::hint::black_box(self.strings.data.get(s.str_off as usize).copied());
             }
         }
     }
@@ -705,25 +773,24 @@ impl Engine {
     }
 
     fn insert(&mut self, s: Session) -> u32 {
-        let h = sid_hash(s.nas, self.strings.field(&s, 0));
-        self.insert_hashed(s, h)
+        let tag = sid_tag(s.nas, self.strings.sid(&s));
+        self.insert_tagged(s, tag)
     }
 
-    fn insert_hashed(&mut self, mut s: Session, h: (u64, u64)) -> u32 {
-        s.id2 = h.1 as u32;
-        s.prev = self.index.get(h.0).unwrap_or(NONE);
+    fn insert_tagged(&mut self, mut s: Session, tag: u32) -> u32 {
+        s.prev = self.index.get(tag).unwrap_or(NONE);
         let slot = self.alloc(s);
-        self.index.insert(h.0, slot);
+        self.index.insert(tag, slot);
         slot
     }
 
     fn remove(&mut self, slot: u32) {
         let (h, prev) = {
             let s = &self.sessions[slot as usize];
-            if !s.live {
+            if !s.live() {
                 return;
             }
-            (sid_hash(s.nas, self.strings.field(s, 0)).0, s.prev)
+            (sid_tag(s.nas, self.strings.sid(s)), s.prev)
         };
         match self.index.get(h) {
             Some(head) if head == slot => {
@@ -746,9 +813,10 @@ impl Engine {
             None => {}
         }
         let s = &mut self.sessions[slot as usize];
-        s.live = false;
+        s.state = STATE_FREE;
         self.strings.release(s);
-        s.lens = [0; 4];
+        s.sid_len = 0;
+        self.carry.remove(&slot);
         self.free.push(slot);
         self.live -= 1;
     }
@@ -757,7 +825,7 @@ impl Engine {
         self.sessions
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.live && s.nas == nas)
+            .filter(|(_, s)| s.live() && s.nas == nas)
             .map(|(i, _)| i as u32)
             .collect()
     }
@@ -794,15 +862,11 @@ impl Engine {
                 "row of NAS {bad:?} loaded for NAS {nas_key:?}"
             )));
         }
-        let long = [
-            &t.acct_session_id,
-            &t.user_name,
-            &t.calling_station_id,
-            &t.framed_ip_address,
-        ]
-        .iter()
-        .any(|c| c.iter().any(|v| v.len() > usize::from(u8::MAX)));
-        if long {
+        // Identity text (user, calling station, framed IP) stays in the database: not loaded.
+        if t.acct_session_id
+            .iter()
+            .any(|v| v.len() > usize::from(u8::MAX))
+        {
             return Err(EngineError::Columns(
                 "text longer than 255 bytes (RADIUS attributes hold 253)".into(),
             ));
@@ -832,29 +896,21 @@ impl Engine {
                 last_update_us: t.last_update_us[i],
                 hwm_in: t.hwm_input[i],
                 hwm_out: t.hwm_output[i],
-                in_bytes: t.input_bytes[i],
-                out_bytes: t.output_bytes[i],
-                last_key: t.last_key[i],
+                last_key: key_prefix(&t.last_key[i]),
                 nas: id,
                 generation: t.generation[i],
                 session_time: t.session_time_s[i],
-                flags: t.flags[i] as u16,
                 terminate_cause: t.terminate_cause[i],
                 prev: NONE,
-                id2: 0,
                 row_tag: u32::MAX,
                 str_off: 0,
-                lens: [0; 4],
+                flags: t.flags[i] as u16 & !HAS_CARRY,
+                sid_len: 0,
                 state,
-                live: true,
             };
-            (s.str_off, s.lens) = self.strings.store([
-                t.acct_session_id.get(i).as_bytes(),
-                t.user_name.get(i).as_bytes(),
-                t.calling_station_id.get(i).as_bytes(),
-                t.framed_ip_address.get(i).as_bytes(),
-            ]);
-            self.insert(s);
+            (s.str_off, s.sid_len) = self.strings.store(t.acct_session_id.get(i).as_bytes());
+            let slot = self.insert(s);
+            self.set_totals(slot, (t.input_bytes[i], t.output_bytes[i]));
         }
         self.compact();
         let n = &mut self.nas[id as usize];
@@ -906,20 +962,25 @@ impl Engine {
         // Identity hashes up front, so the loop can touch the index and the session of a
         // record a few places ahead: at a million sessions those are cache misses, and
         // issuing them early overlaps them with the current record's work.
-        let hashes: Vec<(u64, u64)> = p
+        let tags: Vec<u32> = p
             .records
             .iter()
             .map(|r| match r.status {
                 STATUS_START | STATUS_STOP | STATUS_INTERIM => {
-                    sid_hash(nas_map[r.nas as usize], input.text(r.sid))
+                    sid_tag(nas_map[r.nas as usize], input.text(r.sid))
                 }
-                _ => (0, 0),
+                _ => 0,
             })
             .collect();
         for (i, r) in p.records.iter().enumerate() {
-            if let Some(&(ahead, _)) = hashes.get(i + PREFETCH_DISTANCE) {
-                if ahead != 0 {
-                    self.touch(ahead);
+            if let Some(&ahead) = tags.get(i + PREFETCH_DISTANCE) {
+                self.touch(ahead);
+                // The record's own session id, compared on lookup: its batch bytes were
+                // read long ago (prepare, tags) and are out of cache in a large batch.
+                if let Some(r) = p.records.get(i + PREFETCH_DISTANCE) {
+                    std::hint::black_box(input.text(r.sid).first().copied());
+                    std::hint::black_box(input.text(r.user).first().copied());
+                    std::hint::black_box(input.text(r.calling).first().copied());
                 }
             }
             out.event_us.push(r.event_us);
@@ -953,7 +1014,7 @@ impl Engine {
                 let (o, slot) = if r.status == STATUS_ON || r.status == STATUS_OFF {
                     self.on_off(i, r, nas, &mut t)
                 } else {
-                    self.session_record(i, r, nas, hashes[i], input, &mut t, &mut out)
+                    self.session_record(i, r, nas, tags[i], input, &mut t, &mut out)
                 };
                 if o != OUTCOME_DUPLICATE {
                     // A 64-bit prefix collision keeps the first record (the ledger dedups).
@@ -983,10 +1044,21 @@ impl Engine {
 
     fn finish(&self, out: &mut ApplyOutput, t: &mut Touched) {
         out.sessions.reserve(t.rows.len());
-        for &slot in &t.rows {
+        for (&slot, spans) in t.rows.iter().zip(&t.text) {
             let s = &self.sessions[slot as usize];
-            out.sessions
-                .push(s, &self.nas[s.nas as usize].key, &self.strings);
+            let text = |span: record::Span| {
+                let start = span.off as usize;
+                t.text_buf
+                    .get(start..start + span.len as usize)
+                    .unwrap_or_default()
+            };
+            out.sessions.push(
+                s,
+                self.totals(slot),
+                &self.nas[s.nas as usize].key,
+                self.strings.sid(s),
+                [text(spans[0]), text(spans[1]), text(spans[2])],
+            );
         }
         let anomalies = std::mem::take(&mut t.anomalies);
         out.anomalies = anomalies
@@ -1036,7 +1108,7 @@ impl Engine {
         i: usize,
         r: &Record,
         nas: u32,
-        h: (u64, u64),
+        tag: u32,
         p: Input<'_>,
         t: &mut Touched,
         out: &mut ApplyOutput,
@@ -1050,7 +1122,7 @@ impl Engine {
             t => t,
         };
         let implied = time.map(|st| r.event_us.saturating_sub(i64::from(st) * US));
-        let head = self.find_head(h, nas);
+        let head = self.find_head(tag, nas, sid);
         let target = match head {
             None => Target::Create {
                 lost_start: r.status != STATUS_START,
@@ -1082,7 +1154,7 @@ impl Engine {
                     match implied {
                         None => Target::Existing(cur),
                         Some(im) => {
-                            if let Some(m) = self.chain_match(cur, im, gap) {
+                            if let Some(m) = self.chain_match(cur, sid, im, gap) {
                                 Target::Existing(m)
                             } else if im > c.start_us.saturating_add(gap) {
                                 let close = (c.state == STATE_OPEN).then_some(cur);
@@ -1130,26 +1202,20 @@ impl Engine {
                     last_update_us: r.event_us,
                     hwm_in: 0,
                     hwm_out: 0,
-                    in_bytes: 0,
-                    out_bytes: 0,
-                    last_key: [0; 16],
+                    last_key: 0,
                     nas,
                     generation,
                     session_time: 0,
-                    flags: flags as u16,
                     terminate_cause: 0,
                     prev: NONE,
-                    id2: 0,
                     row_tag: u32::MAX,
                     str_off: 0,
-                    lens: [0; 4],
+                    flags: flags as u16,
+                    sid_len: 0,
                     state: STATE_OPEN,
-                    live: true,
                 };
-                (s.str_off, s.lens) =
-                    self.strings
-                        .store([sid, p.text(r.user), p.text(r.calling), p.text(r.framed)]);
-                let slot = self.insert_hashed(s, h);
+                (s.str_off, s.sid_len) = self.strings.store(sid);
+                let slot = self.insert_tagged(s, tag);
                 for bit in [LOST_START, GENERATION_FROM_START_GAP] {
                     if flags & bit != 0 {
                         t.anomalies
@@ -1164,7 +1230,7 @@ impl Engine {
                     let s = &self.sessions[slot as usize];
                     (s.state, s.last_key, s.session_time)
                 };
-                if last_key == r.key {
+                if last_key == key_prefix(&r.key) {
                     return (OUTCOME_DUPLICATE, slot);
                 }
                 match (state, r.status) {
@@ -1203,10 +1269,13 @@ impl Engine {
         t: &mut Touched,
         out: &mut ApplyOutput,
     ) -> u8 {
-        let s = &mut self.sessions[slot as usize];
-        if r.session_time().is_some_and(|st| st < s.session_time) {
+        if r.session_time()
+            .is_some_and(|st| st < self.sessions[slot as usize].session_time)
+        {
             return OUTCOME_LATE;
         }
+        let (total_in, total_out) = self.totals(slot);
+        let s = &mut self.sessions[slot as usize];
         let t_up = r.session_time().is_some_and(|st| st > s.session_time);
         let (input, output, in_gw, out_gw) = if policy.swap_direction {
             (r.output(), r.input(), r.output_gw(), r.input_gw())
@@ -1222,8 +1291,6 @@ impl Engine {
         };
         s.hwm_in = hin;
         s.hwm_out = hout;
-        s.in_bytes = s.in_bytes.saturating_add(din);
-        s.out_bytes = s.out_bytes.saturating_add(dout);
         if let Some(st) = r.session_time() {
             s.session_time = s.session_time.max(st);
         }
@@ -1233,7 +1300,7 @@ impl Engine {
             new_flags |= CLOCK_SKEW;
         }
         s.last_update_us = s.last_update_us.max(r.event_us);
-        s.last_key = r.key;
+        s.last_key = key_prefix(&r.key);
         match s.state {
             STATE_CLOSED_NO_STOP => {
                 new_flags |= LATE_STOP;
@@ -1253,28 +1320,24 @@ impl Engine {
             _ => {}
         }
         s.flags |= new_flags as u16;
-        // Fill identity fields the instance did not know yet (e.g. after a lost Start).
-        if s.lens[1] == 0 && !r.user.is_empty()
-            || s.lens[2] == 0 && !r.calling.is_empty()
-            || s.lens[3] == 0 && !r.framed.is_empty()
-        {
-            let text = &mut self.strings;
-            let pick = |i: usize, new: &[u8]| -> Vec<u8> {
-                let old = text.field(s, i);
-                if old.is_empty() {
-                    new.to_vec()
-                } else {
-                    old.to_vec()
-                }
-            };
-            let sid = pick(0, b"");
-            let user = pick(1, p.text(r.user));
-            let calling = pick(2, p.text(r.calling));
-            let framed = pick(3, p.text(r.framed));
-            text.release(s);
-            (s.str_off, s.lens) = text.store([&sid, &user, &calling, &framed]);
-        }
         let row = t.row(slot, &mut s.row_tag);
+        // Identity for the projection: the first value of the call for each field (the
+        // projection keeps the first it ever got, e.g. a User-Name after a lost Start).
+        let text = &mut t.text[row as usize];
+        for (have, new) in text.iter_mut().zip([r.user, r.calling, r.framed]) {
+            if have.is_empty() && !new.is_empty() {
+                let bytes = p.text(new);
+                *have = record::Span {
+                    off: t.text_buf.len() as u32,
+                    len: bytes.len() as u32,
+                };
+                t.text_buf.extend_from_slice(bytes);
+            }
+        }
+        self.set_totals(
+            slot,
+            (total_in.saturating_add(din), total_out.saturating_add(dout)),
+        );
         if din | dout | dsecs != 0 {
             let hour = r.event_us.div_euclid(HOUR_US) * HOUR_US;
             let (last_hour, last_idx) = t.last_bucket[row as usize];
@@ -1330,7 +1393,7 @@ impl Engine {
         let mut touched_nas: Vec<u32> = Vec::new();
         for slot in 0..self.sessions.len() as u32 {
             let s = &self.sessions[slot as usize];
-            if !s.live || s.state != STATE_OPEN {
+            if s.state != STATE_OPEN {
                 continue;
             }
             let policy = self.nas[s.nas as usize].policy;
@@ -1358,7 +1421,7 @@ impl Engine {
         // Forget closed instances nothing will touch any more (their rows are durable).
         for slot in 0..self.sessions.len() as u32 {
             let s = &self.sessions[slot as usize];
-            if s.live
+            if s.live()
                 && s.state != STATE_OPEN
                 && as_of_us.saturating_sub(s.last_update_us) > CLOSED_RETENTION_US
             {
@@ -1368,6 +1431,26 @@ impl Engine {
         self.compact();
         out
     }
+}
+
+/// Byte equality for short strings, inline (a `memcmp` call costs more than the compare).
+#[inline]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |v: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(v);
+        u64::from_le_bytes(w)
+    };
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let same_tail = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .all(|(x, y)| x == y);
+    same_tail && a8.zip(b8).all(|(x, y)| word(x) == word(y))
 }
 
 fn key_prefix(k: &[u8; 16]) -> u64 {
@@ -1434,8 +1517,8 @@ fn skew_detail(r: &Record) -> String {
 mod tests {
     #[test]
     fn session_stays_compact() {
-        // 112 bytes per session plus its text and index slot (see RESULTS_core.md).
-        assert!(std::mem::size_of::<super::Session>() <= 112);
+        // 80 bytes per session plus its session id and index entry (benchmarks/RESULTS.md).
+        assert!(std::mem::size_of::<super::Session>() <= 80);
         println!("Session is {} bytes", std::mem::size_of::<super::Session>());
     }
 }

@@ -1,13 +1,15 @@
-//! Open-addressing map from a 64-bit identity hash to a session slot.
+//! Open-addressing map from a 32-bit identity tag to a session slot.
 //!
-//! One array of `(hash, slot)` with linear probing: a lookup touches one cache line
-//! (hashbrown's split control bytes and buckets cost two misses at a million sessions).
+//! One array of `(tag, slot)` with linear probing: a lookup touches one cache line
+//! (hashbrown's split control bytes and buckets cost two misses at a million sessions),
+//! and an entry is 8 bytes. Tags are hash bits, so two identities may share one: the
+//! engine chains instances behind the slot and compares the identity itself.
 
 const EMPTY: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 pub struct SlotIndex {
-    table: Vec<(u64, u32)>,
+    table: Vec<(u32, u32)>,
     len: usize,
     mask: usize,
 }
@@ -34,15 +36,21 @@ impl SlotIndex {
     }
 
     #[inline]
-    fn home(&self, h: u64) -> usize {
-        // The hash is already uniformly mixed; fold the high bits in anyway.
-        ((h ^ (h >> 32)) as usize) & self.mask
+    fn home(&self, h: u32) -> usize {
+        // Tags are uniformly mixed hash bits already.
+        (h as usize) & self.mask
+    }
+
+    /// Bytes held by the table.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.table.capacity() * std::mem::size_of::<(u32, u32)>()
     }
 
     /// The slot stored for `h`.
     #[inline]
     #[must_use]
-    pub fn get(&self, h: u64) -> Option<u32> {
+    pub fn get(&self, h: u32) -> Option<u32> {
         let mut i = self.home(h);
         loop {
             let (k, v) = self.table[i];
@@ -57,7 +65,7 @@ impl SlotIndex {
     }
 
     /// Sets the slot for `h` (replacing any).
-    pub fn insert(&mut self, h: u64, slot: u32) {
+    pub fn insert(&mut self, h: u32, slot: u32) {
         if (self.len + 1) * 4 > self.table.len() * 3 {
             self.grow();
         }
@@ -78,7 +86,7 @@ impl SlotIndex {
     }
 
     /// Removes `h` (backward-shift deletion keeps probe chains intact).
-    pub fn remove(&mut self, h: u64) {
+    pub fn remove(&mut self, h: u32) {
         let mut i = self.home(h);
         loop {
             let (k, v) = self.table[i];
@@ -141,7 +149,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Few distinct keys, with colliding low bits, so chains and removals interact.
-            let key = (x % 512) << 40 | (x % 7);
+            let key = ((x % 512) << 20 | (x % 7)) as u32;
             if x % 3 == 0 {
                 idx.remove(key);
                 model.remove(&key);

@@ -137,6 +137,8 @@ class UsageSession(TenantScoped, Base):
     output_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     hwm_input: Mapped[int] = mapped_column(BigInteger, default=0)
     hwm_output: Mapped[int] = mapped_column(BigInteger, default=0)
+    # First 8 bytes of the content key of the last record applied, zero-padded to 16: the
+    # engine's repeat check (a full key from before that change reads the same).
     last_key: Mapped[bytes] = mapped_column(LargeBinary(16))
     flags: Mapped[int] = mapped_column(BigInteger, default=0)
     terminate_cause: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -546,10 +546,28 @@ _SESSION_TARGET = (
     " subscription_id, start_at, stop_at, last_update_at, session_time_s, input_bytes,"
     " output_bytes, hwm_input, hwm_output, last_key, flags, terminate_cause, open"
 )
-_SESSION_UPDATE = (
-    "user_name = excluded.user_name, calling_station_id = excluded.calling_station_id,"
-    " framed_ip_address = excluded.framed_ip_address,"
-    " subscription_id = COALESCE(usage_sessions.subscription_id, excluded.subscription_id),"
+IDENTITY_COLUMNS = ("user_name", "calling_station_id", "framed_ip_address")
+
+
+def merged_identity(old: str, new: str) -> list[str]:
+    """User-Name, Calling-Station-Id, Framed-IP-Address after a write: the instance keeps
+    the first non-empty value it was given (the engine sends only what a batch's records
+    carried; a row from a sweep or a NAS reboot carries none)."""
+    return [f"CASE WHEN {old}.{c} = '' THEN {new}.{c} ELSE {old}.{c} END" for c in IDENTITY_COLUMNS]
+
+
+def _session_update(tenant: str) -> str:
+    """ON CONFLICT DO UPDATE of a session row: identity merged, attribution (once made)
+    kept, otherwise attributed on the merged identity; the engine's state overwrites."""
+    identity = merged_identity("usage_sessions", "excluded")
+    return (
+        ", ".join(f"{c} = {v}" for c, v in zip(IDENTITY_COLUMNS, identity, strict=True))
+        + ", subscription_id = COALESCE(usage_sessions.subscription_id,"
+        f" {attribution_sql(tenant, *identity)})," + _SESSION_STATE_UPDATE
+    )
+
+
+_SESSION_STATE_UPDATE = (
     " start_at = excluded.start_at, stop_at = excluded.stop_at,"
     " last_update_at = excluded.last_update_at, session_time_s = excluded.session_time_s,"
     " input_bytes = excluded.input_bytes, output_bytes = excluded.output_bytes,"
@@ -600,15 +618,17 @@ def _pg_session_upsert(first: int) -> str:
     ${first}.. the 18 session columns."""
     unnest = ", ".join(f"${i + first}::{t}[]" for i, t in enumerate(_PG_SESSION_TYPES))
     names = [f"u.c{i}" for i in range(18)]
-    attribution = attribution_sql("$1::uuid", "u.c3", "u.c4", "u.c5")
+    identity = [
+        f"CASE WHEN s.{c} = '' THEN u.c{i} ELSE s.{c} END"
+        for i, c in enumerate(IDENTITY_COLUMNS, start=3)
+    ]
+    attribution = attribution_sql("$1::uuid", *identity)
     updates = ", ".join(
         f"{column} = {value}"
         for column, value in zip(
             _SESSION_TARGET.replace(" ", "").split(",")[3:],
             [
-                "u.c3",
-                "u.c4",
-                "u.c5",
+                *identity,
                 f"COALESCE(s.subscription_id, {attribution})",
                 ts_sql(True, "u.c6"),
                 f"CASE WHEN u.c7 < 0 THEN NULL ELSE {ts_sql(True, 'u.c7')} END",
@@ -623,14 +643,17 @@ def _pg_session_upsert(first: int) -> str:
         f"WITH u AS (SELECT * FROM unnest({unnest}) WITH ORDINALITY AS u({aliases}, o)),"
         f" upd AS (UPDATE usage_sessions s SET {updates} FROM u WHERE s.tenant_id = $1::uuid"
         " AND s.nas_key = u.c0 AND s.acct_session_id = u.c1 AND s.generation = u.c2"
-        " RETURNING u.o, s.subscription_id AS sub),"
+        " RETURNING u.o, s.subscription_id AS sub, s.user_name AS un,"
+        " s.calling_station_id AS cs, s.framed_ip_address AS fi),"
         f" ins AS (INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
         f" SELECT {_session_values(True, names, '$1::uuid')} FROM u"
         " WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.o = u.o)"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
-        f" DO UPDATE SET {_SESSION_UPDATE}"
-        " RETURNING nas_key, acct_session_id, generation, subscription_id),"
-        " r AS (SELECT o, sub FROM upd UNION ALL SELECT u.o, ins.subscription_id FROM ins"
+        f" DO UPDATE SET {_session_update('$1::uuid')}"
+        " RETURNING nas_key, acct_session_id, generation, subscription_id, user_name,"
+        " calling_station_id, framed_ip_address),"
+        " r AS (SELECT o, sub, un, cs, fi FROM upd UNION ALL SELECT u.o, ins.subscription_id,"
+        " ins.user_name, ins.calling_station_id, ins.framed_ip_address FROM ins"
         " JOIN u ON u.c0 = ins.nas_key AND u.c1 = ins.acct_session_id"
         " AND u.c2 = ins.generation)"
     )
@@ -652,7 +675,7 @@ async def upsert_sessions(session: AsyncSession, tenant_id: uuid.UUID, cols: Any
         f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
         f" VALUES ({_session_values(False, marks, '?1')})"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
-        f" DO UPDATE SET {_SESSION_UPDATE}",
+        f" DO UPDATE SET {_session_update('?1')}",
         zip([tenant_id.hex] * len(cols), *params, strict=True),
     )
 
@@ -677,9 +700,9 @@ async def upsert_sessions_and_buckets(
     hour = ts_sql(True, "hour_us")
     await conn.execute(
         _pg_session_upsert(2) + ","
-        " j AS (SELECT r.sub, u.c3 AS un, u.c4 AS cs, u.c5 AS fi, d.hour_us, d.ib, d.ob, d.ss"
+        " j AS (SELECT r.sub, r.un, r.cs, r.fi, d.hour_us, d.ib, d.ob, d.ss"
         " FROM unnest($20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[],"
-        " $24::bigint[]) AS d(o, hour_us, ib, ob, ss) JOIN r ON r.o = d.o JOIN u ON u.o = d.o),"
+        " $24::bigint[]) AS d(o, hour_us, ib, ob, ss) JOIN r ON r.o = d.o),"
         f" a AS ({_ATTRIBUTED.format(t='$1::uuid', hour=hour)} RETURNING 1)"
         f" {_UNATTRIBUTED.format(t='$1::uuid', hour=hour)}",
         tenant_id,

@@ -355,7 +355,8 @@ def test_outputs_have_contract_dtypes_when_batch_is_applied() -> None:
     assert s.flags.dtype == np.uint32
     assert s.last_key.dtype == np.dtype("V16")
     assert s.open.dtype == np.bool_
-    assert s.last_key[0].tobytes() == r.content_key[0].tobytes()
+    # The engine keeps the first 64 bits of the last content key (repeat detection).
+    assert s.last_key[0].tobytes() == r.content_key[0].tobytes()[:8] + bytes(8)
 
 
 def test_loaded_sessions_continue_when_another_replica_wrote_the_nas() -> None:

@@ -154,12 +154,14 @@ def test_engine_matches_reference_when_traffic_is_noisy_and_split_anywhere(
         for i in range(len(s)):
             key = (s.nas_key[i], s.acct_session_id[i], int(s.generation[i]))
             keys.append(key)
+            # Identity text is the projection's: it keeps the first non-empty value.
+            user = str(rust_sessions.get(key, {}).get("user", "")) or s.user_name[i]
             rust_sessions[key] = {
                 "in": int(s.input_bytes[i]), "out": int(s.output_bytes[i]),
                 "time": int(s.session_time_s[i]), "start": int(s.start_us[i]),
                 "stop": int(s.stop_us[i]), "last": int(s.last_update_us[i]),
                 "flags": int(s.flags[i]), "cause": int(s.terminate_cause[i]),
-                "open": bool(s.open[i]), "user": s.user_name[i],
+                "open": bool(s.open[i]), "user": user,
                 "hwm": (int(s.hwm_input[i]), int(s.hwm_output[i])),
             }  # fmt: skip
         for j in range(len(result.bucket_hour_us)):
@@ -245,14 +247,23 @@ def test_replay_through_fresh_engine_gives_same_sessions_when_ledger_is_resent(s
     assert int(again.bucket_input_bytes.sum()) == int(result.bucket_input_bytes.sum())
 
 
-def _rows(result: rc.ApplyResult) -> dict[tuple[str, str, int], tuple[object, ...]]:
+def _rows(
+    result: rc.ApplyResult, before: dict[tuple[str, str, int], tuple[Any, ...]]
+) -> dict[tuple[str, str, int], tuple[object, ...]]:
+    """The rows a projection holds after writing `result` over `before` (identity text keeps
+    the first non-empty value, as the session upsert does)."""
     s = result.sessions
     keys = s.last_key
+
+    def identity(key: tuple[str, str, int], j: int, new: str) -> str:
+        old = before.get(key)
+        return str(old[j]) if old is not None and old[j] else new
+
     return {
-        (s.nas_key[i], s.acct_session_id[i], int(s.generation[i])): (
-            s.user_name[i],
-            s.calling_station_id[i],
-            s.framed_ip_address[i],
+        (k := (s.nas_key[i], s.acct_session_id[i], int(s.generation[i]))): (
+            identity(k, 0, s.user_name[i]),
+            identity(k, 1, s.calling_station_id[i]),
+            identity(k, 2, s.framed_ip_address[i]),
             int(s.start_us[i]),
             int(s.stop_us[i]),
             int(s.last_update_us[i]),
@@ -329,7 +340,7 @@ def test_reloading_from_the_database_changes_nothing_when_every_batch_starts_fre
             for i in range(len(prepared)):
                 if int(result.outcome[i]) in (rc.OUTCOME_ACCEPTED, rc.OUTCOME_LATE):
                     ledger.add(result.content_key[i].tobytes())
-            rows.update(_rows(result))
+            rows.update(_rows(result, rows))
             if fresh:
                 seqs.update(zip(result.nas_keys, result.nas_seq.tolist(), strict=True))
     assert db == steady_rows

@@ -383,3 +383,29 @@ async def test_hourly_buckets_sum_to_session_total_when_session_spans_hours(
     assert len(rows) == 3  # T0 + 10 min .. T0 + 2 h
     assert all(row[0].minute == 0 and row[0].tzinfo is not None for row in rows)
     assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (12_000, 1440)
+
+
+async def test_identity_from_the_start_is_kept_when_later_records_omit_it(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    # Some NASes send User-Name and Calling-Station-Id only in the Start.
+    await usage.send(form, Rec(START, user="erin", calling="02-00-00-00-00-0e", session_time=0))
+    await usage.send(form, Rec(INTERIM, user="", t=600, session_time=600, inp=10, out=20))
+    assert (await usage.session()).user_name == "erin"
+    listed = await usage.stub.ListUnattributedUsage(
+        pb.ListUnattributedUsageRequest(), metadata=usage.metadata
+    )
+    assert [(u.user_name, u.calling_station_id, u.input_bytes) for u in listed.usage] == [
+        ("erin", "02-00-00-00-00-0e", 10)
+    ]
+    # Registering the calling station attributes the session and moves its usage.
+    sub = await subscribe(channel, usage.tenant, calling_station_id="02:00:00:00:00:0e")
+    await usage.send(form, Rec(INTERIM, user="", t=1200, session_time=1200, inp=30, out=50))
+    assert (await usage.session()).subscription_id == sub
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (30, 50)
+    # A sweep closes the session without touching its identity.
+    assert await usage.sweep(at(100_000)) == 1
+    closed = await usage.session()
+    assert closed.user_name == "erin"
+    assert closed.state == pb.SESSION_STATE_CLOSED
+    assert closed.subscription_id == sub

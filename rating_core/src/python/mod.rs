@@ -684,6 +684,11 @@ impl PyEngine {
     fn session_count(&self) -> PyResult<usize> {
         Ok(self.lock()?.session_count())
     }
+
+    /// Bytes the engine holds for its sessions (capacities, per-call scratch included).
+    fn heap_bytes(&self) -> PyResult<usize> {
+        Ok(self.lock()?.heap_bytes())
+    }
 }
 
 #[pymodule]
