@@ -549,17 +549,21 @@ _SESSION_TARGET = (
 IDENTITY_COLUMNS = ("user_name", "calling_station_id", "framed_ip_address")
 
 
-def merged_identity(old: str, new: str) -> list[str]:
-    """User-Name, Calling-Station-Id, Framed-IP-Address after a write: the instance keeps
-    the first non-empty value it was given (the engine sends only what a batch's records
-    carried; a row from a sweep or a NAS reboot carries none)."""
-    return [f"CASE WHEN {old}.{c} = '' THEN {new}.{c} ELSE {old}.{c} END" for c in IDENTITY_COLUMNS]
+def merged_identity(old: str, new: Sequence[str]) -> list[str]:
+    """User-Name, Calling-Station-Id, Framed-IP-Address after a write of row `old` with the
+    values `new`: the instance keeps the first non-empty value it was given (the engine
+    sends only what a batch's records carried; a row from a sweep or a NAS reboot carries
+    none)."""
+    return [
+        f"CASE WHEN {old}.{c} = '' THEN {v} ELSE {old}.{c} END"
+        for c, v in zip(IDENTITY_COLUMNS, new, strict=True)
+    ]
 
 
 def _session_update(tenant: str) -> str:
     """ON CONFLICT DO UPDATE of a session row: identity merged, attribution (once made)
     kept, otherwise attributed on the merged identity; the engine's state overwrites."""
-    identity = merged_identity("usage_sessions", "excluded")
+    identity = merged_identity("usage_sessions", [f"excluded.{c}" for c in IDENTITY_COLUMNS])
     return (
         ", ".join(f"{c} = {v}" for c, v in zip(IDENTITY_COLUMNS, identity, strict=True))
         + ", subscription_id = COALESCE(usage_sessions.subscription_id,"
@@ -618,10 +622,7 @@ def _pg_session_upsert(first: int) -> str:
     ${first}.. the 18 session columns."""
     unnest = ", ".join(f"${i + first}::{t}[]" for i, t in enumerate(_PG_SESSION_TYPES))
     names = [f"u.c{i}" for i in range(18)]
-    identity = [
-        f"CASE WHEN s.{c} = '' THEN u.c{i} ELSE s.{c} END"
-        for i, c in enumerate(IDENTITY_COLUMNS, start=3)
-    ]
+    identity = merged_identity("s", ["u.c3", "u.c4", "u.c5"])
     attribution = attribution_sql("$1::uuid", *identity)
     updates = ", ".join(
         f"{column} = {value}"
