@@ -117,8 +117,9 @@ class UsageSession(TenantScoped, Base):
         Index("ix_usage_sessions_subscription", "tenant_id", "subscription_id", "start_at"),
         Index("ix_usage_sessions_user", "tenant_id", "user_name", "start_at"),
         Index("ix_usage_sessions_open", "tenant_id", "open", "nas_key"),
-        # Every batch rewrites its sessions' rows: free room per page keeps those updates HOT.
-        {"postgresql_with": {"fillfactor": 70}},
+        # Every batch rewrites its sessions' rows: free room per page keeps those updates HOT
+        # (no new index entries). 50: at 70, 4 in 10 updates still left the page (measured).
+        {"postgresql_with": {"fillfactor": 50}},
     )
 
     nas_key: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
@@ -149,6 +150,8 @@ class UsageBucket(TenantScoped, Base):
     """Hourly usage of a subscription (upload = input, download = output): sums of deltas."""
 
     __tablename__ = "usage_buckets"
+    # Batches add to existing rows: room per page keeps those updates HOT (migration 0003).
+    __table_args__ = ({"postgresql_with": {"fillfactor": 50}},)
 
     subscription_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     hour: Mapped[dt.datetime] = mapped_column(primary_key=True)
@@ -161,6 +164,7 @@ class UnattributedBucket(TenantScoped, Base):
     """Hourly usage whose RADIUS identity matches no subscription yet (kept, moved later)."""
 
     __tablename__ = "usage_unattributed_buckets"
+    __table_args__ = ({"postgresql_with": {"fillfactor": 50}},)
 
     user_name: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
     calling_station_id: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
