@@ -1,4 +1,6 @@
-//! Rust-only throughput probe: `cargo bench --features mimalloc --bench throughput -- 1000000`.
+//! Rust-only throughput probe:
+//! `cargo bench --features mimalloc --bench throughput -- OPEN_SESSIONS [ROUNDS]` (default
+//! 1,000,000 sessions, 8 rounds of 200,000 Interim-Updates).
 #![allow(clippy::cast_precision_loss)] // Timing printouts only.
 
 use std::time::Instant;
@@ -55,6 +57,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let rounds: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(8);
     let size: u64 = 200_000;
     let mut engine = Engine::new(NasPolicy::default());
     let mut lo = 0;
@@ -66,7 +72,7 @@ fn main() {
         lo = hi;
     }
     let mut next = 0u64;
-    let batches: Vec<Vec<u8>> = (0..8)
+    let batches: Vec<Vec<u8>> = (0..rounds)
         .map(|_| {
             let b = batch((next..next + size).map(|k| {
                 let i = k % pool;
