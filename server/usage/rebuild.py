@@ -22,6 +22,7 @@ import rating_core as core
 from server.db.database import Database
 from server.usage import repository as repo
 from server.usage.service import policy_of, wrap_entries, write_projections
+from server.usage.writes import Projection
 
 PAGE = 20_000
 _PROJECTIONS = ("usage_sessions", "usage_buckets", "usage_unattributed_buckets", "usage_anomalies")
@@ -109,7 +110,8 @@ async def _replay_nas(
     async def sweep_through(seq: int | None) -> None:
         while sweeps and (seq is None or sweeps[0][0] < seq):
             _, as_of_us = sweeps.pop(0)
-            await write_projections(session, tenant_id, engine.sweep(as_of_us), empty)
+            swept = Projection.of(engine.sweep(as_of_us), empty)
+            await write_projections(session, tenant_id, swept)
             report["sweeps"] += 1
 
     group: list[bytes] = []
@@ -121,7 +123,8 @@ async def _replay_nas(
             prepared = engine.prepare(wrap_entries(group), group_key[1])
             result = engine.apply(prepared)
             # Anomalies name the entry's index in the batch it originally came in.
-            await write_projections(session, tenant_id, result, np.array(indices, dtype=np.int64))
+            mapping = np.array(indices, dtype=np.int64)
+            await write_projections(session, tenant_id, Projection.of(result, mapping))
             report["entries"] += len(group)
             group.clear()
             indices.clear()

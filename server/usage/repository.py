@@ -517,27 +517,38 @@ async def insert_quarantine(
     )
 
 
-def session_columns_params(cols: Any) -> list[list[Any]]:
-    """SessionColumns as plain lists in SESSION_COLUMNS order (counters bit for bit)."""
+def _objects(values: Sequence[Any]) -> npt.NDArray[Any]:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def session_columns(cols: Any) -> list[npt.NDArray[Any]]:
+    """SessionColumns as numpy columns in SESSION_COLUMNS order (counters bit for bit as
+    BIGINT; text as object arrays)."""
+
+    def signed(values: Any) -> npt.NDArray[np.int64]:
+        return np.ascontiguousarray(values, dtype=np.uint64).view(np.int64)
+
     return [
-        list(cols.nas_key),
-        list(cols.acct_session_id),
-        np.asarray(cols.generation, dtype=np.int64).tolist(),
-        list(cols.user_name),
-        list(cols.calling_station_id),
-        list(cols.framed_ip_address),
-        np.asarray(cols.start_us, dtype=np.int64).tolist(),
-        np.asarray(cols.stop_us, dtype=np.int64).tolist(),
-        np.asarray(cols.last_update_us, dtype=np.int64).tolist(),
-        np.asarray(cols.session_time_s, dtype=np.int64).tolist(),
-        np.ascontiguousarray(cols.input_bytes, dtype=np.uint64).view(np.int64).tolist(),
-        np.ascontiguousarray(cols.output_bytes, dtype=np.uint64).view(np.int64).tolist(),
-        np.ascontiguousarray(cols.hwm_input, dtype=np.uint64).view(np.int64).tolist(),
-        np.ascontiguousarray(cols.hwm_output, dtype=np.uint64).view(np.int64).tolist(),
-        np.asarray(cols.last_key).tolist(),
-        np.asarray(cols.flags, dtype=np.int64).tolist(),
-        np.asarray(cols.terminate_cause, dtype=np.int64).tolist(),
-        np.asarray(cols.open, dtype=np.bool_).tolist(),
+        _objects(cols.nas_key),
+        _objects(cols.acct_session_id),
+        np.asarray(cols.generation, dtype=np.int64),
+        _objects(cols.user_name),
+        _objects(cols.calling_station_id),
+        _objects(cols.framed_ip_address),
+        np.asarray(cols.start_us, dtype=np.int64),
+        np.asarray(cols.stop_us, dtype=np.int64),
+        np.asarray(cols.last_update_us, dtype=np.int64),
+        np.asarray(cols.session_time_s, dtype=np.int64),
+        signed(cols.input_bytes),
+        signed(cols.output_bytes),
+        signed(cols.hwm_input),
+        signed(cols.hwm_output),
+        np.asarray(cols.last_key),
+        np.asarray(cols.flags, dtype=np.int64),
+        np.asarray(cols.terminate_cause, dtype=np.int64),
+        np.asarray(cols.open, dtype=np.bool_),
     ]
 
 
@@ -660,13 +671,15 @@ def _pg_session_upsert(first: int) -> str:
     )
 
 
-async def upsert_sessions(session: AsyncSession, tenant_id: uuid.UUID, cols: Any) -> None:
-    """Writes the final state of every session instance a batch touched, attributing new
-    ones to a subscription; an attribution, once made, sticks."""
-    if not len(cols):
+async def upsert_sessions(
+    session: AsyncSession, tenant_id: uuid.UUID, params: list[list[Any]]
+) -> None:
+    """Writes the final state of every session instance a batch touched (`params`: the
+    SESSION_COLUMNS as lists), attributing new ones to a subscription; an attribution,
+    once made, sticks."""
+    if not params[0]:
         return
     pg = _pg(session)
-    params = session_columns_params(cols)
     conn = await driver(session)
     if pg:
         await conn.execute(_pg_session_upsert(2) + " SELECT count(*) FROM r", tenant_id, *params)
@@ -677,14 +690,14 @@ async def upsert_sessions(session: AsyncSession, tenant_id: uuid.UUID, cols: Any
         f" VALUES ({_session_values(False, marks, '?1')})"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
         f" DO UPDATE SET {_session_update('?1')}",
-        zip([tenant_id.hex] * len(cols), *params, strict=True),
+        zip([tenant_id.hex] * len(params[0]), *params, strict=True),
     )
 
 
 async def upsert_sessions_and_buckets(
     session: AsyncSession,
     tenant_id: uuid.UUID,
-    cols: Any,
+    params: list[list[Any]],
     bucket_row: npt.NDArray[np.int64],
     hour_us: list[int],
     input_bytes: list[int],
@@ -693,10 +706,9 @@ async def upsert_sessions_and_buckets(
 ) -> None:
     """PostgreSQL: sessions and their hourly deltas in one statement. The buckets take each
     session's subscription and identity from the upsert itself (RETURNING), not from a
-    second join with usage_sessions. `bucket_row` indexes `cols`."""
-    if not len(cols):
+    second join with usage_sessions. `bucket_row` indexes the rows of `params`."""
+    if not params[0]:
         return
-    params = session_columns_params(cols)
     conn = await driver(session)
     hour = ts_sql(True, "hour_us")
     await conn.execute(
@@ -723,10 +735,12 @@ _BUCKET_ADD = (
 )
 
 
+# Both statements add in key order: the transactions of one batch's NAS groups may add to
+# the same bucket row at once, and taking row locks in one order keeps them deadlock-free.
 _ATTRIBUTED = (
     "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
     " download_bytes, session_time_s) SELECT {t}, sub, {hour}, sum(ib), sum(ob), sum(ss)"
-    " FROM j WHERE sub IS NOT NULL GROUP BY sub, hour_us"
+    " FROM j WHERE sub IS NOT NULL GROUP BY sub, hour_us ORDER BY sub, hour_us"
     " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
     + _BUCKET_ADD.format(t="usage_buckets")
 )
@@ -734,7 +748,8 @@ _UNATTRIBUTED = (
     "INSERT INTO usage_unattributed_buckets (tenant_id, user_name, calling_station_id,"
     " framed_ip_address, hour, upload_bytes, download_bytes, session_time_s)"
     " SELECT {t}, un, cs, fi, {hour}, sum(ib), sum(ob), sum(ss) FROM j WHERE sub IS NULL"
-    " GROUP BY un, cs, fi, hour_us ON CONFLICT (tenant_id, user_name, calling_station_id,"
+    " GROUP BY un, cs, fi, hour_us ORDER BY un, cs, fi, hour_us"
+    " ON CONFLICT (tenant_id, user_name, calling_station_id,"
     " framed_ip_address, hour) DO UPDATE SET " + _BUCKET_ADD.format(t="usage_unattributed_buckets")
 )
 

@@ -2,22 +2,25 @@
 
 One engine per tenant holds the live sessions. A batch is prepared (decoded) outside any
 lock, then applied under the tenant's asyncio.Lock and, across replicas, under row locks of
-the NAS rows it touches; the transaction commits before the ack. Any failure before the
-commit makes the engine forget those NASes, so the next batch reloads the truth.
+the NAS rows it touches; its writes commit before the ack. A large batch on PostgreSQL is
+written by one transaction per group of its NAS keys, at once, each holding the locks of
+its NASes only, and each commits on its own; the ack waits for all. Any failure makes the
+engine forget the batch's NASes, so the next batch reloads the truth.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -32,11 +35,25 @@ from server.db.database import Database
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from server.usage import repository as repo
 from server.usage.models import UsageEvent
+from server.usage.writes import (
+    ACCEPTED,
+    DUPLICATE,
+    LATE,
+    QUARANTINED,
+    BatchPart,
+    BatchWrites,
+    Projection,
+    object_array,
+)
 
 log = logging.getLogger("server.usage")
 
-# Outcome codes of the engine contract (docs/accounting-engine.md).
-ACCEPTED, DUPLICATE, LATE, QUARANTINED = 1, 2, 3, 4
+# Batches of at least this many records spanning several NASes are written by one
+# transaction per group of NAS keys, at once (PostgreSQL; see UsageService._groups).
+SHARD_MIN_RECORDS = 2_000
+DEFAULT_WRITE_SHARDS = 2
+# A deadlock or serialization failure rolls the whole batch back; it is simply re-run.
+RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 US = 1_000_000
 # Batches larger than this run in a worker thread (the engine releases the GIL).
 THREAD_THRESHOLD_BYTES = 32 * 1024
@@ -140,60 +157,63 @@ async def _call(size: int, fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
-def _object_array(values: Sequence[Any]) -> npt.NDArray[Any]:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Runs the calls at once and waits for every one (none is left running on a
+    connection about to roll back); raises the first failure."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast(list[T], results)
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error, raised by asyncpg or wrapped by SQLAlchemy."""
+    for candidate in (error, getattr(error, "orig", None), error.__cause__):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
 
 
 async def write_projections(
-    session: AsyncSession, tenant_id: uuid.UUID, result: Any, mapping: npt.NDArray[np.int64]
+    session: AsyncSession, tenant_id: uuid.UUID, projection: Projection
 ) -> None:
-    """Sessions, hourly buckets and anomalies of an ApplyResult (batch, sweep or replay)."""
-    sessions = result.sessions
-    index = np.asarray(result.bucket_session_index, dtype=np.int64)
-    hours = np.asarray(result.bucket_hour_us, dtype=np.int64).tolist()
-    deltas = [
-        np.ascontiguousarray(values, dtype=np.uint64).view(np.int64).tolist()
-        for values in (
-            result.bucket_input_bytes,
-            result.bucket_output_bytes,
-            result.bucket_session_s,
-        )
-    ]
-    if repo.is_pg(session):
-        await repo.upsert_sessions_and_buckets(session, tenant_id, sessions, index, hours, *deltas)
-    else:
-        await repo.upsert_sessions(session, tenant_id, sessions)
-        if index.size:
-            nas = _object_array(sessions.nas_key)[index].tolist()
-            sid = _object_array(sessions.acct_session_id)[index].tolist()
-            gen = np.asarray(sessions.generation, dtype=np.int64)[index].tolist()
-            await repo.add_buckets(session, tenant_id, nas, sid, gen, hours, *deltas)
-    anomalies = result.anomalies
-    if anomalies:
-        # Every attribute read of an engine result copies its column: read each once.
-        nas_keys = sessions.nas_key
-        session_ids = sessions.acct_session_id
-        generations = np.asarray(sessions.generation, dtype=np.int64).tolist()
-        rows: list[tuple[str, str, int | None, int, int, str]] = []
-        for entry, row, flag, detail in anomalies:
-            original = int(mapping[entry]) if entry >= 0 else -1
-            if row >= 0:
-                rows.append(
-                    (nas_keys[row], session_ids[row], generations[row], original, int(flag), detail)
-                )
-            else:
-                rows.append(("", "", None, original, int(flag), detail))
-        await repo.insert_anomalies(session, tenant_id, rows, now_us())
+    """Session rows, hourly buckets and anomalies of an engine result (batch, sweep, replay)."""
+    if len(projection):
+        params = [column.tolist() for column in projection.sessions]
+        index = projection.bucket_row
+        hours = projection.bucket_hour_us.tolist()
+        deltas = [values.tolist() for values in projection.bucket_deltas]
+        if repo.is_pg(session):
+            await repo.upsert_sessions_and_buckets(
+                session, tenant_id, params, index, hours, *deltas
+            )
+        else:
+            await repo.upsert_sessions(session, tenant_id, params)
+            if index.size:
+                sessions = projection.sessions
+                nas = sessions[0][index].tolist()
+                sid = sessions[1][index].tolist()
+                gen = sessions[2][index].tolist()
+                await repo.add_buckets(session, tenant_id, nas, sid, gen, hours, *deltas)
+    if projection.anomalies:
+        await repo.insert_anomalies(session, tenant_id, projection.anomalies, now_us())
 
 
 class UsageService:
     """Ingest, sweep and the session queries of every tenant of one process."""
 
-    def __init__(self, db: Database, *, retain_closed_s: int = RETAIN_CLOSED_S) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retain_closed_s: int = RETAIN_CLOSED_S,
+        write_shards: int = DEFAULT_WRITE_SHARDS,
+    ) -> None:
         self.db = db
         self.retain_closed_s = retain_closed_s
+        self.write_shards = write_shards
         self._tenants: dict[uuid.UUID, TenantEngine] = {}
 
     # ------------------------------------------------------------ engines
@@ -250,6 +270,15 @@ class UsageService:
 
     # ------------------------------------------------------------ ingest
 
+    def _groups(self, keys: list[str], records: int) -> list[list[str]]:
+        """The NAS keys of a batch in groups, each written by its own transaction: one
+        group unless a PostgreSQL batch is large and spans several NASes."""
+        shards = min(self.write_shards, len(keys))
+        if shards < 2 or records < SHARD_MIN_RECORDS or self.db.is_sqlite:
+            return [keys]
+        # Keys arrive sorted; dealing them out keeps the groups' sizes within one NAS.
+        return [keys[g::shards] for g in range(shards)]
+
     async def ingest(
         self, tenant_id: uuid.UUID, batch: bytes, received_us: int | None = None
     ) -> BatchAck:
@@ -267,29 +296,67 @@ class UsageService:
         async with te.lock:
             for _attempt in range(MAX_ATTEMPTS):
                 keys = prepared.nas_keys
+                groups = self._groups(keys, total)
                 try:
-                    async with self.db.transaction() as session:
-                        states = await repo.lock_nas(session, tenant_id, keys)
-                        await self._sync(session, tenant_id, te, states)
-                        result = await _call(len(batch), te.engine.apply, prepared)
-                        outcome = await self._write_batch(
-                            session, tenant_id, result, mapping, batch_id, received
+                    async with contextlib.AsyncExitStack() as stack:
+                        # Sessions, not transaction blocks: each group commits on its own.
+                        txs = [await stack.enter_async_context(self.db.sessions()) for _ in groups]
+                        states = await asyncio.gather(
+                            *(
+                                repo.lock_nas(tx, tenant_id, group)
+                                for tx, group in zip(txs, groups, strict=True)
+                            )
                         )
+                        for tx, state in zip(txs, states, strict=True):
+                            await self._sync(tx, tenant_id, te, state)
+                        result = await _call(len(batch), te.engine.apply, prepared)
+                        writes = BatchWrites.of(result, mapping)
+                        found = await _all(
+                            self._write_part(
+                                tx, tenant_id, part, writes, mapping, batch_id, received
+                            )
+                            for tx, part in zip(txs, writes.parts(groups), strict=True)
+                        )
+                        outcome = self._settle(writes.outcome, mapping, found)
                 except _Redo as redo:
                     self._forget(te, keys)
                     excluded = np.union1d(excluded, redo.indices)
                     keep = np.setdiff1d(np.arange(total, dtype=np.int64), excluded)
-                    entries = _object_array(result.entry_bytes)
+                    entries = object_array(result.entry_bytes)
                     local = np.searchsorted(mapping, keep)
                     batch = wrap_entries(entries[local].tolist(), batch_id)
                     mapping = keep
                     prepared = await _call(len(batch), te.engine.prepare, batch, received)
                     continue
-                except BaseException:
+                except BaseException as error:
                     self._forget(te, keys)
+                    if _sqlstate(error) in RETRY_SQLSTATES:
+                        log.warning("batch %s retried after %s", batch_id, _sqlstate(error))
+                        continue
                     raise
                 return self._ack(batch_id, outcome, result.quarantine, mapping, excluded.size)
-        raise FailedPreconditionError("batch kept colliding with the ledger; resend it")
+        raise FailedPreconditionError(
+            "batch kept colliding with the ledger or concurrent writes; resend it"
+        )
+
+    @staticmethod
+    def _settle(
+        outcome: npt.NDArray[np.uint8],
+        mapping: npt.NDArray[np.int64],
+        found: Sequence[npt.NDArray[np.int64]],
+    ) -> npt.NDArray[np.uint8]:
+        """The ledger is the final dedup authority: a late record it already held is a
+        duplicate; an accepted one makes the batch re-run without it (_Redo)."""
+        existing = np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+        if not existing.size:
+            return outcome
+        local = np.flatnonzero(np.isin(mapping, existing))
+        accepted = local[outcome[local] == ACCEPTED]
+        if accepted.size:
+            raise _Redo(mapping[accepted])
+        outcome = outcome.copy()
+        outcome[local] = DUPLICATE
+        return outcome
 
     @staticmethod
     def _ack(
@@ -309,53 +376,30 @@ class UsageService:
             quarantine=[(int(mapping[i]), reason) for i, reason in quarantine],
         )
 
-    async def _write_batch(
-        self,
+    @classmethod
+    async def _write_part(
+        cls,
         session: AsyncSession,
         tenant_id: uuid.UUID,
-        result: Any,
+        part: BatchPart,
+        writes: BatchWrites,
         mapping: npt.NDArray[np.int64],
         batch_id: str,
         received_us: int,
-    ) -> npt.NDArray[np.uint8]:
-        outcome = np.asarray(result.outcome, dtype=np.uint8)
-        rows = np.flatnonzero((outcome == ACCEPTED) | (outcome == LATE))
-        if rows.size:
-            nas_index = np.asarray(result.nas_index, dtype=np.int64)[rows]
-            ledger = repo.LedgerRows(
-                content_key=np.asarray(result.content_key)[rows].tolist(),
-                nas_key=_object_array(result.nas_keys)[nas_index].tolist(),
-                nas_seq=np.asarray(result.nas_seq, dtype=np.int64)[nas_index].tolist(),
-                entry_index=mapping[rows].tolist(),
-                entry_bytes=_object_array(result.entry_bytes)[rows].tolist(),
-                status=outcome[rows].astype(np.int64).tolist(),
-                status_type=np.asarray(result.status_type, dtype=np.int64)[rows].tolist(),
-                event_us=np.asarray(result.event_us, dtype=np.int64)[rows].tolist(),
-                arrival_us=np.asarray(result.arrival_us, dtype=np.int64)[rows].tolist(),
-            )
-            existing = await repo.insert_ledger(session, tenant_id, ledger, batch_id, received_us)
-            if existing.size:
-                local = np.flatnonzero(np.isin(mapping, existing))
-                accepted = local[outcome[local] == ACCEPTED]
-                if accepted.size:
-                    raise _Redo(mapping[accepted])
-                outcome = outcome.copy()
-                outcome[local] = DUPLICATE
-        quarantine = result.quarantine
-        if quarantine:
-            entry_bytes = result.entry_bytes
-            await repo.insert_quarantine(
-                session,
-                tenant_id,
-                batch_id,
-                [(int(mapping[i]), reason, entry_bytes[i]) for i, reason in quarantine],
-                received_us,
-            )
-        await write_projections(session, tenant_id, result, mapping)
-        await repo.set_nas_seq(
-            session, tenant_id, result.nas_keys, np.asarray(result.nas_seq).tolist()
-        )
-        return outcome
+    ) -> npt.NDArray[np.int64]:
+        """One group's writes, committed as soon as they are done: a group never waits for
+        another to commit (they may wait on each other's bucket rows). Each group's rows
+        are whole on their own (its NASes' ledger rows, sessions, deltas and sequence),
+        so a failed group leaves the others valid, and a resend counts each record once.
+        Returns the entries whose content key the ledger held."""
+        existing = await repo.insert_ledger(session, tenant_id, part.ledger, batch_id, received_us)
+        cls._settle(writes.outcome, mapping, [existing])  # raises _Redo before the commit
+        if part.quarantine:
+            await repo.insert_quarantine(session, tenant_id, batch_id, part.quarantine, received_us)
+        await write_projections(session, tenant_id, part.projection)
+        await repo.set_nas_seq(session, tenant_id, part.nas_keys, part.nas_seq)
+        await session.commit()
+        return existing
 
     # ------------------------------------------------------------ sweep
 
@@ -377,7 +421,8 @@ class UsageService:
                     await self._sync(session, tenant_id, te, states)
                     result = te.engine.sweep(as_of_us)
                     sessions = result.sessions
-                    await write_projections(session, tenant_id, result, np.empty(0, dtype=np.int64))
+                    empty = np.empty(0, dtype=np.int64)
+                    await write_projections(session, tenant_id, Projection.of(result, empty))
                     touched = sorted(set(sessions.nas_key))
                     await repo.record_sweep(
                         session,

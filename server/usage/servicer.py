@@ -44,6 +44,24 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # Seconds between in-process stale-session sweeps (0 disables them).
 SWEEP_INTERVAL_ENV = "RATING_SWEEP_INTERVAL_S"
 DEFAULT_SWEEP_INTERVAL_S = 300.0
+WRITE_SHARDS_ENV = "RATING_WRITE_SHARDS"
+MAX_WRITE_SHARDS = 16
+
+
+def write_shards_setting() -> int:
+    """RATING_WRITE_SHARDS: transactions that write one large PostgreSQL batch at once."""
+    raw = os.environ.get(WRITE_SHARDS_ENV, "")
+    if not raw:
+        return service.DEFAULT_WRITE_SHARDS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WRITE_SHARDS:
+        raise ValueError(
+            f"{WRITE_SHARDS_ENV} must be an integer from 1 to {MAX_WRITE_SHARDS}, got {raw!r}"
+        )
+    return value
 
 
 def session_message(row: UsageSession) -> usage_pb2.Session:
@@ -304,12 +322,13 @@ async def reattribute_hook(
 
 
 def register(server: grpc.aio.Server, db: Database, on_stop: list[Callable[[], object]]) -> None:
-    """Adds UsageService to the server, and the in-process sweeper (RATING_SWEEP_INTERVAL_S)."""
+    """Adds UsageService to the server, and the in-process sweeper (RATING_SWEEP_INTERVAL_S).
+    RATING_WRITE_SHARDS sets how many transactions write one large batch."""
     from server.accounts.servicer import identity_hooks
 
     if reattribute_hook not in identity_hooks:
         identity_hooks.append(reattribute_hook)
-    usage = service.UsageService(db)
+    usage = service.UsageService(db, write_shards=write_shards_setting())
     sweeper = Sweeper(
         db, usage, float(os.environ.get(SWEEP_INTERVAL_ENV, DEFAULT_SWEEP_INTERVAL_S))
     )

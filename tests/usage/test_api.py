@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from isp_rating.v1 import accounts_pb2, accounts_pb2_grpc
 from isp_rating.v1 import usage_pb2 as pb
 from isp_rating.v1.common_pb2 import Money
-from server.usage import service
+from server.usage import service, servicer
 from server.usage.models import LedgerEntry, UsageBucket
 from tests.conftest import RunningServer, TenantCtx, new_tenant
 from tests.usage.support import (
@@ -115,6 +115,86 @@ async def test_resent_batch_is_applied_once_when_commit_failed_before_ack(
     assert counts(ack) == (1, 0, 0, 0)
     session = await usage.session()
     assert (session.input_bytes, session.output_bytes) == (300, 500)
+
+
+def _four_nas_batch(step: int) -> pb.StreamAccountingRequest:
+    """Interim-Updates of 3 sessions on each of 4 NASes, cumulative counters at `step`."""
+    recs = [
+        Rec(INTERIM, sid=f"s{i}", nas=f"nas-{i % 4}", t=600 * step, session_time=600 * step,
+            inp=1000 * step + i, out=5000 * step + i, user=f"u{i}")
+        for i in range(12)
+    ]  # fmt: skip
+    return batch([decoded(rec) for rec in recs], f"four-{step}")
+
+
+async def _ledger_count(server: RunningServer, usage: Usage) -> int:
+    async with server.db.read() as session:
+        rows = await session.execute(
+            select(func.count()).where(LedgerEntry.tenant_id == usage.tenant.tenant_id)
+        )
+    return int(rows.scalar_one())
+
+
+async def test_large_batch_is_written_by_one_transaction_per_nas_group_when_on_postgresql(
+    usage: Usage, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    groups: list[list[str]] = []
+    lock_nas = service.repo.lock_nas
+
+    async def spy(session: object, tenant_id: uuid.UUID, keys: list[str]) -> object:
+        groups.append(sorted(keys))
+        return await lock_nas(session, tenant_id, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "SHARD_MIN_RECORDS", 1)
+    monkeypatch.setattr(service.repo, "lock_nas", spy)
+    (first,) = await usage.stream(_four_nas_batch(1))
+    (second,) = await usage.stream(_four_nas_batch(2))
+    (again,) = await usage.stream(_four_nas_batch(2))
+    if server.db.is_sqlite:  # one writer: one transaction
+        assert groups == [["nas-0", "nas-1", "nas-2", "nas-3"]] * 3
+    else:  # the default two groups, dealt from the sorted keys
+        assert groups == [["nas-0", "nas-2"], ["nas-1", "nas-3"]] * 3
+    assert [counts(a) for a in (first, second, again)] == [
+        (12, 0, 0, 0),
+        (12, 0, 0, 0),
+        (0, 12, 0, 0),
+    ]
+    assert await _ledger_count(server, usage) == 24
+    sessions = {(s.nas_key, s.acct_session_id): s for s in await usage.sessions()}
+    assert len(sessions) == 12
+    for i in range(12):
+        s = sessions[(f"nas-{i % 4}", f"s{i}")]
+        assert (s.input_bytes, s.output_bytes, s.user_name) == (2000 + i, 10_000 + i, f"u{i}")
+
+
+async def test_resend_counts_each_record_once_when_one_group_of_a_large_batch_failed(
+    usage: Usage, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "SHARD_MIN_RECORDS", 1)
+    (ack,) = await usage.stream(_four_nas_batch(1))
+    assert counts(ack) == (12, 0, 0, 0)
+    write = service.write_projections
+
+    async def fails_on_nas_3(session: object, tenant_id: uuid.UUID, part: object) -> None:
+        if "nas-3" in part.sessions[0].tolist():  # type: ignore[attr-defined]
+            raise RuntimeError("disk on fire")
+        await write(session, tenant_id, part)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "write_projections", fails_on_nas_3)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await usage.stream(_four_nas_batch(2))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    # The failed group (nas-1, nas-3) left nothing; on PostgreSQL the other group (nas-0,
+    # nas-2) committed on its own: its NASes' ledger rows and sessions are whole.
+    durable = set() if server.db.is_sqlite else {0, 2}
+    assert await _ledger_count(server, usage) == 12 + 3 * len(durable)
+    expected = {(f"s{i}", (2000 if i % 4 in durable else 1000) + i) for i in range(12)}
+    assert {(s.acct_session_id, s.input_bytes) for s in await usage.sessions()} == expected
+    monkeypatch.setattr(service, "write_projections", write)
+    (resent,) = await usage.stream(_four_nas_batch(2))
+    assert counts(resent) == (12 - 3 * len(durable), 3 * len(durable), 0, 0)
+    assert await _ledger_count(server, usage) == 24
+    assert {s.input_bytes for s in await usage.sessions()} == {2000 + i for i in range(12)}
 
 
 async def test_tenants_see_only_their_own_usage_when_both_send_the_same_record(
@@ -319,6 +399,23 @@ async def bucket_totals(server: RunningServer, tenant_id: uuid.UUID, sub: str) -
     return int(row[0] or 0), int(row[1] or 0)
 
 
+async def test_groups_of_a_large_batch_add_to_one_bucket_when_a_subscription_uses_them_all(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "SHARD_MIN_RECORDS", 1)
+    sub = await subscribe(channel, usage.tenant, user_name="shared")
+    for step in (1, 2):
+        recs = [
+            Rec(INTERIM, sid=f"s{i}", nas=f"nas-{i}", user="shared", t=600 * step,
+                session_time=600 * step, inp=10 * step * (i + 1), out=100 * step * (i + 1))
+            for i in range(4)
+        ]  # fmt: skip
+        (ack,) = await usage.stream(batch([decoded(rec) for rec in recs]))
+        assert counts(ack) == (4, 0, 0, 0)
+    # Every group added its NASes' deltas to the same hourly row of the one subscription.
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (200, 2000)
+
+
 async def test_usage_is_attributed_by_calling_station_when_user_name_is_unknown(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer
 ) -> None:
@@ -409,3 +506,21 @@ async def test_identity_from_the_start_is_kept_when_later_records_omit_it(
     assert closed.user_name == "erin"
     assert closed.state == pb.SESSION_STATE_CLOSED
     assert closed.subscription_id == sub
+
+
+@pytest.mark.parametrize("raw", ["0", "17", "two", "1.5"])
+def test_write_shards_setting_names_the_variable_when_value_is_bad(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(servicer.WRITE_SHARDS_ENV, raw)
+    with pytest.raises(ValueError, match="RATING_WRITE_SHARDS must be an integer from 1 to 16"):
+        servicer.write_shards_setting()
+
+
+def test_write_shards_setting_is_read_when_set_and_defaults_to_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(servicer.WRITE_SHARDS_ENV, raising=False)
+    assert servicer.write_shards_setting() == 2
+    monkeypatch.setenv(servicer.WRITE_SHARDS_ENV, "4")
+    assert servicer.write_shards_setting() == 4
