@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from isp_rating.v1 import common_pb2, revenue_pb2, revenue_pb2_grpc
+from server import priority
 from server.auth import principal
 from server.currency import exponent
 from server.db.database import Database
@@ -62,6 +63,7 @@ class RevenueServicer(revenue_pb2_grpc.RevenueServiceServicer):
     async def GetBillingAccount(
         self, request: revenue_pb2.GetBillingAccountRequest, context: Context
     ) -> revenue_pb2.BillingAccount:
+        priority.note_interactive()
         tenant_id = _tenant(context)
         customer_id = parse_id("customer_id", request.customer_id)
         account = await self._service.billing_account(tenant_id, customer_id)
@@ -82,6 +84,7 @@ class RevenueServicer(revenue_pb2_grpc.RevenueServiceServicer):
     async def GetRevenueAtRisk(
         self, request: revenue_pb2.GetRevenueAtRiskRequest, context: Context
     ) -> revenue_pb2.GetRevenueAtRiskResponse:
+        priority.note_interactive()
         tenant_id = _tenant(context)
         ids = _ids("customer_ids", request.customer_ids)
         currency: str | None = None
@@ -103,6 +106,7 @@ class RevenueServicer(revenue_pb2_grpc.RevenueServiceServicer):
     async def CheckDisputes(
         self, request: revenue_pb2.CheckDisputesRequest, context: Context
     ) -> revenue_pb2.CheckDisputesResponse:
+        priority.note_interactive()
         tenant_id = _tenant(context)
         ids = _ids("customer_ids", request.customer_ids)
         as_of = timestamp_or_none(request, "as_of")

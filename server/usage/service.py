@@ -30,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import rating_core as core
+from server import priority
 from server.accounts.models import RadiusIdentity, Subscription
 from server.db.database import Database
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -52,6 +53,9 @@ log = logging.getLogger("server.usage")
 # transaction per group of NAS keys, at once (PostgreSQL; see UsageService._groups).
 SHARD_MIN_RECORDS = 2_000
 DEFAULT_WRITE_SHARDS = 2
+# ... unless a latency-bound read (RevenueService) was served this recently: then one
+# transaction, which leaves a core to those reads (server/priority.py).
+INTERACTIVE_QUIET_S = 2.0
 # A deadlock or serialization failure rolls the whole batch back; it is simply re-run.
 RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 US = 1_000_000
@@ -272,9 +276,12 @@ class UsageService:
 
     def _groups(self, keys: list[str], records: int) -> list[list[str]]:
         """The NAS keys of a batch in groups, each written by its own transaction: one
-        group unless a PostgreSQL batch is large and spans several NASes."""
+        group unless a PostgreSQL batch is large and spans several NASes, and no
+        latency-bound read was served in the last INTERACTIVE_QUIET_S."""
         shards = min(self.write_shards, len(keys))
         if shards < 2 or records < SHARD_MIN_RECORDS or self.db.is_sqlite:
+            return [keys]
+        if priority.interactive_within(INTERACTIVE_QUIET_S):
             return [keys]
         # Keys arrive sorted; dealing them out keeps the groups' sizes within one NAS.
         return [keys[g::shards] for g in range(shards)]
