@@ -517,7 +517,8 @@ async def insert_quarantine(
     )
 
 
-def _objects(values: Sequence[Any]) -> npt.NDArray[Any]:
+def object_array(values: Sequence[Any]) -> npt.NDArray[Any]:
+    """A 1-d numpy array of Python objects (text, bytes), selectable by index arrays."""
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
@@ -531,12 +532,12 @@ def session_columns(cols: Any) -> list[npt.NDArray[Any]]:
         return np.ascontiguousarray(values, dtype=np.uint64).view(np.int64)
 
     return [
-        _objects(cols.nas_key),
-        _objects(cols.acct_session_id),
+        object_array(cols.nas_key),
+        object_array(cols.acct_session_id),
         np.asarray(cols.generation, dtype=np.int64),
-        _objects(cols.user_name),
-        _objects(cols.calling_station_id),
-        _objects(cols.framed_ip_address),
+        object_array(cols.user_name),
+        object_array(cols.calling_station_id),
+        object_array(cols.framed_ip_address),
         np.asarray(cols.start_us, dtype=np.int64),
         np.asarray(cols.stop_us, dtype=np.int64),
         np.asarray(cols.last_update_us, dtype=np.int64),

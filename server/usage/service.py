@@ -44,7 +44,6 @@ from server.usage.writes import (
     BatchPart,
     BatchWrites,
     Projection,
-    object_array,
 )
 
 log = logging.getLogger("server.usage")
@@ -279,9 +278,12 @@ class UsageService:
         group unless a PostgreSQL batch is large and spans several NASes, and no
         latency-bound read was served in the last INTERACTIVE_QUIET_S."""
         shards = min(self.write_shards, len(keys))
-        if shards < 2 or records < SHARD_MIN_RECORDS or self.db.is_sqlite:
-            return [keys]
-        if priority.interactive_within(INTERACTIVE_QUIET_S):
+        if (
+            shards < 2
+            or records < SHARD_MIN_RECORDS
+            or self.db.is_sqlite
+            or priority.interactive_within(INTERACTIVE_QUIET_S)
+        ):
             return [keys]
         # Keys arrive sorted; dealing them out keeps the groups' sizes within one NAS.
         return [keys[g::shards] for g in range(shards)]
@@ -308,11 +310,9 @@ class UsageService:
                     async with contextlib.AsyncExitStack() as stack:
                         # Sessions, not transaction blocks: each group commits on its own.
                         txs = [await stack.enter_async_context(self.db.sessions()) for _ in groups]
-                        states = await asyncio.gather(
-                            *(
-                                repo.lock_nas(tx, tenant_id, group)
-                                for tx, group in zip(txs, groups, strict=True)
-                            )
+                        states = await _all(
+                            repo.lock_nas(tx, tenant_id, group)
+                            for tx, group in zip(txs, groups, strict=True)
                         )
                         for tx, state in zip(txs, states, strict=True):
                             await self._sync(tx, tenant_id, te, state)
@@ -329,7 +329,7 @@ class UsageService:
                     self._forget(te, keys)
                     excluded = np.union1d(excluded, redo.indices)
                     keep = np.setdiff1d(np.arange(total, dtype=np.int64), excluded)
-                    entries = object_array(result.entry_bytes)
+                    entries = repo.object_array(result.entry_bytes)
                     local = np.searchsorted(mapping, keep)
                     batch = wrap_entries(entries[local].tolist(), batch_id)
                     mapping = keep

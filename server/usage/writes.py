@@ -25,12 +25,6 @@ AnomalyRow = tuple[str, str, int | None, int, int, str]
 Int64s = npt.NDArray[np.int64]
 
 
-def object_array(values: Sequence[Any]) -> npt.NDArray[Any]:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
 def _groups_of(keys: Sequence[str], groups: Sequence[Sequence[str]]) -> Int64s:
     """The group of each key; keys of no group (and "") go to group 0."""
     index = {key: g for g, group in enumerate(groups) for key in group}
@@ -153,13 +147,13 @@ class BatchWrites:
         nas_index = np.asarray(result.nas_index, dtype=np.int64)[rows]
         # Every attribute read of an engine result copies its column: read each once.
         entry_bytes = result.entry_bytes
-        ledger_nas = object_array(nas_keys)[nas_index]
+        ledger_nas = repo.object_array(nas_keys)[nas_index]
         ledger = {
             "content_key": np.asarray(result.content_key)[rows],
             "nas_key": ledger_nas,
             "nas_seq": np.asarray(result.nas_seq, dtype=np.int64)[nas_index],
             "entry_index": mapping[rows],
-            "entry_bytes": object_array(entry_bytes)[rows],
+            "entry_bytes": repo.object_array(entry_bytes)[rows],
             "status": outcome[rows].astype(np.int64),
             "status_type": np.asarray(result.status_type, dtype=np.int64)[rows],
             "event_us": np.asarray(result.event_us, dtype=np.int64)[rows],
