@@ -1,6 +1,6 @@
 //! Rust-only throughput probe:
-//! `cargo bench --features mimalloc --bench throughput -- OPEN_SESSIONS [ROUNDS]` (default
-//! 1,000,000 sessions, 8 rounds of 200,000 Interim-Updates).
+//! `cargo bench --features mimalloc --bench throughput -- OPEN_SESSIONS [ROUNDS [BATCH]]`
+//! (default 1,000,000 sessions, 8 rounds of batches of 200,000 Interim-Updates).
 #![allow(clippy::cast_precision_loss)] // Timing printouts only.
 
 use std::time::Instant;
@@ -61,7 +61,10 @@ fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(8);
-    let size: u64 = 200_000;
+    let size: u64 = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
     let mut engine = Engine::new(NasPolicy::default());
     let mut lo = 0;
     while lo < pool {

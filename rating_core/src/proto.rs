@@ -240,6 +240,23 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     fn varint_slow(&mut self) -> Result<u64, WireError> {
+        // Up to eight bytes from one little-endian word, without a branch per byte: the
+        // first byte below 0x80 ends the varint, and its 7-bit groups are packed together.
+        if let Some(b) = self.b.get(self.p..self.p + 8) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            let w = u64::from_le_bytes(a);
+            let ends = !w & 0x8080_8080_8080_8080;
+            if ends != 0 {
+                let bits = ends.trailing_zeros() + 1; // a multiple of 8, 8..=64
+                let x = w & (u64::MAX >> (64 - bits)) & 0x7f7f_7f7f_7f7f_7f7f;
+                let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+                let x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                self.p += (bits / 8) as usize;
+                return Ok(x);
+            }
+        }
         let mut result = 0u64;
         let bytes = self.b.get(self.p..).unwrap_or_default();
         for (i, &x) in bytes.iter().take(10).enumerate() {

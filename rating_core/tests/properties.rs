@@ -6,7 +6,7 @@ use rating_core::accounting::{
     Engine, NasPolicy, OUTCOME_ACCEPTED, OUTCOME_LATE, OUTCOME_QUARANTINED,
 };
 use rating_core::proto::write;
-use rating_core::{radius, record};
+use rating_core::{proto, radius, record};
 
 const US: i64 = 1_000_000;
 const T0: i64 = 1_700_000_000 * US;
@@ -133,6 +133,44 @@ proptest! {
             prop_assert_eq!(out.outcome.len(), p.records.len());
             for (i, o) in out.outcome.iter().enumerate() {
                 prop_assert_eq!(*o == OUTCOME_QUARANTINED, p.quarantine.iter().any(|q| q.0 as usize == i));
+            }
+        }
+    }
+
+    #[test]
+    fn decoded_record_varints_read_back_exactly(
+        status in 0u64..16,
+        session_time in prop_oneof![0u64..1 << 32, any::<u64>()],
+        input in any::<u32>(),
+        seconds in -62_135_596_800i64..253_402_300_800,
+        micros in 0i64..1_000_000,
+        sid_len in 1usize..300,
+        cause in proptest::option::of(any::<u32>()),
+    ) {
+        // Every varint width (1 to 10 bytes), at the end of the buffer or followed by more.
+        let sid = vec![b'x'; sid_len];
+        let at = seconds * US + micros;
+        let mut m = Vec::new();
+        write::uint(&mut m, 1, status);
+        write::bytes(&mut m, 2, &sid);
+        write::uint(&mut m, 10, u64::from(input));
+        write::timestamp(&mut m, 15, at);
+        write::uint(&mut m, 14, session_time);
+        if let Some(c) = cause {
+            write::uint(&mut m, 17, u64::from(c));
+        }
+        match proto::decode_record(&m) {
+            Ok(r) => {
+                prop_assert_eq!(u64::from(r.status_type), status);
+                prop_assert_eq!(r.acct_session_id, &sid[..]);
+                prop_assert_eq!(r.input_octets, Some(input));
+                prop_assert_eq!(r.event_timestamp_us, Some(at));
+                prop_assert_eq!(r.session_time_s.map(u64::from), Some(session_time));
+                prop_assert_eq!(r.terminate_cause, cause);
+            }
+            Err(e) => {
+                prop_assert!(session_time > u64::from(u32::MAX), "{e}");
+                prop_assert_eq!(e, proto::WireError::Range(14));
             }
         }
     }
