@@ -137,6 +137,11 @@ const STATE_CLOSED_NO_STOP: u8 = 2;
 const STATE_FREE: u8 = 3;
 /// Internal bit of `Session::flags` (never output): the slot has an `Engine::carry` entry.
 const HAS_CARRY: u16 = 1 << 15;
+/// Bit of `Session::flags` that is output and loaded but is not an anomaly (`flag_names`
+/// skips it): the instance took a Stop. A row closed without a Stop (`stale_closed`,
+/// `nas_reboot_closed`) and stopped later by a Stop without Acct-Terminate-Cause is told
+/// apart by it when loaded, so an Interim after that Stop stays without usage.
+pub const STOP_RECEIVED: u32 = 1 << 14;
 
 /// One session instance: 80 bytes (asserted below), plus its session id in [`Strings`], an
 /// 8-byte index entry, and an entry in `Engine::carry` only after a counter reset.
@@ -713,20 +718,27 @@ impl Engine {
         None
     }
 
-    /// Newest instance of (nas, sid), from its newest `head`, whose start is within `gap`
-    /// of `implied`.
+    /// The instance of (nas, sid), from its newest `head`, that a record with start time
+    /// `implied` belongs to: its start is within `gap` of `implied` and, if it is closed,
+    /// it had not ended before `implied`. Of several, the closest start (the newest on a
+    /// tie): a late record of an old generation must not land in the next one.
     fn chain_match(&self, head: u32, sid: &[u8], implied: i64, gap: i64) -> Option<u32> {
         let nas = self.sessions[head as usize].nas;
+        let mut best: Option<(u64, u32)> = None;
         let mut slot = head;
         while slot != NONE {
             let s = &self.sessions[slot as usize];
-            if self.same_identity(s, nas, sid) && s.start_us.abs_diff(implied) <= gap.unsigned_abs()
+            let distance = s.start_us.abs_diff(implied);
+            if self.same_identity(s, nas, sid)
+                && distance <= gap.unsigned_abs()
+                && (s.state == STATE_OPEN || implied <= s.stop_us)
+                && best.is_none_or(|(d, _)| distance < d)
             {
-                return Some(slot);
+                best = Some((distance, slot));
             }
             slot = s.prev;
         }
-        None
+        best.map(|(_, slot)| slot)
     }
 
     /// Rewrites the text buffer without freed text once it is mostly garbage.
@@ -883,7 +895,8 @@ impl Engine {
         for i in order {
             let state = if t.open[i] {
                 STATE_OPEN
-            } else if t.terminate_cause[i] != 0
+            } else if t.flags[i] & STOP_RECEIVED != 0
+                || t.terminate_cause[i] != 0
                 || t.flags[i] & (STALE_CLOSED | NAS_REBOOT_CLOSED) == 0
             {
                 STATE_STOPPED
@@ -1141,7 +1154,11 @@ impl Engine {
                             },
                             _ => Target::Existing(cur),
                         }
-                    } else if r.event_us > c.last_update_us {
+                    } else if r.event_us > c.last_update_us
+                        || (r.event_us > c.start_us && r.event_us >= c.stop_us)
+                    {
+                        // A NAS may reuse the id in the very second the old one stopped; a
+                        // Start at the closed instance's own start is that instance's.
                         Target::Create {
                             lost_start: false,
                             gap: false,
@@ -1162,6 +1179,14 @@ impl Engine {
                                     lost_start: true,
                                     gap: true,
                                     close,
+                                }
+                            } else if c.state != STATE_OPEN && im > c.stop_us {
+                                // Started after the newest instance ended: a new session
+                                // whose Start was lost, not an update of the closed one.
+                                Target::Create {
+                                    lost_start: true,
+                                    gap: false,
+                                    close: None,
                                 }
                             } else {
                                 Target::Late(cur)
@@ -1305,6 +1330,7 @@ impl Engine {
             STATE_CLOSED_NO_STOP => {
                 new_flags |= LATE_STOP;
                 if is_stop {
+                    new_flags |= STOP_RECEIVED;
                     s.state = STATE_STOPPED;
                     s.stop_us = r.event_us;
                     s.terminate_cause = r.terminate_cause().unwrap_or(0);
@@ -1313,6 +1339,7 @@ impl Engine {
                 }
             }
             STATE_OPEN if is_stop => {
+                new_flags |= STOP_RECEIVED;
                 s.state = STATE_STOPPED;
                 s.stop_us = r.event_us;
                 s.terminate_cause = r.terminate_cause().unwrap_or(0);
@@ -1473,18 +1500,15 @@ fn delta(
         Some(c) if c >= hwm => (c - hwm, c, 0),
         Some(c) => {
             let wrap_ok = infer_wrap && !gigawords && hwm < WRAP && t_up;
-            if is_stop {
-                if wrap_ok && c > 0 {
-                    (WRAP - hwm + c, c, WRAP_INFERRED)
-                } else {
-                    (0, hwm, STOP_REGRESSION)
-                }
+            if is_stop && c == 0 {
+                // Some NASes send 0/0 on Lost-Carrier: no information, the mark stays.
+                (0, hwm, STOP_REGRESSION)
+            } else if wrap_ok {
+                (WRAP - hwm + c, c, WRAP_INFERRED)
             } else if t_up {
-                if wrap_ok {
-                    (WRAP - hwm + c, c, WRAP_INFERRED)
-                } else {
-                    (c, c, COUNTER_RESET)
-                }
+                (c, c, COUNTER_RESET)
+            } else if is_stop {
+                (0, hwm, STOP_REGRESSION)
             } else {
                 (0, hwm, 0)
             }
@@ -1497,7 +1521,9 @@ fn flag_detail(bit: u32) -> &'static str {
         LOST_START => "no Start seen; start inferred as event time - session time",
         COUNTER_RESET => "counter went down while session time went up; counted from zero",
         WRAP_INFERRED => "counter went down on a NAS without gigawords; 32-bit wrap inferred",
-        STOP_REGRESSION => "Stop without counters or with lower ones; high-water mark kept",
+        STOP_REGRESSION => {
+            "Stop without counters, with zeros or with lower ones at no later session time; high-water mark kept"
+        }
         STALE_CLOSED => "no update within k x interim interval + grace; closed at last update",
         LATE_STOP => "update after the session was closed without a Stop; delta applied",
         INTERIM_AFTER_STOP => "Interim-Update after Stop; ignored",

@@ -71,7 +71,8 @@ class Projection:
                 else:
                     k = int(entry_nas[entry]) if 0 <= entry < entry_nas.size else -1
                     nas = batch_nas[k] if k >= 0 else ""
-                    anomalies.append(("", "", None, original, int(flag), detail))
+                    # A NAS-level anomaly (Accounting-On/Off clock skew): no session.
+                    anomalies.append((nas, "", None, original, int(flag), detail))
                 anomaly_nas.append(nas)
         return cls(
             sessions=sessions,

@@ -96,7 +96,10 @@ def traffic(seed: int) -> tuple[list[Rec], dict[str, Policy], list[int]]:
             for _ in range(rng.randrange(1, 3)):  # session-id reuse
                 session = true_session(rng, nas, sid, start, skew[nas])
                 recs.extend(session)
-                start += rng.choice([120, 4000, 9000]) * US + (session[-1].session_time or 0) * US
+                start += (
+                    rng.choice([0, 1, 30, 120, 4000, 9000]) * US
+                    + (session[-1].session_time or 0) * US
+                )
         if rng.random() < 0.3:
             at = T0 + rng.randrange(0, 20_000) * US
             recs.append(

@@ -28,6 +28,7 @@ NAS_REBOOT_CLOSED = 64
 CLOCK_SKEW = 128
 INTERIM_AFTER_STOP = 256
 GENERATION_FROM_START_GAP = 512
+STOP_RECEIVED = 1 << 14  # not an anomaly: the instance took a Stop
 
 OPEN, STOPPED, CLOSED_NO_STOP = "open", "stopped", "closed_no_stop"
 CLOSED_RETENTION_US = 48 * HOUR_US
@@ -193,17 +194,24 @@ class Reference:
                 if implied is not None and implied > cur.start_us + gap:
                     return self.create(n, chain, lost_start=False, gap=True, close=cur)
                 return self.existing(n, cur)
-            if n.event_us > cur.last_update_us:
+            reused = cur.start_us < n.event_us and n.event_us >= cur.stop_us
+            if n.event_us > cur.last_update_us or reused:
                 return self.create(n, chain, lost_start=False, gap=False, close=None)
             return self.existing(n, cur)
         if implied is None:
             return self.existing(n, cur)
-        for s in reversed(chain):
-            if abs(s.start_us - implied) <= gap:
-                return self.existing(n, s)
+        owners = [
+            s for s in chain
+            if abs(s.start_us - implied) <= gap and (s.state == OPEN or implied <= s.stop_us)
+        ]  # fmt: skip
+        if owners:
+            # The closest start; on a tie the newest (min keeps the first of equals).
+            return self.existing(n, min(reversed(owners), key=lambda s: abs(s.start_us - implied)))
         if implied > cur.start_us + gap:
             close = cur if cur.state == OPEN else None
             return self.create(n, chain, lost_start=True, gap=True, close=close)
+        if cur.state != OPEN and implied > cur.stop_us:
+            return self.create(n, chain, lost_start=True, gap=False, close=None)
         return "late"
 
     def create(
@@ -257,11 +265,13 @@ class Reference:
             if stop:
                 s.state, s.stop_us = STOPPED, n.event_us
                 s.terminate_cause = n.terminate_cause or 0
+                s.flags |= STOP_RECEIVED
             else:
                 s.stop_us = s.last_update_us
         elif s.state == OPEN and stop:
             s.state, s.stop_us = STOPPED, n.event_us
             s.terminate_cause = n.terminate_cause or 0
+            s.flags |= STOP_RECEIVED
         s.user = s.user or n.user
         s.calling = s.calling or n.calling
         s.framed = s.framed or n.framed
@@ -305,12 +315,10 @@ def direction(
     if c >= hwm:
         return c - hwm, c, 0
     wrap_ok = infer_wrap and not gigawords and hwm < WRAP and time_up
-    if stop:
-        if wrap_ok and c > 0:
-            return WRAP - hwm + c, c, WRAP_INFERRED
-        return 0, hwm, STOP_REGRESSION
+    if stop and c == 0:
+        return 0, hwm, STOP_REGRESSION  # 0/0 on Lost-Carrier: no information
+    if wrap_ok:
+        return WRAP - hwm + c, c, WRAP_INFERRED
     if time_up:
-        if wrap_ok:
-            return WRAP - hwm + c, c, WRAP_INFERRED
         return c, c, COUNTER_RESET
-    return 0, hwm, 0
+    return 0, hwm, STOP_REGRESSION if stop else 0

@@ -242,5 +242,10 @@ def counts(ack: pb.StreamAccountingResponse) -> tuple[int, int, int, int]:
     return ack.accepted, ack.duplicate, ack.late, ack.quarantined
 
 
+def utc(stamp: Timestamp) -> dt.datetime:
+    """A protobuf Timestamp as an aware UTC datetime."""
+    return stamp.ToDatetime(tzinfo=dt.UTC)
+
+
 def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)

@@ -456,6 +456,28 @@ async def test_usage_is_attributed_by_calling_station_when_user_name_is_unknown(
     assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (7, 9)
 
 
+async def test_user_name_wins_then_calling_station_then_static_ip_when_several_match(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    by_user = await subscribe(channel, usage.tenant, user_name="alice")
+    by_station = await subscribe(channel, usage.tenant, calling_station_id="AA-BB-CC-00-11-22")
+    by_ip = await subscribe(channel, usage.tenant, static_ip="100.64.0.9")
+    both = {"calling": "AA-BB-CC-00-11-22", "framed": "100.64.0.9"}
+    await usage.send(
+        form,
+        Rec(INTERIM, sid="s1", user="alice", t=600, session_time=600, inp=1, out=10, **both),
+        Rec(INTERIM, sid="s2", user="nobody", t=600, session_time=600, inp=2, out=20, **both),
+        Rec(INTERIM, sid="s3", user="nobody", framed="100.64.0.9", t=600, session_time=600,
+            inp=3, out=30),
+    )  # fmt: skip
+    subs = {s.acct_session_id: s.subscription_id for s in await usage.sessions()}
+    assert subs == {"s1": by_user, "s2": by_station, "s3": by_ip}
+    tenant = usage.tenant.tenant_id
+    assert await bucket_totals(server, tenant, by_user) == (1, 10)
+    assert await bucket_totals(server, tenant, by_station) == (2, 20)
+    assert await bucket_totals(server, tenant, by_ip) == (3, 30)
+
+
 async def test_unattributed_usage_is_kept_then_moved_when_identity_is_registered(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer
 ) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from sqlalchemy import select
 
+import rating_core as rc
 from isp_rating.v1 import usage_pb2 as pb
-from tests.conftest import TenantCtx
+from server.usage.models import UsageAnomaly
+from tests.conftest import RunningServer, TenantCtx
 from tests.usage.support import (
     INTERIM,
     OFF,
@@ -19,6 +22,7 @@ from tests.usage.support import (
     batch,
     counts,
     entries,
+    utc,
 )
 
 GB = 1 << 30
@@ -103,7 +107,7 @@ async def test_session_is_created_and_flagged_when_start_is_lost(usage: Usage, f
     session = await usage.session()
     assert "lost_start" in session.flags
     assert (session.input_bytes, session.output_bytes) == (4000, 8000)
-    assert session.start_at.ToDatetime(tzinfo=at(0).tzinfo) == at(1800)
+    assert utc(session.start_at) == at(1800)
     assert session.state == pb.SESSION_STATE_OPEN
 
 
@@ -121,7 +125,7 @@ async def test_stale_session_closes_at_last_update_and_late_stop_applies_when_st
     swept = await usage.session()
     assert swept.state == pb.SESSION_STATE_CLOSED
     assert "stale_closed" in swept.flags
-    assert swept.stop_at.ToDatetime(tzinfo=at(0).tzinfo) == at(600)
+    assert utc(swept.stop_at) == at(600)
     assert swept.session_time_s == 600
     ack = await usage.send(form, Rec(STOP, t=5000, session_time=5000, inp=1500, out=2600, cause=2))
     assert counts(ack) == (1, 0, 0, 0)
@@ -129,7 +133,7 @@ async def test_stale_session_closes_at_last_update_and_late_stop_applies_when_st
     assert len(await usage.sessions()) == 1
     assert (late.input_bytes, late.output_bytes) == (1500, 2600)
     assert "late_stop" in late.flags
-    assert late.stop_at.ToDatetime(tzinfo=at(0).tzinfo) == at(5000)
+    assert utc(late.stop_at) == at(5000)
 
 
 @pytest.mark.parametrize("zeros", [True, False], ids=["zeros", "no-counters"])
@@ -146,23 +150,62 @@ async def test_high_water_mark_is_kept_when_stop_has_no_or_zero_counters(
     session = await usage.session()
     assert (session.input_bytes, session.output_bytes) == (1000, 2000)
     assert session.state == pb.SESSION_STATE_CLOSED
-    if zeros:
-        assert "stop_regression" in session.flags
+    assert utc(session.stop_at) == at(700)
+    assert session.session_time_s == 700
+    assert "stop_regression" in session.flags
+
+
+async def test_stop_counts_from_zero_when_its_lower_counters_follow_a_counter_reset(
+    usage: Usage, form: str
+) -> None:
+    # Lower, non-zero counters with the session time up: a reset, also on a Stop.
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=600, session_time=600, inp=5000, out=5000),
+        Rec(STOP, t=1200, session_time=1200, inp=300, out=200, cause=1),
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (5300, 5200)
+    assert "counter_reset" in session.flags
+    assert "stop_regression" not in session.flags
 
 
 async def test_interim_after_stop_adds_nothing_when_session_is_closed(
     usage: Usage, form: str
 ) -> None:
-    await usage.send_each(
+    acks = await usage.send_each(
         form,
         Rec(START, t=0, session_time=0),
         Rec(STOP, t=600, session_time=600, inp=1000, out=2000, cause=1),
         Rec(INTERIM, t=900, session_time=900, inp=9000, out=9000),
     )
+    assert counts(acks[2]) == (0, 0, 1, 0)
     sessions = await usage.sessions()
     assert len(sessions) == 1
     assert (sessions[0].input_bytes, sessions[0].output_bytes) == (1000, 2000)
     assert sessions[0].state == pb.SESSION_STATE_CLOSED
+    assert utc(sessions[0].stop_at) == at(600)
+    assert "interim_after_stop" in sessions[0].flags
+
+
+async def test_interim_after_late_stop_adds_nothing_when_another_replica_loads_the_session(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    # Closed stale, then stopped by a Stop without Acct-Terminate-Cause: a replica that
+    # loads the session from the database must still see a stopped session.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000),
+    )
+    assert await usage.sweep(at(600 + 3 * 600 + 301)) == 1
+    await usage.send(form, Rec(STOP, t=5000, session_time=5000, inp=1500, out=2600))
+    ack = await replica.send(form, Rec(INTERIM, t=5100, session_time=5100, inp=9000, out=9000))
+    assert counts(ack) == (0, 0, 1, 0)
+    session = await replica.session()
+    assert (session.input_bytes, session.output_bytes) == (1500, 2600)
+    assert utc(session.stop_at) == at(5000)
+    assert {"stale_closed", "late_stop", "interim_after_stop"} <= set(session.flags)
 
 
 async def test_reboot_closes_sessions_started_before_it_when_accounting_on_arrives(
@@ -180,6 +223,7 @@ async def test_reboot_closes_sessions_started_before_it_when_accounting_on_arriv
     new = await usage.session("new")
     assert old.state == pb.SESSION_STATE_CLOSED
     assert "nas_reboot_closed" in old.flags
+    assert utc(old.stop_at) == at(600)  # its last update
     assert (old.input_bytes, old.output_bytes) == (100, 200)
     assert new.state == pb.SESSION_STATE_OPEN
 
@@ -205,7 +249,7 @@ async def test_arrival_minus_delay_is_event_time_when_nas_clock_is_skewed(
     session = await usage.session()
     assert "clock_skew" in session.flags
     # arrival = event + delay; event time = arrival - delay = T0 + 7200 s.
-    assert session.last_update_at.ToDatetime(tzinfo=at(0).tzinfo) == at(7200)
+    assert utc(session.last_update_at) == at(7200)
 
 
 async def test_two_sessions_exist_when_same_session_id_comes_from_two_nases(
@@ -291,3 +335,219 @@ async def test_raw_packet_is_quarantined_with_reason_when_counter_has_wrong_leng
     reasons = [q.reason for q in ack.quarantined_records]
     assert [q.index for q in ack.quarantined_records] == [0, 1]
     assert all(reasons), reasons
+
+
+# ---------------------------------------------------------------- generations
+
+
+def by_generation(sessions: list[pb.Session]) -> dict[int, pb.Session]:
+    return {s.generation: s for s in sessions}
+
+
+async def test_new_generation_begins_when_id_is_reused_in_the_second_the_old_one_stopped(
+    usage: Usage, form: str
+) -> None:
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=100, session_time=100, inp=10, out=10, cause=1),
+        Rec(START, t=100, session_time=0),
+        Rec(INTERIM, t=400, session_time=300, inp=9000, out=9000),
+        Rec(STOP, t=700, session_time=600, inp=20000, out=20000, cause=1),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 5
+    gens = by_generation(await usage.sessions())
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes) == (10, 10)
+    assert utc(gens[1].stop_at) == at(100)
+    assert (gens[2].input_bytes, gens[2].output_bytes) == (20000, 20000)
+    assert utc(gens[2].start_at) == at(100)
+    assert utc(gens[2].stop_at) == at(700)
+    assert gens[2].session_time_s == 600
+
+
+async def test_new_generation_is_created_when_an_update_starts_after_the_old_one_stopped(
+    usage: Usage, form: str
+) -> None:
+    # The reused id's Start was lost: its first Interim began (400 - 250 = 150) after the
+    # old instance's Stop at 100, so it cannot be an Interim after that Stop.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=100, session_time=100, inp=10, out=10, cause=1),
+        Rec(INTERIM, t=400, session_time=250, inp=500, out=700),
+    )
+    assert counts(acks[2]) == (1, 0, 0, 0)
+    gens = by_generation(await usage.sessions())
+    assert (gens[1].input_bytes, gens[1].output_bytes) == (10, 10)
+    assert "interim_after_stop" not in gens[1].flags
+    assert (gens[2].input_bytes, gens[2].output_bytes) == (500, 700)
+    assert "lost_start" in gens[2].flags
+    assert utc(gens[2].start_at) == at(150)
+    assert gens[2].state == pb.SESSION_STATE_OPEN
+
+
+async def test_late_update_of_an_old_generation_changes_nothing_in_the_new_one(
+    usage: Usage, form: str
+) -> None:
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=60, session_time=60, inp=100, out=100),
+        Rec(STOP, t=100, session_time=100, inp=200, out=200, cause=1),
+        Rec(START, t=150, session_time=0),
+        # Generation 1's Interim at 80 s, delayed: it started at 0, not at 150.
+        Rec(INTERIM, t=80, session_time=80, inp=150, out=150),
+        Rec(INTERIM, t=210, session_time=60, inp=50, out=60),
+    )
+    assert counts(acks[4]) == (0, 0, 1, 0)
+    assert counts(acks[5]) == (1, 0, 0, 0)
+    gens = by_generation(await usage.sessions())
+    assert (gens[1].input_bytes, gens[1].output_bytes, gens[1].session_time_s) == (200, 200, 100)
+    assert (gens[2].input_bytes, gens[2].output_bytes, gens[2].session_time_s) == (50, 60, 60)
+
+
+async def test_new_generation_begins_when_start_implies_a_start_far_from_the_open_one(
+    usage: Usage, form: str
+) -> None:
+    # No Stop between them: the NAS rebooted without Accounting-On and reused the id.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=1000),
+        Rec(START, t=5000, session_time=0),
+        Rec(INTERIM, t=5600, session_time=600, inp=40, out=50),
+    )
+    gens = by_generation(await usage.sessions())
+    assert gens[1].state == pb.SESSION_STATE_CLOSED
+    assert utc(gens[1].stop_at) == at(600)
+    assert "stale_closed" in gens[1].flags
+    assert (gens[1].input_bytes, gens[2].input_bytes, gens[2].output_bytes) == (1000, 40, 50)
+    assert "generation_from_start_gap" in gens[2].flags
+    assert gens[2].state == pb.SESSION_STATE_OPEN
+
+
+async def test_wrap_is_inferred_when_nas_sends_no_gigawords_and_policy_says_so(
+    usage: Usage, form: str
+) -> None:
+    await usage.register_nas(nas_key="nas-1", infer_wrap=True)
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=600, session_time=600, inp=(1 << 32) - 100, out=10, gigawords=False),
+        Rec(INTERIM, t=1200, session_time=1200, inp=50, out=20, gigawords=False),
+    )
+    session = await usage.session()
+    assert session.input_bytes == (1 << 32) + 50
+    assert "wrap_inferred" in session.flags
+    assert "counter_reset" not in session.flags
+
+
+async def test_stale_sweep_follows_the_nas_policy_when_it_sets_its_own_interval(
+    usage: Usage, form: str
+) -> None:
+    # 2 x 60 s + 30 s of silence makes a session of this NAS stale.
+    await usage.register_nas(nas_key="nas-1", interim_interval_s=60, stale_multiplier=2, grace_s=30)
+    await usage.send(form, Rec(INTERIM, t=600, session_time=600, inp=1, out=1))
+    assert await usage.sweep(at(600 + 150)) == 0
+    assert await usage.sweep(at(600 + 151)) == 1
+    session = await usage.session()
+    assert utc(session.stop_at) == at(600)
+
+
+async def test_accounting_on_with_skewed_clock_flags_its_nas(
+    usage: Usage, server: RunningServer, form: str
+) -> None:
+    ack = await usage.send(form, Rec(ON, sid="", t=1000, user="", skew_s=86_400))
+    assert counts(ack) == (1, 0, 0, 0)
+    async with server.db.read() as session:
+        rows = (
+            await session.execute(
+                select(UsageAnomaly.nas_key, UsageAnomaly.flag).where(
+                    UsageAnomaly.tenant_id == usage.tenant.tenant_id
+                )
+            )
+        ).all()
+    assert [(r.nas_key, rc.flag_names(r.flag)) for r in rows] == [("nas-1", ["clock_skew"])]
+
+
+# ---------------------------------------------------------------- boundaries
+
+
+async def test_session_started_at_the_accounting_on_time_stays_open(
+    usage: Usage, form: str
+) -> None:
+    # Only sessions that started *before* the On/Off event time are over.
+    await usage.send_each(
+        form,
+        Rec(START, sid="before", t=999, session_time=0),
+        Rec(START, sid="same", t=1000, session_time=0),
+        Rec(ON, sid="", t=1000, user=""),
+    )
+    assert (await usage.session("before")).state == pb.SESSION_STATE_CLOSED
+    assert (await usage.session("same")).state == pb.SESSION_STATE_OPEN
+
+
+@pytest.mark.parametrize(("skew_s", "skewed"), [(300, False), (301, True)])
+async def test_event_timestamp_is_trusted_up_to_the_tolerance_and_not_beyond(
+    usage: Usage, form: str, skew_s: int, skewed: bool
+) -> None:
+    await usage.send(form, Rec(INTERIM, t=7200, session_time=3600, inp=1, out=1, skew_s=skew_s))
+    session = await usage.session()
+    assert ("clock_skew" in session.flags) is skewed
+    expected = at(7200) if skewed else at(7200 + skew_s)
+    assert utc(session.last_update_at) == expected
+
+
+async def test_wrap_from_the_largest_32_bit_counter_to_zero_adds_one_byte(
+    usage: Usage, form: str
+) -> None:
+    await usage.register_nas(nas_key="nas-1", infer_wrap=True)
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=600, session_time=600, inp=(1 << 32) - 1, out=5, gigawords=False),
+        Rec(INTERIM, t=1200, session_time=1200, inp=0, out=5, gigawords=False),
+    )
+    session = await usage.session()
+    assert session.input_bytes == 1 << 32
+    assert "wrap_inferred" in session.flags
+
+
+@pytest.mark.parametrize(
+    ("packet", "reason"),
+    [
+        (b"\x04\x01\x00\x13" + bytes(15), "radius"),  # shorter than a header
+        (b"\x04\x01\x10\x01" + bytes(16), "radius"),  # Length above 4096
+        (b"\x04\x01\x00\x40" + bytes(16), "radius"),  # datagram shorter than Length
+        (b"\x04\x01\x00\x17" + bytes(16) + b"\x28\x01\x00", "radius"),  # TLV length < 2
+        (b"\x04\x01\x00\x17" + bytes(16) + b"\x28\x09\x00", "radius"),  # TLV past the end
+    ],
+    ids=["short", "too-long", "truncated", "tlv-too-short", "tlv-past-end"],
+)
+async def test_raw_packet_is_quarantined_with_reason_when_framing_is_broken(
+    usage: Usage, packet: bytes, reason: str
+) -> None:
+    from tests.usage.support import SOURCE, raw_packet
+
+    good = entries("raw", [Rec(INTERIM, t=600, session_time=600, inp=1, out=1)])
+    (ack,) = await usage.stream(batch([raw_packet(packet, SOURCE, at(0)), good[0]]))
+    assert counts(ack) == (1, 0, 0, 1)
+    assert [q.index for q in ack.quarantined_records] == [0]
+    assert reason in ack.quarantined_records[0].reason
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(None, "missing Acct-Status-Type"), (15, "unknown Acct-Status-Type 15")],
+    ids=["missing-status", "unknown-status"],
+)
+async def test_raw_packet_is_quarantined_with_reason_when_status_type_is_missing_or_unknown(
+    usage: Usage, status: int | None, reason: str
+) -> None:
+    from tests.usage.support import SOURCE, attr, attr_int, radius_packet, raw_packet
+
+    status_attr = b"" if status is None else attr_int(40, status)
+    packet = radius_packet(status_attr + attr(44, b"x") + attr_int(42, 5))
+    (ack,) = await usage.stream(batch([raw_packet(packet, SOURCE, at(0))]))
+    assert counts(ack) == (0, 0, 0, 1)
+    assert ack.quarantined_records[0].reason == reason
+    assert await usage.sessions() == []
