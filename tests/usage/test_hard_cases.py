@@ -551,3 +551,46 @@ async def test_raw_packet_is_quarantined_with_reason_when_status_type_is_missing
     assert counts(ack) == (0, 0, 0, 1)
     assert ack.quarantined_records[0].reason == reason
     assert await usage.sessions() == []
+
+
+async def test_event_timestamp_tolerance_follows_the_nas_policy(usage: Usage, form: str) -> None:
+    await usage.register_nas(nas_key="nas-1", clock_skew_tolerance_s=60)
+    await usage.send(form, Rec(INTERIM, t=7200, session_time=3600, inp=1, out=1, skew_s=120))
+    session = await usage.session()
+    assert "clock_skew" in session.flags
+    assert utc(session.last_update_at) == at(7200)
+
+
+async def test_late_interim_after_a_stale_close_moves_the_stop_to_its_update(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000),
+    )
+    assert await usage.sweep(at(600 + 3 * 600 + 301)) == 1
+    ack = await usage.send(form, Rec(INTERIM, t=1200, session_time=1200, inp=1500, out=2500))
+    assert counts(ack) == (1, 0, 0, 0)
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (1500, 2500)
+    assert session.state == pb.SESSION_STATE_CLOSED
+    assert utc(session.stop_at) == at(1200)
+    assert {"stale_closed", "late_stop"} <= set(session.flags)
+
+
+async def test_late_stop_after_an_accounting_on_records_the_real_stop(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000),
+        Rec(ON, sid="", t=1000, user=""),
+        Rec(STOP, t=900, session_time=900, inp=1200, out=2100, cause=11),
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (1200, 2100)
+    assert utc(session.stop_at) == at(900)
+    assert session.terminate_cause == 11
+    assert {"nas_reboot_closed", "late_stop"} <= set(session.flags)
