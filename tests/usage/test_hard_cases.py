@@ -594,3 +594,12 @@ async def test_late_stop_after_an_accounting_on_records_the_real_stop(
     assert utc(session.stop_at) == at(900)
     assert session.terminate_cause == 11
     assert {"nas_reboot_closed", "late_stop"} <= set(session.flags)
+
+
+async def test_session_record_is_quarantined_when_it_has_no_session_id(
+    usage: Usage, form: str
+) -> None:
+    ack = await usage.send(form, Rec(INTERIM, sid="", t=600, session_time=600, inp=1, out=1))
+    assert counts(ack) == (0, 0, 0, 1)
+    assert ack.quarantined_records[0].reason == "missing Acct-Session-Id"
+    assert await usage.sessions() == []
