@@ -8,6 +8,7 @@ where that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -90,16 +91,11 @@ class RunningServer:
         return self.app.db
 
 
-@pytest.fixture(scope="session")
-async def server(
-    backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    """A real grpc.aio server on an ephemeral loopback port, on the session's backend."""
+@contextlib.asynccontextmanager
+async def running_server(database_url: str, data_dir: Path) -> AsyncIterator[RunningServer]:
+    """A real grpc.aio server on an ephemeral loopback port, stopped on exit."""
     settings = Settings(
-        database_url=backend.url,
-        listen="127.0.0.1:0",
-        data_dir=tmp_path_factory.mktemp("data"),
-        grace_s=1.0,
+        database_url=database_url, listen="127.0.0.1:0", data_dir=data_dir, grace_s=1.0
     )
     app = build_app(settings)
     await app.start()
@@ -107,6 +103,15 @@ async def server(
         yield RunningServer(app, f"127.0.0.1:{app.port}")
     finally:
         await app.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def server(
+    backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningServer]:
+    """A real server on the session's backend."""
+    async with running_server(backend.url, tmp_path_factory.mktemp("data")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

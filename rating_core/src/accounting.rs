@@ -1326,25 +1326,17 @@ impl Engine {
         }
         s.last_update_us = s.last_update_us.max(r.event_us);
         s.last_key = key_prefix(&r.key);
-        match s.state {
-            STATE_CLOSED_NO_STOP => {
-                new_flags |= LATE_STOP;
-                if is_stop {
-                    new_flags |= STOP_RECEIVED;
-                    s.state = STATE_STOPPED;
-                    s.stop_us = r.event_us;
-                    s.terminate_cause = r.terminate_cause().unwrap_or(0);
-                } else {
-                    s.stop_us = s.last_update_us;
-                }
-            }
-            STATE_OPEN if is_stop => {
-                new_flags |= STOP_RECEIVED;
-                s.state = STATE_STOPPED;
-                s.stop_us = r.event_us;
-                s.terminate_cause = r.terminate_cause().unwrap_or(0);
-            }
-            _ => {}
+        if s.state == STATE_CLOSED_NO_STOP {
+            new_flags |= LATE_STOP;
+            s.stop_us = s.last_update_us;
+        }
+        // The first Stop of an open or closed-without-Stop instance records the real stop; a
+        // second Stop only goes through the delta rules.
+        if is_stop && s.state != STATE_STOPPED {
+            new_flags |= STOP_RECEIVED;
+            s.state = STATE_STOPPED;
+            s.stop_us = r.event_us;
+            s.terminate_cause = r.terminate_cause().unwrap_or(0);
         }
         s.flags |= new_flags as u16;
         let row = t.row(slot, &mut s.row_tag);

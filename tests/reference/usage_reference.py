@@ -262,13 +262,8 @@ class Reference:
         s.last_update_us = max(s.last_update_us, n.event_us)
         if s.state == CLOSED_NO_STOP:
             s.flags |= LATE_STOP
-            if stop:
-                s.state, s.stop_us = STOPPED, n.event_us
-                s.terminate_cause = n.terminate_cause or 0
-                s.flags |= STOP_RECEIVED
-            else:
-                s.stop_us = s.last_update_us
-        elif s.state == OPEN and stop:
+            s.stop_us = s.last_update_us
+        if stop and s.state != STOPPED:  # the first Stop records the real stop
             s.state, s.stop_us = STOPPED, n.event_us
             s.terminate_cause = n.terminate_cause or 0
             s.flags |= STOP_RECEIVED

@@ -9,9 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.app import build_app
-from server.settings import Settings
-from tests.conftest import RunningServer, TenantCtx
+from tests.conftest import RunningServer, TenantCtx, running_server
 from tests.usage.support import Usage
 
 # The in-process sweeper would close the tests' (old) sessions as of now: tests sweep
@@ -34,18 +32,10 @@ def form(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def replica(server: RunningServer, tenant: TenantCtx, tmp_path: Path) -> AsyncIterator[Usage]:
-    """A second server process's worth of state: another app on the same database, whose
-    engine knows only what the database holds (as after a restart or on another replica)."""
-    settings = Settings(
-        database_url=server.app.settings.database_url,
-        listen="127.0.0.1:0",
-        data_dir=tmp_path,
-        grace_s=1.0,
-    )
-    app = build_app(settings)
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as chan:
-            yield Usage(chan, tenant)
-    finally:
-        await app.stop(0.5)
+    """A second server on the same database, whose engine knows only what the database
+    holds (as after a restart or on another replica)."""
+    async with (
+        running_server(server.app.settings.database_url, tmp_path) as other,
+        grpc.aio.insecure_channel(other.target) as chan,
+    ):
+        yield Usage(chan, tenant)
