@@ -288,6 +288,51 @@ impl StrColumn {
     }
 }
 
+/// Builds a [`StrColumn`] from byte strings, validating UTF-8 once over the whole buffer
+/// rather than once per row (rows are short; per-row validation cost ~12% of `apply`).
+#[derive(Debug, Default)]
+struct TextBuilder {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl TextBuilder {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(rows * 16),
+            ends: Vec::with_capacity(rows),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, v: &[u8]) {
+        self.data.extend_from_slice(v);
+        self.ends.push(self.data.len());
+    }
+
+    /// The column; a row that is not UTF-8 on its own gets its invalid bytes replaced,
+    /// exactly as [`StrColumn::push_bytes`] would (valid rows always concatenate to valid
+    /// text, but invalid rows may too, so row boundaries are checked as well).
+    fn finish(self) -> StrColumn {
+        let ends = self.ends;
+        match String::from_utf8(self.data) {
+            Ok(data) if ends.iter().all(|&e| data.is_char_boundary(e)) => StrColumn { data, ends },
+            Ok(data) => Self::per_row(data.as_bytes(), &ends),
+            Err(e) => Self::per_row(e.as_bytes(), &ends),
+        }
+    }
+
+    fn per_row(data: &[u8], ends: &[usize]) -> StrColumn {
+        let mut out = StrColumn::default();
+        let mut start = 0;
+        for &end in ends {
+            out.push_bytes(&data[start..end]);
+            start = end;
+        }
+        out
+    }
+}
+
 impl<S: AsRef<str>> FromIterator<S> for StrColumn {
     fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
         let mut c = Self::default();
@@ -331,20 +376,22 @@ impl SessionTable {
         self.generation.is_empty()
     }
 
+    /// Appends a row; its byte-string columns go to `text` (see [`SessionText::finish`]).
     fn push(
         &mut self,
         s: &Session,
         (in_bytes, out_bytes): (u64, u64),
         nas_key: &str,
+        text: &mut SessionText,
         sid: &[u8],
         identity: [&[u8]; 3],
     ) {
         self.nas_key.push(nas_key);
-        self.acct_session_id.push_bytes(sid);
+        text.sid.push(sid);
         self.generation.push(s.generation);
-        self.user_name.push_bytes(identity[0]);
-        self.calling_station_id.push_bytes(identity[1]);
-        self.framed_ip_address.push_bytes(identity[2]);
+        text.user.push(identity[0]);
+        text.calling.push(identity[1]);
+        text.framed.push(identity[2]);
         self.start_us.push(s.start_us);
         self.stop_us
             .push(if s.state == STATE_OPEN { -1 } else { s.stop_us });
@@ -405,6 +452,34 @@ impl SessionTable {
             ));
         }
         Ok(())
+    }
+}
+
+/// The byte-string columns of a [`SessionTable`] being built.
+struct SessionText {
+    sid: TextBuilder,
+    user: TextBuilder,
+    calling: TextBuilder,
+    framed: TextBuilder,
+}
+
+impl SessionText {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            sid: TextBuilder::with_capacity(rows),
+            user: TextBuilder::with_capacity(rows),
+            calling: TextBuilder::with_capacity(rows),
+            framed: TextBuilder::with_capacity(rows),
+        }
+    }
+
+    /// Installs the columns into `table` (whose other columns were pushed alongside).
+    fn finish(self, table: &mut SessionTable) {
+        debug_assert!(table.acct_session_id.is_empty() && table.user_name.is_empty());
+        table.acct_session_id = self.sid.finish();
+        table.user_name = self.user.finish();
+        table.calling_station_id = self.calling.finish();
+        table.framed_ip_address = self.framed.finish();
     }
 }
 
@@ -1057,6 +1132,7 @@ impl Engine {
 
     fn finish(&self, out: &mut ApplyOutput, t: &mut Touched) {
         out.sessions.reserve(t.rows.len());
+        let mut text_columns = SessionText::with_capacity(t.rows.len());
         for (&slot, spans) in t.rows.iter().zip(&t.text) {
             let s = &self.sessions[slot as usize];
             let text = |span: record::Span| {
@@ -1069,10 +1145,12 @@ impl Engine {
                 s,
                 self.totals(slot),
                 &self.nas[s.nas as usize].key,
+                &mut text_columns,
                 self.strings.sid(s),
                 [text(spans[0]), text(spans[1]), text(spans[2])],
             );
         }
+        text_columns.finish(&mut out.sessions);
         let anomalies = std::mem::take(&mut t.anomalies);
         out.anomalies = anomalies
             .into_iter()
@@ -1538,5 +1616,28 @@ mod tests {
         // 80 bytes per session plus its session id and index entry (benchmarks/RESULTS.md).
         assert!(std::mem::size_of::<super::Session>() <= 80);
         println!("Session is {} bytes", std::mem::size_of::<super::Session>());
+    }
+
+    #[test]
+    fn text_columns_read_back_as_rows_pushed_one_by_one() {
+        use super::{StrColumn, TextBuilder};
+        let cases: [&[&[u8]]; 4] = [
+            &[b"alice", b"", "bj\u{f6}rn".as_bytes()],
+            &[b"ok", b"bad\xff", b"ok"],
+            // Each row alone is invalid; together the two would be a valid "\u{e9}".
+            &[b"x\xc3", b"\xa9y"],
+            &[],
+        ];
+        for rows in cases {
+            let mut built = TextBuilder::with_capacity(rows.len());
+            let mut expected = StrColumn::default();
+            for row in rows {
+                built.push(row);
+                expected.push_bytes(row);
+            }
+            let built = built.finish();
+            assert_eq!(built, expected);
+            assert_eq!(built.len(), rows.len());
+        }
     }
 }

@@ -295,15 +295,31 @@ impl<'a> Cursor<'a> {
 
     fn timestamp(&mut self, field: u32) -> Result<i64, WireError> {
         let b = self.bytes()?;
-        // Fast path: `seconds` then optional `nanos`, both varints (what every encoder writes).
-        let mut c = Cursor { b, p: 0 };
+        let end = self.p;
+        // Fast path: `seconds` then optional `nanos`, both varints (what every encoder
+        // writes), read in place: the enclosing buffer usually has the 8 bytes after a
+        // varint that its one-word decoding needs, a 6-byte sub-slice never has. A varint
+        // running past the sub-message is truncated, as it would be in the sub-slice.
+        let mut c = Cursor {
+            b: self.b,
+            p: end - b.len(),
+        };
         let mut seconds = 0i64;
         let mut nanos = 0i64;
-        while c.p < b.len() {
-            match c.varint()? {
-                0x08 => seconds = c.varint()? as i64,
-                0x10 => nanos = i64::from(c.varint()? as u32 as i32),
+        while c.p < end {
+            let value = match c.varint()? {
+                0x08 => {
+                    seconds = c.varint()? as i64;
+                    c.p
+                }
+                0x10 => {
+                    nanos = i64::from(c.varint()? as u32 as i32);
+                    c.p
+                }
                 _ => return timestamp_us(field, Value::Bytes(b)),
+            };
+            if value > end {
+                return Err(WireError::Varint);
             }
         }
         if !(0..1_000_000_000).contains(&nanos) {

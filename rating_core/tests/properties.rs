@@ -138,6 +138,44 @@ proptest! {
     }
 
     #[test]
+    fn timestamp_fast_path_agrees_with_the_generic_reader(
+        inner in proptest::collection::vec(any::<u8>(), 0..24),
+        seconds in any::<i64>(),
+        nanos in any::<u32>(),
+        form in 0u8..3,
+        cut in any::<prop::sample::Index>(),
+        tail in proptest::collection::vec(any::<u8>(), 0..12),
+    ) {
+        // Timestamp bytes that are arbitrary, well-formed, or well-formed but cut short
+        // anywhere, read in place with the record's following bytes after them: a varint
+        // must never run on past its sub-message.
+        let inner = if form == 0 {
+            inner
+        } else {
+            let mut m = Vec::new();
+            write::uint(&mut m, 1, seconds as u64);
+            write::uint(&mut m, 2, u64::from(nanos));
+            if form == 2 {
+                m.truncate(cut.index(m.len()));
+            }
+            m
+        };
+        let mut m = Vec::new();
+        write::bytes(&mut m, 15, &inner);
+        let field_end = m.len();
+        m.extend_from_slice(&tail);
+        let expected = proto::timestamp_us(15, proto::Value::Bytes(&inner));
+        match proto::decode_record(&m) {
+            Ok(r) => prop_assert_eq!(Ok(r.event_timestamp_us.unwrap_or(i64::MIN)), expected),
+            // The timestamp itself failed, or (with a good timestamp) the tail is malformed.
+            Err(e) => prop_assert!(
+                expected == Err(e) || (expected.is_ok() && proto::decode_record(&m[..field_end]).is_ok()),
+                "{e} vs {expected:?}"
+            ),
+        }
+    }
+
+    #[test]
     fn decoded_record_varints_read_back_exactly(
         status in 0u64..16,
         session_time in prop_oneof![0u64..1 << 32, any::<u64>()],
