@@ -862,3 +862,109 @@ class SweepStaleSessionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SweepStaleSessionsResponse: _TypeAlias = SweepStaleSessionsResponse  # noqa: Y015
+
+@_typing.final
+class ListNasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FLAGGED_ONLY_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    flagged_only: _builtins.bool
+    """Only NASes with at least one flag."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        flagged_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flagged_only", b"flagged_only", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNasRequest: _TypeAlias = ListNasRequest  # noqa: Y015
+
+@_typing.final
+class Nas(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAS_KEY_FIELD_NUMBER: _builtins.int
+    FLAGS_FIELD_NUMBER: _builtins.int
+    CLOCK_SKEW_ANOMALIES_FIELD_NUMBER: _builtins.int
+    LAST_CLOCK_SKEW_AT_FIELD_NUMBER: _builtins.int
+    SWAP_DIRECTION_FIELD_NUMBER: _builtins.int
+    INFER_WRAP_FIELD_NUMBER: _builtins.int
+    INTERIM_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    STALE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    GRACE_S_FIELD_NUMBER: _builtins.int
+    CLOCK_SKEW_TOLERANCE_S_FIELD_NUMBER: _builtins.int
+    nas_key: _builtins.str
+    clock_skew_anomalies: _builtins.int
+    """Clock-skew anomalies raised against it: one per session with an Event-Timestamp
+    outside the tolerance (however many of its records were), one per such On/Off.
+    """
+    swap_direction: _builtins.bool
+    infer_wrap: _builtins.bool
+    interim_interval_s: _builtins.int
+    stale_multiplier: _builtins.int
+    grace_s: _builtins.int
+    clock_skew_tolerance_s: _builtins.int
+    @_builtins.property
+    def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """NAS-level anomaly names; "clock_skew" once any record from the NAS had its
+        Event-Timestamp replaced by arrival - Acct-Delay-Time.
+        """
+
+    @_builtins.property
+    def last_clock_skew_at(self) -> _timestamp_pb2.Timestamp:
+        """When the last of them was written; absent when there was none."""
+
+    def __init__(
+        self,
+        *,
+        nas_key: _builtins.str = ...,
+        flags: _abc.Iterable[_builtins.str] | None = ...,
+        clock_skew_anomalies: _builtins.int = ...,
+        last_clock_skew_at: _timestamp_pb2.Timestamp | None = ...,
+        swap_direction: _builtins.bool = ...,
+        infer_wrap: _builtins.bool = ...,
+        interim_interval_s: _builtins.int = ...,
+        stale_multiplier: _builtins.int = ...,
+        grace_s: _builtins.int = ...,
+        clock_skew_tolerance_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_clock_skew_at", b"last_clock_skew_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_skew_anomalies", b"clock_skew_anomalies", "clock_skew_tolerance_s", b"clock_skew_tolerance_s", "flags", b"flags", "grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "last_clock_skew_at", b"last_clock_skew_at", "nas_key", b"nas_key", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Nas: _TypeAlias = Nas  # noqa: Y015
+
+@_typing.final
+class ListNasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def nas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nas]: ...
+    def __init__(
+        self,
+        *,
+        nas: _abc.Iterable[Global___Nas] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nas", b"nas", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNasResponse: _TypeAlias = ListNasResponse  # noqa: Y015

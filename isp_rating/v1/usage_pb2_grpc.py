@@ -70,6 +70,11 @@ class UsageServiceStub:
                 request_serializer=isp__rating_dot_v1_dot_usage__pb2.SweepStaleSessionsRequest.SerializeToString,
                 response_deserializer=isp__rating_dot_v1_dot_usage__pb2.SweepStaleSessionsResponse.FromString,
                 _registered_method=True)
+        self.ListNas = channel.unary_unary(
+                '/isp_rating.v1.UsageService/ListNas',
+                request_serializer=isp__rating_dot_v1_dot_usage__pb2.ListNasRequest.SerializeToString,
+                response_deserializer=isp__rating_dot_v1_dot_usage__pb2.ListNasResponse.FromString,
+                _registered_method=True)
 
 
 class UsageServiceServicer:
@@ -126,6 +131,14 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNas(self, request, context):
+        """The NASes accounting has come from, by NAS key, with their policy and their flags
+        (clock_skew: an Event-Timestamp disagreed with arrival - Acct-Delay-Time).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UsageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +176,11 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.SweepStaleSessions,
                     request_deserializer=isp__rating_dot_v1_dot_usage__pb2.SweepStaleSessionsRequest.FromString,
                     response_serializer=isp__rating_dot_v1_dot_usage__pb2.SweepStaleSessionsResponse.SerializeToString,
+            ),
+            'ListNas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNas,
+                    request_deserializer=isp__rating_dot_v1_dot_usage__pb2.ListNasRequest.FromString,
+                    response_serializer=isp__rating_dot_v1_dot_usage__pb2.ListNasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +373,33 @@ class UsageService:
             '/isp_rating.v1.UsageService/SweepStaleSessions',
             isp__rating_dot_v1_dot_usage__pb2.SweepStaleSessionsRequest.SerializeToString,
             isp__rating_dot_v1_dot_usage__pb2.SweepStaleSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/isp_rating.v1.UsageService/ListNas',
+            isp__rating_dot_v1_dot_usage__pb2.ListNasRequest.SerializeToString,
+            isp__rating_dot_v1_dot_usage__pb2.ListNasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class UsageServiceStub:
     """Usage whose RADIUS identity matches no subscription (kept, never dropped)."""
     SweepStaleSessions: _grpc.UnaryUnaryMultiCallable[_usage_pb2.SweepStaleSessionsRequest, _usage_pb2.SweepStaleSessionsResponse]
     """Closes sessions with no update for k x interim interval + grace, as of a time."""
+    ListNas: _grpc.UnaryUnaryMultiCallable[_usage_pb2.ListNasRequest, _usage_pb2.ListNasResponse]
+    """The NASes accounting has come from, by NAS key, with their policy and their flags
+    (clock_skew: an Event-Timestamp disagreed with arrival - Acct-Delay-Time).
+    """
 
 @_typing.type_check_only
 class UsageServiceAsyncStub(UsageServiceStub):
@@ -71,6 +75,10 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """Usage whose RADIUS identity matches no subscription (kept, never dropped)."""
     SweepStaleSessions: _aio.UnaryUnaryMultiCallable[_usage_pb2.SweepStaleSessionsRequest, _usage_pb2.SweepStaleSessionsResponse]  # type: ignore[assignment]
     """Closes sessions with no update for k x interim interval + grace, as of a time."""
+    ListNas: _aio.UnaryUnaryMultiCallable[_usage_pb2.ListNasRequest, _usage_pb2.ListNasResponse]  # type: ignore[assignment]
+    """The NASes accounting has come from, by NAS key, with their policy and their flags
+    (clock_skew: an Event-Timestamp disagreed with arrival - Acct-Delay-Time).
+    """
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Records usage exactly once and serves the session projections."""
@@ -132,5 +140,15 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.SweepStaleSessionsResponse, _abc.Awaitable[_usage_pb2.SweepStaleSessionsResponse]]:
         """Closes sessions with no update for k x interim interval + grace, as of a time."""
+
+    @_abc_1.abstractmethod
+    def ListNas(
+        self,
+        request: _usage_pb2.ListNasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.ListNasResponse, _abc.Awaitable[_usage_pb2.ListNasResponse]]:
+        """The NASes accounting has come from, by NAS key, with their policy and their flags
+        (clock_skew: an Event-Timestamp disagreed with arrival - Acct-Delay-Time).
+        """
 
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -28,6 +29,8 @@ from server.db.base import Base, TenantScoped, utcnow
 
 # Length limits of RADIUS text attributes (253 octets) and of NAS keys built from them.
 RADIUS_TEXT = 253
+# rating_core.CLOCK_SKEW: the anomaly flag of an Event-Timestamp outside the tolerance.
+CLOCK_SKEW_FLAG = 128
 
 
 class UsageNas(TenantScoped, Base):
@@ -181,6 +184,15 @@ class UsageAnomaly(TenantScoped, Base):
     __tablename__ = "usage_anomalies"
     __table_args__ = (
         Index("ix_usage_anomalies_session", "tenant_id", "nas_key", "acct_session_id"),
+        # The NAS-level clock-skew flag (ListNas) without reading every other anomaly.
+        Index(
+            "ix_usage_anomalies_clock_skew",
+            "tenant_id",
+            "nas_key",
+            "detected_at",
+            postgresql_where=text(f"flag = {CLOCK_SKEW_FLAG}"),
+            sqlite_where=text(f"flag = {CLOCK_SKEW_FLAG}"),
+        ),
     )
 
     # One id per written batch (or sweep) and the anomaly's position in it.

@@ -1,4 +1,5 @@
-"""Read side of usage: session instances and unattributed usage, with keyset pagination."""
+"""Read side of usage: session instances, unattributed usage and NASes, with keyset
+pagination."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, literal, select, tuple_
+from sqlalchemy import func, literal, literal_column, select, tuple_
 
 from server.db.base import UTCDateTime
 from server.db.database import Database
 from server.errors import InvalidArgumentError, NotFoundError
 from server.usage import repository as repo
-from server.usage.models import UsageSession
+from server.usage.models import CLOCK_SKEW_FLAG, UsageAnomaly, UsageNas, UsageSession
 from server.validation import decode_page_token, encode_page_token
 
 U64 = (1 << 64) - 1
@@ -178,6 +179,66 @@ async def list_unattributed(
         next_token = encode_page_token(
             {"u": last.user_name, "c": last.calling_station_id, "f": last.framed_ip_address}
         )
+    return items, next_token
+
+
+@dataclass(frozen=True)
+class NasView:
+    nas: UsageNas
+    clock_skew_anomalies: int
+    last_clock_skew_at: dt.datetime | None
+
+    @property
+    def flags(self) -> list[str]:
+        return ["clock_skew"] if self.clock_skew_anomalies else []
+
+
+async def list_nas(
+    db: Database, tenant_id: uuid.UUID, flagged_only: bool, limit: int, token: str
+) -> tuple[list[NasView], str]:
+    """NASes by key, with their clock-skew anomalies counted (RADIUS.md: "the NAS is
+    flagged"); the page token is the last NAS key."""
+    # A literal, not a parameter: the partial index's predicate must be provable.
+    skewed: Any = literal_column(str(CLOCK_SKEW_FLAG))
+    skew = (
+        select(
+            UsageAnomaly.nas_key.label("nas_key"),
+            func.count().label("records"),
+            func.max(UsageAnomaly.detected_at).label("last_at"),
+        )
+        .where(UsageAnomaly.tenant_id == tenant_id, UsageAnomaly.flag == skewed)
+        .group_by(UsageAnomaly.nas_key)
+        .subquery()
+    )
+    query: Any = (
+        select(UsageNas, skew.c.records, skew.c.last_at)
+        .outerjoin(skew, skew.c.nas_key == UsageNas.nas_key)
+        .where(UsageNas.tenant_id == tenant_id)
+    )
+    if flagged_only:
+        query = query.where(skew.c.records > 0)
+    cursor = decode_page_token(token)
+    if cursor is not None:
+        try:
+            after = str(cursor["k"])
+        except (KeyError, TypeError):
+            raise InvalidArgumentError("page_token", "malformed page token") from None
+        query = query.where(UsageNas.nas_key > after)
+    query = query.order_by(UsageNas.nas_key).limit(limit + 1)
+    async with db.read() as session:
+        rows = (await session.execute(query)).all()
+    items = [
+        NasView(
+            nas=row[0],
+            clock_skew_anomalies=int(row[1] or 0),
+            last_clock_skew_at=None if row[2] is None else _aware(row[2]),
+        )
+        for row in rows
+    ]
+    next_token = ""
+    if len(items) > limit:
+        items = items[:limit]
+        next_token = encode_page_token({"k": items[-1].nas.nas_key})
     return items, next_token
 
 

@@ -226,6 +226,35 @@ class UsageServicer:
             next_page_token=token,
         )
 
+    async def list_nas(
+        self, request: usage_pb2.ListNasRequest, context: Context
+    ) -> usage_pb2.ListNasResponse:
+        items, token = await queries.list_nas(
+            self.db,
+            principal().tenant_id,
+            request.flagged_only,
+            page_size(request.page_size),
+            request.page_token,
+        )
+        return usage_pb2.ListNasResponse(
+            nas=[
+                usage_pb2.Nas(
+                    nas_key=item.nas.nas_key,
+                    flags=item.flags,
+                    clock_skew_anomalies=item.clock_skew_anomalies,
+                    last_clock_skew_at=to_timestamp(item.last_clock_skew_at),
+                    swap_direction=item.nas.swap_direction,
+                    infer_wrap=item.nas.infer_wrap,
+                    interim_interval_s=item.nas.interim_interval_s,
+                    stale_multiplier=item.nas.stale_multiplier,
+                    grace_s=item.nas.grace_s,
+                    clock_skew_tolerance_s=item.nas.clock_skew_tolerance_s,
+                )
+                for item in items
+            ],
+            next_page_token=token,
+        )
+
     async def sweep_stale_sessions(
         self, request: usage_pb2.SweepStaleSessionsRequest, context: Context
     ) -> usage_pb2.SweepStaleSessionsResponse:
@@ -268,6 +297,7 @@ def _handlers(servicer: UsageServicer) -> dict[str, Handler]:
             pb.ListUnattributedUsageRequest,
             pb.ListUnattributedUsageResponse,
         ),
+        "ListNas": unary(servicer.list_nas, pb.ListNasRequest, pb.ListNasResponse),
         "SweepStaleSessions": unary(
             servicer.sweep_stale_sessions,
             pb.SweepStaleSessionsRequest,

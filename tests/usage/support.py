@@ -231,6 +231,16 @@ class Usage:
         assert len(found) == 1, found
         return found[0]
 
+    async def nas_list(self, flagged_only: bool = False, page_size: int = 1000) -> list[pb.Nas]:
+        out: list[pb.Nas] = []
+        request = pb.ListNasRequest(page_size=page_size, flagged_only=flagged_only)
+        while True:
+            page = await self.stub.ListNas(request, metadata=self.metadata)
+            out.extend(page.nas)
+            if not page.next_page_token:
+                return out
+            request.page_token = page.next_page_token
+
     async def sweep(self, as_of: dt.datetime) -> int:
         reply = await self.stub.SweepStaleSessions(
             pb.SweepStaleSessionsRequest(as_of=ts(as_of)), metadata=self.metadata

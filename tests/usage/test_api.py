@@ -9,14 +9,16 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
+import rating_core
 from isp_rating.v1 import accounts_pb2, accounts_pb2_grpc, revenue_pb2, revenue_pb2_grpc
 from isp_rating.v1 import usage_pb2 as pb
 from isp_rating.v1.common_pb2 import Money
 from server.usage import service, servicer
-from server.usage.models import LedgerEntry, UsageBucket
+from server.usage.models import CLOCK_SKEW_FLAG, LedgerEntry, UsageBucket
 from tests.conftest import RunningServer, TenantCtx, new_tenant
 from tests.usage.support import (
     INTERIM,
+    SOURCE,
     START,
     STOP,
     Rec,
@@ -303,6 +305,38 @@ async def test_nas_client_is_refused_with_field_when_input_is_bad(usage: Usage) 
     )
     client = await usage.register_nas("203.0.113.9", "k", grace_s=60)
     assert (client.nas_key, client.grace_s, client.interim_interval_s) == ("203.0.113.9", 60, 600)
+
+
+async def test_nas_list_pages_by_key_with_policy_when_several_nases_exist(usage: Usage) -> None:
+    await usage.register_nas("203.0.113.9", "k", nas_key="bng-b", grace_s=60, infer_wrap=True)
+    await usage.send(
+        "decoded", Rec(START, nas="bng-c", t=1), Rec(START, nas="bng-a", sid="s2", t=2)
+    )
+    # The fixture registered its source address (a NAS key of its own) first.
+    first = await usage.stub.ListNas(pb.ListNasRequest(page_size=2), metadata=usage.metadata)
+    assert [n.nas_key for n in first.nas] == [SOURCE, "bng-a"]
+    assert first.next_page_token
+    rest = await usage.stub.ListNas(
+        pb.ListNasRequest(page_size=2, page_token=first.next_page_token), metadata=usage.metadata
+    )
+    assert [n.nas_key for n in rest.nas] == ["bng-b", "bng-c"]
+    assert not rest.next_page_token
+    configured = rest.nas[0]
+    assert (configured.grace_s, configured.infer_wrap, configured.interim_interval_s) == (
+        60,
+        True,
+        600,
+    )
+    assert await usage.nas_list(flagged_only=True) == []
+    await expect_status(
+        usage.stub.ListNas(pb.ListNasRequest(page_token="nope"), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token",
+    )
+
+
+def test_clock_skew_flag_of_the_nas_index_is_the_engine_bit() -> None:
+    assert rating_core.flag_names(CLOCK_SKEW_FLAG) == ["clock_skew"]
 
 
 async def test_sweep_names_the_field_when_as_of_is_missing(usage: Usage) -> None:

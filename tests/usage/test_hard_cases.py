@@ -14,6 +14,7 @@ from tests.usage.support import (
     INTERIM,
     OFF,
     ON,
+    SOURCE,
     START,
     STOP,
     Rec,
@@ -324,7 +325,7 @@ async def test_record_is_quarantined_with_reason_when_decoded_form_is_malformed(
 async def test_raw_packet_is_quarantined_with_reason_when_counter_has_wrong_length(
     usage: Usage,
 ) -> None:
-    from tests.usage.support import SOURCE, attr, attr_int, radius_packet, raw_packet
+    from tests.usage.support import attr, attr_int, radius_packet, raw_packet
 
     bad = radius_packet(attr_int(40, INTERIM) + attr(44, b"x") + attr(42, b"\x00\x01"))
     wrong_secret = radius_packet(attr_int(40, INTERIM) + attr(44, b"y"), secret="nope")
@@ -468,6 +469,31 @@ async def test_accounting_on_with_skewed_clock_flags_its_nas(
             )
         ).all()
     assert [(r.nas_key, rc.flag_names(r.flag)) for r in rows] == [("nas-1", ["clock_skew"])]
+    assert [(n.nas_key, list(n.flags)) for n in await usage.nas_list(flagged_only=True)] == [
+        ("nas-1", ["clock_skew"])
+    ]
+
+
+async def test_a_nas_whose_event_timestamps_disagree_is_flagged(usage: Usage, form: str) -> None:
+    # RADIUS.md: event time falls back to arrival - delay "and the NAS is flagged".
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=3600, session_time=3600, inp=1, out=1, skew_s=-4000),
+        Rec(INTERIM, t=4200, session_time=4200, inp=2, out=2, skew_s=900),
+        Rec(INTERIM, sid="sess-9", t=4200, session_time=600, inp=1, out=1, skew_s=-301),
+        Rec(INTERIM, sid="sess-2", nas="nas-2", t=4200, session_time=600, inp=1, out=1),
+        Rec(INTERIM, sid="sess-3", nas="nas-3", t=4200, session_time=600, inp=1, out=1, skew_s=1),
+    )
+    listed = {n.nas_key: n for n in await usage.nas_list()}
+    assert sorted(listed) == [SOURCE, "nas-1", "nas-2", "nas-3"]  # SOURCE: registered
+    assert list(listed["nas-1"].flags) == ["clock_skew"]
+    assert listed["nas-1"].clock_skew_anomalies == 2  # one per session, not per record
+    assert listed["nas-1"].HasField("last_clock_skew_at")
+    for within_tolerance in (SOURCE, "nas-2", "nas-3"):
+        assert list(listed[within_tolerance].flags) == []
+        assert listed[within_tolerance].clock_skew_anomalies == 0
+        assert not listed[within_tolerance].HasField("last_clock_skew_at")
+    assert [n.nas_key for n in await usage.nas_list(flagged_only=True)] == ["nas-1"]
 
 
 # ---------------------------------------------------------------- boundaries
