@@ -67,6 +67,9 @@ pub const CLOSED_RETENTION_US: i64 = 48 * HOUR_US;
 /// How many records ahead `apply` touches the index and session (see `Engine::touch`).
 const PREFETCH_DISTANCE: usize = 12;
 const WRAP: u64 = 1 << 32;
+/// Event-Timestamp and Acct-Session-Time are whole seconds, so records of one session imply
+/// starts up to this far apart: within it of an instance's start is that instance's start.
+const START_SLACK_US: i64 = 2 * US;
 
 /// Errors of engine operations (never of individual records: those are quarantined).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -795,8 +798,10 @@ impl Engine {
 
     /// The instance of (nas, sid), from its newest `head`, that a record with start time
     /// `implied` belongs to: its start is within `gap` of `implied` and, if it is closed,
-    /// it had not ended before `implied`. Of several, the closest start (the newest on a
-    /// tie): a late record of an old generation must not land in the next one.
+    /// it had not ended before `implied` (or `implied` is its own start, rounded: a
+    /// Start-only instance closed without a Stop ended at its start). Of several, the
+    /// closest start (the newest on a tie): a late record of an old generation must not
+    /// land in the next one.
     fn chain_match(&self, head: u32, sid: &[u8], implied: i64, gap: i64) -> Option<u32> {
         let nas = self.sessions[head as usize].nas;
         let mut best: Option<(u64, u32)> = None;
@@ -806,7 +811,9 @@ impl Engine {
             let distance = s.start_us.abs_diff(implied);
             if self.same_identity(s, nas, sid)
                 && distance <= gap.unsigned_abs()
-                && (s.state == STATE_OPEN || implied <= s.stop_us)
+                && (s.state == STATE_OPEN
+                    || implied <= s.stop_us
+                    || distance <= START_SLACK_US.unsigned_abs())
                 && best.is_none_or(|(d, _)| distance < d)
             {
                 best = Some((distance, slot));
@@ -1232,11 +1239,13 @@ impl Engine {
                             },
                             _ => Target::Existing(cur),
                         }
-                    } else if r.event_us > c.last_update_us
-                        || (r.event_us > c.start_us && r.event_us >= c.stop_us)
+                    } else if r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
+                        && (r.event_us > c.last_update_us
+                            || (r.event_us > c.start_us && r.event_us >= c.stop_us))
                     {
                         // A NAS may reuse the id in the very second the old one stopped; a
-                        // Start at the closed instance's own start is that instance's.
+                        // Start at the closed instance's own start (rounded: a retransmit
+                        // timed by its arrival) is that instance's.
                         Target::Create {
                             lost_start: false,
                             gap: false,

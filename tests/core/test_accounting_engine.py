@@ -417,7 +417,7 @@ def test_known_entries_are_duplicates_and_change_nothing_when_ledger_has_them() 
     e = rc.Engine()
     stop = rec(2, 0)
     interim = rec(3, 7814, 4_469_879_911, 0)
-    start = rec(1, 1, at=1)
+    start = rec(1, 0, at=5)  # the id reused: a new generation
     first = run(e, stop, interim, start)
     assert first.outcome.tolist() == [A, L, A]
     prepared = e.prepare(batch([decoded_entry(r) for r in (stop, interim, start)]), T0)

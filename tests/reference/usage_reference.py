@@ -15,6 +15,9 @@ from tests.reference.accounting_wire import Rec
 US = 1_000_000
 HOUR_US = 3600 * US
 WRAP = 1 << 32
+# Event-Timestamp and Acct-Session-Time are whole seconds: one session's implied starts
+# differ by up to this.
+START_SLACK_US = 2 * US
 
 START, STOP, INTERIM, ON, OFF = 1, 2, 3, 7, 8
 
@@ -195,15 +198,19 @@ class Reference:
                     return self.create(n, chain, lost_start=False, gap=True, close=cur)
                 return self.existing(n, cur)
             reused = cur.start_us < n.event_us and n.event_us >= cur.stop_us
-            if n.event_us > cur.last_update_us or reused:
+            own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
+            if not own_start and (n.event_us > cur.last_update_us or reused):
                 return self.create(n, chain, lost_start=False, gap=False, close=None)
             return self.existing(n, cur)
         if implied is None:
             return self.existing(n, cur)
-        owners = [
-            s for s in chain
-            if abs(s.start_us - implied) <= gap and (s.state == OPEN or implied <= s.stop_us)
-        ]  # fmt: skip
+
+        def owns(s: Session) -> bool:
+            distance = abs(s.start_us - implied)
+            ended_before = s.state != OPEN and implied > s.stop_us
+            return distance <= gap and (not ended_before or distance <= START_SLACK_US)
+
+        owners = [s for s in chain if owns(s)]
         if owners:
             # The closest start; on a tie the newest (min keeps the first of equals).
             return self.existing(n, min(reversed(owners), key=lambda s: abs(s.start_us - implied)))

@@ -605,6 +605,48 @@ async def test_late_interim_after_a_stale_close_moves_the_stop_to_its_update(
     assert {"stale_closed", "late_stop"} <= set(session.flags)
 
 
+LATE_STOP = Rec(STOP, t=300, session_time=299, inp=50_000, out=900_000, cause=1)
+
+
+@pytest.mark.parametrize("closed_by", ["sweep", "accounting_on", "reused_id"])
+async def test_late_stop_of_a_start_only_session_lands_on_it_when_its_start_rounds_a_second_later(
+    usage: Usage, form: str, closed_by: str
+) -> None:
+    # The Stop's implied start (300 - 299) is 1 s after the Start's: whole-second times.
+    # The session had only its Start, so closing it without a Stop ended it at its start.
+    await usage.send(form, Rec(START, t=0, session_time=0))
+    if closed_by == "sweep":
+        assert await usage.sweep(at(2101)) == 1
+        late = LATE_STOP.but(delay=1900)
+    elif closed_by == "accounting_on":
+        await usage.send(form, Rec(ON, sid="", t=400, user=""))
+        late = LATE_STOP.but(delay=200)
+    else:
+        await usage.send(form, Rec(START, t=5000, session_time=0))
+        late = LATE_STOP.but(delay=4800)
+    ack = await usage.send(form, late)
+    assert counts(ack) == (1, 0, 0, 0)
+    first = next(s for s in await usage.sessions() if s.generation == 1)
+    assert (first.input_bytes, first.output_bytes, first.session_time_s) == (50_000, 900_000, 299)
+    assert utc(first.stop_at) == at(300)
+    assert first.terminate_cause == 1
+    assert "late_stop" in first.flags
+    assert [s.generation for s in await usage.sessions()] == (
+        [2, 1] if closed_by == "reused_id" else [1]
+    )
+
+
+async def test_retransmitted_start_timed_by_arrival_opens_no_generation_after_a_sweep(
+    usage: Usage, form: str
+) -> None:
+    # No Event-Timestamp: event time is arrival - Acct-Delay-Time, 0.9 s then 1.1 s.
+    await usage.send(form, Rec(START, t=0.9, session_time=0, event=False))
+    assert await usage.sweep(at(2200)) == 1
+    ack = await usage.send(form, Rec(START, t=1.1, session_time=0, event=False, delay=3))
+    assert counts(ack) == (0, 0, 1, 0)
+    assert [s.generation for s in await usage.sessions()] == [1]
+
+
 async def test_late_stop_after_an_accounting_on_records_the_real_stop(
     usage: Usage, form: str
 ) -> None:
