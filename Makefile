@@ -52,7 +52,7 @@ test-py: setup ## Python tests on SQLite and PostgreSQL
 	./scripts/ensure_postgres.sh
 	$(BIN)/pytest
 
-lint: setup ## ruff, mypy --strict, stubtest, rustfmt, clippy, alembic check
+lint: setup ## ruff, mypy --strict, stubtest, rustfmt, clippy (models vs migrations: tests/test_migrations.py)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
