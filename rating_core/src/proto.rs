@@ -307,18 +307,12 @@ impl<'a> Cursor<'a> {
         let mut seconds = 0i64;
         let mut nanos = 0i64;
         while c.p < end {
-            let value = match c.varint()? {
-                0x08 => {
-                    seconds = c.varint()? as i64;
-                    c.p
-                }
-                0x10 => {
-                    nanos = i64::from(c.varint()? as u32 as i32);
-                    c.p
-                }
+            match c.varint()? {
+                0x08 => seconds = c.varint()? as i64,
+                0x10 => nanos = i64::from(c.varint()? as u32 as i32),
                 _ => return timestamp_us(field, Value::Bytes(b)),
-            };
-            if value > end {
+            }
+            if c.p > end {
                 return Err(WireError::Varint);
             }
         }

@@ -203,7 +203,7 @@ async def list_nas(
     skew = (
         select(
             UsageAnomaly.nas_key.label("nas_key"),
-            func.count().label("records"),
+            func.count().label("anomalies"),
             func.max(UsageAnomaly.detected_at).label("last_at"),
         )
         .where(UsageAnomaly.tenant_id == tenant_id, UsageAnomaly.flag == skewed)
@@ -211,12 +211,12 @@ async def list_nas(
         .subquery()
     )
     query: Any = (
-        select(UsageNas, skew.c.records, skew.c.last_at)
+        select(UsageNas, skew.c.anomalies, skew.c.last_at)
         .outerjoin(skew, skew.c.nas_key == UsageNas.nas_key)
         .where(UsageNas.tenant_id == tenant_id)
     )
     if flagged_only:
-        query = query.where(skew.c.records > 0)
+        query = query.where(skew.c.anomalies > 0)
     cursor = decode_page_token(token)
     if cursor is not None:
         try:
