@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::record::{
     self, PrepareConfig, Prepared, Record, STATUS_INTERIM, STATUS_NONE, STATUS_OFF, STATUS_ON,
@@ -246,6 +246,9 @@ struct NasState {
     policy: NasPolicy,
     /// Content keys of the NAS's recent Accounting-On/Off records (dedup of repeats).
     last_onoff: Vec<[u8; 16]>,
+    /// The engine holds every instance of the NAS ever applied or loaded: nothing has been
+    /// forgotten, so a session id it does not hold has no stored instance either.
+    complete: bool,
 }
 
 /// A column of strings in one buffer (no allocation per row).
@@ -774,6 +777,7 @@ impl Engine {
             seq: None,
             policy: self.policy(key),
             last_onoff: Vec::new(),
+            complete: true,
         });
         self.nas_ids.insert(key.to_owned(), id);
         id
@@ -935,12 +939,15 @@ impl Engine {
             }
             let n = &mut self.nas[id as usize];
             n.seq = None;
+            n.complete = false;
             n.last_onoff.clear();
         }
         self.compact();
     }
 
-    /// Replaces the engine's state for one NAS with the database's.
+    /// Replaces the engine's state for one NAS with the database's. `complete` says the
+    /// rows are every instance stored for the NAS: none of its session ids has older
+    /// instances the engine is not given (see [`Engine::unknown_sessions`]).
     ///
     /// # Errors
     /// [`EngineError::Columns`] when the columns disagree in length or name another NAS.
@@ -949,13 +956,99 @@ impl Engine {
         nas_key: &str,
         seq: i64,
         t: &SessionTable,
+        complete: bool,
     ) -> Result<(), EngineError> {
-        t.check()?;
+        Self::check_rows(t)?;
         if let Some(bad) = t.nas_key.iter().find(|&k| k != nas_key) {
             return Err(EngineError::Columns(format!(
                 "row of NAS {bad:?} loaded for NAS {nas_key:?}"
             )));
         }
+        let id = self.intern_nas(nas_key);
+        for slot in self.slots_of(id) {
+            self.remove(slot);
+        }
+        self.insert_rows(t, |_| true);
+        self.compact();
+        let n = &mut self.nas[id as usize];
+        n.seq = Some(seq);
+        n.complete = complete;
+        n.last_onoff.clear();
+        Ok(())
+    }
+
+    /// `(NAS key, session id)` of the batch's session records that the engine holds no
+    /// instance of, on NASes whose older instances it may have forgotten (closed ones are
+    /// dropped after [`CLOSED_RETENTION_US`], and a reload reads a window): each distinct
+    /// pair once, in batch order. Before `apply`, the caller gives the engine the newest
+    /// stored instance of each ([`Engine::add_sessions`]), so that a reused id continues
+    /// its generations instead of starting at 1 again over a stored instance, and a late
+    /// record still finds the instance it belongs to.
+    #[must_use]
+    pub fn unknown_sessions(&self, p: &Prepared, batch: &[u8]) -> Vec<(String, String)> {
+        let input = Input { p, batch };
+        let nas_map: Vec<Option<u32>> = p
+            .nas_keys
+            .iter()
+            .map(|k| {
+                self.nas_ids
+                    .get(k.as_str())
+                    .copied()
+                    .filter(|&id| !self.nas[id as usize].complete)
+            })
+            .collect();
+        if nas_map.iter().all(Option::is_none) {
+            return Vec::new();
+        }
+        let mut seen: FxHashSet<(u32, &[u8])> = FxHashSet::default();
+        let mut out = Vec::new();
+        for r in &p.records {
+            if !matches!(r.status, STATUS_START | STATUS_STOP | STATUS_INTERIM) {
+                continue;
+            }
+            let Some(nas) = nas_map.get(r.nas as usize).copied().flatten() else {
+                continue;
+            };
+            let sid = input.text(r.sid);
+            if self.find_head(sid_tag(nas, sid), nas, sid).is_none() && seen.insert((nas, sid)) {
+                out.push((
+                    p.nas_keys[r.nas as usize].clone(),
+                    String::from_utf8_lossy(sid).into_owned(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Adds stored instances of session ids the engine holds none of (rows of ids it
+    /// holds are skipped: its own state is newer). Rows may name several NASes; a NAS's
+    /// sequence is not changed.
+    ///
+    /// # Errors
+    /// [`EngineError::Columns`] when the columns disagree in length.
+    pub fn add_sessions(&mut self, t: &SessionTable) -> Result<(), EngineError> {
+        Self::check_rows(t)?;
+        for key in t.nas_key.iter() {
+            if !self.nas_ids.contains_key(key) {
+                // Given some of its instances, not all: the engine holds only what it adds.
+                let id = self.intern_nas(key);
+                self.nas[id as usize].complete = false;
+            }
+        }
+        let held: Vec<bool> = (0..t.len())
+            .map(|i| {
+                let sid = t.acct_session_id.get(i).as_bytes();
+                self.nas_ids
+                    .get(t.nas_key.get(i))
+                    .is_some_and(|&nas| self.find_head(sid_tag(nas, sid), nas, sid).is_some())
+            })
+            .collect();
+        self.insert_rows(t, |i| !held[i]);
+        Ok(())
+    }
+
+    fn check_rows(t: &SessionTable) -> Result<(), EngineError> {
+        t.check()?;
         // Identity text (user, calling station, framed IP) stays in the database: not loaded.
         if t.acct_session_id
             .iter()
@@ -965,14 +1058,18 @@ impl Engine {
                 "text longer than 255 bytes (RADIUS attributes hold 253)".into(),
             ));
         }
-        let id = self.intern_nas(nas_key);
-        for slot in self.slots_of(id) {
-            self.remove(slot);
-        }
-        let mut order: Vec<usize> = (0..t.len()).collect();
+        Ok(())
+    }
+
+    /// Inserts the rows `keep` selects, oldest generation first (the newest heads its chain).
+    fn insert_rows(&mut self, t: &SessionTable, keep: impl Fn(usize) -> bool) {
+        let mut order: Vec<usize> = (0..t.len()).filter(|&i| keep(i)).collect();
         order.sort_by(|&a, &b| {
-            (t.acct_session_id.get(a), t.generation[a])
-                .cmp(&(t.acct_session_id.get(b), t.generation[b]))
+            (t.nas_key.get(a), t.acct_session_id.get(a), t.generation[a]).cmp(&(
+                t.nas_key.get(b),
+                t.acct_session_id.get(b),
+                t.generation[b],
+            ))
         });
         for i in order {
             let state = if t.open[i] {
@@ -992,7 +1089,7 @@ impl Engine {
                 hwm_in: t.hwm_input[i],
                 hwm_out: t.hwm_output[i],
                 last_key: key_prefix(&t.last_key[i]),
-                nas: id,
+                nas: self.intern_nas(t.nas_key.get(i)),
                 generation: t.generation[i],
                 session_time: t.session_time_s[i],
                 terminate_cause: t.terminate_cause[i],
@@ -1007,11 +1104,6 @@ impl Engine {
             let slot = self.insert(s);
             self.set_totals(slot, (t.input_bytes[i], t.output_bytes[i]));
         }
-        self.compact();
-        let n = &mut self.nas[id as usize];
-        n.seq = Some(seq);
-        n.last_onoff.clear();
-        Ok(())
     }
 
     fn close_no_stop(&mut self, slot: u32, flag: u32) {
@@ -1531,6 +1623,8 @@ impl Engine {
                 && s.state != STATE_OPEN
                 && as_of_us.saturating_sub(s.last_update_us) > CLOSED_RETENTION_US
             {
+                let nas = s.nas;
+                self.nas[nas as usize].complete = false;
                 self.remove(slot);
             }
         }

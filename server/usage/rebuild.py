@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import rating_core as core
 from server.db.database import Database
 from server.usage import repository as repo
-from server.usage.service import policy_of, wrap_entries, write_projections
+from server.usage.service import policy_of, recall_sessions, wrap_entries, write_projections
 from server.usage.writes import Projection
 
 PAGE = 20_000
@@ -121,6 +121,8 @@ async def _replay_nas(
     async def flush() -> None:
         if group and group_key is not None:
             prepared = engine.prepare(wrap_entries(group), group_key[1])
+            # The rebuilt rows so far are the stored instances the live engine recalls.
+            await recall_sessions(session, tenant_id, engine, prepared)
             result = engine.apply(prepared)
             # Anomalies name the entry's index in the batch it originally came in.
             mapping = np.array(indices, dtype=np.int64)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 US = 1_000_000
@@ -385,21 +385,23 @@ def session_arrays(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
 
 async def live_session_rows(
     session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, retain_closed_s: int
-) -> list[Sequence[Any]]:
+) -> tuple[list[Sequence[Any]], bool]:
     """Open sessions of a NAS, and closed ones updated within `retain_closed_s` of its newest
-    update (late Stops, interims after Stop and repeats must find their instance)."""
+    update (late Stops, interims after Stop and repeats must find their instance); and
+    whether those are all its stored instances (no older closed one was left out)."""
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
-    newest = await session.execute(
+    bounds = await session.execute(
         text(
-            f"SELECT max({us_sql(pg, 'last_update_at')}) FROM usage_sessions"
-            " WHERE tenant_id = :t AND nas_key = :k"
+            f"SELECT max({us_sql(pg, 'last_update_at')}),"
+            f" {us_sql(pg, 'min(CASE WHEN open THEN NULL ELSE last_update_at END)')}"
+            " FROM usage_sessions WHERE tenant_id = :t AND nas_key = :k"
         ),
         {"t": tenant, "k": nas_key},
     )
-    top = newest.scalar()
+    top, oldest_closed = bounds.one()
     if top is None:
-        return []
+        return [], True
     cutoff = int(top) - retain_closed_s * US
     rows = await session.execute(
         text(
@@ -409,7 +411,35 @@ async def live_session_rows(
         ),
         {"t": tenant, "k": nas_key, "c": cutoff},
     )
-    return list(rows.all())
+    return list(rows.all()), oldest_closed is None or int(oldest_closed) >= cutoff
+
+
+NEWEST_CHUNK = 500
+
+
+async def newest_sessions(
+    session: AsyncSession, tenant_id: uuid.UUID, pairs: Sequence[tuple[str, str]]
+) -> list[Sequence[Any]]:
+    """The newest stored instance of each (NAS key, Acct-Session-Id) that has one."""
+    pg = _pg(session)
+    tenant = tenant_param(session, tenant_id)
+    by_nas: dict[str, list[str]] = {}
+    for nas_key, sid in pairs:
+        by_nas.setdefault(nas_key, []).append(sid)
+    found: list[Sequence[Any]] = []
+    query = text(
+        f"{_select_sessions(pg)} AS s WHERE tenant_id = :t AND nas_key = :k"
+        " AND acct_session_id IN :sids AND generation = (SELECT max(m.generation)"
+        " FROM usage_sessions AS m WHERE m.tenant_id = s.tenant_id"
+        " AND m.nas_key = s.nas_key AND m.acct_session_id = s.acct_session_id)"
+    ).bindparams(bindparam("sids", expanding=True))
+    for nas_key, sids in by_nas.items():
+        for lo in range(0, len(sids), NEWEST_CHUNK):
+            rows = await session.execute(
+                query, {"t": tenant, "k": nas_key, "sids": sids[lo : lo + NEWEST_CHUNK]}
+            )
+            found.extend(rows.all())
+    return found
 
 
 async def open_session_nas_keys(session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:

@@ -204,6 +204,22 @@ async def write_projections(
         await repo.insert_anomalies(session, tenant_id, projection.anomalies, now_us())
 
 
+async def recall_sessions(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    engine: core.Engine,
+    prepared: core.PreparedBatch,
+) -> None:
+    """Gives the engine the newest stored instance of each session id of the batch it may
+    have forgotten (closed long ago): generations continue from the stored ones, so a
+    reused id never starts at 1 again over a stored instance."""
+    pairs = engine.unknown_sessions(prepared)
+    if pairs:
+        rows = await repo.newest_sessions(session, tenant_id, pairs)
+        if rows:
+            engine.add_sessions(core.make_sessions(**repo.session_arrays(rows)))
+
+
 class UsageService:
     """Ingest, sweep and the session queries of every tenant of one process."""
 
@@ -259,11 +275,13 @@ class UsageService:
             self._set_policy(te, key, state.policy)
             if te.engine.nas_seq(key) == state.seq:
                 continue
-            rows = await repo.live_session_rows(session, tenant_id, key, self.retain_closed_s)
+            rows, complete = await repo.live_session_rows(
+                session, tenant_id, key, self.retain_closed_s
+            )
             cols = (
                 core.make_sessions(**repo.session_arrays(rows)) if rows else core.empty_sessions()
             )
-            te.engine.load_sessions(key, state.seq, cols)
+            te.engine.load_sessions(key, state.seq, cols, complete=complete)
             te.known.add(key)
 
     def _forget(self, te: TenantEngine, keys: Sequence[str]) -> None:
@@ -316,6 +334,7 @@ class UsageService:
                         )
                         for tx, state in zip(txs, states, strict=True):
                             await self._sync(tx, tenant_id, te, state)
+                        await recall_sessions(txs[0], tenant_id, te.engine, prepared)
                         result = await _call(len(batch), te.engine.apply, prepared)
                         writes = BatchWrites.of(result, mapping)
                         found = await _all(

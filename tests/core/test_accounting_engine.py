@@ -386,6 +386,63 @@ def test_loaded_sessions_continue_when_another_replica_wrote_the_nas() -> None:
     assert reader.session_count() == 0
 
 
+def columns(r: rc.ApplyResult, rows: list[int]) -> rc.SessionColumns:
+    """Rows of a result's sessions as load_sessions/add_sessions input (as stored)."""
+    s = r.sessions
+    pick = np.array(rows, dtype=np.int64)
+    text = [
+        [col[i] for i in rows]
+        for col in (s.nas_key, s.acct_session_id, s.user_name, s.calling_station_id,
+                    s.framed_ip_address)
+    ]  # fmt: skip
+    return rc.make_sessions(
+        text[0], text[1], s.generation[pick], text[2], text[3], text[4], s.start_us[pick],
+        s.stop_us[pick], s.last_update_us[pick], s.session_time_s[pick], s.input_bytes[pick],
+        s.output_bytes[pick], s.hwm_input[pick], s.hwm_output[pick], s.last_key[pick],
+        s.flags[pick], s.terminate_cause[pick], s.open[pick],
+    )  # fmt: skip
+
+
+def test_unknown_sessions_names_forgotten_ids_once_and_add_sessions_continues_them() -> None:
+    e = rc.Engine()
+    first = run(e, rec(1, 0), rec(2, 100, 10, 20, terminate_cause=1), rec(1, 0, sid="s2"))
+    stored = columns(first, [0])
+    reuse = e.prepare(batch([decoded_entry(rec(1, 0, at=3 * 24 * 3600)), decoded_entry(
+        rec(3, 60, 5, 6, at=3 * 24 * 3600 + 60))]), T0)  # fmt: skip
+    # Nothing forgotten yet: the engine holds every instance of the NAS.
+    assert e.unknown_sessions(reuse) == []
+    # Two days on, the sweep closes s2 and drops both closed instances.
+    assert int((~e.sweep(T0 + 49 * HOUR).sessions.open).sum()) == 1
+    assert e.session_count() == 0
+    assert e.unknown_sessions(reuse) == [("nas1", "s1")]
+    e.add_sessions(stored)
+    assert e.unknown_sessions(reuse) == []
+    e.add_sessions(stored)  # held ids are skipped: no second copy
+    assert e.session_count() == 1
+    r = e.apply(reuse)
+    assert r.outcome.tolist() == [A, A]
+    assert [session(r, i)["gen"] for i in range(len(r.sessions))] == [2]
+    assert (session(r)["in"], session(r)["out"]) == (5, 6)
+
+
+def test_loaded_nas_asks_for_unknown_ids_unless_its_rows_were_complete() -> None:
+    writer = rc.Engine()
+    r = run(writer, rec(1, 0), rec(2, 100, 10, 20, terminate_cause=1))
+    for complete, expected in ((True, []), (False, [("nas1", "s9")])):
+        reader = rc.Engine()
+        reader.load_sessions("nas1", 1, columns(r, [0]), complete=complete)
+        prepared = reader.prepare(
+            batch([decoded_entry(rec(1, 500, sid="s9")), decoded_entry(rec(1, 500))]), T0
+        )
+        # s1 is held either way; s9 may have instances the rows left out.
+        assert reader.unknown_sessions(prepared) == expected
+        reader.forget_nas(["nas1"])
+        # Forgotten: any id may have stored instances.
+        assert reader.unknown_sessions(prepared) == [("nas1", "s9"), ("nas1", "s1")]
+    # A NAS the engine has never held has nothing to recall.
+    assert rc.Engine().unknown_sessions(prepared) == []
+
+
 def test_load_sessions_refuses_rows_of_another_nas_when_keys_differ() -> None:
     r = run(rc.Engine(), rec(3, 60, 1, 1))
     s = r.sessions

@@ -179,6 +179,15 @@ class Reference:
             return "accepted"
         return self.session_record(n)
 
+    def recall(self, nas: str, sid: str, chain: list[Session]) -> None:
+        """A forgotten id's newest stored instance heads its chain again (the service looks
+        it up before apply), so that generations continue from the stored ones."""
+        stored = [s for s in self.forgotten if (s.nas, s.sid) == (nas, sid)]
+        if stored:
+            newest = max(stored, key=lambda s: s.generation)
+            self.forgotten.remove(newest)
+            chain.append(newest)
+
     def close_without_stop(self, s: Session, flag: int) -> None:
         s.state = CLOSED_NO_STOP
         s.stop_us = s.last_update_us
@@ -186,6 +195,8 @@ class Reference:
 
     def session_record(self, n: Norm) -> str:
         chain = self.chains.setdefault((n.nas, n.sid), [])
+        if not chain:
+            self.recall(n.nas, n.sid, chain)
         gap = self.policy(n.nas).clock_skew_tolerance_s * US
         time = 0 if n.session_time is None and n.status == START else n.session_time
         implied = None if time is None else n.event_us - time * US

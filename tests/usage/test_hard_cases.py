@@ -345,6 +345,10 @@ def by_generation(sessions: list[pb.Session]) -> dict[int, pb.Session]:
     return {s.generation: s for s in sessions}
 
 
+def of_id(sessions: list[pb.Session], sid: str) -> list[pb.Session]:
+    return [s for s in sessions if s.acct_session_id == sid]
+
+
 async def test_new_generation_begins_when_id_is_reused_in_the_second_the_old_one_stopped(
     usage: Usage, form: str
 ) -> None:
@@ -426,6 +430,65 @@ async def test_new_generation_begins_when_start_implies_a_start_far_from_the_ope
     assert (gens[1].input_bytes, gens[2].input_bytes, gens[2].output_bytes) == (1000, 40, 50)
     assert "generation_from_start_gap" in gens[2].flags
     assert gens[2].state == pb.SESSION_STATE_OPEN
+
+
+DAY = 86_400
+
+
+async def test_reused_id_continues_the_generations_after_the_engine_forgot_the_old_one(
+    usage: Usage, form: str
+) -> None:
+    # Two days on, a sweep closes "other" and drops both closed instances from the engine
+    # (their rows are durable): the id's stored generation 1 must not be started again.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=100, session_time=100, inp=10, out=20, cause=1),
+        Rec(START, sid="other", t=100, session_time=0),
+    )
+    assert await usage.sweep(at(2 * DAY + 200)) == 1
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=3 * DAY, session_time=0),
+        Rec(INTERIM, t=3 * DAY + 600, session_time=600, inp=5, out=6),
+        # Generation 1's Interim at 50 s, delivered three days late: it changes nothing.
+        Rec(INTERIM, t=50, session_time=50, inp=4, out=4, delay=3 * DAY),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0), (1, 0, 0, 0), (0, 0, 1, 0)]
+    gens = by_generation(of_id(await usage.sessions(), "sess-1"))
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes) == (10, 20)
+    assert (utc(gens[1].start_at), utc(gens[1].stop_at)) == (at(0), at(100))
+    assert gens[1].state == pb.SESSION_STATE_CLOSED
+    assert (gens[2].input_bytes, gens[2].output_bytes) == (5, 6)
+    assert utc(gens[2].start_at) == at(3 * DAY)
+    assert gens[2].state == pb.SESSION_STATE_OPEN
+
+
+async def test_reused_id_continues_the_generations_when_a_replica_loads_only_recent_sessions(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    # A replica's engine loads open sessions and those closed within 7 days of the NAS's
+    # newest update: generation 1, closed 8 days before, is not among them.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=100, session_time=100, inp=10, out=20, cause=1),
+        Rec(START, sid="other", t=8 * DAY, session_time=0),
+    )
+    acks = await replica.send_each(
+        form,
+        Rec(INTERIM, t=50, session_time=50, inp=4, out=4, delay=8 * DAY),
+        Rec(START, t=8 * DAY + 60, session_time=0),
+        Rec(STOP, t=8 * DAY + 120, session_time=60, inp=5, out=6, cause=1),
+    )
+    assert [counts(a) for a in acks] == [(0, 0, 1, 0), (1, 0, 0, 0), (1, 0, 0, 0)]
+    gens = by_generation(of_id(await replica.sessions(), "sess-1"))
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes, gens[1].session_time_s) == (10, 20, 100)
+    assert utc(gens[1].stop_at) == at(100)
+    assert (gens[2].input_bytes, gens[2].output_bytes, gens[2].session_time_s) == (5, 6, 60)
+    assert (utc(gens[2].start_at), utc(gens[2].stop_at)) == (at(8 * DAY + 60), at(8 * DAY + 120))
 
 
 async def test_wrap_is_inferred_when_nas_sends_no_gigawords_and_policy_says_so(

@@ -73,3 +73,33 @@ async def test_rebuild_reproduces_sessions_and_buckets_when_ledger_is_replayed(
     )
     assert counts(ack) == (1, 0, 0, 0)
     assert (await usage.session("lost")).input_bytes == 50
+
+
+async def test_rebuild_continues_a_reused_id_after_a_replayed_sweep_forgot_its_instance(
+    usage: Usage, server: RunningServer
+) -> None:
+    # The replayed sweep drops the closed generation 1 from the rebuilding engine, as it
+    # did from the live one: generation 2 must be numbered from the rebuilt rows.
+    day = 86_400
+    await usage.send_each(
+        "raw",
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=100, session_time=100, inp=10, out=20, cause=1),
+        Rec(START, sid="other", t=100, session_time=0),
+    )
+    assert await usage.sweep(at(2 * day + 200)) == 1
+    await usage.send_each(
+        "raw",
+        Rec(START, t=3 * day, session_time=0),
+        Rec(INTERIM, t=3 * day + 600, session_time=600, inp=5, out=6),
+    )
+    before = await snapshot(server, usage.tenant.tenant_id)
+    assert sorted((s.acct_session_id, s.generation) for s in await usage.sessions()) == [
+        ("other", 1),
+        ("sess-1", 1),
+        ("sess-1", 2),
+    ]
+
+    await rebuild(server.db, usage.tenant.tenant_id)
+
+    assert await snapshot(server, usage.tenant.tenant_id) == before

@@ -161,8 +161,26 @@ class Engine:
     def nas_seq(self, nas_key: str) -> int | None:
         """Sequence this engine has applied for the NAS, None when it holds no state."""
 
-    def load_sessions(self, nas_key: str, seq: int, sessions: SessionColumns) -> None:
-        """Replaces the engine's state for one NAS with the database's."""
+    def load_sessions(
+        self, nas_key: str, seq: int, sessions: SessionColumns, *, complete: bool = False
+    ) -> None:
+        """Replaces the engine's state for one NAS with the database's.
+
+        `complete`: the rows are every instance stored for the NAS, so a session id the
+        engine does not hold has none stored (unknown_sessions skips the NAS).
+        """
+
+    def unknown_sessions(self, prepared: PreparedBatch) -> list[tuple[str, str]]:
+        """(nas_key, acct_session_id) of the batch's session records the engine holds no
+        instance of, on NASes whose older instances it may have forgotten; each once.
+
+        Give the engine the newest stored instance of each (add_sessions) before apply:
+        a reused id then continues its generations, and a late record finds its instance.
+        """
+
+    def add_sessions(self, sessions: SessionColumns) -> None:
+        """Adds stored instances of session ids the engine holds none of (rows of ids it
+        holds are skipped); NAS sequences are unchanged."""
 
     def forget_nas(self, nas_keys: list[str]) -> None: ...
     def apply(

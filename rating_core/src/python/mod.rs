@@ -637,15 +637,33 @@ impl PyEngine {
         Ok(self.lock()?.nas_seq(nas_key))
     }
 
+    #[pyo3(signature = (nas_key, seq, sessions, *, complete=false))]
     fn load_sessions(
         &self,
         nas_key: &str,
         seq: i64,
         sessions: &Bound<'_, SessionColumns>,
+        complete: bool,
     ) -> PyResult<()> {
         Ok(self
             .lock()?
-            .load_sessions(nas_key, seq, &sessions.get().inner)?)
+            .load_sessions(nas_key, seq, &sessions.get().inner, complete)?)
+    }
+
+    /// `(nas_key, acct_session_id)` pairs of the batch the engine may have forgotten.
+    fn unknown_sessions(
+        &self,
+        py: Python<'_>,
+        prepared: &Bound<'_, PreparedBatch>,
+    ) -> PyResult<Vec<(String, String)>> {
+        let p = Arc::clone(&prepared.get().inner);
+        let batch = prepared.get().batch.clone_ref(py);
+        let data = batch.as_bytes(py);
+        self.detached(py, |e| e.unknown_sessions(&p, data))
+    }
+
+    fn add_sessions(&self, sessions: &Bound<'_, SessionColumns>) -> PyResult<()> {
+        Ok(self.lock()?.add_sessions(&sessions.get().inner)?)
     }
 
     #[allow(clippy::needless_pass_by_value)] // PyO3 extracts a Python list into an owned Vec.
