@@ -43,7 +43,14 @@ async def _admin(sql: str) -> None:
 
 def start_server(database_url: str, workdir: Path) -> ServerProcess:
     """Migrates, creates a tenant with an all-scopes key, and serves on a free port."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RATING_LOG_LEVEL": "WARNING"}
+    # No in-process sweeper: its sweep as of now would close the (2024) benchmark sessions
+    # mid-run; the case that measures ingest after a sweep runs one itself.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RATING_LOG_LEVEL": "WARNING",
+        "RATING_SWEEP_INTERVAL_S": "0",
+    }
     rating = [sys.executable, "-m", "server"]
     subprocess.run(
         [*rating, "migrate", "--database-url", database_url], env=env, check=True, cwd=workdir

@@ -420,9 +420,23 @@ NEWEST_CHUNK = 500
 async def newest_sessions(
     session: AsyncSession, tenant_id: uuid.UUID, pairs: Sequence[tuple[str, str]]
 ) -> list[Sequence[Any]]:
-    """The newest stored instance of each (NAS key, Acct-Session-Id) that has one."""
+    """The newest stored instance of each (NAS key, Acct-Session-Id) that has one: one
+    primary-key probe per pair, whatever the table's statistics say."""
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
+    if pg:
+        # A lateral probe per pair: with IN lists the planner may scan the NAS's rows when
+        # its statistics are stale (measured: 37 ms per 500 ids on a freshly loaded table).
+        rows = await session.execute(
+            text(
+                "SELECT x.* FROM unnest(CAST(:k AS TEXT[]), CAST(:s AS TEXT[])) AS p(k, s)"
+                f" CROSS JOIN LATERAL ({_select_sessions(pg)} WHERE tenant_id = :t"
+                " AND nas_key = p.k AND acct_session_id = p.s"
+                " ORDER BY generation DESC LIMIT 1) AS x"
+            ),
+            {"t": tenant, "k": [k for k, _ in pairs], "s": [s for _, s in pairs]},
+        )
+        return list(rows.all())
     by_nas: dict[str, list[str]] = {}
     for nas_key, sid in pairs:
         by_nas.setdefault(nas_key, []).append(sid)
