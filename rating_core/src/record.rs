@@ -624,7 +624,15 @@ fn prepare_one(
         FramedIp::Text(t) => t,
         FramedIp::V4(_) => b"",
     };
-    if [f.sid, f.user, f.calling, framed_text]
+    // A session id is identity, held and stored as text: one that is not UTF-8 is taken as
+    // the database stores it (each invalid sequence replaced by U+FFFD), so the engine finds
+    // the instance again after a reload. The content key keeps the exact bytes.
+    let lossy_sid = match std::str::from_utf8(f.sid) {
+        Ok(_) => None,
+        Err(_) => Some(String::from_utf8_lossy(f.sid).into_owned()),
+    };
+    let sid_text = lossy_sid.as_ref().map_or(f.sid, |t| t.as_bytes());
+    if [sid_text, f.user, f.calling, framed_text]
         .iter()
         .any(|s| s.len() > MAX_TEXT)
     {
@@ -655,7 +663,10 @@ fn prepare_one(
     };
     rec.status = status;
     rec.nas = n;
-    rec.sid = span_in(batch, arena, f.sid);
+    rec.sid = match &lossy_sid {
+        None => span_in(batch, arena, f.sid),
+        Some(text) => push(arena, text.as_bytes()),
+    };
     rec.user = span_in(batch, arena, f.user);
     rec.calling = span_in(batch, arena, f.calling);
     rec.framed = match f.framed {

@@ -212,6 +212,11 @@ class Usage:
         (ack,) = await self.stream(batch(entries(form, recs)))
         return ack
 
+    async def send_raw(self, *items: pb.AccountingEntry) -> pb.StreamAccountingResponse:
+        """One batch of prepared entries; returns its ack."""
+        (ack,) = await self.stream(batch(items))
+        return ack
+
     async def send_each(self, form: str, *recs: Rec) -> list[pb.StreamAccountingResponse]:
         """One batch per record, in order, on one stream."""
         return await self.stream(*(batch(entries(form, [rec])) for rec in recs))

@@ -20,9 +20,13 @@ from tests.usage.support import (
     Rec,
     Usage,
     at,
+    attr,
     batch,
     counts,
     entries,
+    radius_attributes,
+    radius_packet,
+    raw_packet,
     utc,
 )
 
@@ -725,6 +729,36 @@ async def test_late_stop_after_an_accounting_on_records_the_real_stop(
     assert utc(session.stop_at) == at(900)
     assert session.terminate_cause == 11
     assert {"nas_reboot_closed", "late_stop"} <= set(session.flags)
+
+
+def raw_with_sid(rec: Rec, sid: bytes) -> pb.AccountingEntry:
+    """The raw packet of `rec` with these Acct-Session-Id bytes."""
+    attributes = radius_attributes(rec).replace(attr(44, rec.sid.encode()), attr(44, sid), 1)
+    return raw_packet(radius_packet(attributes), rec.source, rec.arrival_at)
+
+
+async def test_session_id_that_is_not_utf8_stays_one_session_when_a_replica_continues_it(
+    usage: Usage, replica: Usage
+) -> None:
+    # A NAS's binary Acct-Session-Id: stored as text with U+FFFD for each invalid sequence,
+    # and found again by the engine of a replica that loads it from the database.
+    sid = b"\xff\xfe-0001"
+    interim = Rec(INTERIM, t=600, session_time=600, inp=100, out=200)
+    assert counts(await usage.send_raw(raw_with_sid(Rec(START, t=0, session_time=0), sid))) == (
+        1, 0, 0, 0,
+    )  # fmt: skip
+    acks = await replica.stream(
+        batch([raw_with_sid(interim, sid)]),
+        batch([raw_with_sid(interim.but(delay=5), sid)]),  # a retransmit
+        batch([raw_with_sid(Rec(STOP, t=900, session_time=900, inp=150, out=250, cause=1), sid)]),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0), (0, 1, 0, 0), (1, 0, 0, 0)]
+    (session,) = await replica.sessions()
+    assert session.acct_session_id == "\ufffd\ufffd-0001"
+    assert session.generation == 1
+    assert (session.input_bytes, session.output_bytes, session.session_time_s) == (150, 250, 900)
+    assert "lost_start" not in session.flags
+    assert session.state == pb.SESSION_STATE_CLOSED
 
 
 async def test_session_record_is_quarantined_when_it_has_no_session_id(
