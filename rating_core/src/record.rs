@@ -627,9 +627,11 @@ fn prepare_one(
     // A session id is identity, held and stored as text: one that is not UTF-8 is taken as
     // the database stores it (each invalid sequence replaced by U+FFFD), so the engine finds
     // the instance again after a reload. The content key keeps the exact bytes.
-    let lossy_sid = match std::str::from_utf8(f.sid) {
-        Ok(_) => None,
-        Err(_) => Some(String::from_utf8_lossy(f.sid).into_owned()),
+    // (ASCII first: a word at a time, where the general check costs ~200 instructions.)
+    let lossy_sid = if f.sid.is_ascii() || std::str::from_utf8(f.sid).is_ok() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(f.sid).into_owned())
     };
     let sid_text = lossy_sid.as_ref().map_or(f.sid, |t| t.as_bytes());
     if [sid_text, f.user, f.calling, framed_text]
