@@ -355,3 +355,51 @@ fn sweep_forgets_closed_sessions_when_retention_has_passed() {
     assert_eq!(later.sessions.len(), 0);
     assert_eq!(engine.session_count(), 0);
 }
+
+#[test]
+fn forgotten_id_continues_its_generations_once_its_stored_instance_is_added() {
+    let mut engine = Engine::new(NasPolicy::default());
+    let first = [
+        Rec {
+            status: 1,
+            sid: 0,
+            t: 0,
+            input: None,
+            output: None,
+        },
+        Rec {
+            status: 2,
+            sid: 0,
+            t: 60,
+            input: Some(5),
+            output: Some(7),
+        },
+    ];
+    let bytes = batch(&first);
+    let p = engine.prepare(&bytes, T0).unwrap();
+    let stored = engine.apply(&p, &bytes).sessions;
+    let reuse = [Rec {
+        status: 1,
+        sid: 0,
+        t: 3 * 24 * 3600,
+        input: None,
+        output: None,
+    }];
+    let bytes = batch(&reuse);
+    let p = engine.prepare(&bytes, T0).unwrap();
+    // Held completely: nothing to look up.
+    assert!(engine.unknown_sessions(&p, &bytes).is_empty());
+    engine.sweep(T0 + 3 * 24 * 3600 * US);
+    assert_eq!(engine.session_count(), 0, "closed for over 48 h: forgotten");
+    assert_eq!(
+        engine.unknown_sessions(&p, &bytes),
+        vec![("nas1".to_owned(), "s0".to_owned())]
+    );
+    engine.add_sessions(&stored).unwrap();
+    engine.add_sessions(&stored).unwrap();
+    assert_eq!(engine.session_count(), 1, "a held id is not added twice");
+    assert!(engine.unknown_sessions(&p, &bytes).is_empty());
+    let out = engine.apply(&p, &bytes);
+    assert_eq!(out.outcome, vec![OUTCOME_ACCEPTED]);
+    assert_eq!(out.sessions.generation, vec![2]);
+}
