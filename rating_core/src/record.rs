@@ -665,10 +665,7 @@ fn prepare_one(
     };
     rec.status = status;
     rec.nas = n;
-    rec.sid = match &lossy_sid {
-        None => span_in(batch, arena, f.sid),
-        Some(text) => push(arena, text.as_bytes()),
-    };
+    rec.sid = span_in(batch, arena, sid_text); // text outside the batch goes to the arena
     rec.user = span_in(batch, arena, f.user);
     rec.calling = span_in(batch, arena, f.calling);
     rec.framed = match f.framed {
