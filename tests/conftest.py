@@ -35,15 +35,21 @@ class Backend:
     url: str
 
 
-async def _fresh_pg_database() -> str:
-    """A new, empty database on the PostgreSQL server (dropped at the end of the session)."""
-    name = f"rating_test_{uuid.uuid4().hex[:12]}"
+async def connect_pg() -> asyncpg.Connection:
+    """A connection to the PostgreSQL server; skips the test when it is unreachable (fails
+    it under CI)."""
     try:
-        conn = await asyncpg.connect(PG_URL, timeout=5)
+        return await asyncpg.connect(PG_URL, timeout=5)
     except (OSError, asyncpg.PostgresError) as error:
         if IN_CI:
             pytest.fail(f"PostgreSQL at {PG_URL} is required under CI: {error}")
         pytest.skip(f"PostgreSQL unavailable at {PG_URL}: {error}")
+
+
+async def _fresh_pg_database() -> str:
+    """A new, empty database on the PostgreSQL server (dropped at the end of the session)."""
+    name = f"rating_test_{uuid.uuid4().hex[:12]}"
+    conn = await connect_pg()
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:

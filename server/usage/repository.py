@@ -23,6 +23,8 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.db import pgarrays
+
 US = 1_000_000
 
 # Columns of a NAS policy, in NasPolicy keyword order, with NasPolicy's defaults.
@@ -670,13 +672,13 @@ _PG_SESSION_TYPES = (
 )
 
 
-def _pg_session_upsert(first: int) -> str:
+def _pg_session_upsert(arrays: Sequence[str]) -> str:
     """CTEs `u` (the batch's session rows, with ordinality `o`), `upd` (existing instances
     updated, without attribution lookups unless unattributed: an attribution, once made,
     sticks) and `ins` (new instances inserted with their subscription); `r` maps every
-    row's ordinality to its subscription after the write. Parameters: $1 the tenant,
-    ${first}.. the 18 session columns."""
-    unnest = ", ".join(f"${i + first}::{t}[]" for i, t in enumerate(_PG_SESSION_TYPES))
+    row's ordinality to its subscription after the write. $1 is the tenant, `arrays` the
+    SQL expressions of the 18 session columns (pgarrays.stage)."""
+    unnest = ", ".join(arrays[:18])
     names = [f"u.c{i}" for i in range(18)]
     identity = merged_identity("s", ["u.c3", "u.c4", "u.c5"])
     attribution = attribution_sql("$1::uuid", *identity)
@@ -727,7 +729,8 @@ async def upsert_sessions(
     pg = _pg(session)
     conn = await driver(session)
     if pg:
-        await conn.execute(_pg_session_upsert(2) + " SELECT count(*) FROM r", tenant_id, *params)
+        arrays = await pgarrays.stage(conn, "usage_session_stage", _PG_SESSION_TYPES, params)
+        await conn.execute(_pg_session_upsert(arrays) + " SELECT count(*) FROM r", tenant_id)
         return
     marks = [f"?{i + 2}" for i in range(18)]
     await conn.executemany(
@@ -742,34 +745,35 @@ async def upsert_sessions(
 async def upsert_sessions_and_buckets(
     session: AsyncSession,
     tenant_id: uuid.UUID,
-    params: list[list[Any]],
+    params: Sequence[Any],
     bucket_row: npt.NDArray[np.int64],
-    hour_us: list[int],
-    input_bytes: list[int],
-    output_bytes: list[int],
-    session_s: list[int],
+    hour_us: npt.NDArray[np.int64],
+    input_bytes: npt.NDArray[np.int64],
+    output_bytes: npt.NDArray[np.int64],
+    session_s: npt.NDArray[np.int64],
 ) -> None:
     """PostgreSQL: sessions and their hourly deltas in one statement. The buckets take each
     session's subscription and identity from the upsert itself (RETURNING), not from a
-    second join with usage_sessions. `bucket_row` indexes the rows of `params`."""
-    if not params[0]:
+    second join with usage_sessions. `params`: the 18 session columns (numpy arrays or
+    lists); `bucket_row` indexes their rows."""
+    if not len(params[0]):
         return
     conn = await driver(session)
     hour = ts_sql(True, "hour_us")
+    arrays = await pgarrays.stage(
+        conn,
+        "usage_session_bucket_stage",
+        (*_PG_SESSION_TYPES, *["bigint"] * 5),
+        [*params, bucket_row + 1, hour_us, input_bytes, output_bytes, session_s],
+    )
     await conn.execute(
-        _pg_session_upsert(2) + ","
+        _pg_session_upsert(arrays) + ","
         " j AS (SELECT r.sub, r.un, r.cs, r.fi, d.hour_us, d.ib, d.ob, d.ss"
-        " FROM unnest($20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[],"
-        " $24::bigint[]) AS d(o, hour_us, ib, ob, ss) JOIN r ON r.o = d.o),"
+        f" FROM unnest({', '.join(arrays[18:])}) AS d(o, hour_us, ib, ob, ss)"
+        " JOIN r ON r.o = d.o),"
         f" a AS ({_ATTRIBUTED.format(t='$1::uuid', hour=hour)} RETURNING 1)"
         f" {_UNATTRIBUTED.format(t='$1::uuid', hour=hour)}",
         tenant_id,
-        *params,
-        (bucket_row + 1).tolist(),
-        hour_us,
-        input_bytes,
-        output_bytes,
-        session_s,
     )
 
 
@@ -847,6 +851,9 @@ async def add_buckets(
     await conn.execute("DELETE FROM temp.usage_bucket_stage")
 
 
+_PG_ANOMALY_TYPES = ("text", "text", "bigint", "integer", "bigint", "text")
+
+
 async def insert_anomalies(
     session: AsyncSession,
     tenant_id: uuid.UUID,
@@ -859,18 +866,18 @@ async def insert_anomalies(
     pg = _pg(session)
     batch_uid = uuid.uuid4()
     if pg:
-        columns = list(zip(*rows, strict=True))
+        columns = [object_array(c) for c in zip(*rows, strict=True)]
         conn = await driver(session)
+        arrays = await pgarrays.stage(conn, "usage_anomaly_stage", _PG_ANOMALY_TYPES, columns)
         await conn.execute(
             "INSERT INTO usage_anomalies (tenant_id, batch_uid, ordinal, nas_key,"
             " acct_session_id, generation, entry_index, flag, detail, detected_at)"
             " SELECT $1::uuid, $2::uuid, o - 1, n, s, g, i, f, d,"
-            f" {ts_sql(True, '$3::bigint')} FROM unnest($4::text[], $5::text[], $6::bigint[],"
-            " $7::integer[], $8::bigint[], $9::text[]) WITH ORDINALITY AS a(n, s, g, i, f, d, o)",
+            f" {ts_sql(True, '$3::bigint')} FROM unnest({', '.join(arrays)})"
+            " WITH ORDINALITY AS a(n, s, g, i, f, d, o)",
             tenant_id,
             batch_uid,
             detected_us,
-            *[list(c) for c in columns],
         )
         return
     tenant = tenant_param(session, tenant_id)

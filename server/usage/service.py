@@ -184,15 +184,21 @@ async def write_projections(
 ) -> None:
     """Session rows, hourly buckets and anomalies of an engine result (batch, sweep, replay)."""
     if len(projection):
-        params = [column.tolist() for column in projection.sessions]
         index = projection.bucket_row
-        hours = projection.bucket_hour_us.tolist()
-        deltas = [values.tolist() for values in projection.bucket_deltas]
         if repo.is_pg(session):
+            # Numpy columns as they are: PostgreSQL takes them as binary arrays.
             await repo.upsert_sessions_and_buckets(
-                session, tenant_id, params, index, hours, *deltas
+                session,
+                tenant_id,
+                projection.sessions,
+                index,
+                projection.bucket_hour_us,
+                *projection.bucket_deltas,
             )
         else:
+            params = [column.tolist() for column in projection.sessions]
+            hours = projection.bucket_hour_us.tolist()
+            deltas = [values.tolist() for values in projection.bucket_deltas]
             await repo.upsert_sessions(session, tenant_id, params)
             if index.size:
                 sessions = projection.sessions
