@@ -119,7 +119,16 @@ class UsageSession(TenantScoped, Base):
     __table_args__ = (
         Index("ix_usage_sessions_subscription", "tenant_id", "subscription_id", "start_at"),
         Index("ix_usage_sessions_user", "tenant_id", "user_name", "start_at"),
-        Index("ix_usage_sessions_open", "tenant_id", "open", "nas_key"),
+        # Open sessions only, on PostgreSQL: closed ones accumulate forever, and a full
+        # index on (tenant, nas) let the planner probe it instead of the primary key for
+        # a batch's session updates while statistics were stale (2 s batches, measured).
+        Index(
+            "ix_usage_sessions_open",
+            "tenant_id",
+            "open",
+            "nas_key",
+            postgresql_where=text("open"),
+        ),
         # Every batch rewrites its sessions' rows: free room per page keeps those updates HOT
         # (no new index entries). 50: at 70, 4 in 10 updates still left the page (measured).
         {"postgresql_with": {"fillfactor": 50}},
