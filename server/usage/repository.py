@@ -721,17 +721,15 @@ def _pg_session_upsert(arrays: Sequence[str]) -> str:
 async def upsert_sessions(
     session: AsyncSession, tenant_id: uuid.UUID, params: list[list[Any]]
 ) -> None:
-    """Writes the final state of every session instance a batch touched (`params`: the
-    SESSION_COLUMNS as lists), attributing new ones to a subscription; an attribution,
-    once made, sticks."""
+    """SQLite: writes the final state of every session instance a batch touched (`params`:
+    the SESSION_COLUMNS as lists), attributing new ones to a subscription; an attribution,
+    once made, sticks. (PostgreSQL writes sessions with their buckets in one statement:
+    upsert_sessions_and_buckets.)"""
     if not params[0]:
         return
-    pg = _pg(session)
+    if _pg(session):
+        raise TypeError("upsert_sessions is SQLite's path; use upsert_sessions_and_buckets")
     conn = await driver(session)
-    if pg:
-        arrays = await pgarrays.stage(conn, "usage_session_stage", _PG_SESSION_TYPES, params)
-        await conn.execute(_pg_session_upsert(arrays) + " SELECT count(*) FROM r", tenant_id)
-        return
     marks = [f"?{i + 2}" for i in range(18)]
     await conn.executemany(
         f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
