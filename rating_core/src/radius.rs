@@ -145,11 +145,18 @@ pub fn verify_request(p: &Packet<'_>, secret: &[u8]) -> bool {
 /// # Errors
 /// [`RadiusError`] when the request is not a well-framed packet.
 pub fn accounting_response(request: &[u8], secret: &[u8]) -> Result<Vec<u8>, RadiusError> {
-    let p = frame(request)?;
-    let mut out = vec![CODE_ACCOUNTING_RESPONSE, p.identifier, 0, 20];
-    let auth = authenticator(&out, p.authenticator, &[], secret);
-    out.extend_from_slice(&auth);
-    Ok(out)
+    Ok(response_to(&frame(request)?, secret).to_vec())
+}
+
+/// The Accounting-Response (code 5, same identifier, no attributes) to a framed request:
+/// Authenticator = MD5(5 ‖ Id ‖ Length ‖ Request Authenticator ‖ secret).
+#[must_use]
+pub fn response_to(request: &Packet<'_>, secret: &[u8]) -> [u8; 20] {
+    let header = [CODE_ACCOUNTING_RESPONSE, request.identifier, 0, 20];
+    let mut out = [0u8; 20];
+    out[..4].copy_from_slice(&header);
+    out[4..].copy_from_slice(&authenticator(&header, request.authenticator, &[], secret));
+    out
 }
 
 /// The attributes the accounting engine uses, validated for size and repetition.

@@ -131,6 +131,10 @@ pub struct Prepared {
     pub nas_keys: Vec<String>,
     /// Length of the batch these offsets refer to (a mismatch yields empty text).
     pub batch_len: usize,
+    /// `(entry index, Accounting-Response)` of every raw entry whose authenticator matched
+    /// and which was not quarantined, ascending: what the collector relays to the NAS once
+    /// the record is durable (RFC 2866: no response to a request that was not recorded).
+    pub responses: Vec<(u32, [u8; 20])>,
 }
 
 impl Prepared {
@@ -321,6 +325,8 @@ struct Fields<'a> {
     delay_s: u32,
     terminate_cause: Option<u32>,
     arrival_us: i64,
+    /// A raw packet's Accounting-Response (its authenticator matched the secret).
+    response: Option<[u8; 20]>,
 }
 
 enum FramedIp<'a> {
@@ -461,6 +467,7 @@ fn from_proto(buf: &[u8], default_arrival_us: i64) -> Result<Fields<'_>, WireErr
         delay_s: r.delay_time_s.unwrap_or(0),
         terminate_cause: r.terminate_cause,
         arrival_us: r.arrival_us.unwrap_or(default_arrival_us),
+        response: None,
     })
 }
 
@@ -512,6 +519,7 @@ fn from_raw<'a>(
         delay_s: a.delay_time_s.unwrap_or(0),
         terminate_cause: a.terminate_cause,
         arrival_us: raw.arrival_us.unwrap_or(default_arrival_us),
+        response: Some(radius::response_to(&p, secret)),
     })
 }
 
@@ -541,6 +549,7 @@ pub fn prepare(
         quarantine: Vec::new(),
         nas_keys: Vec::new(),
         batch_len: batch.len(),
+        responses: Vec::new(),
     };
     let mut nas = NasTable::new();
     for (index, &(start, end)) in split.entries.iter().enumerate() {
@@ -562,7 +571,11 @@ pub fn prepare(
             &mut out.arena,
             &mut rec,
         ) {
-            Ok(()) => {}
+            Ok(response) => {
+                if let Some(response) = response {
+                    out.responses.push((index as u32, response));
+                }
+            }
             Err(reason) => {
                 rec.status = STATUS_NONE;
                 rec.nas = u32::MAX;
@@ -599,7 +612,7 @@ fn prepare_one(
     nas: &mut NasTable,
     arena: &mut Vec<u8>,
     rec: &mut Record,
-) -> Result<(), String> {
+) -> Result<Option<[u8; 20]>, String> {
     let f = match proto::decode_entry(entry).map_err(|e| e.to_string())? {
         Entry::Decoded(b) => from_proto(b, default_arrival_us).map_err(|e| e.to_string())?,
         Entry::Raw(b) => from_raw(b, default_arrival_us, cfg)?,
@@ -696,5 +709,5 @@ fn prepare_one(
         key_time_s,
         f.terminate_cause,
     );
-    Ok(())
+    Ok(f.response)
 }

@@ -134,6 +134,10 @@ proptest! {
             for (i, o) in out.outcome.iter().enumerate() {
                 prop_assert_eq!(*o == OUTCOME_QUARANTINED, p.quarantine.iter().any(|q| q.0 as usize == i));
             }
+            // An Accounting-Response only for a raw entry that was not quarantined.
+            for (i, _) in &p.responses {
+                prop_assert!(out.outcome[*i as usize] != OUTCOME_QUARANTINED);
+            }
         }
     }
 
@@ -402,4 +406,80 @@ fn forgotten_id_continues_its_generations_once_its_stored_instance_is_added() {
     let out = engine.apply(&p, &bytes);
     assert_eq!(out.outcome, vec![OUTCOME_ACCEPTED]);
     assert_eq!(out.sessions.generation, vec![2]);
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Sets an Accounting-Request's authenticator: MD5(header ‖ 16 zeros ‖ attributes ‖ secret).
+fn sign(packet: &mut [u8], secret: &[u8]) {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update(&packet[..4]);
+    h.update([0u8; 16]);
+    h.update(&packet[20..]);
+    h.update(secret);
+    packet[4..20].copy_from_slice(&h.finalize());
+}
+
+fn raw_entry(packet: &[u8], source: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    write::bytes(&mut m, 1, packet);
+    write::bytes(&mut m, 2, source.as_bytes());
+    write::timestamp(&mut m, 3, T0);
+    let mut e = Vec::new();
+    write::bytes(&mut e, 2, &m);
+    e
+}
+
+#[test]
+fn an_accounting_response_answers_each_authenticated_raw_entry_only() {
+    // RADIUS.md's golden packet (secret testing123) and its Accounting-Response.
+    let golden = unhex(
+        "042a005bc0468ee46f4d6f5bdd5eb5ca28d854262806000000032c0a30303030303031410107616c69\
+         63650406c00002012e0600000e102a06000003e83406000000012b06ffffffff35060000000237066553\
+         ff10290600000000",
+    );
+    let answer = unhex("052a0014d9e4d3c16591d8cceb1ac30dfbb7658c");
+    let mut tampered = golden.clone();
+    tampered[30] ^= 1;
+    // Authenticated, but with an Acct-Status-Type RADIUS does not define: quarantined, so
+    // not recorded, so not answered (RFC 2866 section 4.1).
+    let mut unknown_status = golden.clone();
+    assert_eq!(&unknown_status[20..26], [40, 6, 0, 0, 0, 3]);
+    unknown_status[25] = 9;
+    sign(&mut unknown_status, b"testing123");
+    let mut engine = Engine::new(NasPolicy::default());
+    engine.set_secret("192.0.2.1", b"testing123");
+    engine.set_secret("192.0.2.9", b"other");
+    let mut b = Vec::new();
+    write::bytes(&mut b, 1, b"raw");
+    for e in [
+        raw_entry(&golden, "192.0.2.1"),
+        entry(&Rec {
+            status: 3,
+            sid: 1,
+            t: 60,
+            input: Some(1),
+            output: Some(1),
+        }),
+        raw_entry(&golden, "192.0.2.9"),
+        raw_entry(&tampered, "192.0.2.1"),
+        raw_entry(&unknown_status, "192.0.2.1"),
+        raw_entry(&golden, "192.0.2.1"),
+    ] {
+        write::bytes(&mut b, 2, &e);
+    }
+    let p = engine.prepare(&b, T0).unwrap();
+    let quarantined: Vec<(u32, &str)> = p.quarantine.iter().map(|q| (q.0, q.1.as_str())).collect();
+    assert_eq!(quarantined.len(), 3);
+    assert_eq!(quarantined[0].0, 2);
+    assert_eq!(quarantined[1].0, 3);
+    assert_eq!(quarantined[2], (4, "unknown Acct-Status-Type 9"));
+    let answered: Vec<(u32, Vec<u8>)> = p.responses.iter().map(|(i, r)| (*i, r.to_vec())).collect();
+    assert_eq!(answered, [(0, answer.clone()), (5, answer)]);
 }

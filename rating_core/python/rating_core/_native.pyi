@@ -97,6 +97,11 @@ class PreparedBatch:
     def content_key(self) -> npt.NDArray[np.void]:
         """Per entry, dtype V16 (all-zero when quarantined): look these up in the ledger."""
 
+    @property
+    def responses(self) -> list[tuple[int, bytes]]:
+        """(entry index, Accounting-Response) of each raw entry that authenticated and was
+        not quarantined, ascending: relay one only once its record is durable."""
+
     def __len__(self) -> int: ...
 
 @final

@@ -253,6 +253,16 @@ impl PreparedBatch {
         let keys: Vec<[u8; 16]> = self.inner.records.iter().map(|r| r.key).collect();
         void16(py, &keys)
     }
+    /// `(entry index, Accounting-Response)` of each raw entry that authenticated and was
+    /// not quarantined, ascending: relay one only once its record is durable.
+    #[getter]
+    fn responses<'py>(&self, py: Python<'py>) -> Vec<(u32, Bound<'py, PyBytes>)> {
+        self.inner
+            .responses
+            .iter()
+            .map(|(i, r)| (*i, PyBytes::new(py, r)))
+            .collect()
+    }
     fn __len__(&self) -> usize {
         self.inner.records.len()
     }
