@@ -384,6 +384,36 @@ class QuarantinedRecord(_message.Message):
 Global___QuarantinedRecord: _TypeAlias = QuarantinedRecord  # noqa: Y015
 
 @_typing.final
+class AccountingResponsePacket(_message.Message):
+    """The RADIUS Accounting-Response to one raw entry, for the collector to send back to the
+    NAS (to the packet's source address and port). Present only in an ack, so only once the
+    record is durable; one per raw entry the batch recorded (accepted, duplicate or late: a
+    retransmitted request is answered again), none for a quarantined one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    PACKET_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """position in the batch's entries"""
+    packet: _builtins.bytes
+    """code 5, the request's identifier, no attributes"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        packet: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "packet", b"packet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountingResponsePacket: _TypeAlias = AccountingResponsePacket  # noqa: Y015
+
+@_typing.final
 class StreamAccountingResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -393,6 +423,7 @@ class StreamAccountingResponse(_message.Message):
     LATE_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
     QUARANTINED_RECORDS_FIELD_NUMBER: _builtins.int
+    RESPONSES_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     accepted: _builtins.int
     duplicate: _builtins.int
@@ -400,6 +431,8 @@ class StreamAccountingResponse(_message.Message):
     quarantined: _builtins.int
     @_builtins.property
     def quarantined_records(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedRecord]: ...
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountingResponsePacket]: ...
     def __init__(
         self,
         *,
@@ -409,10 +442,11 @@ class StreamAccountingResponse(_message.Message):
         late: _builtins.int = ...,
         quarantined: _builtins.int = ...,
         quarantined_records: _abc.Iterable[Global___QuarantinedRecord] | None = ...,
+        responses: _abc.Iterable[Global___AccountingResponsePacket] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "duplicate", b"duplicate", "late", b"late", "quarantined", b"quarantined", "quarantined_records", b"quarantined_records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "duplicate", b"duplicate", "late", b"late", "quarantined", b"quarantined", "quarantined_records", b"quarantined_records", "responses", b"responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

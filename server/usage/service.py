@@ -131,6 +131,8 @@ class BatchAck:
     late: int
     quarantined: int
     quarantine: list[tuple[int, str]]
+    # (entry index, Accounting-Response) of each raw entry the batch recorded.
+    responses: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -323,6 +325,8 @@ class UsageService:
         except core.RatingError as error:
             raise InvalidArgumentError("entries", str(error)) from None
         total = len(prepared)
+        # Indices of the whole batch: a re-run (_Redo) prepares a subset of it.
+        responses = prepared.responses
         mapping = np.arange(total, dtype=np.int64)
         excluded = np.empty(0, dtype=np.int64)
         batch_id = prepared.batch_id
@@ -366,7 +370,7 @@ class UsageService:
                         log.warning("batch %s retried after %s", batch_id, _sqlstate(error))
                         continue
                     raise
-                return self._ack(batch_id, outcome, result.quarantine, mapping, excluded.size)
+                return self._ack(batch_id, outcome, result.quarantine, mapping, excluded, responses)
         raise FailedPreconditionError(
             "batch kept colliding with the ledger or concurrent writes; resend it"
         )
@@ -396,16 +400,30 @@ class UsageService:
         outcome: npt.NDArray[np.uint8],
         quarantine: list[tuple[int, str]],
         mapping: npt.NDArray[np.int64],
-        excluded: int,
+        excluded: npt.NDArray[np.int64],
+        responses: list[tuple[int, bytes]],
     ) -> BatchAck:
+        """Counts by final outcome; `excluded` entries (already in the ledger) are
+        duplicates. A raw entry is answered when it was recorded: accepted, duplicate
+        (a retransmit is answered again) or late; never when quarantined."""
         counts = np.bincount(outcome, minlength=5)
+        size = int(max(mapping.max(initial=-1), excluded.max(initial=-1))) + 1
+        final = np.full(size, QUARANTINED, dtype=np.uint8)
+        final[mapping] = outcome
+        final[excluded] = DUPLICATE
+        recorded = {ACCEPTED, DUPLICATE, LATE}
         return BatchAck(
             batch_id=batch_id,
             accepted=int(counts[ACCEPTED]),
-            duplicate=int(counts[DUPLICATE]) + excluded,
+            duplicate=int(counts[DUPLICATE]) + excluded.size,
             late=int(counts[LATE]),
             quarantined=int(counts[QUARANTINED]),
             quarantine=[(int(mapping[i]), reason) for i, reason in quarantine],
+            responses=[
+                (index, packet)
+                for index, packet in responses
+                if index < size and int(final[index]) in recorded
+            ],
         )
 
     @classmethod

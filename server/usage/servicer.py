@@ -113,6 +113,10 @@ class UsageServicer:
                     usage_pb2.QuarantinedRecord(index=index, reason=reason)
                     for index, reason in ack.quarantine
                 ],
+                responses=[
+                    usage_pb2.AccountingResponsePacket(index=index, packet=packet)
+                    for index, packet in ack.responses
+                ],
             )
 
     async def record_usage(

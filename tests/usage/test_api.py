@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 
 import grpc
@@ -18,6 +19,8 @@ from server.usage.models import CLOCK_SKEW_FLAG, LedgerEntry, UsageBucket
 from tests.conftest import RunningServer, TenantCtx, new_tenant
 from tests.usage.support import (
     INTERIM,
+    ON,
+    SECRET,
     SOURCE,
     START,
     STOP,
@@ -27,6 +30,8 @@ from tests.usage.support import (
     batch,
     counts,
     decoded,
+    radius_attributes,
+    radius_packet,
     raw_packet,
     ts,
 )
@@ -76,6 +81,78 @@ async def test_decoded_copy_is_duplicate_when_golden_packet_was_accepted_raw(usa
     )
     (ack,) = await usage.stream(batch([pb.AccountingEntry(decoded=record)]))
     assert counts(ack) == (0, 1, 0, 0)
+
+
+async def test_golden_packet_is_answered_in_the_ack_with_its_accounting_response(
+    usage: Usage,
+) -> None:
+    await usage.register_nas("192.0.2.1", "testing123")
+    (ack,) = await usage.stream(batch([raw_packet(GOLDEN, "192.0.2.1", GOLDEN_AT)]))
+    assert [(r.index, r.packet.hex()) for r in ack.responses] == [
+        (0, "052a0014d9e4d3c16591d8cceb1ac30dfbb7658c")  # RADIUS.md
+    ]
+
+
+def _answers(request: bytes, response: bytes, secret: str = SECRET) -> bool:
+    """Whether `response` is the Accounting-Response to `request` (RFC 2866 section 3)."""
+    header = bytes([5, request[1], 0, 20])
+    digest = hashlib.md5(header + request[4:20] + secret.encode()).digest()  # noqa: S324
+    return response == header + digest
+
+
+async def test_each_recorded_raw_entry_is_answered_and_a_quarantined_one_is_not(
+    usage: Usage,
+) -> None:
+    await usage.register_nas()
+    newer = Rec(INTERIM, t=1200, session_time=1200, inp=20, out=20)
+    older = Rec(INTERIM, t=600, session_time=600, inp=10, out=10)
+    sent = [
+        (newer, SECRET),  # accepted
+        (newer, SECRET),  # a retransmit (a new identifier): duplicate
+        (older, SECRET),  # late
+        (older, "wrong"),  # bad authenticator
+        (Rec(9, t=600), SECRET),  # unknown Acct-Status-Type
+    ]
+    packets = [radius_packet(radius_attributes(rec), secret) for rec, secret in sent]
+    items = [decoded(Rec(INTERIM, sid="other", t=600, session_time=600, inp=1, out=1))]
+    items += [
+        raw_packet(p, SOURCE, rec.arrival_at) for p, (rec, _) in zip(packets, sent, strict=True)
+    ]
+    ack = await usage.send_raw(*items)
+    assert counts(ack) == (2, 1, 1, 2)
+    assert [r.index for r in ack.quarantined_records] == [4, 5]
+    assert [r.index for r in ack.responses] == [1, 2, 3]
+    for r in ack.responses:
+        assert _answers(packets[r.index - 1], r.packet)
+    # The NAS resends the first request: recorded already, answered again.
+    (again,) = await usage.stream(batch([raw_packet(packets[0], SOURCE, newer.arrival_at)]))
+    assert counts(again) == (0, 1, 0, 0)
+    assert [r.index for r in again.responses] == [0]
+    assert _answers(packets[0], again.responses[0].packet)
+
+
+async def test_a_resent_request_only_the_ledger_remembers_is_a_duplicate_and_answered(
+    usage: Usage, replica: Usage
+) -> None:
+    # A replica's engine does not remember the NAS's Accounting-On: the ledger does, so the
+    # batch is re-run without it (a duplicate) and the request is still answered.
+    on = Rec(ON, t=100)
+    packet = radius_packet(radius_attributes(on))
+    first = await usage.send_raw(raw_packet(packet, SOURCE, on.arrival_at))
+    assert counts(first) == (1, 0, 0, 0)
+    resent = await replica.send_raw(
+        decoded(Rec(INTERIM, sid="other", t=120, session_time=20, inp=1, out=1)),
+        raw_packet(packet, SOURCE, on.arrival_at + dt.timedelta(seconds=3)),
+    )
+    assert counts(resent) == (1, 1, 0, 0)
+    assert [r.index for r in resent.responses] == [1]
+    assert _answers(packet, resent.responses[0].packet)
+
+
+async def test_decoded_records_get_no_accounting_response(usage: Usage) -> None:
+    ack = await usage.send("decoded", Rec(INTERIM, t=600, session_time=600, inp=1, out=1))
+    assert counts(ack) == (1, 0, 0, 0)
+    assert not ack.responses
 
 
 async def test_raw_packet_is_quarantined_when_its_source_has_no_secret(usage: Usage) -> None:
