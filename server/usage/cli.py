@@ -1,4 +1,5 @@
-"""Usage commands of `rating`: replay a pcap or detail file, list sessions, sweep, rebuild."""
+"""Usage commands of `rating`: replay a pcap or detail file, list sessions, sweep, rebuild,
+register and list NAS clients."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 import uuid
 import zoneinfo
@@ -23,7 +25,7 @@ DEFAULT_BATCH = 1000
 
 
 def add_commands(subparsers: Any) -> None:
-    """Adds replay, sessions, sweep and rebuild to the `rating` parser."""
+    """Adds replay, sessions, sweep, nas and rebuild to the `rating` parser."""
     replay = subparsers.add_parser(
         "replay",
         help="stream the accounting requests of a pcap or a FreeRADIUS detail file",
@@ -63,6 +65,48 @@ def add_commands(subparsers: Any) -> None:
     add_client_arguments(sweep)
     sweep.add_argument("--as-of", required=True, help="ISO 8601 instant with offset, e.g. ...Z")
     sweep.set_defaults(handler=sweep_command)
+
+    nas = subparsers.add_parser("nas", help="NAS clients: register a secret and policy, list")
+    nas_sub = nas.add_subparsers(dest="nas_command", required=True)
+    nas_set = nas_sub.add_parser(
+        "set",
+        help="register or change the client at a source address (prints it as JSON); the"
+        " options given replace the NAS key's whole policy",
+    )
+    add_client_arguments(nas_set)
+    nas_set.add_argument("source_address", help="the packets' source address")
+    nas_set.add_argument(
+        "--secret",
+        default=os.environ.get("RATING_NAS_SECRET", ""),
+        help="shared secret (env RATING_NAS_SECRET keeps it out of the process list);"
+        " required for a new client, else the stored one is kept",
+    )
+    nas_set.add_argument(
+        "--nas-key",
+        default="",
+        help="NAS-Identifier or NAS-IP(v6)-Address the device sends (default: the address)",
+    )
+    nas_set.add_argument(
+        "--swap-direction", action="store_true", help="the device reports input as download"
+    )
+    nas_set.add_argument(
+        "--infer-wrap",
+        action="store_true",
+        help="the device sends no gigawords: a counter going down is a 32-bit wrap",
+    )
+    for option, meaning in (
+        ("--interim-interval-s", "expected seconds between Interim-Updates"),
+        ("--stale-multiplier", "k: silent for k intervals + grace means stale"),
+        ("--grace-s", "seconds of grace after k intervals"),
+        ("--clock-skew-tolerance-s", "Event-Timestamp trusted within this of arrival - delay"),
+    ):
+        nas_set.add_argument(option, type=_non_negative, default=0, help=f"{meaning} (0: default)")
+    nas_set.set_defaults(handler=nas_set_command)
+    nas_list = nas_sub.add_parser("list", help="NASes with their policy and clock-skew flags")
+    add_client_arguments(nas_list)
+    nas_list.add_argument("--flagged", action="store_true", help="only NASes with a flag")
+    nas_list.add_argument("--json", action="store_true", help="one JSON array (default: lines)")
+    nas_list.set_defaults(handler=nas_list_command)
 
     rebuild = subparsers.add_parser(
         "rebuild", help="rebuild sessions and buckets by replaying the ledger (server side)"
@@ -239,6 +283,15 @@ def session_json(s: usage_pb2.Session) -> dict[str, Any]:
     }
 
 
+def print_rows(rows: list[dict[str, Any]], *, as_array: bool) -> None:
+    """One indented JSON array, or one JSON object per line."""
+    if as_array:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(json.dumps(row))
+
+
 async def list_all_sessions(
     stub: usage_pb2_grpc.UsageServiceAsyncStub,
     metadata: tuple[tuple[str, str], ...],
@@ -266,11 +319,7 @@ async def sessions_command(args: argparse.Namespace) -> int:
         rows = [
             session_json(s) for s in await list_all_sessions(stub, auth_metadata(args), request)
         ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(json.dumps(row))
+    print_rows(rows, as_array=args.json)
     return 0
 
 
@@ -284,6 +333,78 @@ async def sweep_command(args: argparse.Namespace) -> int:
             usage_pb2.SweepStaleSessionsRequest(as_of=ts), metadata=auth_metadata(args)
         )
     print(json.dumps({"closed": reply.closed}))
+    return 0
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (0 to 4294967295)")
+    return value
+
+
+async def nas_set_command(args: argparse.Namespace) -> int:
+    request = usage_pb2.UpsertNasClientRequest(
+        source_address=args.source_address,
+        secret=args.secret,
+        nas_key=args.nas_key,
+        swap_direction=args.swap_direction,
+        infer_wrap=args.infer_wrap,
+        interim_interval_s=args.interim_interval_s,
+        stale_multiplier=args.stale_multiplier,
+        grace_s=args.grace_s,
+        clock_skew_tolerance_s=args.clock_skew_tolerance_s,
+    )
+    async with client_channel(args) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        client = await stub.UpsertNasClient(request, metadata=auth_metadata(args))
+    print(
+        json.dumps(
+            {
+                "source_address": client.source_address,
+                "nas": client.nas_key,
+                "swap_direction": client.swap_direction,
+                "infer_wrap": client.infer_wrap,
+                "interim_interval_s": client.interim_interval_s,
+                "stale_multiplier": client.stale_multiplier,
+                "grace_s": client.grace_s,
+                "clock_skew_tolerance_s": client.clock_skew_tolerance_s,
+            }
+        )
+    )
+    return 0
+
+
+def nas_json(n: usage_pb2.Nas) -> dict[str, Any]:
+    return {
+        "nas": n.nas_key,
+        "flags": list(n.flags),
+        "clock_skew_anomalies": n.clock_skew_anomalies,
+        "last_clock_skew_at": _iso(n.last_clock_skew_at, n.HasField("last_clock_skew_at")),
+        "swap_direction": n.swap_direction,
+        "infer_wrap": n.infer_wrap,
+        "interim_interval_s": n.interim_interval_s,
+        "stale_multiplier": n.stale_multiplier,
+        "grace_s": n.grace_s,
+        "clock_skew_tolerance_s": n.clock_skew_tolerance_s,
+    }
+
+
+async def nas_list_command(args: argparse.Namespace) -> int:
+    request = usage_pb2.ListNasRequest(page_size=1000, flagged_only=args.flagged)
+    rows: list[dict[str, Any]] = []
+    async with client_channel(args) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        while True:
+            page = await stub.ListNas(request, metadata=auth_metadata(args))
+            rows.extend(nas_json(n) for n in page.nas)
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+    print_rows(rows, as_array=args.json)
     return 0
 
 

@@ -230,3 +230,45 @@ async def requests(
 ) -> AsyncIterator[pb.StreamAccountingRequest]:
     for item in items:
         yield item
+
+
+async def rating_fails(*args: str, key: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *RATING,
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "RATING_API_KEY": key},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode not in (None, 0)
+    return process.returncode or 0, err.decode()
+
+
+async def test_nas_clients_are_registered_and_listed_from_the_cli(
+    server: RunningServer, tenant: TenantCtx
+) -> None:
+    target = ("--target", server.target)
+    client = await rating(
+        "nas", "set", "192.0.2.1", "--secret", "testing123", "--interim-interval-s", "60",
+        "--infer-wrap", *target, key=tenant.key,
+    )  # fmt: skip
+    assert client["source_address"] == "192.0.2.1"
+    assert (client["interim_interval_s"], client["infer_wrap"]) == (60, True)
+    listed = await rating("nas", "list", "--json", *target, key=tenant.key)
+    assert [(n["nas"], n["interim_interval_s"], n["infer_wrap"]) for n in listed] == [
+        ("192.0.2.1", 60, True)
+    ]
+    assert listed[0]["flags"] == []
+    assert listed[0]["last_clock_skew_at"] is None
+    assert await rating("nas", "list", "--flagged", "--json", *target, key=tenant.key) == []
+    # A new client needs a secret; a number option must be a whole number.
+    _, err = await rating_fails("nas", "set", "192.0.2.9", *target, key=tenant.key)
+    assert "secret" in err
+    code, err = await rating_fails(
+        "nas", "set", "192.0.2.1", "--grace-s", "-1", *target, key=tenant.key
+    )
+    assert code == 2
+    assert "--grace-s" in err
+    assert "out of range" in err
