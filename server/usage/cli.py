@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from isp_rating.v1 import usage_pb2, usage_pb2_grpc
 from server.client import add_client_arguments, auth_metadata, client_channel
 from server.usage.detail import parse_detail
+from server.usage.repository import POLICY_COLUMNS
 
 DEFAULT_BATCH = 1000
 
@@ -351,31 +352,19 @@ async def nas_set_command(args: argparse.Namespace) -> int:
         source_address=args.source_address,
         secret=args.secret,
         nas_key=args.nas_key,
-        swap_direction=args.swap_direction,
-        infer_wrap=args.infer_wrap,
-        interim_interval_s=args.interim_interval_s,
-        stale_multiplier=args.stale_multiplier,
-        grace_s=args.grace_s,
-        clock_skew_tolerance_s=args.clock_skew_tolerance_s,
+        **{name: getattr(args, name) for name in POLICY_COLUMNS},
     )
     async with client_channel(args) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         client = await stub.UpsertNasClient(request, metadata=auth_metadata(args))
-    print(
-        json.dumps(
-            {
-                "source_address": client.source_address,
-                "nas": client.nas_key,
-                "swap_direction": client.swap_direction,
-                "infer_wrap": client.infer_wrap,
-                "interim_interval_s": client.interim_interval_s,
-                "stale_multiplier": client.stale_multiplier,
-                "grace_s": client.grace_s,
-                "clock_skew_tolerance_s": client.clock_skew_tolerance_s,
-            }
-        )
-    )
+    row = {"source_address": client.source_address, "nas": client.nas_key, **_policy(client)}
+    print(json.dumps(row))
     return 0
+
+
+def _policy(message: usage_pb2.NasClient | usage_pb2.Nas) -> dict[str, Any]:
+    """The policy fields of a NasClient or Nas message, by their common names."""
+    return {name: getattr(message, name) for name in POLICY_COLUMNS}
 
 
 def nas_json(n: usage_pb2.Nas) -> dict[str, Any]:
@@ -384,12 +373,7 @@ def nas_json(n: usage_pb2.Nas) -> dict[str, Any]:
         "flags": list(n.flags),
         "clock_skew_anomalies": n.clock_skew_anomalies,
         "last_clock_skew_at": _iso(n.last_clock_skew_at, n.HasField("last_clock_skew_at")),
-        "swap_direction": n.swap_direction,
-        "infer_wrap": n.infer_wrap,
-        "interim_interval_s": n.interim_interval_s,
-        "stale_multiplier": n.stale_multiplier,
-        "grace_s": n.grace_s,
-        "clock_skew_tolerance_s": n.clock_skew_tolerance_s,
+        **_policy(n),
     }
 
 

@@ -407,23 +407,16 @@ class UsageService:
         duplicates. A raw entry is answered when it was recorded: accepted, duplicate
         (a retransmit is answered again) or late; never when quarantined."""
         counts = np.bincount(outcome, minlength=5)
-        size = int(max(mapping.max(initial=-1), excluded.max(initial=-1))) + 1
-        final = np.full(size, QUARANTINED, dtype=np.uint8)
-        final[mapping] = outcome
-        final[excluded] = DUPLICATE
-        recorded = {ACCEPTED, DUPLICATE, LATE}
+        quarantined = [(int(mapping[i]), reason) for i, reason in quarantine]
+        unrecorded = {index for index, _ in quarantined}
         return BatchAck(
             batch_id=batch_id,
             accepted=int(counts[ACCEPTED]),
             duplicate=int(counts[DUPLICATE]) + excluded.size,
             late=int(counts[LATE]),
             quarantined=int(counts[QUARANTINED]),
-            quarantine=[(int(mapping[i]), reason) for i, reason in quarantine],
-            responses=[
-                (index, packet)
-                for index, packet in responses
-                if index < size and int(final[index]) in recorded
-            ],
+            quarantine=quarantined,
+            responses=[(i, packet) for i, packet in responses if i not in unrecorded],
         )
 
     @classmethod
