@@ -246,9 +246,17 @@ struct NasState {
     policy: NasPolicy,
     /// Content keys of the NAS's recent Accounting-On/Off records (dedup of repeats).
     last_onoff: Vec<[u8; 16]>,
-    /// The engine holds every instance of the NAS ever applied or loaded: nothing has been
-    /// forgotten, so a session id it does not hold has no stored instance either.
-    complete: bool,
+    /// The latest start of any stored instance of the NAS the engine does not hold
+    /// (forgotten, or left out of a load); `i64::MIN` when it holds every instance ever
+    /// applied or loaded, so a session id it does not hold has no stored instance either,
+    /// and `i64::MAX` when it cannot tell.
+    omitted_start_max: i64,
+}
+
+impl NasState {
+    fn complete(&self) -> bool {
+        self.omitted_start_max == i64::MIN
+    }
 }
 
 /// A column of strings in one buffer (no allocation per row).
@@ -777,7 +785,7 @@ impl Engine {
             seq: None,
             policy: self.policy(key),
             last_onoff: Vec::new(),
-            complete: true,
+            omitted_start_max: i64::MIN,
         });
         self.nas_ids.insert(key.to_owned(), id);
         id
@@ -870,16 +878,42 @@ impl Engine {
         }
     }
 
-    fn insert(&mut self, s: Session) -> u32 {
-        let tag = sid_tag(s.nas, self.strings.sid(&s));
-        self.insert_tagged(s, tag)
-    }
-
     fn insert_tagged(&mut self, mut s: Session, tag: u32) -> u32 {
         s.prev = self.index.get(tag).unwrap_or(NONE);
         let slot = self.alloc(s);
         self.index.insert(tag, slot);
         slot
+    }
+
+    /// Inserts a stored instance of `sid` below the newer generations of the id that the
+    /// engine holds (a recalled old generation), so that the first instance of an id along
+    /// its chain stays its newest. `None` when the engine already holds that generation.
+    fn insert_stored(&mut self, mut s: Session, sid: &[u8]) -> Option<u32> {
+        let sid = &sid[..sid.len().min(usize::from(u8::MAX))];
+        let tag = sid_tag(s.nas, sid);
+        // The last instance of the id with a newer generation: `s` goes right after it.
+        let mut above = NONE;
+        let mut slot = self.index.get(tag).unwrap_or(NONE);
+        while slot != NONE {
+            let c = &self.sessions[slot as usize];
+            if self.same_identity(c, s.nas, sid) {
+                if c.generation == s.generation {
+                    return None;
+                }
+                if c.generation > s.generation {
+                    above = slot;
+                }
+            }
+            slot = c.prev;
+        }
+        (s.str_off, s.sid_len) = self.strings.store(sid);
+        if above == NONE {
+            return Some(self.insert_tagged(s, tag));
+        }
+        s.prev = self.sessions[above as usize].prev;
+        let new = self.alloc(s);
+        self.sessions[above as usize].prev = new;
+        Some(new)
     }
 
     fn remove(&mut self, slot: u32) {
@@ -939,15 +973,17 @@ impl Engine {
             }
             let n = &mut self.nas[id as usize];
             n.seq = None;
-            n.complete = false;
+            n.omitted_start_max = i64::MAX;
             n.last_onoff.clear();
         }
         self.compact();
     }
 
-    /// Replaces the engine's state for one NAS with the database's. `complete` says the
-    /// rows are every instance stored for the NAS: none of its session ids has older
-    /// instances the engine is not given (see [`Engine::unknown_sessions`]).
+    /// Replaces the engine's state for one NAS with the database's. `omitted_start_max`:
+    /// `None` when the rows are every instance stored for the NAS (none of its session ids
+    /// has instances the engine is not given: see [`Engine::unknown_sessions`]), else the
+    /// latest start of a stored instance left out (`i64::MAX` when unknown; see
+    /// [`Engine::unmatched_sessions`]).
     ///
     /// # Errors
     /// [`EngineError::Columns`] when the columns disagree in length or name another NAS.
@@ -956,7 +992,7 @@ impl Engine {
         nas_key: &str,
         seq: i64,
         t: &SessionTable,
-        complete: bool,
+        omitted_start_max: Option<i64>,
     ) -> Result<(), EngineError> {
         Self::check_rows(t)?;
         if let Some(bad) = t.nas_key.iter().find(|&k| k != nas_key) {
@@ -972,9 +1008,25 @@ impl Engine {
         self.compact();
         let n = &mut self.nas[id as usize];
         n.seq = Some(seq);
-        n.complete = complete;
+        n.omitted_start_max = omitted_start_max.map_or(i64::MIN, |v| v.max(i64::MIN + 1));
         n.last_onoff.clear();
         Ok(())
+    }
+
+    /// The engine's id of each batch NAS it may have forgotten instances of; `None` when
+    /// there is none (the common case: nothing to recall).
+    fn incomplete_nas(&self, p: &Prepared) -> Option<Vec<Option<u32>>> {
+        let map: Vec<Option<u32>> = p
+            .nas_keys
+            .iter()
+            .map(|k| {
+                self.nas_ids
+                    .get(k.as_str())
+                    .copied()
+                    .filter(|&id| !self.nas[id as usize].complete())
+            })
+            .collect();
+        map.iter().any(Option::is_some).then_some(map)
     }
 
     /// `(NAS key, session id)` of the batch's session records that the engine holds no
@@ -987,19 +1039,9 @@ impl Engine {
     #[must_use]
     pub fn unknown_sessions(&self, p: &Prepared, batch: &[u8]) -> Vec<(String, String)> {
         let input = Input { p, batch };
-        let nas_map: Vec<Option<u32>> = p
-            .nas_keys
-            .iter()
-            .map(|k| {
-                self.nas_ids
-                    .get(k.as_str())
-                    .copied()
-                    .filter(|&id| !self.nas[id as usize].complete)
-            })
-            .collect();
-        if nas_map.iter().all(Option::is_none) {
+        let Some(nas_map) = self.incomplete_nas(p) else {
             return Vec::new();
-        }
+        };
         let mut seen: FxHashSet<(u32, &[u8])> = FxHashSet::default();
         let mut out = Vec::new();
         for r in &p.records {
@@ -1020,9 +1062,81 @@ impl Engine {
         out
     }
 
-    /// Adds stored instances of session ids the engine holds none of (rows of ids it
-    /// holds are skipped: its own state is newer). Rows may name several NASes; a NAS's
-    /// sequence is not changed.
+    /// `(NAS key, session id, lo, hi)` for the batch's Interims and Stops whose instance
+    /// may be one the engine forgot (or was not loaded with): a stored instance it does not
+    /// hold could start closer to the record's implied start than any instance it holds
+    /// (or within the NAS's tolerance of it, when none does). Each id once, in batch order,
+    /// with the range `[lo, hi]` (µs) such an instance's start lies in. Call it after the
+    /// newest instances ([`Engine::unknown_sessions`]) were added, and add the stored
+    /// instances of each id that start in its range: a late record then lands on its own
+    /// generation, as if the engine had never forgotten any.
+    #[must_use]
+    pub fn unmatched_sessions(
+        &self,
+        p: &Prepared,
+        batch: &[u8],
+    ) -> Vec<(String, String, i64, i64)> {
+        let input = Input { p, batch };
+        let Some(nas_map) = self.incomplete_nas(p) else {
+            return Vec::new();
+        };
+        let mut at: FxHashMap<(u32, &[u8]), usize> = FxHashMap::default();
+        let mut out: Vec<(String, String, i64, i64)> = Vec::new();
+        for r in &p.records {
+            if !matches!(r.status, STATUS_STOP | STATUS_INTERIM) {
+                continue;
+            }
+            let Some(nas) = nas_map.get(r.nas as usize).copied().flatten() else {
+                continue;
+            };
+            let n = &self.nas[nas as usize];
+            let Some(time) = r.session_time() else {
+                continue;
+            };
+            let implied = r.event_us.saturating_sub(i64::from(time) * US);
+            let gap = n.policy.gap_us();
+            if implied.saturating_sub(gap) > n.omitted_start_max {
+                continue; // every instance that could take it is held
+            }
+            let sid = input.text(r.sid);
+            let Some(head) = self.find_head(sid_tag(nas, sid), nas, sid) else {
+                continue;
+            };
+            let reach = self.chain_match(head, sid, implied, gap).map_or(gap, |m| {
+                self.sessions[m as usize]
+                    .start_us
+                    .abs_diff(implied)
+                    .try_into()
+                    .unwrap_or(gap)
+            });
+            if reach == 0 {
+                // Generations of an id start strictly later one after the other: none ties.
+                continue;
+            }
+            let lo = implied.saturating_sub(reach);
+            let hi = implied.saturating_add(reach).min(n.omitted_start_max);
+            if lo > hi {
+                continue;
+            }
+            if let Some(&k) = at.get(&(nas, sid)) {
+                let e = &mut out[k];
+                (e.2, e.3) = (e.2.min(lo), e.3.max(hi));
+            } else {
+                at.insert((nas, sid), out.len());
+                out.push((
+                    p.nas_keys[r.nas as usize].clone(),
+                    String::from_utf8_lossy(sid).into_owned(),
+                    lo,
+                    hi,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Adds stored instances the engine does not hold (rows of generations it holds are
+    /// skipped: its own state is newer); an older generation goes below the newer ones.
+    /// Rows may name several NASes; a NAS's sequence is not changed.
     ///
     /// # Errors
     /// [`EngineError::Columns`] when the columns disagree in length.
@@ -1032,18 +1146,10 @@ impl Engine {
             if !self.nas_ids.contains_key(key) {
                 // Given some of its instances, not all: the engine holds only what it adds.
                 let id = self.intern_nas(key);
-                self.nas[id as usize].complete = false;
+                self.nas[id as usize].omitted_start_max = i64::MAX;
             }
         }
-        let held: Vec<bool> = (0..t.len())
-            .map(|i| {
-                let sid = t.acct_session_id.get(i).as_bytes();
-                self.nas_ids
-                    .get(t.nas_key.get(i))
-                    .is_some_and(|&nas| self.find_head(sid_tag(nas, sid), nas, sid).is_some())
-            })
-            .collect();
-        self.insert_rows(t, |i| !held[i]);
+        self.insert_rows(t, |_| true);
         Ok(())
     }
 
@@ -1082,7 +1188,7 @@ impl Engine {
             } else {
                 STATE_CLOSED_NO_STOP
             };
-            let mut s = Session {
+            let s = Session {
                 start_us: t.start_us[i],
                 stop_us: t.stop_us[i],
                 last_update_us: t.last_update_us[i],
@@ -1100,9 +1206,10 @@ impl Engine {
                 sid_len: 0,
                 state,
             };
-            (s.str_off, s.sid_len) = self.strings.store(t.acct_session_id.get(i).as_bytes());
-            let slot = self.insert(s);
-            self.set_totals(slot, (t.input_bytes[i], t.output_bytes[i]));
+            // A generation the engine holds already keeps its own (newer) state.
+            if let Some(slot) = self.insert_stored(s, t.acct_session_id.get(i).as_bytes()) {
+                self.set_totals(slot, (t.input_bytes[i], t.output_bytes[i]));
+            }
         }
     }
 
@@ -1623,8 +1730,8 @@ impl Engine {
                 && s.state != STATE_OPEN
                 && as_of_us.saturating_sub(s.last_update_us) > CLOSED_RETENTION_US
             {
-                let nas = s.nas;
-                self.nas[nas as usize].complete = false;
+                let n = &mut self.nas[s.nas as usize];
+                n.omitted_start_max = n.omitted_start_max.max(s.start_us).max(i64::MIN + 1);
                 self.remove(slot);
             }
         }

@@ -387,10 +387,10 @@ def session_arrays(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
 
 async def live_session_rows(
     session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, retain_closed_s: int
-) -> tuple[list[Sequence[Any]], bool]:
+) -> tuple[list[Sequence[Any]], int | None]:
     """Open sessions of a NAS, and closed ones updated within `retain_closed_s` of its newest
-    update (late Stops, interims after Stop and repeats must find their instance); and
-    whether those are all its stored instances (no older closed one was left out)."""
+    update (late Stops, interims after Stop and repeats must find their instance); and the
+    latest start of an older closed instance left out (None: all are there)."""
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
     bounds = await session.execute(
@@ -403,17 +403,27 @@ async def live_session_rows(
     )
     top, oldest_closed = bounds.one()
     if top is None:
-        return [], True
+        return [], None
     cutoff = int(top) - retain_closed_s * US
+    params = {"t": tenant, "k": nas_key, "c": cutoff}
     rows = await session.execute(
         text(
             f"{_select_sessions(pg)} WHERE tenant_id = :t AND nas_key = :k"
             f" AND (open OR last_update_at >= {ts_sql(pg, ':c')})"
             " ORDER BY acct_session_id, generation"
         ),
-        {"t": tenant, "k": nas_key, "c": cutoff},
+        params,
     )
-    return list(rows.all()), oldest_closed is None or int(oldest_closed) >= cutoff
+    if oldest_closed is None or int(oldest_closed) >= cutoff:
+        return list(rows.all()), None
+    omitted = await session.execute(
+        text(
+            f"SELECT {us_sql(pg, 'max(start_at)')} FROM usage_sessions WHERE tenant_id = :t"
+            f" AND nas_key = :k AND NOT open AND last_update_at < {ts_sql(pg, ':c')}"
+        ),
+        params,
+    )
+    return list(rows.all()), int(omitted.scalar_one())
 
 
 NEWEST_CHUNK = 500
@@ -455,6 +465,47 @@ async def newest_sessions(
                 query, {"t": tenant, "k": nas_key, "sids": sids[lo : lo + NEWEST_CHUNK]}
             )
             found.extend(rows.all())
+    return found
+
+
+async def sessions_starting_within(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    wanted: Sequence[tuple[str, str, int, int]],
+) -> list[Sequence[Any]]:
+    """The stored instances of each (NAS key, Acct-Session-Id, lo_us, hi_us) whose start
+    lies in [lo_us, hi_us]: one primary-key prefix probe per id."""
+    pg = _pg(session)
+    tenant = tenant_param(session, tenant_id)
+    start = us_sql(pg, "start_at")
+    if pg:
+        rows = await session.execute(
+            text(
+                "SELECT x.* FROM unnest(CAST(:k AS TEXT[]), CAST(:s AS TEXT[]),"
+                " CAST(:lo AS BIGINT[]), CAST(:hi AS BIGINT[])) AS p(k, s, lo, hi)"
+                f" CROSS JOIN LATERAL ({_select_sessions(pg)} WHERE tenant_id = :t"
+                f" AND nas_key = p.k AND acct_session_id = p.s AND {start} BETWEEN p.lo AND p.hi)"
+                " AS x"
+            ),
+            {
+                "t": tenant,
+                "k": [w[0] for w in wanted],
+                "s": [w[1] for w in wanted],
+                "lo": [w[2] for w in wanted],
+                "hi": [w[3] for w in wanted],
+            },
+        )
+        return list(rows.all())
+    query = text(
+        f"{_select_sessions(pg)} WHERE tenant_id = :t AND nas_key = :k AND acct_session_id = :s"
+        f" AND {start} BETWEEN :lo AND :hi"
+    )
+    found: list[Sequence[Any]] = []
+    for nas_key, sid, lo, hi in wanted:
+        rows = await session.execute(
+            query, {"t": tenant, "k": nas_key, "s": sid, "lo": lo, "hi": hi}
+        )
+        found.extend(rows.all())
     return found
 
 

@@ -218,12 +218,19 @@ async def recall_sessions(
     engine: core.Engine,
     prepared: core.PreparedBatch,
 ) -> None:
-    """Gives the engine the newest stored instance of each session id of the batch it may
-    have forgotten (closed long ago): generations continue from the stored ones, so a
-    reused id never starts at 1 again over a stored instance."""
+    """Gives the engine the stored instances the batch's records may need that it may have
+    forgotten (closed long ago), so that it decides as if it had never forgotten any: the
+    newest instance of each id it holds none of (generations continue from the stored
+    ones, so a reused id never starts at 1 again over a stored instance), then the older
+    generations that a late Interim or Stop no held instance takes may belong to."""
     pairs = engine.unknown_sessions(prepared)
     if pairs:
         rows = await repo.newest_sessions(session, tenant_id, pairs)
+        if rows:
+            engine.add_sessions(core.make_sessions(**repo.session_arrays(rows)))
+    wanted = engine.unmatched_sessions(prepared)
+    if wanted:
+        rows = await repo.sessions_starting_within(session, tenant_id, wanted)
         if rows:
             engine.add_sessions(core.make_sessions(**repo.session_arrays(rows)))
 
@@ -283,13 +290,15 @@ class UsageService:
             self._set_policy(te, key, state.policy)
             if te.engine.nas_seq(key) == state.seq:
                 continue
-            rows, complete = await repo.live_session_rows(
+            rows, omitted = await repo.live_session_rows(
                 session, tenant_id, key, self.retain_closed_s
             )
             cols = (
                 core.make_sessions(**repo.session_arrays(rows)) if rows else core.empty_sessions()
             )
-            te.engine.load_sessions(key, state.seq, cols, complete=complete)
+            te.engine.load_sessions(
+                key, state.seq, cols, complete=omitted is None, omitted_start_max_us=omitted
+            )
             te.known.add(key)
 
     def _forget(self, te: TenantEngine, keys: Sequence[str]) -> None:

@@ -425,6 +425,35 @@ def test_unknown_sessions_names_forgotten_ids_once_and_add_sessions_continues_th
     assert (session(r)["in"], session(r)["out"]) == (5, 6)
 
 
+def test_unmatched_sessions_names_a_late_record_of_a_forgotten_generation_until_it_is_added() -> (
+    None
+):
+    e = rc.Engine()
+    day = 24 * 3600
+    # Generation 1 opens at T0; the id is reused two days on (generation 1 is superseded).
+    first = run(e, rec(1, 0), rec(3, 600, 100, 200), rec(1, 0, at=2 * day))
+    assert [session(first, i)["gen"] for i in range(len(first.sessions))] == [1, 2]
+    late = e.prepare(batch([decoded_entry(rec(2, 900, 300, 500, terminate_cause=1))]), T0)
+    # Held: generation 1 takes it, nothing is asked for.
+    assert e.unmatched_sessions(late) == []
+    e.sweep(T0 + (2 * day + 1000) * US)  # forgets generation 1, keeps the open generation 2
+    assert e.session_count() == 1
+    assert e.unknown_sessions(late) == []  # the id is held (generation 2)
+    # No held instance starts within the NAS's tolerance (300 s) of T0; a forgotten one
+    # may, and none started after generation 1, the latest forgotten.
+    assert e.unmatched_sessions(late) == [("nas1", "s1", T0 - 300 * US, T0)]
+    e.add_sessions(columns(first, [0]))
+    e.add_sessions(columns(first, [0, 1]))  # held generations are skipped
+    assert e.session_count() == 2
+    assert e.unmatched_sessions(late) == []
+    r = e.apply(late)
+    assert r.outcome.tolist() == [A]
+    assert (session(r)["gen"], session(r)["in"], session(r)["out"]) == (1, 300, 500)
+    # Generation 1 went in below generation 2, which still takes the id's new records.
+    more = run(e, rec(3, 60, 5, 6, at=2 * day + 60))
+    assert (session(more)["gen"], session(more)["in"], session(more)["out"]) == (2, 5, 6)
+
+
 def test_loaded_nas_asks_for_unknown_ids_unless_its_rows_were_complete() -> None:
     writer = rc.Engine()
     r = run(writer, rec(1, 0), rec(2, 100, 10, 20, terminate_cause=1))

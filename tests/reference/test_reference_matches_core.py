@@ -2,8 +2,10 @@
 
 Random interleavings of sessions on two NASes, with lost, duplicated and reordered records,
 counter resets, gigawords, zero Stops, NAS reboots, clock skew, session-id reuse (days
-later too, after a sweep forgot the old instance) and stale sweeps, split into batches
-anywhere: identical sessions, buckets and outcomes.
+later too, after a sweep forgot the old instance), records held back for days (delivered
+after a sweep forgot their instance) and stale sweeps, split into batches anywhere:
+identical sessions, buckets and outcomes. The reference never forgets an instance; the
+engine forgets closed ones and is given them back from the stored rows, as the service does.
 """
 
 from __future__ import annotations
@@ -115,8 +117,14 @@ def traffic(seed: int) -> tuple[list[Rec], dict[str, Policy], list[int]]:
     recs.sort(key=lambda r: r.arrival_us or 0)
     # Losses, retransmits (new delay and arrival, same content) and local reorders.
     noisy: list[Rec] = []
+    held_back: list[Rec] = []
     for r in recs:
         if rng.random() < 0.1:
+            if rng.random() < 0.5:
+                # Held back by a collector and delivered days later, after the sweeps.
+                days = (3 * DAY_S + rng.randrange(0, 3600)) * US
+                late = (r.arrival_us or 0) + days
+                held_back.append(replace(r, delay=(r.delay or 0) + days // US, arrival_us=late))
             continue
         noisy.append(r)
         if rng.random() < 0.15:
@@ -128,8 +136,11 @@ def traffic(seed: int) -> tuple[list[Rec], dict[str, Policy], list[int]]:
         noisy[i], noisy[j] = noisy[j], noisy[i]
     if rng.random() < 0.2 and noisy:
         noisy.append(rng.choice(noisy))  # a very late repeat through another collector
-    sweeps = sorted(rng.sample(range(len(noisy) + 1), k=min(2, len(noisy) + 1)))
-    return noisy, policies, sweeps
+    sweeps = set(rng.sample(range(len(noisy) + 1), k=min(2, len(noisy) + 1)))
+    if held_back and rng.random() < 0.7:
+        sweeps.add(len(noisy))  # the held-back records meet an engine that forgot
+    noisy.extend(sorted(held_back, key=lambda r: r.arrival_us or 0))
+    return noisy, policies, sorted(sweeps)
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -261,7 +272,8 @@ def _recall(
     engine: rc.Engine, prepared: rc.PreparedBatch, db: dict[tuple[str, str, int], tuple[Any, ...]]
 ) -> None:
     """What the service does before apply: the newest stored instance of each session id
-    the engine may have forgotten."""
+    the engine may have forgotten, then the stored instances starting in the ranges the
+    batch's unmatched late records name. (The reference never forgets anything.)"""
     wanted = set(engine.unknown_sessions(prepared))
     newest: dict[tuple[str, str], tuple[str, str, int]] = {}
     for key in db:
@@ -269,6 +281,14 @@ def _recall(
             newest[key[:2]] = key
     if newest:
         engine.add_sessions(_columns([(k, db[k]) for k in newest.values()]))
+    older = [
+        (key, row)
+        for nas, sid, lo, hi in engine.unmatched_sessions(prepared)
+        for key, row in db.items()
+        if key[:2] == (nas, sid) and lo <= row[3] <= hi
+    ]
+    if older:
+        engine.add_sessions(_columns(older))
 
 
 def _rows(

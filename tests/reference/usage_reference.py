@@ -34,7 +34,6 @@ GENERATION_FROM_START_GAP = 512
 STOP_RECEIVED = 1 << 14  # not an anomaly: the instance took a Stop
 
 OPEN, STOPPED, CLOSED_NO_STOP = "open", "stopped", "closed_no_stop"
-CLOSED_RETENTION_US = 48 * HOUR_US
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,6 @@ class Reference:
     chains: dict[tuple[str, str], list[Session]] = field(default_factory=dict)
     ledger: set[tuple[object, ...]] = field(default_factory=set)
     buckets: dict[tuple[str, str, int, int], list[int]] = field(default_factory=dict)
-    forgotten: list[Session] = field(default_factory=list)
 
     def policy(self, nas: str) -> Policy:
         return self.policies.get(nas, self.default_policy)
@@ -179,15 +177,6 @@ class Reference:
             return "accepted"
         return self.session_record(n)
 
-    def recall(self, nas: str, sid: str, chain: list[Session]) -> None:
-        """A forgotten id's newest stored instance heads its chain again (the service looks
-        it up before apply), so that generations continue from the stored ones."""
-        stored = [s for s in self.forgotten if (s.nas, s.sid) == (nas, sid)]
-        if stored:
-            newest = max(stored, key=lambda s: s.generation)
-            self.forgotten.remove(newest)
-            chain.append(newest)
-
     def close_without_stop(self, s: Session, flag: int) -> None:
         s.state = CLOSED_NO_STOP
         s.stop_us = s.last_update_us
@@ -195,8 +184,6 @@ class Reference:
 
     def session_record(self, n: Norm) -> str:
         chain = self.chains.setdefault((n.nas, n.sid), [])
-        if not chain:
-            self.recall(n.nas, n.sid, chain)
         gap = self.policy(n.nas).clock_skew_tolerance_s * US
         time = 0 if n.session_time is None and n.status == START else n.session_time
         implied = None if time is None else n.event_us - time * US
@@ -305,18 +292,10 @@ class Reference:
                 if s.state == OPEN and as_of_us - s.last_update_us > limit:
                     self.close_without_stop(s, STALE_CLOSED)
                     closed += 1
-            # Closed instances older than the retention are forgotten (their rows are kept).
-            keep = [
-                s for s in chain
-                if s.state == OPEN or as_of_us - s.last_update_us <= CLOSED_RETENTION_US
-            ]  # fmt: skip
-            self.forgotten.extend(s for s in chain if s not in keep)
-            chain[:] = keep
         return closed
 
     def sessions(self) -> dict[tuple[str, str, int], Session]:
-        live = [s for c in self.chains.values() for s in c]
-        return {(s.nas, s.sid, s.generation): s for s in [*self.forgotten, *live]}
+        return {(s.nas, s.sid, s.generation): s for c in self.chains.values() for s in c}
 
 
 def direction(

@@ -495,6 +495,77 @@ async def test_reused_id_continues_the_generations_when_a_replica_loads_only_rec
     assert (utc(gens[2].start_at), utc(gens[2].stop_at)) == (at(8 * DAY + 60), at(8 * DAY + 120))
 
 
+@pytest.mark.parametrize("forgotten", ["older_generation", "every_generation"])
+async def test_late_stop_lands_on_its_generation_after_the_engine_forgot_it(
+    usage: Usage, form: str, forgotten: str
+) -> None:
+    # Generation 1 lost its Stop and an Accounting-On closed it at its last update; the id
+    # is reused two days on. A sweep then drops generation 1 from the engine (its row is
+    # durable), and with "every_generation" generation 2 as well. Generation 1's real Stop,
+    # held back by its collector, must still apply its delta to generation 1 and record
+    # the real stop: forgetting is the engine's memory bound, not a rule.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=100, out=200),
+        Rec(ON, sid="", user="", t=1000),
+        Rec(START, t=2 * DAY, session_time=0),
+    )
+    if forgotten == "every_generation":
+        await usage.send_each(
+            form,
+            Rec(STOP, t=2 * DAY + 60, session_time=60, inp=7, out=8, cause=1),
+            # An open session keeps the NAS in the sweep, which forgets both generations.
+            Rec(START, sid="other", t=5 * DAY - 100, session_time=0),
+        )
+        assert await usage.sweep(at(5 * DAY)) == 0
+    else:
+        assert await usage.sweep(at(2 * DAY + 1000)) == 0
+    ack = await usage.send(
+        form, Rec(STOP, t=900, session_time=900, inp=300, out=500, cause=1, delay=5 * DAY)
+    )
+    assert counts(ack) == (1, 0, 0, 0)
+    gens = by_generation(of_id(await usage.sessions(), "sess-1"))
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes, gens[1].session_time_s) == (300, 500, 900)
+    assert utc(gens[1].stop_at) == at(900)
+    assert "late_stop" in gens[1].flags
+    assert gens[1].state == pb.SESSION_STATE_CLOSED
+    assert utc(gens[2].start_at) == at(2 * DAY)
+    # A resend is a duplicate, and generation 2 is untouched.
+    again = await usage.send(
+        form, Rec(STOP, t=900, session_time=900, inp=300, out=500, cause=1, delay=5 * DAY + 9)
+    )
+    assert counts(again) == (0, 1, 0, 0)
+    expected = (7, 8) if forgotten == "every_generation" else (0, 0)
+    gen2 = by_generation(of_id(await usage.sessions(), "sess-1"))[2]
+    assert (gen2.input_bytes, gen2.output_bytes) == expected
+
+
+async def test_late_interim_lands_on_its_generation_when_a_replica_loads_only_recent_sessions(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    # Generation 1 was closed stale 8 days before the NAS's newest update: a replica loads
+    # only generation 2, and must look generation 1 up for its delayed Interim.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=100, out=200),
+    )
+    assert await usage.sweep(at(600 + 3 * 600 + 301)) == 1
+    await usage.send(form, Rec(START, t=8 * DAY, session_time=0))
+    ack = await replica.send(
+        form, Rec(INTERIM, t=1200, session_time=1200, inp=150, out=260, delay=8 * DAY)
+    )
+    assert counts(ack) == (1, 0, 0, 0)
+    gens = by_generation(of_id(await replica.sessions(), "sess-1"))
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes, gens[1].session_time_s) == (150, 260, 1200)
+    assert utc(gens[1].stop_at) == at(1200)
+    assert gens[2].state == pb.SESSION_STATE_OPEN
+    assert gens[2].input_bytes == 0
+
+
 async def test_wrap_is_inferred_when_nas_sends_no_gigawords_and_policy_says_so(
     usage: Usage, form: str
 ) -> None:

@@ -103,3 +103,31 @@ async def test_rebuild_continues_a_reused_id_after_a_replayed_sweep_forgot_its_i
     await rebuild(server.db, usage.tenant.tenant_id)
 
     assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
+async def test_rebuild_applies_a_late_stop_to_a_generation_a_replayed_sweep_forgot(
+    usage: Usage, replica: Usage, server: RunningServer
+) -> None:
+    # The live replica holds generation 1 (it loads 7 days of closed sessions) while the
+    # rebuilding engine has forgotten it at the replayed sweep (48 h): both must land
+    # generation 1's late Stop on it.
+    day = 86_400
+    await usage.send_each(
+        "decoded",
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=100, out=200),
+        Rec(ON, sid="", user="", t=1000),
+        Rec(START, sid="other", t=1500, session_time=0),
+        Rec(START, t=2 * day, session_time=0),
+    )
+    # The sweep closes "other", so it is recorded and replayed.
+    assert await usage.sweep(at(2 * day + 1000)) == 1
+    ack = await replica.send(
+        "decoded", Rec(STOP, t=900, session_time=900, inp=300, out=500, cause=1, delay=2 * day)
+    )
+    assert counts(ack) == (1, 0, 0, 0)
+    before = await snapshot(server, usage.tenant.tenant_id)
+
+    await rebuild(server.db, usage.tenant.tenant_id)
+
+    assert await snapshot(server, usage.tenant.tenant_id) == before

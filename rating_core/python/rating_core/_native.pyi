@@ -167,12 +167,20 @@ class Engine:
         """Sequence this engine has applied for the NAS, None when it holds no state."""
 
     def load_sessions(
-        self, nas_key: str, seq: int, sessions: SessionColumns, *, complete: bool = False
+        self,
+        nas_key: str,
+        seq: int,
+        sessions: SessionColumns,
+        *,
+        complete: bool = False,
+        omitted_start_max_us: int | None = None,
     ) -> None:
         """Replaces the engine's state for one NAS with the database's.
 
         `complete`: the rows are every instance stored for the NAS, so a session id the
-        engine does not hold has none stored (unknown_sessions skips the NAS).
+        engine does not hold has none stored (unknown_sessions skips the NAS). Otherwise
+        `omitted_start_max_us` is the latest start of a stored instance left out (None:
+        unknown), which bounds what unmatched_sessions asks for.
         """
 
     def unknown_sessions(self, prepared: PreparedBatch) -> list[tuple[str, str]]:
@@ -183,9 +191,19 @@ class Engine:
         a reused id then continues its generations, and a late record finds its instance.
         """
 
+    def unmatched_sessions(self, prepared: PreparedBatch) -> list[tuple[str, str, int, int]]:
+        """(nas_key, acct_session_id, lo_us, hi_us) for the batch's Interims and Stops, on
+        NASes whose older instances the engine may have forgotten, that no instance it holds
+        would take: their instance may be a forgotten older generation; each id once.
+
+        Call it after the newest instances (unknown_sessions) were added, and add the stored
+        instances of each id that start within [lo_us, hi_us] before apply.
+        """
+
     def add_sessions(self, sessions: SessionColumns) -> None:
-        """Adds stored instances of session ids the engine holds none of (rows of ids it
-        holds are skipped); NAS sequences are unchanged."""
+        """Adds stored instances the engine does not hold (rows of generations it holds are
+        skipped); an older generation goes below the newer ones. NAS sequences are
+        unchanged."""
 
     def forget_nas(self, nas_keys: list[str]) -> None: ...
     def apply(

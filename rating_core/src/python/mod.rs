@@ -647,17 +647,19 @@ impl PyEngine {
         Ok(self.lock()?.nas_seq(nas_key))
     }
 
-    #[pyo3(signature = (nas_key, seq, sessions, *, complete=false))]
+    #[pyo3(signature = (nas_key, seq, sessions, *, complete=false, omitted_start_max_us=None))]
     fn load_sessions(
         &self,
         nas_key: &str,
         seq: i64,
         sessions: &Bound<'_, SessionColumns>,
         complete: bool,
+        omitted_start_max_us: Option<i64>,
     ) -> PyResult<()> {
+        let omitted = (!complete).then(|| omitted_start_max_us.unwrap_or(i64::MAX));
         Ok(self
             .lock()?
-            .load_sessions(nas_key, seq, &sessions.get().inner, complete)?)
+            .load_sessions(nas_key, seq, &sessions.get().inner, omitted)?)
     }
 
     /// `(nas_key, acct_session_id)` pairs of the batch the engine may have forgotten.
@@ -670,6 +672,19 @@ impl PyEngine {
         let batch = prepared.get().batch.clone_ref(py);
         let data = batch.as_bytes(py);
         self.detached(py, |e| e.unknown_sessions(&p, data))
+    }
+
+    /// `(nas_key, acct_session_id, lo_us, hi_us)`: ids whose forgotten older generations
+    /// starting in `[lo_us, hi_us]` the batch's records may belong to.
+    fn unmatched_sessions(
+        &self,
+        py: Python<'_>,
+        prepared: &Bound<'_, PreparedBatch>,
+    ) -> PyResult<Vec<(String, String, i64, i64)>> {
+        let p = Arc::clone(&prepared.get().inner);
+        let batch = prepared.get().batch.clone_ref(py);
+        let data = batch.as_bytes(py);
+        self.detached(py, |e| e.unmatched_sessions(&p, data))
     }
 
     fn add_sessions(&self, sessions: &Bound<'_, SessionColumns>) -> PyResult<()> {
