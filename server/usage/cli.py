@@ -1,13 +1,15 @@
-"""Usage commands of `rating`: replay a pcap or detail file, list sessions, sweep, rebuild,
-register and list NAS clients."""
+"""Usage commands of `rating`: collect RADIUS over UDP, replay a pcap or detail file, list
+sessions, sweep, rebuild, register and list NAS clients."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import uuid
 import zoneinfo
@@ -19,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from isp_rating.v1 import usage_pb2, usage_pb2_grpc
 from server.client import add_client_arguments, auth_metadata, client_channel
+from server.usage.collector import UdpCollector, parse_listen
 from server.usage.detail import parse_detail
 from server.usage.repository import POLICY_COLUMNS
 
@@ -52,6 +55,30 @@ def add_commands(subparsers: Any) -> None:
     replay.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.set_defaults(handler=replay_command)
+
+    collect = subparsers.add_parser(
+        "collect",
+        help="receive RADIUS Accounting-Requests over UDP, stream them to the server and"
+        " answer each NAS once its record is durable",
+    )
+    add_client_arguments(collect)
+    collect.add_argument(
+        "--listen", default=":1813", help="UDP HOST:PORT to receive on (default %(default)s)"
+    )
+    collect.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    collect.add_argument(
+        "--flush-ms",
+        type=_non_negative,
+        default=20,
+        help="send a partial batch this long after its first request (default %(default)s)",
+    )
+    collect.add_argument(
+        "--stats-s",
+        type=_non_negative,
+        default=10,
+        help="print counters to stderr this often (0: only at exit; default %(default)s)",
+    )
+    collect.set_defaults(handler=collect_command)
 
     sessions = subparsers.add_parser("sessions", help="list session instances")
     add_client_arguments(sessions)
@@ -233,6 +260,40 @@ async def replay_detail(
     summary["rejected"] = len(parsed.rejected)
     summary["incomplete"] = int(parsed.incomplete)
     return summary
+
+
+async def collect_command(args: argparse.Namespace) -> int:
+    """Runs the UDP collector until SIGINT or SIGTERM, then drains (up to 5 s)."""
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as error:
+        raise SystemExit(f"rating collect: --{error}") from None
+    if args.batch_size < 1:
+        raise SystemExit("rating collect: --batch-size: must be at least 1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with client_channel(args) as channel:
+        collector = UdpCollector(
+            usage_pb2_grpc.UsageServiceStub(channel),
+            auth_metadata(args),
+            batch_size=args.batch_size,
+            flush_s=args.flush_ms / 1000,
+        )
+        try:
+            bound = await collector.start(host, port)
+        except OSError as error:
+            raise SystemExit(f"rating collect: --listen {args.listen}: {error}") from None
+        print(f"collecting on udp {bound[0]}:{bound[1]} for {args.target}", file=sys.stderr)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.stats_s or None)
+            if args.stats_s and not stop.is_set():
+                print(json.dumps(collector.stats.as_dict()), file=sys.stderr)
+        drained = await collector.close(timeout_s=5.0)
+    print(json.dumps(collector.stats.as_dict() | {"drained": drained}))
+    return 0 if drained else 1
 
 
 async def replay_command(args: argparse.Namespace) -> int:
