@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ log = logging.getLogger("server.usage.collector")
 
 Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+RECEIVE_BUFFER = 8 << 20
 COUNTS = ("accepted", "duplicate", "late", "quarantined")
 EOF = cast(Any, grpc.aio).EOF  # what read() returns once the server ends the stream
 
@@ -44,6 +46,21 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"listen: expected HOST:PORT, got {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)  # ":PORT": every address
+
+
+def _grow_receive_buffer(sock: socket.socket | None) -> None:
+    """Asks for RECEIVE_BUFFER bytes of socket buffer (the kernel caps SO_RCVBUF at
+    net.core.rmem_max; SO_RCVBUFFORCE passes it with CAP_NET_ADMIN): a NAS rebooting sends
+    its whole backlog at once, and a datagram that finds the buffer full is dropped (the NAS
+    retransmits it, later)."""
+    if sock is None:
+        return
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            return
 
 
 @dataclass
@@ -117,6 +134,7 @@ class UdpCollector:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(host, port)
         )
+        _grow_receive_buffer(transport.get_extra_info("socket"))
         self._transport = transport
         self._task = asyncio.create_task(self._run(), name="udp-collector")
         bound = transport.get_extra_info("sockname")
