@@ -32,6 +32,9 @@ log = logging.getLogger("server.usage.collector")
 Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 RECEIVE_BUFFER = 8 << 20
+# A batch also ends at this many packet bytes (a datagram may be up to 64 KiB): far below
+# the server's 64 MiB message limit, so no batch is ever refused for its size.
+MAX_BATCH_BYTES = 8 << 20
 COUNTS = ("accepted", "duplicate", "late", "quarantined")
 EOF = cast(Any, grpc.aio).EOF  # what read() returns once the server ends the stream
 
@@ -99,9 +102,10 @@ class _Protocol(asyncio.DatagramProtocol):
 
 @dataclass
 class UdpCollector:
-    """Forwards UDP Accounting-Requests in batches of up to `batch_size` (or what arrived
-    within `flush_s` of the first waiting one), with at most `max_in_flight` batches
-    awaiting their ack; datagrams beyond `max_pending` waiting are refused (unanswered)."""
+    """Forwards UDP Accounting-Requests in batches of up to `batch_size` requests and
+    MAX_BATCH_BYTES (or what arrived within `flush_s` of the first waiting one), with at
+    most `max_in_flight` batches awaiting their ack; datagrams beyond `max_pending` waiting
+    are refused (unanswered)."""
 
     stub: usage_pb2_grpc.UsageServiceAsyncStub
     metadata: Sequence[tuple[str, str]]
@@ -115,6 +119,7 @@ class UdpCollector:
         if self.batch_size < 1:
             raise ValueError("batch_size: must be at least 1")
         self._pending: list[tuple[usage_pb2.AccountingEntry, Address]] = []
+        self._pending_bytes = 0
         self._first_at = 0.0
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
@@ -177,15 +182,19 @@ class UdpCollector:
             self._first_at = time.monotonic()
             self._wake.set()
         self._pending.append((entry, addr))
+        self._pending_bytes += len(data)
         self.stats.received += 1
-        if len(self._pending) >= self.batch_size:
+        if self._full():
             self._wake.set()
+
+    def _full(self) -> bool:
+        return len(self._pending) >= self.batch_size or self._pending_bytes >= MAX_BATCH_BYTES
 
     async def _next_batch(self) -> _Batch:
         """Waits for a full batch, or for `flush_s` after the first waiting datagram."""
         while True:
             self._wake.clear()
-            if len(self._pending) >= self.batch_size:
+            if self._full():
                 break
             if self._pending:
                 wait = self._first_at + self.flush_s - time.monotonic()
@@ -195,8 +204,14 @@ class UdpCollector:
                     await asyncio.wait_for(self._wake.wait(), wait)
             else:
                 await self._wake.wait()
-        taken = self._pending[: self.batch_size]
-        del self._pending[: self.batch_size]
+        count, size = 0, 0
+        for entry, _ in self._pending[: self.batch_size]:
+            if count and size + len(entry.raw.packet) > MAX_BATCH_BYTES:
+                break
+            count, size = count + 1, size + len(entry.raw.packet)
+        taken = self._pending[:count]
+        del self._pending[:count]
+        self._pending_bytes -= size
         self._first_at = time.monotonic()
         request = usage_pb2.StreamAccountingRequest(
             batch_id=f"{self._prefix}-{next(self._ids)}", entries=[e for e, _ in taken]
@@ -244,9 +259,12 @@ class UdpCollector:
             for task in (reader, writer):
                 task.cancel()
             call.cancel()
+            # wait() leaves the tasks' own errors in them and lets a cancellation of this
+            # task (close()) through.
+            await asyncio.wait({reader, writer})
             for task in (reader, writer):
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                    await task
+                if not task.cancelled():
+                    task.exception()  # retrieved: the first one was raised above
 
     async def _write(self, call: Any) -> None:
         # Batches a broken stream left unacknowledged go first, in their order.

@@ -18,6 +18,7 @@ import pytest
 from isp_rating.v1 import usage_pb2_grpc
 from server.app import build_app
 from server.settings import Settings
+from server.usage import collector as collector_module
 from server.usage.collector import UdpCollector, parse_listen
 from tests.conftest import RunningServer, TenantCtx
 from tests.usage.support import (
@@ -218,3 +219,28 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((LOCAL, 0))
         return int(probe.getsockname()[1])
+
+
+async def test_collector_ends_a_batch_at_its_byte_cap_and_forwards_every_datagram(
+    usage: Usage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large datagrams (RADIUS padding past Length, up to the UDP limit) fill a batch by
+    # bytes before its count: each batch stays under the cap, and every request is answered.
+    monkeypatch.setattr(collector_module, "MAX_BATCH_BYTES", 100_000)
+    await usage.register_nas(LOCAL)
+    async with collecting(usage.stub, usage.tenant) as (collector, nas):
+        sent = [
+            radius_packet(
+                radius_attributes(Rec(INTERIM, sid=f"big-{i}", t=60, session_time=60, inp=i)),
+                identifier=i,
+            )
+            + bytes(30_000)
+            for i in range(8)
+        ]
+        for packet in sent:
+            nas.send(packet)
+        answers = [await nas.answer() for _ in sent]
+    assert sorted(a[1] for a in answers) == list(range(8))
+    assert all(any(_answers(p, a) for a in answers) for p in sent)
+    assert collector.stats.batches >= 3  # 8 x 30 kB in batches of at most 100 kB
+    assert (collector.stats.accepted, collector.stats.answered) == (8, 8)
