@@ -13,12 +13,10 @@ Figures go to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import os
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -31,8 +29,9 @@ import pytest
 from benchmarks.conftest import REPO, ServerProcess
 from isp_rating.v1 import usage_pb2 as pb
 from isp_rating.v1 import usage_pb2_grpc
+from tests.usage.support import attr, attr_int, radius_packet
 
-SECRET = b"bench-secret"
+SECRET = "bench-secret"  # noqa: S105 - the simulated NAS's shared secret
 REQUESTS = 60_000
 SESSIONS = 20_000
 WINDOW = 16_000  # unanswered requests at once, over PORTS sockets
@@ -42,36 +41,22 @@ T0 = 1_709_287_200  # 2024-03-01T10:00:00Z
 _round = itertools.count()
 
 
-def _attr(kind: int, value: bytes) -> bytes:
-    return bytes([kind, len(value) + 2]) + value
-
-
-def _int(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack(">I", value))
-
-
 def interim(tag: str, session: int, step: int) -> bytes:
     """The attributes of session `session`'s `step`-th Interim-Update, 300 s apart."""
     seconds = 300 * (step + 1)
     return b"".join(
         (
-            _int(40, 3),
-            _attr(44, f"{tag}{session:06d}".encode()),
-            _attr(1, f"user{session}".encode()),
-            _attr(32, b"bench-nas"),
-            _int(42, 1000 * seconds),
-            _int(43, 5000 * seconds),
-            _int(46, seconds),
-            _int(55, T0 + seconds),
-            _int(41, 0),
+            attr_int(40, 3),
+            attr(44, f"{tag}{session:06d}".encode()),
+            attr(1, f"user{session}".encode()),
+            attr(32, b"bench-nas"),
+            attr_int(42, 1000 * seconds),
+            attr_int(43, 5000 * seconds),
+            attr_int(46, seconds),
+            attr_int(55, T0 + seconds),
+            attr_int(41, 0),
         )
     )
-
-
-def sign(attributes: bytes, identifier: int) -> bytes:
-    head = bytes([4, identifier]) + struct.pack(">H", 20 + len(attributes))
-    auth = hashlib.md5(head + bytes(16) + attributes + SECRET).digest()  # noqa: S324
-    return head + auth + attributes
 
 
 class _Port(asyncio.DatagramProtocol):
@@ -130,7 +115,7 @@ async def _round_trip(port: int, requests: list[bytes]) -> CollectResult:
         try:
             for attributes in share:
                 identifier = await nas.free.get()
-                packet = sign(attributes, identifier)
+                packet = radius_packet(attributes, SECRET, identifier)
                 nas.sent_at[identifier] = time.perf_counter()
                 nas.packets[identifier] = (packet, nas.sent_at[identifier])
                 transport.sendto(packet)

@@ -117,8 +117,8 @@ async def test_collector_answers_recorded_requests_again_and_never_a_bad_authent
     assert (await usage.session()).input_bytes == 1000
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
+def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind((LOCAL, 0))
         return int(probe.getsockname()[1])
 
@@ -177,7 +177,7 @@ async def test_collect_command_answers_the_nas_and_drains_on_sigterm(
     server: RunningServer, usage: Usage
 ) -> None:
     await usage.register_nas(LOCAL, "testing123")
-    port = _free_udp_port()
+    port = _free_port(socket.SOCK_DGRAM)
     process = await asyncio.create_subprocess_exec(
         *RATING,
         "collect",
@@ -213,12 +213,6 @@ async def test_collect_command_answers_the_nas_and_drains_on_sigterm(
     summary = json.loads(out)
     assert (summary["received"], summary["accepted"], summary["answered"]) == (1, 1, 1)
     assert summary["drained"] is True
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOCAL, 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_collector_ends_a_batch_at_its_byte_cap_and_forwards_every_datagram(
