@@ -808,6 +808,25 @@ impl Engine {
         None
     }
 
+    /// The instance of `head`'s id that started last (the head itself unless an older
+    /// session was found after a newer one; on a tie, the higher generation).
+    fn latest(&self, head: u32) -> u32 {
+        let first = &self.sessions[head as usize];
+        let sid = self.strings.sid(first);
+        let mut best = head;
+        let mut slot = first.prev;
+        while slot != NONE {
+            let s = &self.sessions[slot as usize];
+            if self.same_identity(s, first.nas, sid)
+                && s.start_us > self.sessions[best as usize].start_us
+            {
+                best = slot;
+            }
+            slot = s.prev;
+        }
+        best
+    }
+
     /// The instance of (nas, sid), from its newest `head`, that a record with start time
     /// `implied` belongs to: its start is within `gap` of `implied` and, if it is closed,
     /// it had not ended before `implied` (or `implied` is its own start, rounded: a
@@ -1062,7 +1081,7 @@ impl Engine {
         out
     }
 
-    /// `(NAS key, session id, lo, hi)` for the batch's Interims and Stops whose instance
+    /// `(NAS key, session id, lo, hi)` for the batch's Starts, Interims and Stops whose instance
     /// may be one the engine forgot (or was not loaded with): a stored instance it does not
     /// hold could start closer to the record's implied start than any instance it holds
     /// (or within the NAS's tolerance of it, when none does). Each id once, in batch order,
@@ -1083,15 +1102,18 @@ impl Engine {
         let mut at: FxHashMap<(u32, &[u8]), usize> = FxHashMap::default();
         let mut out: Vec<(String, String, i64, i64)> = Vec::new();
         for r in &p.records {
-            if !matches!(r.status, STATUS_STOP | STATUS_INTERIM) {
+            if !matches!(r.status, STATUS_START | STATUS_STOP | STATUS_INTERIM) {
                 continue;
             }
             let Some(nas) = nas_map.get(r.nas as usize).copied().flatten() else {
                 continue;
             };
             let n = &self.nas[nas as usize];
-            let Some(time) = r.session_time() else {
-                continue;
+            // A Start is at session time 0 whether or not it says so (as in `apply`).
+            let time = match r.session_time() {
+                None if r.status == STATUS_START => 0,
+                None => continue,
+                Some(t) => t,
             };
             let implied = r.event_us.saturating_sub(i64::from(time) * US);
             let gap = n.policy.gap_us();
@@ -1426,8 +1448,23 @@ impl Engine {
                 gap: false,
                 close: None,
             },
-            Some(cur) => {
+            Some(h) => {
+                // Decisions are against the instance that started last; the head has the
+                // highest generation, which is the same one unless an older session was
+                // found after a newer one (its generation is the next number all the same).
+                let cur = self.latest(h);
                 let c = &self.sessions[cur as usize];
+                // A record that started far before the latest instance belongs to an older
+                // one: its own if the engine holds it, else a session nobody saw start.
+                let older = |im: i64, lost_start: bool| match self.chain_match(h, sid, im, gap) {
+                    Some(m) => Target::Existing(m),
+                    None => Target::Create {
+                        lost_start,
+                        gap: false,
+                        close: None,
+                    },
+                };
+                let far_before = |im: i64| im < c.start_us.saturating_sub(gap);
                 if r.status == STATUS_START {
                     if c.state == STATE_OPEN {
                         match implied {
@@ -1436,6 +1473,7 @@ impl Engine {
                                 gap: true,
                                 close: Some(cur),
                             },
+                            Some(im) if far_before(im) => older(im, false),
                             _ => Target::Existing(cur),
                         }
                     } else if r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
@@ -1451,13 +1489,16 @@ impl Engine {
                             close: None,
                         }
                     } else {
-                        Target::Existing(cur)
+                        match implied {
+                            Some(im) if far_before(im) => older(im, false),
+                            _ => Target::Existing(cur),
+                        }
                     }
                 } else {
                     match implied {
                         None => Target::Existing(cur),
                         Some(im) => {
-                            if let Some(m) = self.chain_match(cur, sid, im, gap) {
+                            if let Some(m) = self.chain_match(h, sid, im, gap) {
                                 Target::Existing(m)
                             } else if im > c.start_us.saturating_add(gap) {
                                 let close = (c.state == STATE_OPEN).then_some(cur);
@@ -1466,9 +1507,9 @@ impl Engine {
                                     gap: true,
                                     close,
                                 }
-                            } else if c.state != STATE_OPEN && im > c.stop_us {
-                                // Started after the newest instance ended: a new session
-                                // whose Start was lost, not an update of the closed one.
+                            } else if (c.state != STATE_OPEN && im > c.stop_us) || far_before(im) {
+                                // Started after the newest instance ended, or long before it
+                                // began: a session whose Start was lost, not an update of it.
                                 Target::Create {
                                     lost_start: true,
                                     gap: false,

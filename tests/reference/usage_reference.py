@@ -189,33 +189,49 @@ class Reference:
         implied = None if time is None else n.event_us - time * US
         if not chain:
             return self.create(n, chain, lost_start=n.status != START, gap=False, close=None)
-        cur = chain[-1]
-        if n.status == START:
-            if cur.state == OPEN:
-                if implied is not None and implied > cur.start_us + gap:
-                    return self.create(n, chain, lost_start=False, gap=True, close=cur)
-                return self.existing(n, cur)
-            reused = cur.start_us < n.event_us and n.event_us >= cur.stop_us
-            own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
-            if not own_start and (n.event_us > cur.last_update_us or reused):
-                return self.create(n, chain, lost_start=False, gap=False, close=None)
-            return self.existing(n, cur)
-        if implied is None:
-            return self.existing(n, cur)
+        # The instance that started last (on a tie the newest); generations count in the
+        # order instances were found, so an older session found late has the next number.
+        cur = max(reversed(chain), key=lambda s: s.start_us)
 
         def owns(s: Session) -> bool:
+            assert implied is not None
             distance = abs(s.start_us - implied)
             ended_before = s.state != OPEN and implied > s.stop_us
             return distance <= gap and (not ended_before or distance <= START_SLACK_US)
 
-        owners = [s for s in chain if owns(s)]
-        if owners:
+        def owner() -> Session | None:
+            owners = [s for s in chain if owns(s)]
             # The closest start; on a tie the newest (min keeps the first of equals).
-            return self.existing(n, min(reversed(owners), key=lambda s: abs(s.start_us - implied)))
+            return (
+                min(reversed(owners), key=lambda s: abs(s.start_us - implied)) if owners else None
+            )
+
+        far_before = implied is not None and implied < cur.start_us - gap
+        if n.status == START:
+            if cur.state == OPEN:
+                if implied is not None and implied > cur.start_us + gap:
+                    return self.create(n, chain, lost_start=False, gap=True, close=cur)
+            else:
+                reused = cur.start_us < n.event_us and n.event_us >= cur.stop_us
+                own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
+                if not own_start and (n.event_us > cur.last_update_us or reused):
+                    return self.create(n, chain, lost_start=False, gap=False, close=None)
+            if far_before:
+                # A Start long before the latest instance began: an older session's.
+                s = owner()
+                if s is None:
+                    return self.create(n, chain, lost_start=False, gap=False, close=None)
+                return self.existing(n, s)
+            return self.existing(n, cur)
+        if implied is None:
+            return self.existing(n, cur)
+        s = owner()
+        if s is not None:
+            return self.existing(n, s)
         if implied > cur.start_us + gap:
             close = cur if cur.state == OPEN else None
             return self.create(n, chain, lost_start=True, gap=True, close=close)
-        if cur.state != OPEN and implied > cur.stop_us:
+        if (cur.state != OPEN and implied > cur.stop_us) or far_before:
             return self.create(n, chain, lost_start=True, gap=False, close=None)
         return "late"
 
@@ -225,7 +241,7 @@ class Reference:
         if close is not None:
             self.close_without_stop(close, STALE_CLOSED)
         implied = n.event_us if n.session_time is None else n.event_us - n.session_time * US
-        generation = chain[-1].generation + 1 if chain else 1
+        generation = max(s.generation for s in chain) + 1 if chain else 1
         s = Session(
             n.nas, n.sid, generation, n.user, n.calling, n.framed,
             start_us=implied, last_update_us=n.event_us,

@@ -231,6 +231,16 @@ class Usage:
                 return out
             request.page_token = page.next_page_token
 
+    async def unattributed_bytes(self) -> tuple[int, int]:
+        """Input and output bytes of every unattributed identity (from the hourly buckets)."""
+        page = await self.stub.ListUnattributedUsage(
+            pb.ListUnattributedUsageRequest(page_size=1000), metadata=self.metadata
+        )
+        return (
+            sum(u.input_bytes for u in page.usage),
+            sum(u.output_bytes for u in page.usage),
+        )
+
     async def session(self, sid: str = "sess-1", nas: str = "nas-1") -> pb.Session:
         found = [s for s in await self.sessions() if s.acct_session_id == sid and s.nas_key == nas]
         assert len(found) == 1, found

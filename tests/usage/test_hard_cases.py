@@ -436,6 +436,59 @@ async def test_new_generation_begins_when_start_implies_a_start_far_from_the_ope
     assert gens[2].state == pb.SESSION_STATE_OPEN
 
 
+async def test_stop_of_an_unseen_older_session_creates_it_below_the_open_newer_one(
+    usage: Usage, form: str
+) -> None:
+    # The Stop of a session that ended before the NAS reused its id arrives after the new
+    # session's Start; nothing of the old session was seen (its Start was lost).
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=5000, session_time=0),
+        Rec(STOP, t=1000, session_time=1000, inp=500, out=700, cause=1),
+    )
+    assert counts(acks[1]) == (1, 0, 0, 0)
+    gens = by_generation(await usage.sessions())
+    newer, older = gens[1], gens[2]  # generations count in the order instances were found
+    assert (utc(newer.start_at), newer.state, newer.input_bytes) == (
+        at(5000),
+        pb.SESSION_STATE_OPEN,
+        0,
+    )
+    assert (utc(older.start_at), utc(older.stop_at)) == (at(0), at(1000))
+    assert (older.input_bytes, older.output_bytes, older.session_time_s) == (500, 700, 1000)
+    assert older.state == pb.SESSION_STATE_CLOSED
+    assert "lost_start" in older.flags
+    assert await usage.unattributed_bytes() == (500, 700)
+
+
+async def test_generations_delivered_in_reverse_order_each_keep_their_usage(
+    usage: Usage, form: str
+) -> None:
+    # Generation 2 (started at 1000) reaches the server before all of generation 1
+    # (started at 0, stopped at 1000); then generation 2's Stop.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=1000, session_time=0),
+        Rec(INTERIM, t=1600, session_time=600, inp=60, out=6),
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=10, out=1),
+        Rec(STOP, t=1000, session_time=1000, inp=20, out=2, cause=1),
+        Rec(STOP, t=2000, session_time=1000, inp=80, out=8, cause=1),
+        # A retransmit of the older session's Start is its own, not the newer one's.
+        Rec(START, t=0, session_time=0, delay=5),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 6 + [(0, 1, 0, 0)]
+    sessions = await usage.sessions()
+    assert len(sessions) == 2
+    by_start = {utc(s.start_at): s for s in sessions}
+    first, second = by_start[at(0)], by_start[at(1000)]
+    assert (first.input_bytes, first.output_bytes, first.session_time_s) == (20, 2, 1000)
+    assert (second.input_bytes, second.output_bytes, second.session_time_s) == (80, 8, 1000)
+    assert (utc(first.stop_at), utc(second.stop_at)) == (at(1000), at(2000))
+    assert first.state == second.state == pb.SESSION_STATE_CLOSED
+    assert await usage.unattributed_bytes() == (100, 10)
+
+
 DAY = 86_400
 
 
