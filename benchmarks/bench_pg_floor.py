@@ -15,6 +15,10 @@ work only, with none of the engine, gRPC or the ingest path's conflict handling.
 - sessions COPY+UPDATE: 100,000 session rows of one tenant (fillfactor 50); per batch, a
   binary COPY of 10,000 changed rows (counters, last update, session time, last key) into a
   temp stage and one UPDATE ... FROM the stage on the primary key (HOT updates).
+- batch journal: not this project's schema but the write a per-batch ledger would make
+  (docs/decisions.md, "What 500k records/s needs"): one row per batch and connection
+  holding all its entries (88 random bytes each, stored uncompressed) in one bytea. Rows/s
+  here are the records those rows carry.
 
 Each case empties its table first, prints `pg floor <case>, <n> connection(s): <rows/s>`
 (the median of 3 rounds, each with fresh rows) and keeps rows_per_s in extra_info.
@@ -376,6 +380,14 @@ async def _update_sessions(conn: asyncpg.Connection, payload: bytes) -> None:
     assert status != "UPDATE 0", status
 
 
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def _query(url: str, sql: str) -> Any:
     conn = await asyncpg.connect(url)
     try:
@@ -435,6 +447,47 @@ async def _updates_since(url: str, before: tuple[int, int], expected: int) -> tu
         return updates - before[0], hot - before[1]
     finally:
         await conn.close()
+
+
+JOURNAL: tuple[tuple[str, Kind], ...] = (
+    ("tenant_id", "uuid"),
+    ("batch_seq", "int8"),
+    ("entries", "bytea"),
+)
+JOURNAL_DDL = (
+    "CREATE TABLE IF NOT EXISTS floor_batch_journal (tenant_id uuid NOT NULL,"
+    " batch_seq bigint NOT NULL, entries bytea NOT NULL, PRIMARY KEY (tenant_id, batch_seq));"
+    " ALTER TABLE floor_batch_journal ALTER COLUMN entries SET STORAGE EXTERNAL;"
+    " TRUNCATE floor_batch_journal"
+)
+
+
+def _journal_rows(seq: int, part: int, parts: int) -> Iterator[tuple[object, ...]]:
+    """The one journal row of batch `seq` for connection `part`: its share of the entries."""
+    share = sum(1 for i in range(BATCH) if _nas(i) % parts == part)
+    yield (TENANT, seq * parts + part, _rng.randbytes(ENTRY_BYTES * share))
+
+
+async def _copy_journal(conn: asyncpg.Connection, payload: bytes) -> None:
+    await conn.copy_to_table(
+        "floor_batch_journal",
+        source=io.BytesIO(payload),
+        columns=[name for name, _ in JOURNAL],
+        format="binary",
+    )
+
+
+@pytest.mark.benchmark(group="pg-floor")
+@pytest.mark.parametrize("connections", [1, 2])
+def test_pg_floor_batch_journal(
+    benchmark: BenchmarkFixture, floor_db: str, connections: int
+) -> None:
+    asyncio.run(_execute(floor_db, JOURNAL_DDL))
+    kinds = [kind for _, kind in JOURNAL]
+    rate = _measure(benchmark, floor_db, connections, _journal_rows, kinds, _copy_journal)
+    _report("batch journal (records carried)", connections, rate)
+    written = asyncio.run(_query(floor_db, "SELECT sum(length(entries)) FROM floor_batch_journal"))
+    assert written == (WARMUP + BATCHES) * BATCH * ROUNDS * ENTRY_BYTES
 
 
 @pytest.mark.benchmark(group="pg-floor")
