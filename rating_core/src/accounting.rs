@@ -1081,6 +1081,35 @@ impl Engine {
         out
     }
 
+    /// The content key `apply` would give each entry against the engine's state now (all
+    /// zero when quarantined): `prepare`'s key, completed with its instance's start for
+    /// a record without Event-Timestamp ([`Record::key_by_instance`]). Look these up in the
+    /// ledger for `apply_known`. A record whose instance an earlier record of the same
+    /// batch creates is keyed against the state before the batch. Changes nothing.
+    #[must_use]
+    pub fn content_keys(&self, p: &Prepared, batch: &[u8]) -> Vec<[u8; 16]> {
+        let input = Input { p, batch };
+        p.records
+            .iter()
+            .map(|r| {
+                if !r.key_by_instance() || r.status == STATUS_NONE {
+                    return r.key;
+                }
+                let Some(&nas) = p
+                    .nas_keys
+                    .get(r.nas as usize)
+                    .and_then(|k| self.nas_ids.get(k))
+                else {
+                    // A NAS the engine has never seen: every instance is new.
+                    let start = Self::implied_start(r).unwrap_or(r.event_us);
+                    return record::instance_key(&r.key, start);
+                };
+                let sid = input.text(r.sid);
+                self.final_key(r, nas, sid_tag(nas, sid), sid)
+            })
+            .collect()
+    }
+
     /// `(NAS key, session id, lo, hi)` for the batch's Starts, Interims and Stops whose instance
     /// may be one the engine forgot (or was not loaded with): a stored instance it does not
     /// hold could start closer to the record's implied start than any instance it holds
@@ -1309,15 +1338,21 @@ impl Engine {
                 out.session_index.push(-1);
                 continue;
             }
-            out.content_key.push(r.key);
+            let key = match r.status {
+                STATUS_START | STATUS_STOP | STATUS_INTERIM => {
+                    self.final_key(r, nas_map[r.nas as usize], tags[i], input.text(r.sid))
+                }
+                _ => r.key,
+            };
+            out.content_key.push(key);
             out.nas_index.push(r.nas as i32);
             let nas = nas_map[r.nas as usize];
             let in_ledger = known.is_some_and(|k| k.get(i).copied().unwrap_or(false));
             let (outcome, slot) = if in_ledger {
                 (OUTCOME_DUPLICATE, NONE)
             } else if let Some(slot) = seen
-                .get(&key_prefix(&r.key))
-                .filter(|&&j| p.records[j as usize].key == r.key)
+                .get(&key_prefix(&key))
+                .filter(|&&j| out.content_key[j as usize] == key)
                 .map(|&j| out.session_index[j as usize])
             {
                 let slot = if slot < 0 {
@@ -1330,11 +1365,11 @@ impl Engine {
                 let (o, slot) = if r.status == STATUS_ON || r.status == STATUS_OFF {
                     self.on_off(i, r, nas, &mut t)
                 } else {
-                    self.session_record(i, r, nas, tags[i], input, &mut t, &mut out)
+                    self.session_record(i, r, &key, nas, tags[i], input, &mut t, &mut out)
                 };
                 if o != OUTCOME_DUPLICATE {
                     // A 64-bit prefix collision keeps the first record (the ledger dedups).
-                    seen.entry(key_prefix(&r.key)).or_insert(i as u32);
+                    seen.entry(key_prefix(&key)).or_insert(i as u32);
                 }
                 (o, slot)
             };
@@ -1422,25 +1457,21 @@ impl Engine {
         (OUTCOME_ACCEPTED, NONE)
     }
 
-    fn session_record(
-        &mut self,
-        i: usize,
-        r: &Record,
-        nas: u32,
-        tag: u32,
-        p: Input<'_>,
-        t: &mut Touched,
-        out: &mut ApplyOutput,
-    ) -> (u8, u32) {
-        let sid = p.text(r.sid);
-        let policy = self.nas[nas as usize].policy;
-        let gap = policy.gap_us();
+    /// The start time a record implies (event − session time; a Start is at time 0).
+    fn implied_start(r: &Record) -> Option<i64> {
         // A Start is at session time 0 whether or not it says so (most omit the attribute).
         let time = match r.session_time() {
             None if r.status == STATUS_START => Some(0),
             t => t,
         };
-        let implied = time.map(|st| r.event_us.saturating_sub(i64::from(st) * US));
+        time.map(|st| r.event_us.saturating_sub(i64::from(st) * US))
+    }
+
+    /// Which instance a session record belongs to (docs/accounting-engine.md), and the
+    /// id's head; changes nothing.
+    fn route(&self, r: &Record, nas: u32, tag: u32, sid: &[u8]) -> (Option<u32>, Target) {
+        let gap = self.nas[nas as usize].policy.gap_us();
+        let implied = Self::implied_start(r);
         let head = self.find_head(tag, nas, sid);
         let target = match head {
             None => Target::Create {
@@ -1523,6 +1554,37 @@ impl Engine {
                 }
             }
         };
+        (head, target)
+    }
+
+    /// The record's content key: as prepared, or completed with the start of the instance
+    /// it belongs to (`Record::key_by_instance`).
+    fn final_key(&self, r: &Record, nas: u32, tag: u32, sid: &[u8]) -> [u8; 16] {
+        if !r.key_by_instance() {
+            return r.key;
+        }
+        let start = match self.route(r, nas, tag, sid).1 {
+            Target::Existing(slot) | Target::Late(slot) => self.sessions[slot as usize].start_us,
+            Target::Create { .. } => Self::implied_start(r).unwrap_or(r.event_us),
+        };
+        record::instance_key(&r.key, start)
+    }
+
+    fn session_record(
+        &mut self,
+        i: usize,
+        r: &Record,
+        key: &[u8; 16],
+        nas: u32,
+        tag: u32,
+        p: Input<'_>,
+        t: &mut Touched,
+        out: &mut ApplyOutput,
+    ) -> (u8, u32) {
+        let sid = p.text(r.sid);
+        let policy = self.nas[nas as usize].policy;
+        let implied = Self::implied_start(r);
+        let (head, target) = self.route(r, nas, tag, sid);
         match target {
             Target::Late(slot) => (OUTCOME_LATE, slot),
             Target::Create {
@@ -1574,7 +1636,7 @@ impl Engine {
                             .push((i as i64, slot, bit, flag_detail(bit).into()));
                     }
                 }
-                let o = self.update(i, slot, r, policy, p, t, out);
+                let o = self.update(i, slot, r, key, policy, p, t, out);
                 (o, slot)
             }
             Target::Existing(slot) => {
@@ -1582,14 +1644,14 @@ impl Engine {
                     let s = &self.sessions[slot as usize];
                     (s.state, s.last_key, s.session_time)
                 };
-                if last_key == key_prefix(&r.key) {
+                if last_key == key_prefix(key) {
                     return (OUTCOME_DUPLICATE, slot);
                 }
                 match (state, r.status) {
                     (STATE_OPEN, _)
                     | (STATE_STOPPED, STATUS_STOP)
                     | (STATE_CLOSED_NO_STOP, STATUS_STOP | STATUS_INTERIM) => {
-                        (self.update(i, slot, r, policy, p, t, out), slot)
+                        (self.update(i, slot, r, key, policy, p, t, out), slot)
                     }
                     (STATE_STOPPED, STATUS_INTERIM) => {
                         if r.session_time().is_none_or(|st| st >= session_time) {
@@ -1616,6 +1678,7 @@ impl Engine {
         i: usize,
         slot: u32,
         r: &Record,
+        key: &[u8; 16],
         policy: NasPolicy,
         p: Input<'_>,
         t: &mut Touched,
@@ -1652,7 +1715,7 @@ impl Engine {
             new_flags |= CLOCK_SKEW;
         }
         s.last_update_us = s.last_update_us.max(r.event_us);
-        s.last_key = key_prefix(&r.key);
+        s.last_key = key_prefix(key);
         if s.state == STATE_CLOSED_NO_STOP {
             new_flags |= LATE_STOP;
             s.stop_us = s.last_update_us;

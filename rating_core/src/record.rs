@@ -45,6 +45,7 @@ const OUTPUT_GW: u8 = 8;
 const HAS_TIME: u8 = 16;
 const HAS_CAUSE: u8 = 32;
 const SKEWED: u8 = 64;
+const KEY_BY_INSTANCE: u8 = 128;
 
 /// One normalized accounting record (counters are 64-bit, gigawords folded in).
 /// Compact (104 bytes): optional values are a presence bit plus a value.
@@ -106,6 +107,13 @@ impl Record {
     #[must_use]
     pub fn skewed(&self) -> bool {
         self.bits & SKEWED != 0
+    }
+    /// The content key still lacks its time: a Start, or an Interim/Stop with a session
+    /// time, sent without Event-Timestamp is pinned by the start of the instance it
+    /// belongs to ([`instance_key`]), which only `apply` knows.
+    #[must_use]
+    pub fn key_by_instance(&self) -> bool {
+        self.bits & KEY_BY_INSTANCE != 0
     }
     fn set<T: Default>(&mut self, bit: u8, v: Option<T>) -> T {
         match v {
@@ -301,6 +309,18 @@ pub fn content_key(
     h.word(output.unwrap_or(0));
     h.word(key_time_s as u64);
     h.word(u64::from(terminate_cause.unwrap_or(0)));
+    h.finish()
+}
+
+/// The content key of a record whose time is its instance's start (see
+/// [`Record::key_by_instance`]): `key` from `prepare`, completed with that start (µs).
+/// A record's copies land on the same instance and get the same key; the same content in
+/// another generation of a reused id does not.
+#[must_use]
+pub fn instance_key(key: &[u8; 16], start_us: i64) -> [u8; 16] {
+    let mut h = KeyHasher::new();
+    h.chunks(key);
+    h.word(start_us as u64);
     h.finish()
 }
 
@@ -666,16 +686,22 @@ fn prepare_one(
         Some(_) => (base, true),
         None => (base, false),
     };
-    // Event time in the key: the NAS's Event-Timestamp; without one, an Interim or Stop is
-    // pinned by its session time (two collectors' arrival clocks must not split a
-    // retransmit), anything else by arrival − delay.
+    // Event time in the key: the NAS's Event-Timestamp. Without one, arrival − delay
+    // differs between a record's copies (two collectors' clocks, a retransmit's whole-second
+    // Acct-Delay-Time), so a Start, or an Interim/Stop with a session time, is pinned by the
+    // start of its instance instead (`apply` completes the key: `instance_key`); anything
+    // else by arrival − delay in whole seconds.
+    let by_instance = f.event_ts_us.is_none()
+        && (status == STATUS_START
+            || (f.session_time.is_some() && matches!(status, STATUS_STOP | STATUS_INTERIM)));
     let key_time_s = match f.event_ts_us {
         Some(ts) => ts.div_euclid(US),
-        None if f.session_time.is_some() && matches!(status, STATUS_STOP | STATUS_INTERIM) => {
-            i64::MIN
-        }
+        None if by_instance => i64::MIN,
         None => base.div_euclid(US),
     };
+    if by_instance {
+        rec.bits |= KEY_BY_INSTANCE;
+    }
     rec.status = status;
     rec.nas = n;
     rec.sid = span_in(batch, arena, sid_text); // text outside the batch goes to the arena

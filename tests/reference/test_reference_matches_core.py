@@ -201,13 +201,21 @@ def test_engine_matches_reference_when_traffic_is_noisy_and_split_anywhere(
             continue
         prepared = engine.prepare(batch([decoded_entry(r) for r in part]), T0)
         _recall(engine, prepared, db)
-        # The service looks the batch's content keys up in the ledger before applying.
-        known = np.array([k.tobytes() in ledger for k in prepared.content_key], dtype=np.bool_)
+        # The ledger lookup before apply, with the keys apply will give (content_keys).
+        known = np.array(
+            [k.tobytes() in ledger for k in engine.content_keys(prepared)], dtype=np.bool_
+        )
         result = engine.apply(prepared, known)
         collect(result)
         for i, r in enumerate(part):
             outcome = OUTCOME_NAMES[int(result.outcome[i])]
             key = result.content_key[i].tobytes()
+            if outcome in ("accepted", "late") and key in ledger:
+                # A key `known` could not name (its time is its instance's start, which
+                # only apply knows): the service's ledger insert finds it, and a late
+                # record is then a duplicate (an accepted one would re-run the batch).
+                assert outcome == "late", f"accepted a record the ledger holds: {r}"
+                outcome = "duplicate"
             if outcome in ("accepted", "late"):
                 ledger.add(key)
             rust_outcomes.append(outcome)
@@ -404,7 +412,9 @@ def test_reloading_from_the_database_changes_nothing_when_every_batch_starts_fre
             else:
                 assert e is not None
                 prepared = e.prepare(data, T0)
-            known = np.array([k.tobytes() in ledger for k in prepared.content_key], dtype=np.bool_)
+            known = np.array(
+                [k.tobytes() in ledger for k in e.content_keys(prepared)], dtype=np.bool_
+            )
             result = e.apply(prepared, known)
             for i in range(len(prepared)):
                 if int(result.outcome[i]) in (rc.OUTCOME_ACCEPTED, rc.OUTCOME_LATE):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.reference.accounting_wire import Rec
 
@@ -86,6 +87,7 @@ class Norm:
     skewed: bool
     terminate_cause: int | None
     key: tuple[object, ...]
+    by_instance: bool
 
 
 def canonical(address: str) -> str:
@@ -146,10 +148,15 @@ class Reference:
         else:
             event = base
             skewed = rec.event_ts_us is not None
+        # Without Event-Timestamp, a Start or an Interim/Stop with a session time is pinned
+        # by the start of its instance (added in `record`), the rest by arrival - delay.
+        by_instance = rec.event_ts_us is None and (
+            rec.status == START or (rec.session_time is not None and rec.status in (STOP, INTERIM))
+        )
         if rec.event_ts_us is not None:
             key_time: int | None = rec.event_ts_us // US
-        elif rec.session_time is not None and rec.status in (STOP, INTERIM):
-            key_time = None  # pinned by the session time
+        elif by_instance:
+            key_time = None
         else:
             key_time = base // US
         inp = counter(rec.input_octets, rec.input_gigawords)
@@ -158,7 +165,7 @@ class Reference:
         return Norm(
             rec.status, nas, rec.sid, rec.user, rec.calling, rec.framed_ip, inp, out,
             rec.input_gigawords is not None, rec.output_gigawords is not None,
-            rec.session_time, event, skewed, rec.terminate_cause, key,
+            rec.session_time, event, skewed, rec.terminate_cause, key, by_instance,
         )  # fmt: skip
 
     # -- one record -------------------------------------------------------------------
@@ -166,9 +173,15 @@ class Reference:
         n = self.normalize(rec, default_arrival_us)
         if isinstance(n, str):
             return "quarantined"
-        if n.key in self.ledger:
+        key = n.key
+        if n.by_instance:
+            # The key's time is the start of the instance the record belongs to.
+            _, s, _ = self.route(n)
+            start = s.start_us if s is not None else self.implied_start(n)
+            key = (*n.key, start)
+        if key in self.ledger:
             return "duplicate"
-        self.ledger.add(n.key)
+        self.ledger.add(key)
         if n.status in (ON, OFF):
             for chain in self.chains.values():
                 for s in chain:
@@ -177,18 +190,31 @@ class Reference:
             return "accepted"
         return self.session_record(n)
 
+    @staticmethod
+    def implied_start(n: Norm) -> int:
+        return n.event_us if n.session_time is None else n.event_us - n.session_time * US
+
     def close_without_stop(self, s: Session, flag: int) -> None:
         s.state = CLOSED_NO_STOP
         s.stop_us = s.last_update_us
         s.flags |= flag
 
     def session_record(self, n: Norm) -> str:
+        kind, s, how = self.route(n)
+        if kind == "create":
+            return self.create(n, self.chains[(n.nas, n.sid)], **how)
+        assert s is not None
+        return self.existing(n, s) if kind == "existing" else "late"
+
+    def route(self, n: Norm) -> tuple[str, Session | None, dict[str, Any]]:
+        """Which instance a session record belongs to: ("existing" or "late", it, {}) or
+        ("create", None, how); changes nothing but adds the id's empty chain."""
         chain = self.chains.setdefault((n.nas, n.sid), [])
         gap = self.policy(n.nas).clock_skew_tolerance_s * US
         time = 0 if n.session_time is None and n.status == START else n.session_time
         implied = None if time is None else n.event_us - time * US
         if not chain:
-            return self.create(n, chain, lost_start=n.status != START, gap=False, close=None)
+            return ("create", None, {"lost_start": n.status != START, "gap": False, "close": None})
         # The instance that started last (on a tie the newest); generations count in the
         # order instances were found, so an older session found late has the next number.
         cur = max(reversed(chain), key=lambda s: s.start_us)
@@ -200,6 +226,7 @@ class Reference:
             return distance <= gap and (not ended_before or distance <= START_SLACK_US)
 
         def owner() -> Session | None:
+            assert implied is not None
             owners = [s for s in chain if owns(s)]
             # The closest start; on a tie the newest (min keeps the first of equals).
             return (
@@ -210,37 +237,37 @@ class Reference:
         if n.status == START:
             if cur.state == OPEN:
                 if implied is not None and implied > cur.start_us + gap:
-                    return self.create(n, chain, lost_start=False, gap=True, close=cur)
+                    return ("create", None, {"lost_start": False, "gap": True, "close": cur})
             else:
                 reused = cur.start_us < n.event_us and n.event_us >= cur.stop_us
                 own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
                 if not own_start and (n.event_us > cur.last_update_us or reused):
-                    return self.create(n, chain, lost_start=False, gap=False, close=None)
+                    return ("create", None, {"lost_start": False, "gap": False, "close": None})
             if far_before:
                 # A Start long before the latest instance began: an older session's.
                 s = owner()
                 if s is None:
-                    return self.create(n, chain, lost_start=False, gap=False, close=None)
-                return self.existing(n, s)
-            return self.existing(n, cur)
+                    return ("create", None, {"lost_start": False, "gap": False, "close": None})
+                return ("existing", s, {})
+            return ("existing", cur, {})
         if implied is None:
-            return self.existing(n, cur)
+            return ("existing", cur, {})
         s = owner()
         if s is not None:
-            return self.existing(n, s)
+            return ("existing", s, {})
         if implied > cur.start_us + gap:
             close = cur if cur.state == OPEN else None
-            return self.create(n, chain, lost_start=True, gap=True, close=close)
+            return ("create", None, {"lost_start": True, "gap": True, "close": close})
         if (cur.state != OPEN and implied > cur.stop_us) or far_before:
-            return self.create(n, chain, lost_start=True, gap=False, close=None)
-        return "late"
+            return ("create", None, {"lost_start": True, "gap": False, "close": None})
+        return ("late", cur, {})
 
     def create(
         self, n: Norm, chain: list[Session], *, lost_start: bool, gap: bool, close: Session | None
     ) -> str:
         if close is not None:
             self.close_without_stop(close, STALE_CLOSED)
-        implied = n.event_us if n.session_time is None else n.event_us - n.session_time * US
+        implied = self.implied_start(n)
         generation = max(s.generation for s in chain) + 1 if chain else 1
         s = Session(
             n.nas, n.sid, generation, n.user, n.calling, n.framed,

@@ -492,6 +492,50 @@ async def test_generations_delivered_in_reverse_order_each_keep_their_usage(
 DAY = 86_400
 
 
+async def test_reused_id_without_event_timestamps_counts_each_generation_with_the_same_content(
+    usage: Usage, form: str
+) -> None:
+    # A NAS that sends no Event-Timestamp reuses the id a day later, and the new session's
+    # records carry the same session time and counters as the old one's: other records.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, event=False),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False),
+        Rec(STOP, t=700, session_time=700, inp=1000, out=2000, cause=1, event=False),
+        Rec(START, t=DAY, event=False),
+        Rec(INTERIM, t=DAY + 600, session_time=600, inp=1000, out=2000, event=False),
+        Rec(STOP, t=DAY + 700, session_time=700, inp=1000, out=2000, cause=1, event=False),
+        # A retransmit of the new session's Stop is still a duplicate.
+        Rec(STOP, t=DAY + 700, session_time=700, inp=1000, out=2000, cause=1, event=False, delay=4),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 6 + [(0, 1, 0, 0)]
+    gens = by_generation(await usage.sessions())
+    for g, start in ((1, 0), (2, DAY)):
+        assert (gens[g].input_bytes, gens[g].output_bytes, gens[g].session_time_s) == (
+            1000,
+            2000,
+            700,
+        )
+        assert (utc(gens[g].start_at), utc(gens[g].stop_at)) == (at(start), at(start + 700))
+        assert gens[g].state == pb.SESSION_STATE_CLOSED
+    assert await usage.unattributed_bytes() == (2000, 4000)
+
+
+async def test_retransmitted_start_without_event_timestamp_is_a_duplicate_across_a_second(
+    usage: Usage, form: str
+) -> None:
+    # Timed by arrival - Acct-Delay-Time, the copy lands in the next whole second.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=10.9, event=False),
+        Rec(START, t=10.9, event=False, delay=3, arrival_extra_s=0.2),
+        Rec(INTERIM, t=610.9, session_time=600, inp=5, out=6, event=False),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0), (0, 1, 0, 0), (1, 0, 0, 0)]
+    session = await usage.session()
+    assert (session.generation, session.input_bytes, session.session_time_s) == (1, 5, 600)
+
+
 async def test_reused_id_continues_the_generations_after_the_engine_forgot_the_old_one(
     usage: Usage, form: str
 ) -> None:
@@ -834,7 +878,8 @@ async def test_retransmitted_start_timed_by_arrival_opens_no_generation_after_a_
     await usage.send(form, Rec(START, t=0.9, session_time=0, event=False))
     assert await usage.sweep(at(2200)) == 1
     ack = await usage.send(form, Rec(START, t=1.1, session_time=0, event=False, delay=3))
-    assert counts(ack) == (0, 0, 1, 0)
+    # The same record: keyed by its instance's start, not by its arrival's second.
+    assert counts(ack) == (0, 1, 0, 0)
     assert [s.generation for s in await usage.sessions()] == [1]
 
 
