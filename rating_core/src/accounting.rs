@@ -245,7 +245,8 @@ struct NasState {
     seq: Option<i64>,
     policy: NasPolicy,
     /// Content keys of the NAS's recent Accounting-On/Off records (dedup of repeats).
-    last_onoff: Vec<[u8; 16]>,
+    /// With each, its status, event time and whether it was timed by its arrival.
+    last_onoff: Vec<([u8; 16], u8, i64, bool)>,
     /// The latest start of any stored instance of the NAS the engine does not hold
     /// (forgotten, or left out of a load); `i64::MIN` when it holds every instance ever
     /// applied or loaded, so a session id it does not hold has no stored instance either,
@@ -1429,7 +1430,20 @@ impl Engine {
     }
 
     fn on_off(&mut self, i: usize, r: &Record, nas: u32, t: &mut Touched) -> (u8, u32) {
-        if self.nas[nas as usize].last_onoff.contains(&r.key) {
+        // A copy timed by its arrival (no Event-Timestamp) may land in another whole second
+        // than the original: within 2 s of an On/Off of the same kind so timed, it is that one.
+        let repeat =
+            self.nas[nas as usize]
+                .last_onoff
+                .iter()
+                .any(|&(key, status, event_us, by_arrival)| {
+                    key == r.key
+                        || (by_arrival
+                            && r.timed_by_arrival()
+                            && status == r.status
+                            && event_us.abs_diff(r.event_us) <= START_SLACK_US.unsigned_abs())
+                });
+        if repeat {
             return (OUTCOME_DUPLICATE, NONE);
         }
         for slot in self.slots_of(nas) {
@@ -1453,7 +1467,7 @@ impl Engine {
         if recent.len() >= 8 {
             recent.remove(0);
         }
-        recent.push(r.key);
+        recent.push((r.key, r.status, r.event_us, r.timed_by_arrival()));
         (OUTCOME_ACCEPTED, NONE)
     }
 

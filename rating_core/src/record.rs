@@ -45,7 +45,7 @@ const OUTPUT_GW: u8 = 8;
 const HAS_TIME: u8 = 16;
 const HAS_CAUSE: u8 = 32;
 const SKEWED: u8 = 64;
-const KEY_BY_INSTANCE: u8 = 128;
+const NO_EVENT_TIMESTAMP: u8 = 128;
 
 /// One normalized accounting record (counters are 64-bit, gigawords folded in).
 /// Compact (104 bytes): optional values are a presence bit plus a value.
@@ -113,7 +113,15 @@ impl Record {
     /// belongs to ([`instance_key`]), which only `apply` knows.
     #[must_use]
     pub fn key_by_instance(&self) -> bool {
-        self.bits & KEY_BY_INSTANCE != 0
+        self.timed_by_arrival()
+            && (self.status == STATUS_START
+                || (self.session_time().is_some()
+                    && matches!(self.status, STATUS_STOP | STATUS_INTERIM)))
+    }
+    /// Sent without Event-Timestamp: the event time is arrival − Acct-Delay-Time.
+    #[must_use]
+    pub fn timed_by_arrival(&self) -> bool {
+        self.bits & NO_EVENT_TIMESTAMP != 0
     }
     fn set<T: Default>(&mut self, bit: u8, v: Option<T>) -> T {
         match v {
@@ -699,8 +707,8 @@ fn prepare_one(
         None if by_instance => i64::MIN,
         None => base.div_euclid(US),
     };
-    if by_instance {
-        rec.bits |= KEY_BY_INSTANCE;
+    if f.event_ts_us.is_none() {
+        rec.bits |= NO_EVENT_TIMESTAMP;
     }
     rec.status = status;
     rec.nas = n;

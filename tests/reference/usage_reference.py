@@ -88,6 +88,7 @@ class Norm:
     terminate_cause: int | None
     key: tuple[object, ...]
     by_instance: bool
+    by_arrival: bool
 
 
 def canonical(address: str) -> str:
@@ -117,6 +118,7 @@ class Reference:
     chains: dict[tuple[str, str], list[Session]] = field(default_factory=dict)
     ledger: set[tuple[object, ...]] = field(default_factory=set)
     buckets: dict[tuple[str, str, int, int], list[int]] = field(default_factory=dict)
+    onoff_by_arrival: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def policy(self, nas: str) -> Policy:
         return self.policies.get(nas, self.default_policy)
@@ -166,6 +168,7 @@ class Reference:
             rec.status, nas, rec.sid, rec.user, rec.calling, rec.framed_ip, inp, out,
             rec.input_gigawords is not None, rec.output_gigawords is not None,
             rec.session_time, event, skewed, rec.terminate_cause, key, by_instance,
+            rec.event_ts_us is None,
         )  # fmt: skip
 
     # -- one record -------------------------------------------------------------------
@@ -183,6 +186,16 @@ class Reference:
             return "duplicate"
         self.ledger.add(key)
         if n.status in (ON, OFF):
+            # A copy timed by its arrival may fall in another second: within 2 s of an
+            # On/Off of the same kind so timed, it is that one.
+            if n.by_arrival and any(
+                status == n.status and abs(event - n.event_us) <= START_SLACK_US
+                for status, event in self.onoff_by_arrival.get(n.nas, [])
+            ):
+                self.ledger.discard(key)
+                return "duplicate"
+            if n.by_arrival:
+                self.onoff_by_arrival.setdefault(n.nas, []).append((n.status, n.event_us))
             for chain in self.chains.values():
                 for s in chain:
                     if s.nas == n.nas and s.state == OPEN and s.start_us < n.event_us:

@@ -536,6 +536,24 @@ async def test_retransmitted_start_without_event_timestamp_is_a_duplicate_across
     assert (session.generation, session.input_bytes, session.session_time_s) == (1, 5, 600)
 
 
+async def test_accounting_on_without_event_timestamp_through_two_collectors_closes_once(
+    usage: Usage, form: str
+) -> None:
+    # The second collector's copy arrives 0.5 s later: timed by arrival, it would close the
+    # session that started just after the reboot.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(ON, sid="", t=999.9, user="", event=False),
+        Rec(START, sid="new", t=1000, session_time=0),
+        Rec(ON, sid="", t=999.9, user="", event=False, arrival_extra_s=0.5),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3 + [(0, 1, 0, 0)]
+    assert (await usage.session()).state == pb.SESSION_STATE_CLOSED
+    new = await usage.session("new")
+    assert (new.state, list(new.flags)) == (pb.SESSION_STATE_OPEN, [])
+
+
 async def test_reused_id_continues_the_generations_after_the_engine_forgot_the_old_one(
     usage: Usage, form: str
 ) -> None:
