@@ -1082,35 +1082,6 @@ impl Engine {
         out
     }
 
-    /// The content key `apply` would give each entry against the engine's state now (all
-    /// zero when quarantined): `prepare`'s key, completed with its instance's start for
-    /// a record without Event-Timestamp ([`Record::key_by_instance`]). Look these up in the
-    /// ledger for `apply_known`. A record whose instance an earlier record of the same
-    /// batch creates is keyed against the state before the batch. Changes nothing.
-    #[must_use]
-    pub fn content_keys(&self, p: &Prepared, batch: &[u8]) -> Vec<[u8; 16]> {
-        let input = Input { p, batch };
-        p.records
-            .iter()
-            .map(|r| {
-                if !r.key_by_instance() || r.status == STATUS_NONE {
-                    return r.key;
-                }
-                let Some(&nas) = p
-                    .nas_keys
-                    .get(r.nas as usize)
-                    .and_then(|k| self.nas_ids.get(k))
-                else {
-                    // A NAS the engine has never seen: every instance is new.
-                    let start = Self::implied_start(r).unwrap_or(r.event_us);
-                    return record::instance_key(&r.key, start);
-                };
-                let sid = input.text(r.sid);
-                self.final_key(r, nas, sid_tag(nas, sid), sid)
-            })
-            .collect()
-    }
-
     /// `(NAS key, session id, lo, hi)` for the batch's Starts, Interims and Stops whose instance
     /// may be one the engine forgot (or was not loaded with): a stored instance it does not
     /// hold could start closer to the record's implied start than any instance it holds
@@ -1366,7 +1337,12 @@ impl Engine {
                 let (o, slot) = if r.status == STATUS_ON || r.status == STATUS_OFF {
                     self.on_off(i, r, nas, &mut t)
                 } else {
-                    self.session_record(i, r, &key, nas, tags[i], input, &mut t, &mut out)
+                    let (o, slot) =
+                        self.session_record(i, r, &key, nas, tags[i], input, &mut t, &mut out);
+                    if o == OUTCOME_LATE && slot != NONE {
+                        self.note_skew(i, slot, r, &mut t);
+                    }
+                    (o, slot)
                 };
                 if o != OUTCOME_DUPLICATE {
                     // A 64-bit prefix collision keeps the first record (the ledger dedups).
@@ -1684,6 +1660,19 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A late record changes nothing, but a skewed clock is the NAS's: its session is
+    /// flagged (once) as an applied record's would be.
+    fn note_skew(&mut self, i: usize, slot: u32, r: &Record, t: &mut Touched) {
+        let s = &mut self.sessions[slot as usize];
+        if !r.skewed() || u32::from(s.flags) & CLOCK_SKEW != 0 {
+            return;
+        }
+        s.flags |= CLOCK_SKEW as u16;
+        t.row(slot, &mut s.row_tag);
+        t.anomalies
+            .push((i as i64, slot, CLOCK_SKEW, skew_detail(r)));
     }
 
     /// Applies one record to an instance: the delta rules of RADIUS.md.

@@ -217,7 +217,10 @@ class Reference:
         if kind == "create":
             return self.create(n, self.chains[(n.nas, n.sid)], **how)
         assert s is not None
-        return self.existing(n, s) if kind == "existing" else "late"
+        outcome = self.existing(n, s) if kind == "existing" else "late"
+        if outcome == "late" and n.skewed:
+            s.flags |= CLOCK_SKEW  # the NAS's clock, whatever the record's fate
+        return outcome
 
     def route(self, n: Norm) -> tuple[str, Session | None, dict[str, Any]]:
         """Which instance a session record belongs to: ("existing" or "late", it, {}) or

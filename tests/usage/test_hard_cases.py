@@ -727,6 +727,26 @@ async def test_accounting_on_with_skewed_clock_flags_its_nas(
     ]
 
 
+async def test_a_late_record_with_a_skewed_clock_still_flags_the_nas(
+    usage: Usage, form: str
+) -> None:
+    # Older by session time, it changes no usage; its Event-Timestamp is a day off all the same.
+    acks = await usage.send_each(
+        form,
+        Rec(INTERIM, t=1200, session_time=1200, inp=10, out=10),
+        Rec(INTERIM, t=600, session_time=600, inp=5, out=5, skew_s=DAY),
+    )
+    assert counts(acks[1]) == (0, 0, 1, 0)
+    session = await usage.session()
+    assert (session.input_bytes, session.session_time_s) == (10, 1200)
+    assert "clock_skew" in session.flags
+    listed = {n.nas_key: n for n in await usage.nas_list()}
+    assert (list(listed["nas-1"].flags), listed["nas-1"].clock_skew_anomalies) == (
+        ["clock_skew"],
+        1,
+    )
+
+
 async def test_a_nas_whose_event_timestamps_disagree_is_flagged(usage: Usage, form: str) -> None:
     # RADIUS.md: event time falls back to arrival - delay "and the NAS is flagged".
     await usage.send_each(

@@ -97,7 +97,8 @@ class PreparedBatch:
     def content_key(self) -> npt.NDArray[np.void]:
         """Per entry, dtype V16 (all-zero when quarantined). For a Start, or an Interim or
         Stop with a session time, sent without Event-Timestamp, the key is completed with
-        its instance's start in apply: Engine.content_keys gives the keys to look up."""
+        its instance's start in apply (ApplyResult.content_key): the ledger never holds
+        this one, so only the insert after apply finds such a record."""
 
     @property
     def responses(self) -> list[tuple[int, bytes]]:
@@ -192,11 +193,6 @@ class Engine:
         Give the engine the newest stored instance of each (add_sessions) before apply:
         a reused id then continues its generations, and a late record finds its instance.
         """
-
-    def content_keys(self, prepared: PreparedBatch) -> npt.NDArray[np.void]:
-        """Per entry (V16), the content key apply would give it against the engine's state
-        now: prepared.content_key, completed with the instance's start for records without
-        Event-Timestamp. Look these up in the ledger to build apply's `known`."""
 
     def unmatched_sessions(self, prepared: PreparedBatch) -> list[tuple[str, str, int, int]]:
         """(nas_key, acct_session_id, lo_us, hi_us) for the batch's Interims and Stops, on

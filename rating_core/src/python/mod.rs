@@ -674,20 +674,6 @@ impl PyEngine {
         self.detached(py, |e| e.unknown_sessions(&p, data))
     }
 
-    /// Per entry, the content key `apply` would give it now (V16): `prepared.content_key`,
-    /// completed for records without Event-Timestamp. Look these up in the ledger.
-    fn content_keys<'py>(
-        &self,
-        py: Python<'py>,
-        prepared: &Bound<'py, PreparedBatch>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let p = Arc::clone(&prepared.get().inner);
-        let batch = prepared.get().batch.clone_ref(py);
-        let data = batch.as_bytes(py);
-        let keys = self.detached(py, |e| e.content_keys(&p, data))?;
-        void16(py, &keys)
-    }
-
     /// `(nas_key, acct_session_id, lo_us, hi_us)`: ids whose forgotten older generations
     /// starting in `[lo_us, hi_us]` the batch's records may belong to.
     fn unmatched_sessions(
