@@ -13,8 +13,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::record::{
-    self, PrepareConfig, Prepared, Record, STATUS_INTERIM, STATUS_NONE, STATUS_OFF, STATUS_ON,
-    STATUS_START, STATUS_STOP,
+    self, PrepareConfig, Prepared, Record, STATUS_INTERIM, STATUS_NONE, STATUS_START, STATUS_STOP,
 };
 use crate::slot_index::SlotIndex;
 
@@ -582,6 +581,7 @@ impl Touched {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Target {
     Create {
         lost_start: bool,
@@ -1310,15 +1310,15 @@ impl Engine {
                 out.session_index.push(-1);
                 continue;
             }
-            let key = match r.status {
-                STATUS_START | STATUS_STOP | STATUS_INTERIM => {
-                    self.final_key(r, nas_map[r.nas as usize], tags[i], input.text(r.sid))
-                }
-                _ => r.key,
-            };
+            let nas = nas_map[r.nas as usize];
+            // A session record's instance is decided once: its key may take that start.
+            let routed = matches!(r.status, STATUS_START | STATUS_STOP | STATUS_INTERIM)
+                .then(|| self.route(r, nas, tags[i], input.text(r.sid)));
+            let key = routed
+                .as_ref()
+                .map_or(r.key, |(_, target)| self.final_key(r, target));
             out.content_key.push(key);
             out.nas_index.push(r.nas as i32);
-            let nas = nas_map[r.nas as usize];
             let in_ledger = known.is_some_and(|k| k.get(i).copied().unwrap_or(false));
             let (outcome, slot) = if in_ledger {
                 (OUTCOME_DUPLICATE, NONE)
@@ -1334,15 +1334,17 @@ impl Engine {
                 };
                 (OUTCOME_DUPLICATE, slot)
             } else {
-                let (o, slot) = if r.status == STATUS_ON || r.status == STATUS_OFF {
-                    self.on_off(i, r, nas, &mut t)
-                } else {
-                    let (o, slot) =
-                        self.session_record(i, r, &key, nas, tags[i], input, &mut t, &mut out);
-                    if o == OUTCOME_LATE && slot != NONE {
-                        self.note_skew(i, slot, r, &mut t);
+                let (o, slot) = match routed {
+                    None => self.on_off(i, r, nas, &mut t),
+                    Some((head, target)) => {
+                        let (o, slot) = self.session_record(
+                            i, r, &key, nas, tags[i], head, target, input, &mut t, &mut out,
+                        );
+                        if o == OUTCOME_LATE && slot != NONE {
+                            self.note_skew(i, slot, r, &mut t);
+                        }
+                        (o, slot)
                     }
-                    (o, slot)
                 };
                 if o != OUTCOME_DUPLICATE {
                     // A 64-bit prefix collision keeps the first record (the ledger dedups).
@@ -1548,18 +1550,19 @@ impl Engine {
     }
 
     /// The record's content key: as prepared, or completed with the start of the instance
-    /// it belongs to (`Record::key_by_instance`).
-    fn final_key(&self, r: &Record, nas: u32, tag: u32, sid: &[u8]) -> [u8; 16] {
+    /// it belongs to, `target` (`Record::key_by_instance`).
+    fn final_key(&self, r: &Record, target: &Target) -> [u8; 16] {
         if !r.key_by_instance() {
             return r.key;
         }
-        let start = match self.route(r, nas, tag, sid).1 {
+        let start = match *target {
             Target::Existing(slot) | Target::Late(slot) => self.sessions[slot as usize].start_us,
             Target::Create { .. } => Self::implied_start(r).unwrap_or(r.event_us),
         };
         record::instance_key(&r.key, start)
     }
 
+    /// Applies a session record to the instance `route` chose (`head`: the id's head).
     fn session_record(
         &mut self,
         i: usize,
@@ -1567,6 +1570,8 @@ impl Engine {
         key: &[u8; 16],
         nas: u32,
         tag: u32,
+        head: Option<u32>,
+        target: Target,
         p: Input<'_>,
         t: &mut Touched,
         out: &mut ApplyOutput,
@@ -1574,7 +1579,6 @@ impl Engine {
         let sid = p.text(r.sid);
         let policy = self.nas[nas as usize].policy;
         let implied = Self::implied_start(r);
-        let (head, target) = self.route(r, nas, tag, sid);
         match target {
             Target::Late(slot) => (OUTCOME_LATE, slot),
             Target::Create {

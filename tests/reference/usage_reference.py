@@ -176,24 +176,16 @@ class Reference:
         n = self.normalize(rec, default_arrival_us)
         if isinstance(n, str):
             return "quarantined"
+        # A session record's instance is decided once: its key may take that start.
+        routed = None if n.status in (ON, OFF) else self.route(n)
         key = n.key
-        if n.by_instance:
-            # The key's time is the start of the instance the record belongs to.
-            _, s, _ = self.route(n)
-            start = s.start_us if s is not None else self.implied_start(n)
-            key = (*n.key, start)
-        if key in self.ledger:
+        if routed is not None and n.by_instance:
+            s = routed[1]
+            key = (*n.key, s.start_us if s is not None else self.implied_start(n))
+        if key in self.ledger or self.onoff_copy(n):
             return "duplicate"
         self.ledger.add(key)
-        if n.status in (ON, OFF):
-            # A copy timed by its arrival may fall in another second: within 2 s of an
-            # On/Off of the same kind so timed, it is that one.
-            if n.by_arrival and any(
-                status == n.status and abs(event - n.event_us) <= START_SLACK_US
-                for status, event in self.onoff_by_arrival.get(n.nas, [])
-            ):
-                self.ledger.discard(key)
-                return "duplicate"
+        if routed is None:
             if n.by_arrival:
                 self.onoff_by_arrival.setdefault(n.nas, []).append((n.status, n.event_us))
             for chain in self.chains.values():
@@ -201,7 +193,19 @@ class Reference:
                     if s.nas == n.nas and s.state == OPEN and s.start_us < n.event_us:
                         self.close_without_stop(s, NAS_REBOOT_CLOSED)
             return "accepted"
-        return self.session_record(n)
+        return self.session_record(n, routed)
+
+    def onoff_copy(self, n: Norm) -> bool:
+        """A copy timed by its arrival may fall in another second: an On/Off so timed within
+        2 s of one of the same kind so timed is that one."""
+        return (
+            n.status in (ON, OFF)
+            and n.by_arrival
+            and any(
+                status == n.status and abs(event - n.event_us) <= START_SLACK_US
+                for status, event in self.onoff_by_arrival.get(n.nas, [])
+            )
+        )
 
     @staticmethod
     def implied_start(n: Norm) -> int:
@@ -212,8 +216,8 @@ class Reference:
         s.stop_us = s.last_update_us
         s.flags |= flag
 
-    def session_record(self, n: Norm) -> str:
-        kind, s, how = self.route(n)
+    def session_record(self, n: Norm, routed: tuple[str, Session | None, dict[str, Any]]) -> str:
+        kind, s, how = routed
         if kind == "create":
             return self.create(n, self.chains[(n.nas, n.sid)], **how)
         assert s is not None
