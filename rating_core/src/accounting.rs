@@ -599,6 +599,7 @@ pub struct Config {
     default_policy: NasPolicy,
     policies: FxHashMap<String, NasPolicy>,
     secrets: FxHashMap<String, Vec<u8>>,
+    ledger_replay: bool,
 }
 
 impl Config {
@@ -619,6 +620,13 @@ impl Config {
     /// Sets the policy of one NAS key.
     pub fn set_policy(&mut self, nas_key: &str, policy: NasPolicy) {
         self.policies.insert(nas_key.to_owned(), policy);
+    }
+
+    /// Marks the batches as replayed from the ledger (`rating rebuild`): raw packets were
+    /// authenticated when they were accepted and are decoded without a secret, since the
+    /// secret in force now may not be the one they were sent with.
+    pub fn set_ledger_replay(&mut self, on: bool) {
+        self.ledger_replay = on;
     }
 
     /// The policy in force for a NAS key.
@@ -645,6 +653,9 @@ impl PrepareConfig for Config {
     }
     fn skew_tolerance_s(&self, nas_key: &str) -> i64 {
         i64::from(self.policy(nas_key).clock_skew_tolerance_s)
+    }
+    fn ledger_replay(&self) -> bool {
+        self.ledger_replay
     }
 }
 
@@ -686,6 +697,11 @@ impl Engine {
     /// Sets the shared secret for packets from `source_address`.
     pub fn set_secret(&mut self, source_address: &str, secret: &[u8]) {
         self.config.set_secret(source_address, secret);
+    }
+
+    /// See [`Config::set_ledger_replay`].
+    pub fn set_ledger_replay(&mut self, on: bool) {
+        self.config.set_ledger_replay(on);
     }
 
     /// Sets the policy of one NAS key.

@@ -483,3 +483,35 @@ fn an_accounting_response_answers_each_authenticated_raw_entry_only() {
     let answered: Vec<(u32, Vec<u8>)> = p.responses.iter().map(|(i, r)| (*i, r.to_vec())).collect();
     assert_eq!(answered, [(0, answer.clone()), (5, answer)]);
 }
+
+#[test]
+fn a_ledger_replay_decodes_raw_entries_without_their_secret() {
+    // `rating rebuild` replays packets that were authenticated when accepted; the secret
+    // may have been rotated since, or the source removed.
+    let golden = unhex(
+        "042a005bc0468ee46f4d6f5bdd5eb5ca28d854262806000000032c0a30303030303031410107616c69\
+         63650406c00002012e0600000e102a06000003e83406000000012b06ffffffff35060000000237066553\
+         ff10290600000000",
+    );
+    let mut b = Vec::new();
+    write::bytes(&mut b, 1, b"replay");
+    write::bytes(&mut b, 2, &raw_entry(&golden, "192.0.2.1"));
+    let mut live = Engine::new(NasPolicy::default());
+    live.set_secret("192.0.2.1", b"rotated");
+    let p = live.prepare(&b, T0).unwrap();
+    assert_eq!(
+        p.quarantine.len(),
+        1,
+        "live ingest still checks the authenticator"
+    );
+
+    let mut replay = Engine::new(NasPolicy::default());
+    replay.set_ledger_replay(true);
+    let p = replay.prepare(&b, T0).unwrap();
+    assert!(p.quarantine.is_empty());
+    assert!(p.responses.is_empty(), "a replay answers no NAS");
+    let out = replay.apply(&p, &b);
+    assert_eq!(out.outcome, vec![OUTCOME_ACCEPTED]);
+    assert_eq!(out.sessions.input_bytes, vec![4_294_968_296]);
+    assert_eq!(out.sessions.output_bytes, vec![12_884_901_887]);
+}

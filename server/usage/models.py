@@ -51,6 +51,27 @@ class UsageNas(TenantScoped, Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class UsageNasPolicy(TenantScoped, Base):
+    """A NAS policy as it was set, in force from the NAS sequence `from_seq` on.
+
+    Setting a policy takes a sequence number of its own, so every ledger batch (written
+    at a later sequence) and every sweep (recorded after one) falls on one side of it:
+    `rating rebuild` applies each with the policy it was applied with live.
+    """
+
+    __tablename__ = "usage_nas_policies"
+
+    nas_key: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
+    from_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    swap_direction: Mapped[bool] = mapped_column(Boolean)
+    infer_wrap: Mapped[bool] = mapped_column(Boolean)
+    interim_interval_s: Mapped[int] = mapped_column(Integer)
+    stale_multiplier: Mapped[int] = mapped_column(Integer)
+    grace_s: Mapped[int] = mapped_column(Integer)
+    clock_skew_tolerance_s: Mapped[int] = mapped_column(Integer)
+    set_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class UsageNasClient(TenantScoped, Base):
     """A RADIUS client by packet source address: the shared secret that verifies its packets.
 

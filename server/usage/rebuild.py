@@ -2,9 +2,11 @@
 
 Per NAS, in nas_seq order, ledger entries are wrapped back into StreamAccountingRequest
 bytes (one request per original batch, with that batch's arrival default) and applied to
-a fresh engine; recorded stale-session sweeps are replayed at the point they ran. The
-tenant's NAS rows stay locked throughout, and their sequences move on so every replica's
-engine reloads afterwards.
+a fresh engine; recorded stale-session sweeps are replayed at the point they ran. Each
+batch and sweep runs with the NAS policy it ran with (usage_nas_policies), and raw packets
+are not authenticated again (they were when accepted; the secret may have changed since).
+The tenant's NAS rows stay locked throughout, and their sequences move on so every
+replica's engine reloads afterwards.
 """
 # SQL text is assembled from constants of this package only; every value is bound.
 # ruff: noqa: S608
@@ -66,17 +68,14 @@ async def _rebuild_tenant(
             )
         ).all()
     ]
-    policies = await repo.nas_policies(session, tenant_id)
-    secrets = await repo.nas_secrets(session, tenant_id)
     for table in _PROJECTIONS:
         await session.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant})
     for key in keys:
-        engine = core.Engine()
-        for address, secret in secrets.items():
-            engine.set_secret(address, secret)
-        for nas_key, policy in policies.items():
-            engine.set_policy(nas_key, policy_of(policy))
-        await _replay_nas(session, tenant_id, engine, key, report)
+        # The ledger's raw packets were authenticated when they were accepted; the secret
+        # in force now may not be the one they were sent with.
+        engine = core.Engine(ledger_replay=True)
+        history = await repo.policy_history(session, tenant_id, key)
+        await _replay_nas(session, tenant_id, engine, key, PolicyTimeline(key, history), report)
         report["nas"] += 1
     # A new sequence makes every replica's engine reload these NASes from the projections.
     await session.execute(
@@ -84,11 +83,33 @@ async def _rebuild_tenant(
     )
 
 
+class PolicyTimeline:
+    """A NAS's policies by sequence: each batch and sweep is replayed with its own."""
+
+    def __init__(self, nas_key: str, history: list[tuple[int, repo.Policy]]) -> None:
+        self.nas_key = nas_key
+        self.history = history
+        self.current: repo.Policy | None = None
+
+    def apply(self, engine: core.Engine, after_seq: int) -> None:
+        """Sets the policy in force once the NAS's sequence was `after_seq`: the last one
+        set at or before it (a batch written at sequence s was applied after s - 1)."""
+        policy = repo.DEFAULT_POLICY
+        for from_seq, set_policy in self.history:
+            if from_seq > after_seq:
+                break
+            policy = set_policy
+        if policy != self.current:
+            engine.set_policy(self.nas_key, policy_of(policy))
+            self.current = policy
+
+
 async def _replay_nas(
     session: AsyncSession,
     tenant_id: uuid.UUID,
     engine: core.Engine,
     nas_key: str,
+    policies: PolicyTimeline,
     report: dict[str, int],
 ) -> None:
     pg = session.get_bind().dialect.name == "postgresql"
@@ -109,7 +130,8 @@ async def _replay_nas(
 
     async def sweep_through(seq: int | None) -> None:
         while sweeps and (seq is None or sweeps[0][0] < seq):
-            _, as_of_us = sweeps.pop(0)
+            after_seq, as_of_us = sweeps.pop(0)
+            policies.apply(engine, after_seq)
             swept = Projection.of(engine.sweep(as_of_us), empty)
             await write_projections(session, tenant_id, swept)
             report["sweeps"] += 1
@@ -120,6 +142,7 @@ async def _replay_nas(
 
     async def flush() -> None:
         if group and group_key is not None:
+            policies.apply(engine, group_key[0] - 1)
             prepared = engine.prepare(wrap_entries(group), group_key[1])
             # The rebuilt rows so far are the stored instances the live engine recalls.
             await recall_sessions(session, tenant_id, engine, prepared)

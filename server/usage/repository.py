@@ -316,19 +316,56 @@ async def upsert_nas_client(
             ),
             {"t": tenant, "a": source_address, "s": secret, "k": nas_key, "now": now},
         )
+    await set_nas_policy(session, tenant_id, nas_key, policy)
+
+
+async def set_nas_policy(
+    session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, policy: Policy
+) -> None:
+    """Sets a NAS's policy. A change takes a NAS sequence number of its own (so replicas
+    reload the NAS) and is kept in `usage_nas_policies` from that number on: every ledger
+    batch and sweep then lies on one side of it, and a rebuild applies each with the
+    policy it was applied with. An unchanged policy writes nothing."""
+    pg = _pg(session)
+    tenant = tenant_param(session, tenant_id)
+    now = dt.datetime.now(dt.UTC) if pg else _sqlite_now()
+    state = (await lock_nas(session, tenant_id, [nas_key]))[nas_key]
+    if state.policy == policy:
+        return
+    seq = state.seq + 1
     columns = ", ".join(POLICY_COLUMNS)
-    values = ", ".join(f":p{i}" for i in range(len(POLICY_COLUMNS)))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in POLICY_COLUMNS)
     params: dict[str, Any] = {f"p{i}": v for i, v in enumerate(policy)}
-    params.update({"t": tenant, "k": nas_key, "now": now})
+    params.update({"t": tenant, "k": nas_key, "s": seq, "now": now})
+    updates = ", ".join(f"{c} = :p{i}" for i, c in enumerate(POLICY_COLUMNS))
     await session.execute(
         text(
-            f"INSERT INTO usage_nas (tenant_id, nas_key, seq, {columns}, updated_at)"
-            f" VALUES (:t, :k, 0, {values}, :now) ON CONFLICT (tenant_id, nas_key)"
-            f" DO UPDATE SET {updates}, updated_at = excluded.updated_at"
+            f"UPDATE usage_nas SET {updates}, seq = :s, updated_at = :now"
+            " WHERE tenant_id = :t AND nas_key = :k"
         ),
         params,
     )
+    values = ", ".join(f":p{i}" for i in range(len(POLICY_COLUMNS)))
+    await session.execute(
+        text(
+            f"INSERT INTO usage_nas_policies (tenant_id, nas_key, from_seq, {columns}, set_at)"
+            f" VALUES (:t, :k, :s, {values}, :now)"
+        ),
+        params,
+    )
+
+
+async def policy_history(
+    session: AsyncSession, tenant_id: uuid.UUID, nas_key: str
+) -> list[tuple[int, Policy]]:
+    """(from_seq, policy) of a NAS in sequence order; before the first, DEFAULT_POLICY."""
+    rows = await session.execute(
+        text(
+            f"SELECT from_seq, {', '.join(POLICY_COLUMNS)} FROM usage_nas_policies"
+            " WHERE tenant_id = :t AND nas_key = :k ORDER BY from_seq"
+        ),
+        {"t": tenant_param(session, tenant_id), "k": nas_key},
+    )
+    return [(int(row[0]), _policy(row[1:])) for row in rows.all()]
 
 
 async def nas_client_exists(

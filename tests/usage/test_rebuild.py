@@ -131,3 +131,46 @@ async def test_rebuild_applies_a_late_stop_to_a_generation_a_replayed_sweep_forg
     await rebuild(server.db, usage.tenant.tenant_id)
 
     assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
+async def test_rebuild_keeps_raw_packets_accepted_before_their_secret_changed(
+    usage: Usage, server: RunningServer
+) -> None:
+    await usage.send_each(
+        "raw",
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000),
+        Rec(STOP, t=900, session_time=900, inp=1500, out=2500, cause=1),
+    )
+    before = await snapshot(server, usage.tenant.tenant_id)
+    assert [(s.input_bytes, s.output_bytes) for s in await usage.sessions()] == [(1500, 2500)]
+    await usage.register_nas(secret="rotated")  # the NAS's secret changes afterwards
+
+    report = await rebuild(server.db, usage.tenant.tenant_id)
+
+    assert report["entries"] == 3
+    assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
+async def test_rebuild_applies_each_batch_with_the_nas_policy_it_was_applied_with(
+    usage: Usage, server: RunningServer
+) -> None:
+    await usage.send("decoded", Rec(INTERIM, t=600, session_time=600, inp=100, out=900))
+    # The NAS turns out to report directions the other way: later records are swapped.
+    await usage.register_nas(nas_key="nas-1", swap_direction=True, interim_interval_s=60)
+    await usage.send("decoded", Rec(INTERIM, sid="sw", t=1200, session_time=600, inp=4, out=9))
+    # Stale under the new interval (3 x 60 s + 300 s), not under the default one.
+    assert await usage.sweep(at(1200 + 600)) == 2
+    await usage.register_nas(nas_key="nas-1")  # and back to the defaults
+    await usage.send("decoded", Rec(INTERIM, sid="next", t=2000, session_time=10, inp=7, out=3))
+    before = await snapshot(server, usage.tenant.tenant_id)
+    assert ((await usage.session()).input_bytes, (await usage.session()).output_bytes) == (100, 900)
+    assert ((await usage.session("sw")).input_bytes, (await usage.session("sw")).output_bytes) == (
+        9,
+        4,
+    )
+    assert (await usage.session("next")).input_bytes == 7
+
+    await rebuild(server.db, usage.tenant.tenant_id)
+
+    assert await snapshot(server, usage.tenant.tenant_id) == before

@@ -160,7 +160,12 @@ class ApplyResult:
 class Engine:
     """The accounting state of one tenant: NAS policies, secrets and live sessions."""
 
-    def __new__(cls, default_policy: NasPolicy | None = None) -> Self: ...
+    def __new__(
+        cls, default_policy: NasPolicy | None = None, *, ledger_replay: bool = False
+    ) -> Self:
+        """`ledger_replay`: batches come from the ledger (rating rebuild); raw packets were
+        authenticated when accepted and are decoded without a secret (no response)."""
+
     def set_secret(self, source_address: str, secret: bytes) -> None: ...
     def set_policy(self, nas_key: str, policy: NasPolicy) -> None: ...
     def prepare(self, batch: bytes, default_arrival_us: int) -> PreparedBatch:

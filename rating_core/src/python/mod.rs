@@ -601,12 +601,16 @@ impl PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (default_policy=None))]
-    fn new(default_policy: Option<PyRef<'_, PyNasPolicy>>) -> Self {
+    #[pyo3(signature = (default_policy=None, *, ledger_replay=false))]
+    fn new(default_policy: Option<PyRef<'_, PyNasPolicy>>, ledger_replay: bool) -> Self {
         let policy = default_policy.map(|p| p.inner).unwrap_or_default();
+        let mut engine = accounting::Engine::new(policy);
+        let mut config = accounting::Config::new(policy);
+        engine.set_ledger_replay(ledger_replay);
+        config.set_ledger_replay(ledger_replay);
         Self {
-            inner: Mutex::new(accounting::Engine::new(policy)),
-            config: RwLock::new(accounting::Config::new(policy)),
+            inner: Mutex::new(engine),
+            config: RwLock::new(config),
         }
     }
 
