@@ -3,7 +3,7 @@
 //! Over ~400 lines because both entry forms normalize into one compact record here, next
 //! to the content key that must hash them identically.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rustc_hash::FxHashMap;
 
@@ -21,6 +21,10 @@ pub const STATUS_NONE: u8 = 0;
 const US: i64 = 1_000_000;
 /// Longest attribute value RADIUS can carry (255 − 2 header bytes).
 const MAX_TEXT: usize = 253;
+/// The times a record may carry: from the Unix epoch (Event-Timestamp counts from it) to
+/// the end of year 9999 (the last that ISO 8601 text, the API and the database all hold).
+const MIN_TIME_US: i64 = 0;
+const MAX_TIME_US: i64 = 253_402_300_799_999_999;
 
 /// A byte range: in the batch bytes, or (with [`Span::ARENA`] set in `len`) in
 /// [`Prepared::arena`] (text the core formatted, e.g. binary IP addresses).
@@ -474,8 +478,61 @@ fn span_in(batch: &[u8], arena: &mut Vec<u8>, b: &[u8]) -> Span {
     }
 }
 
-fn from_proto(buf: &[u8], default_arrival_us: i64) -> Result<Fields<'_>, WireError> {
-    let r = proto::decode_record(buf)?;
+/// The field's text, quoted for an error message (at most 64 characters of it).
+fn quoted(text: &[u8]) -> String {
+    let t = String::from_utf8_lossy(text);
+    match t.char_indices().nth(64) {
+        Some((cut, _)) => format!("{:?}...", &t[..cut]),
+        None => format!("{t:?}"),
+    }
+}
+
+/// Checks an address field of a decoded record (empty: absent).
+fn check_address(field: &str, text: &[u8], kind: AddressKind) -> Result<(), String> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let t = std::str::from_utf8(text).unwrap_or_default();
+    let ok = match kind {
+        AddressKind::V4 => t.parse::<Ipv4Addr>().is_ok(),
+        AddressKind::V6 => t.parse::<Ipv6Addr>().is_ok(),
+        // A packet's source, with or without its port.
+        AddressKind::Source => {
+            t.parse::<IpAddr>().is_ok() || t.parse::<std::net::SocketAddr>().is_ok()
+        }
+    };
+    if ok {
+        return Ok(());
+    }
+    let what = match kind {
+        AddressKind::V4 => "an IPv4 address",
+        AddressKind::V6 => "an IPv6 address",
+        AddressKind::Source => "an IP address",
+    };
+    Err(format!("{field}: not {what}: {}", quoted(text)))
+}
+
+#[derive(Clone, Copy)]
+enum AddressKind {
+    V4,
+    V6,
+    Source,
+}
+
+fn from_proto(buf: &[u8], default_arrival_us: i64) -> Result<Fields<'_>, String> {
+    let r = proto::decode_record(buf).map_err(|e| e.to_string())?;
+    check_address(
+        "nas_ip_address",
+        r.nas_ip_address.unwrap_or_default(),
+        AddressKind::V4,
+    )?;
+    check_address(
+        "nas_ipv6_address",
+        r.nas_ipv6_address.unwrap_or_default(),
+        AddressKind::V6,
+    )?;
+    check_address("framed_ip_address", r.framed_ip_address, AddressKind::V4)?;
+    check_address("source_address", r.source_address, AddressKind::Source)?;
     let nas = if let Some(id) = non_empty(r.nas_identifier) {
         NasId::Text(id)
     } else if let Some(ip) = non_empty(r.nas_ipv6_address) {
@@ -653,10 +710,16 @@ fn prepare_one(
     rec: &mut Record,
 ) -> Result<Option<[u8; 20]>, String> {
     let f = match proto::decode_entry(entry).map_err(|e| e.to_string())? {
-        Entry::Decoded(b) => from_proto(b, default_arrival_us).map_err(|e| e.to_string())?,
+        Entry::Decoded(b) => from_proto(b, default_arrival_us)?,
         Entry::Raw(b) => from_raw(b, default_arrival_us, cfg)?,
         Entry::Empty => return Err("entry has neither a decoded record nor a raw packet".into()),
     };
+    if !(MIN_TIME_US..=MAX_TIME_US).contains(&f.arrival_us) {
+        return Err(format!(
+            "arrival_time out of range (1970-01-01 to 9999-12-31 UTC): {} s",
+            f.arrival_us.div_euclid(US)
+        ));
+    }
     rec.arrival_us = f.arrival_us;
     let status = match f.status {
         0 => return Err("missing Acct-Status-Type".into()),
@@ -698,10 +761,17 @@ fn prepare_one(
     let base = f
         .arrival_us
         .checked_sub(i64::from(f.delay_s) * US)
-        .ok_or_else(|| "arrival time out of range".to_string())?;
+        .filter(|&t| t >= MIN_TIME_US)
+        .ok_or_else(|| "arrival_time - Acct-Delay-Time is before 1970-01-01".to_string())?;
     let tol = nas.tolerance_us[n as usize];
     let (event_us, skewed) = match f.event_ts_us {
-        Some(ts) if ts.abs_diff(base) <= tol.unsigned_abs() => (ts, false),
+        // (An Event-Timestamp before 1970 or past 9999 disagrees with any arrival there is.)
+        Some(ts)
+            if ts.abs_diff(base) <= tol.unsigned_abs()
+                && (MIN_TIME_US..=MAX_TIME_US).contains(&ts) =>
+        {
+            (ts, false)
+        }
         Some(_) => (base, true),
         None => (base, false),
     };

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
 import rating_core as rc
@@ -313,8 +314,48 @@ async def test_counter_reset_keeps_old_total_when_counter_goes_down(
             ),
             "Status-Type",
         ),
+        *[
+            (
+                pb.AccountingRecord(
+                    status_type=INTERIM,  # type: ignore[arg-type]
+                    acct_session_id="x",
+                    **{"source_address": "198.51.100.7", field: value},  # type: ignore[arg-type]
+                ),
+                f"{field}: not",
+            )
+            for field, value in [
+                ("nas_ip_address", "not-an-ip"),
+                ("nas_ip_address", "2001:db8::1"),
+                ("nas_ipv6_address", "192.0.2.1"),
+                ("framed_ip_address", "999.1.1.1"),
+                ("source_address", "bogus source"),
+            ]
+        ],
+        *[
+            (
+                pb.AccountingRecord(
+                    status_type=INTERIM,  # type: ignore[arg-type]
+                    acct_session_id="x",
+                    nas_identifier="nas-1",
+                    arrival_time=Timestamp(seconds=seconds),
+                ),
+                "arrival_time",
+            )
+            for seconds in (2**40, -(2**40), -1)
+        ],
     ],
-    ids=["missing-status", "unknown-status"],
+    ids=[
+        "missing-status",
+        "unknown-status",
+        "nas-ip-not-ipv4",
+        "nas-ip-is-ipv6",
+        "nas-ipv6-not-ipv6",
+        "framed-ip-not-ipv4",
+        "source-not-an-address",
+        "arrival-past-9999",
+        "arrival-far-before-1970",
+        "arrival-before-1970",
+    ],
 )
 async def test_record_is_quarantined_with_reason_when_decoded_form_is_malformed(
     usage: Usage, record: pb.AccountingRecord, reason: str
@@ -324,6 +365,19 @@ async def test_record_is_quarantined_with_reason_when_decoded_form_is_malformed(
     assert counts(ack) == (1, 0, 0, 1)
     assert [q.index for q in ack.quarantined_records] == [1]
     assert reason in ack.quarantined_records[0].reason
+    # Nothing of the bad record reached the projections: the tenant's reads still work.
+    assert [s.acct_session_id for s in await usage.sessions()] == ["sess-1"]
+
+
+async def test_raw_packet_is_quarantined_when_its_arrival_time_is_out_of_range(
+    usage: Usage,
+) -> None:
+    good, bad = entries("raw", [Rec(INTERIM, t=600, session_time=600, inp=1, out=1)] * 2)
+    bad.raw.arrival_time.seconds = 2**40
+    (ack,) = await usage.stream(batch([good, bad]))
+    assert counts(ack) == (1, 0, 0, 1)
+    assert "arrival_time" in ack.quarantined_records[0].reason
+    assert (await usage.session()).input_bytes == 1
 
 
 async def test_raw_packet_is_quarantined_with_reason_when_counter_has_wrong_length(
