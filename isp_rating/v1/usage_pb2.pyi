@@ -466,19 +466,33 @@ class RecordUsageRequest(_message.Message):
     RADIUS_USER_NAME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """Exactly once per key within a tenant; a replay returns the original result."""
+    """Exactly once per key within a tenant; a replay returns the original result.
+    At most 200 characters.
+    """
     usage_type: Global___UsageType.ValueType
     custom_type: _builtins.str
-    """Required when usage_type is CUSTOM."""
+    """Required when usage_type is CUSTOM, refused otherwise; at most 120 characters."""
     quantity: _builtins.str
-    """Decimal string, non-negative, e.g. "1048576" bytes or "12.5" minutes."""
+    """Decimal string, non-negative, e.g. "1048576" bytes or "12.5" minutes: at most 21
+    digits before the point and 9 after (never rounded). DATA and SMS must come to whole
+    bytes and messages.
+    """
     unit: _builtins.str
-    """"bytes", "seconds", "minutes", "messages" or a custom unit."""
+    """The units each usage type takes (case-sensitive):
+      DATA   "bytes", "kB", "MB", "GB", "TB" (powers of 1000), "KiB", "MiB", "GiB", "TiB"
+      VOICE  "seconds", "minutes"
+      SMS    "messages", "sms"
+      CUSTOM any unit
+    At most 64 characters.
+    """
     subscription_id: _builtins.str
     radius_user_name: _builtins.str
+    """The RADIUS User-Name, at most 253 octets."""
     source: Global___UsageSource.ValueType
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """0001-01-01 to 9999-12-31 UTC."""
+
     def __init__(
         self,
         *,

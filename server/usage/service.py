@@ -35,6 +35,7 @@ from server.accounts.models import RadiusIdentity, Subscription
 from server.db.database import Database
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from server.usage import repository as repo
+from server.usage import units
 from server.usage.models import UsageEvent
 from server.usage.writes import (
     ACCEPTED,
@@ -596,7 +597,9 @@ class RecordedUsage:
 
 
 async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) -> RecordedUsage:
-    """Stores metered usage exactly once per idempotency key; a replay returns the original."""
+    """Stores metered usage exactly once per idempotency key; a replay returns the original.
+    The unit must be one its usage type takes (server/usage/units.py)."""
+    units.base_quantity(usage.usage_type, usage.unit, usage.quantity)
     digest = usage.digest()
     async with db.transaction() as session:
         await repo.begin_write(session)
