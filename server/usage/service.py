@@ -551,10 +551,14 @@ async def reattribute(tenant_id: uuid.UUID, session: AsyncSession) -> int:
 
     Call it inside the transaction that creates the identity (AccountService): sessions
     whose identity now matches a subscription take it, and their identity's unattributed
-    hourly buckets move to the subscription's. Returns the number of sessions attributed.
-    ListUnattributedUsage also runs it first, so a race with ingest is settled lazily.
+    hourly buckets move to the subscription's; metered events recorded by an unknown
+    `radius_user_name` that now matches take it too. Returns the number of sessions and
+    metered events attributed. ListUnattributedUsage also runs it first, so a race with
+    ingest or RecordUsage is settled lazily.
     """
-    return await repo.reattribute(session, tenant_id)
+    sessions = await repo.reattribute(session, tenant_id)
+    events = await repo.attribute_events(session, tenant_id)
+    return sessions + events
 
 
 # ---------------------------------------------------------------- metered usage

@@ -229,7 +229,7 @@ class UsageServicer:
     async def list_unattributed_usage(
         self, request: usage_pb2.ListUnattributedUsageRequest, context: Context
     ) -> usage_pb2.ListUnattributedUsageResponse:
-        items, token = await queries.list_unattributed(
+        page = await queries.list_unattributed(
             self.db, principal().tenant_id, page_size(request.page_size), request.page_token
         )
         return usage_pb2.ListUnattributedUsageResponse(
@@ -244,9 +244,22 @@ class UsageServicer:
                     first_seen_at=to_timestamp(item.first_seen_at),
                     last_seen_at=to_timestamp(item.last_seen_at),
                 )
-                for item in items
+                for item in page.usage
             ],
-            next_page_token=token,
+            metered=[
+                usage_pb2.UnattributedMeteredUsage(
+                    radius_user_name=item.radius_user_name,
+                    usage_type=item.usage_type,  # type: ignore[arg-type]
+                    custom_type=item.custom_type,
+                    unit=item.unit,
+                    quantity=format(item.quantity.normalize(), "f"),
+                    event_count=item.event_count,
+                    first_seen_at=to_timestamp(item.first_seen_at),
+                    last_seen_at=to_timestamp(item.last_seen_at),
+                )
+                for item in page.metered
+            ],
+            next_page_token=page.next_page_token,
         )
 
     async def list_nas(
