@@ -9,7 +9,7 @@ import ipaddress
 import json
 import re
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -120,6 +120,14 @@ def parse_decimal(
     if value < 0 and not allow_negative:
         raise InvalidArgumentError(field, "must not be negative")
     return value
+
+
+def format_decimal(value: Decimal) -> str:
+    """A decimal as plain text without trailing zeros, every digit kept (normalize() alone
+    rounds to the context's 28 digits)."""
+    with localcontext() as context:
+        context.prec = max(context.prec, len(value.as_tuple().digits))
+        return format(value.normalize(), "f")
 
 
 def limit_length(field: str, value: str, max_chars: int, *, octets: bool = False) -> str:

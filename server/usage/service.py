@@ -46,6 +46,7 @@ from server.usage.writes import (
     BatchWrites,
     Projection,
 )
+from server.validation import format_decimal
 
 log = logging.getLogger("server.usage")
 
@@ -582,7 +583,7 @@ class MeteredUsage:
                 self.idempotency_key,
                 str(self.usage_type),
                 self.custom_type,
-                format(self.quantity.normalize(), "f"),
+                format_decimal(self.quantity),
                 self.unit,
                 self.occurred_at.astimezone(dt.UTC).isoformat(),
                 str(self.subscription_id or ""),

@@ -34,6 +34,7 @@ from server.usage.models import (
     UsageSession,
 )
 from server.validation import (
+    format_decimal,
     limit_length,
     optional_id,
     page_size,
@@ -252,7 +253,7 @@ class UsageServicer:
                     usage_type=item.usage_type,  # type: ignore[arg-type]
                     custom_type=item.custom_type,
                     unit=item.unit,
-                    quantity=format(item.quantity.normalize(), "f"),
+                    quantity=format_decimal(item.quantity),
                     event_count=item.event_count,
                     first_seen_at=to_timestamp(item.first_seen_at),
                     last_seen_at=to_timestamp(item.last_seen_at),

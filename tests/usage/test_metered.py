@@ -106,6 +106,21 @@ async def test_record_usage_is_accepted_when_input_is_at_the_limits(
     assert not reply.replayed
 
 
+async def test_reused_key_is_failed_precondition_when_quantity_differs_in_its_last_digit(
+    usage: Usage,
+) -> None:
+    first = request(quantity="999999999999999999999.999999999")
+    await usage.stub.RecordUsage(first, metadata=usage.metadata)
+    again = pb.RecordUsageRequest()
+    again.CopyFrom(first)
+    again.quantity = "999999999999999999999.999999998"
+    await expect_status(
+        usage.stub.RecordUsage(again, metadata=usage.metadata),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "idempotency_key",
+    )
+
+
 @pytest.mark.parametrize("bad", BAD_TIMESTAMPS)
 async def test_sweep_is_invalid_argument_naming_as_of_when_it_is_out_of_range(
     usage: Usage, bad: Timestamp
