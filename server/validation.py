@@ -9,7 +9,7 @@ import ipaddress
 import json
 import re
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -91,23 +91,54 @@ def format_amount(units: int, scale: int) -> str:
     return rating_core.format_units(units, scale)
 
 
-def parse_decimal(field: str, text: str, *, places: int, allow_negative: bool = False) -> Decimal:
-    """An exact decimal with at most `places` fractional digits."""
+def parse_decimal(
+    field: str,
+    text: str,
+    *,
+    places: int,
+    allow_negative: bool = False,
+    integer_digits: int | None = None,
+) -> Decimal:
+    """An exact decimal with at most `places` fractional digits (trailing zeros aside) and,
+    when given, at most `integer_digits` before the point (a NUMERIC(p, s) column holds
+    p - s); never rounded."""
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
         raise InvalidArgumentError(field, f"not a decimal number: {text!r}") from None
     if not value.is_finite():
         raise InvalidArgumentError(field, f"not a finite number: {text!r}")
-    exp = value.as_tuple().exponent
-    if (
-        isinstance(exp, int)
-        and -exp > places
-        and value != value.quantize(Decimal(1).scaleb(-places))
-    ):
+    _, digits, exp = value.as_tuple()
+    # Digit arithmetic, not quantize(): that raises past the context's 28 digits.
+    extra = -places - int(exp)
+    if extra > 0 and any(digits[-extra:]):
         raise InvalidArgumentError(field, f"more than {places} decimal places: {text!r}")
+    if integer_digits is not None and value and value.adjusted() >= integer_digits:
+        raise InvalidArgumentError(
+            field, f"more than {integer_digits} digits before the decimal point: {text!r}"
+        )
     if value < 0 and not allow_negative:
         raise InvalidArgumentError(field, "must not be negative")
+    return value
+
+
+def format_decimal(value: Decimal) -> str:
+    """A decimal as plain text without trailing zeros, every digit kept (normalize() alone
+    rounds to the context's 28 digits)."""
+    with localcontext() as context:
+        context.prec = max(context.prec, len(value.as_tuple().digits))
+        return format(value.normalize(), "f")
+
+
+def limit_length(field: str, value: str, max_chars: int, *, octets: bool = False) -> str:
+    """Refuses text its column cannot hold: longer than `max_chars` characters (UTF-8
+    octets when `octets`, as RADIUS counts), or holding NUL, which PostgreSQL text refuses."""
+    size = len(value.encode()) if octets else len(value)
+    if size > max_chars:
+        what = "octets" if octets else "characters"
+        raise InvalidArgumentError(field, f"longer than {max_chars} {what} ({size})")
+    if "\x00" in value:
+        raise InvalidArgumentError(field, "must not contain NUL characters")
     return value
 
 
@@ -163,7 +194,14 @@ def timestamp_or_none(message: Any, field: str) -> dt.datetime | None:
     if not message.HasField(field):
         return None
     ts: Timestamp = getattr(message, field)
-    return ts.ToDatetime(tzinfo=dt.UTC)
+    try:
+        return ts.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError(
+            field,
+            f"not a valid timestamp (seconds={ts.seconds}, nanos={ts.nanos}):"
+            " 0001-01-01 to 9999-12-31 UTC, nanos 0 to 999999999",
+        ) from None
 
 
 def to_timestamp(value: dt.datetime | None) -> Timestamp | None:

@@ -466,19 +466,35 @@ class RecordUsageRequest(_message.Message):
     RADIUS_USER_NAME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """Exactly once per key within a tenant; a replay returns the original result."""
+    """Exactly once per key within a tenant; a replay returns the original result.
+    At most 200 characters.
+    """
     usage_type: Global___UsageType.ValueType
     custom_type: _builtins.str
-    """Required when usage_type is CUSTOM."""
+    """Required when usage_type is CUSTOM, refused otherwise; at most 120 characters."""
     quantity: _builtins.str
-    """Decimal string, non-negative, e.g. "1048576" bytes or "12.5" minutes."""
+    """Decimal string, non-negative, e.g. "1048576" bytes or "12.5" minutes: at most 21
+    digits before the point and 9 after (never rounded). DATA and SMS must come to whole
+    bytes and messages.
+    """
     unit: _builtins.str
-    """"bytes", "seconds", "minutes", "messages" or a custom unit."""
+    """The units each usage type takes (case-sensitive):
+      DATA   "bytes", "kB", "MB", "GB", "TB" (powers of 1000), "KiB", "MiB", "GiB", "TiB"
+      VOICE  "seconds", "minutes"
+      SMS    "messages", "sms"
+      CUSTOM any unit
+    At most 64 characters.
+    """
     subscription_id: _builtins.str
     radius_user_name: _builtins.str
+    """The RADIUS User-Name (at most 253 octets). When no subscription has it yet, the
+    usage is kept unattributed (ListUnattributedUsage) and attributed once one does.
+    """
     source: Global___UsageSource.ValueType
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """0001-01-01 to 9999-12-31 UTC."""
+
     def __init__(
         self,
         *,
@@ -778,6 +794,9 @@ class ListUnattributedUsageRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """Bounds usage and metered together: every session identity comes first, then the
+    metered groups (a page may end one list and start the other).
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -836,23 +855,83 @@ class UnattributedUsage(_message.Message):
 Global___UnattributedUsage: _TypeAlias = UnattributedUsage  # noqa: Y015
 
 @_typing.final
+class UnattributedMeteredUsage(_message.Message):
+    """Metered usage recorded by a radius_user_name no subscription has yet, summed per user
+    name, usage type, custom type and unit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RADIUS_USER_NAME_FIELD_NUMBER: _builtins.int
+    USAGE_TYPE_FIELD_NUMBER: _builtins.int
+    CUSTOM_TYPE_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_AT_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_AT_FIELD_NUMBER: _builtins.int
+    radius_user_name: _builtins.str
+    usage_type: Global___UsageType.ValueType
+    custom_type: _builtins.str
+    """CUSTOM only"""
+    unit: _builtins.str
+    quantity: _builtins.str
+    """decimal sum of the events' quantities"""
+    event_count: _builtins.int
+    @_builtins.property
+    def first_seen_at(self) -> _timestamp_pb2.Timestamp:
+        """earliest occurred_at"""
+
+    @_builtins.property
+    def last_seen_at(self) -> _timestamp_pb2.Timestamp:
+        """latest occurred_at"""
+
+    def __init__(
+        self,
+        *,
+        radius_user_name: _builtins.str = ...,
+        usage_type: Global___UsageType.ValueType = ...,
+        custom_type: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        quantity: _builtins.str = ...,
+        event_count: _builtins.int = ...,
+        first_seen_at: _timestamp_pb2.Timestamp | None = ...,
+        last_seen_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_at", b"first_seen_at", "last_seen_at", b"last_seen_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_type", b"custom_type", "event_count", b"event_count", "first_seen_at", b"first_seen_at", "last_seen_at", b"last_seen_at", "quantity", b"quantity", "radius_user_name", b"radius_user_name", "unit", b"unit", "usage_type", b"usage_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnattributedMeteredUsage: _TypeAlias = UnattributedMeteredUsage  # noqa: Y015
+
+@_typing.final
 class ListUnattributedUsageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USAGE_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    METERED_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
-    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnattributedUsage]: ...
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnattributedUsage]:
+        """Sessions' usage, per RADIUS identity."""
+
+    @_builtins.property
+    def metered(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnattributedMeteredUsage]:
+        """RecordUsage events, per user name, type and unit."""
+
     def __init__(
         self,
         *,
         usage: _abc.Iterable[Global___UnattributedUsage] | None = ...,
         next_page_token: _builtins.str = ...,
+        metered: _abc.Iterable[Global___UnattributedMeteredUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metered", b"metered", "next_page_token", b"next_page_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,6 +29,13 @@ from server.db.base import Base, TenantScoped, utcnow
 
 # Length limits of RADIUS text attributes (253 octets) and of NAS keys built from them.
 RADIUS_TEXT = 253
+# Column limits of usage_events that RecordUsage checks before writing (migration 0002).
+IDEMPOTENCY_KEY_MAX = 200
+CUSTOM_TYPE_MAX = 120
+UNIT_MAX = 64
+# quantity is NUMERIC(QUANTITY_PRECISION, QUANTITY_SCALE): 21 digits before the point, 9 after.
+QUANTITY_PRECISION = 30
+QUANTITY_SCALE = 9
 # rating_core.CLOCK_SKEW: the anomaly flag of an Event-Timestamp outside the tolerance.
 CLOCK_SKEW_FLAG = 128
 
@@ -258,13 +265,13 @@ class UsageEvent(TenantScoped, Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    idempotency_key: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX))
     # SHA-256 of the canonical request: a key reused for another request is refused.
     request_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
     usage_type: Mapped[int] = mapped_column(SmallInteger)
-    custom_type: Mapped[str] = mapped_column(String(120), default="")
-    quantity: Mapped[Decimal] = mapped_column(Numeric(30, 9))
-    unit: Mapped[str] = mapped_column(String(64))
+    custom_type: Mapped[str] = mapped_column(String(CUSTOM_TYPE_MAX), default="")
+    quantity: Mapped[Decimal] = mapped_column(Numeric(QUANTITY_PRECISION, QUANTITY_SCALE))
+    unit: Mapped[str] = mapped_column(String(UNIT_MAX))
     occurred_at: Mapped[dt.datetime]
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     radius_user_name: Mapped[str] = mapped_column(String(RADIUS_TEXT), default="")

@@ -8,6 +8,7 @@ import binascii
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, literal, literal_column, select, tuple_
@@ -16,7 +17,14 @@ from server.db.base import UTCDateTime
 from server.db.database import Database
 from server.errors import InvalidArgumentError, NotFoundError
 from server.usage import repository as repo
-from server.usage.models import CLOCK_SKEW_FLAG, UsageAnomaly, UsageNas, UsageSession
+from server.usage import service
+from server.usage.models import (
+    CLOCK_SKEW_FLAG,
+    UsageAnomaly,
+    UsageEvent,
+    UsageNas,
+    UsageSession,
+)
 from server.validation import decode_page_token, encode_page_token
 
 U64 = (1 << 64) - 1
@@ -124,13 +132,62 @@ class Unattributed:
     last_seen_at: dt.datetime
 
 
+@dataclass(frozen=True)
+class UnattributedMetered:
+    radius_user_name: str
+    usage_type: int
+    custom_type: str
+    unit: str
+    quantity: Decimal
+    event_count: int
+    first_seen_at: dt.datetime
+    last_seen_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class UnattributedPage:
+    usage: list[Unattributed]
+    metered: list[UnattributedMetered]
+    next_page_token: str
+
+
 async def list_unattributed(
     db: Database, tenant_id: uuid.UUID, limit: int, token: str
-) -> tuple[list[Unattributed], str]:
-    """Usage of sessions no identity attributes, per identity; re-attributes first."""
+) -> UnattributedPage:
+    """Usage no identity attributes, re-attributing first: sessions per RADIUS identity,
+    then metered events per user name, type and unit, `limit` rows in all. The page token
+    holds the last session identity ("u", "c", "f"), or "m": the last metered group (None
+    when the metered list starts on the next page)."""
     async with db.transaction() as session:
         await repo.begin_write(session)
-        await repo.reattribute(session, tenant_id)
+        await service.reattribute(tenant_id, session)
+    cursor = decode_page_token(token)
+    usage: list[Unattributed] = []
+    if cursor is None or "m" not in cursor:
+        usage = await _unattributed_sessions(db, tenant_id, limit, cursor)
+        if len(usage) > limit:
+            last = usage[limit - 1]
+            token = encode_page_token(
+                {"u": last.user_name, "c": last.calling_station_id, "f": last.framed_ip_address}
+            )
+            return UnattributedPage(usage[:limit], [], token)
+        after = None
+    else:
+        after = _metered_cursor(cursor["m"])
+    room = limit - len(usage)
+    metered = await _unattributed_metered(db, tenant_id, room, after)
+    token = ""
+    if len(metered) > room:
+        metered = metered[:room]
+        last_key = _metered_key(metered[-1]) if metered else after
+        token = encode_page_token({"m": last_key})
+    return UnattributedPage(usage, metered, token)
+
+
+async def _unattributed_sessions(
+    db: Database, tenant_id: uuid.UUID, limit: int, cursor: dict[str, Any] | None
+) -> list[Unattributed]:
+    """Up to limit + 1 identities of unattributed sessions, after the cursor's."""
     key = (
         UsageSession.user_name,
         UsageSession.calling_station_id,
@@ -150,7 +207,6 @@ async def list_unattributed(
         .order_by(*key)
         .limit(limit + 1)
     )
-    cursor = decode_page_token(token)
     if cursor is not None:
         try:
             after = (str(cursor["u"]), str(cursor["c"]), str(cursor["f"]))
@@ -159,7 +215,7 @@ async def list_unattributed(
         query = query.where(tuple_(*key) > tuple_(*(literal(v) for v in after)))
     async with db.read() as session:
         rows = (await session.execute(query)).all()
-    items = [
+    return [
         Unattributed(
             user_name=row[0],
             calling_station_id=row[1],
@@ -172,14 +228,69 @@ async def list_unattributed(
         )
         for row in rows
     ]
-    next_token = ""
-    if len(items) > limit:
-        items = items[:limit]
-        last = items[-1]
-        next_token = encode_page_token(
-            {"u": last.user_name, "c": last.calling_station_id, "f": last.framed_ip_address}
+
+
+MeteredKey = tuple[str, int, str, str]
+
+
+def _metered_key(item: UnattributedMetered) -> MeteredKey:
+    return (item.radius_user_name, item.usage_type, item.custom_type, item.unit)
+
+
+def _metered_cursor(value: Any) -> MeteredKey | None:
+    if value is None:
+        return None
+    try:
+        user, usage_type, custom_type, unit = value
+        return (str(user), int(usage_type), str(custom_type), str(unit))
+    except (TypeError, ValueError):
+        raise InvalidArgumentError("page_token", "malformed page token") from None
+
+
+async def _unattributed_metered(
+    db: Database, tenant_id: uuid.UUID, room: int, after: MeteredKey | None
+) -> list[UnattributedMetered]:
+    """Up to room + 1 groups of unattributed metered events, after the given one."""
+    key = (
+        UsageEvent.radius_user_name,
+        UsageEvent.usage_type,
+        UsageEvent.custom_type,
+        UsageEvent.unit,
+    )
+    query: Any = (
+        select(
+            *key,
+            func.sum(UsageEvent.quantity),
+            func.count(),
+            func.min(UsageEvent.occurred_at),
+            func.max(UsageEvent.occurred_at),
         )
-    return items, next_token
+        .where(
+            UsageEvent.tenant_id == tenant_id,
+            UsageEvent.subscription_id.is_(None),
+            UsageEvent.radius_user_name != "",
+        )
+        .group_by(*key)
+        .order_by(*key)
+        .limit(room + 1)
+    )
+    if after is not None:
+        query = query.where(tuple_(*key) > tuple_(*(literal(v) for v in after)))
+    async with db.read() as session:
+        rows = (await session.execute(query)).all()
+    return [
+        UnattributedMetered(
+            radius_user_name=row[0],
+            usage_type=int(row[1]),
+            custom_type=row[2],
+            unit=row[3],
+            quantity=Decimal(row[4] or 0),
+            event_count=int(row[5]),
+            first_seen_at=_aware(row[6]),
+            last_seen_at=_aware(row[7]),
+        )
+        for row in rows
+    ]
 
 
 @dataclass(frozen=True)

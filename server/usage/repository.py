@@ -1058,3 +1058,24 @@ async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
         params,
     )
     return int(getattr(updated, "rowcount", 0) or 0)
+
+
+# ---------------------------------------------------------------- metered attribution
+
+
+async def attribute_events(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """Attributes unattributed metered events (RecordUsage by `radius_user_name`) whose
+    identity now matches a subscription, by the sessions' rules (attribution_sql: a metered
+    event names a User-Name only); returns the events changed. Kept apart from
+    reattribute()'s session statements: it touches usage_events alone."""
+    t = ":t"
+    current = attribution_sql(t, "usage_events.radius_user_name", "''", "''")
+    updated = await session.execute(
+        text(
+            f"UPDATE usage_events SET subscription_id = {current} WHERE tenant_id = {t}"
+            " AND subscription_id IS NULL AND radius_user_name <> ''"
+            f" AND {current} IS NOT NULL"
+        ),
+        {"t": tenant_param(session, tenant_id)},
+    )
+    return int(getattr(updated, "rowcount", 0) or 0)

@@ -35,6 +35,7 @@ from server.accounts.models import RadiusIdentity, Subscription
 from server.db.database import Database
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from server.usage import repository as repo
+from server.usage import units
 from server.usage.models import UsageEvent
 from server.usage.writes import (
     ACCEPTED,
@@ -45,6 +46,7 @@ from server.usage.writes import (
     BatchWrites,
     Projection,
 )
+from server.validation import format_decimal
 
 log = logging.getLogger("server.usage")
 
@@ -550,10 +552,14 @@ async def reattribute(tenant_id: uuid.UUID, session: AsyncSession) -> int:
 
     Call it inside the transaction that creates the identity (AccountService): sessions
     whose identity now matches a subscription take it, and their identity's unattributed
-    hourly buckets move to the subscription's. Returns the number of sessions attributed.
-    ListUnattributedUsage also runs it first, so a race with ingest is settled lazily.
+    hourly buckets move to the subscription's; metered events recorded by an unknown
+    `radius_user_name` that now matches take it too. Returns the number of sessions and
+    metered events attributed. ListUnattributedUsage also runs it first, so a race with
+    ingest or RecordUsage is settled lazily.
     """
-    return await repo.reattribute(session, tenant_id)
+    sessions = await repo.reattribute(session, tenant_id)
+    events = await repo.attribute_events(session, tenant_id)
+    return sessions + events
 
 
 # ---------------------------------------------------------------- metered usage
@@ -577,7 +583,7 @@ class MeteredUsage:
                 self.idempotency_key,
                 str(self.usage_type),
                 self.custom_type,
-                format(self.quantity.normalize(), "f"),
+                format_decimal(self.quantity),
                 self.unit,
                 self.occurred_at.astimezone(dt.UTC).isoformat(),
                 str(self.subscription_id or ""),
@@ -596,7 +602,9 @@ class RecordedUsage:
 
 
 async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) -> RecordedUsage:
-    """Stores metered usage exactly once per idempotency key; a replay returns the original."""
+    """Stores metered usage exactly once per idempotency key; a replay returns the original.
+    The unit must be one its usage type takes (server/usage/units.py)."""
+    units.base_quantity(usage.usage_type, usage.unit, usage.quantity)
     digest = usage.digest()
     async with db.transaction() as session:
         await repo.begin_write(session)

@@ -24,8 +24,18 @@ from server.auth import principal
 from server.db.database import Database
 from server.errors import InvalidArgumentError
 from server.usage import queries, service
-from server.usage.models import UsageSession
+from server.usage.models import (
+    CUSTOM_TYPE_MAX,
+    IDEMPOTENCY_KEY_MAX,
+    QUANTITY_PRECISION,
+    QUANTITY_SCALE,
+    RADIUS_TEXT,
+    UNIT_MAX,
+    UsageSession,
+)
 from server.validation import (
+    format_decimal,
+    limit_length,
     optional_id,
     page_size,
     parse_decimal,
@@ -123,9 +133,11 @@ class UsageServicer:
         self, request: usage_pb2.RecordUsageRequest, context: Context
     ) -> usage_pb2.RecordUsageResponse:
         usage_type = parse_enum("usage_type", request.usage_type, usage_pb2.UsageType)
-        custom_type = request.custom_type.strip()
+        custom_type = limit_length("custom_type", request.custom_type.strip(), CUSTOM_TYPE_MAX)
         if usage_type == usage_pb2.USAGE_TYPE_CUSTOM and not custom_type:
             raise InvalidArgumentError("custom_type", "is required when usage_type is CUSTOM")
+        if usage_type != usage_pb2.USAGE_TYPE_CUSTOM and custom_type:
+            raise InvalidArgumentError("custom_type", "is only for usage_type CUSTOM")
         occurred_at = timestamp_or_none(request, "occurred_at")
         if occurred_at is None:
             raise InvalidArgumentError("occurred_at", "is required")
@@ -133,19 +145,27 @@ class UsageServicer:
         if subject is None:
             raise InvalidArgumentError("subject", "subscription_id or radius_user_name is required")
         source = parse_enum("source", request.source, usage_pb2.UsageSource, allow_unspecified=True)
+        key = require("idempotency_key", request.idempotency_key)
+        quantity = parse_decimal(
+            "quantity",
+            require("quantity", request.quantity),
+            places=QUANTITY_SCALE,
+            integer_digits=QUANTITY_PRECISION - QUANTITY_SCALE,
+        )
+        user_name = (
+            require("radius_user_name", request.radius_user_name)
+            if subject == "radius_user_name"
+            else ""
+        )
         metered = service.MeteredUsage(
-            idempotency_key=require("idempotency_key", request.idempotency_key),
+            idempotency_key=limit_length("idempotency_key", key, IDEMPOTENCY_KEY_MAX),
             usage_type=usage_type,
             custom_type=custom_type,
-            quantity=parse_decimal("quantity", require("quantity", request.quantity), places=9),
-            unit=require("unit", request.unit),
+            quantity=quantity,
+            unit=limit_length("unit", require("unit", request.unit), UNIT_MAX),
             occurred_at=occurred_at,
             subscription_id=optional_id("subscription_id", request.subscription_id),
-            radius_user_name=(
-                require("radius_user_name", request.radius_user_name)
-                if subject == "radius_user_name"
-                else ""
-            ),
+            radius_user_name=limit_length("radius_user_name", user_name, RADIUS_TEXT, octets=True),
             source=source or usage_pb2.USAGE_SOURCE_API,
         )
         if subject == "subscription_id" and metered.subscription_id is None:
@@ -210,7 +230,7 @@ class UsageServicer:
     async def list_unattributed_usage(
         self, request: usage_pb2.ListUnattributedUsageRequest, context: Context
     ) -> usage_pb2.ListUnattributedUsageResponse:
-        items, token = await queries.list_unattributed(
+        page = await queries.list_unattributed(
             self.db, principal().tenant_id, page_size(request.page_size), request.page_token
         )
         return usage_pb2.ListUnattributedUsageResponse(
@@ -225,9 +245,22 @@ class UsageServicer:
                     first_seen_at=to_timestamp(item.first_seen_at),
                     last_seen_at=to_timestamp(item.last_seen_at),
                 )
-                for item in items
+                for item in page.usage
             ],
-            next_page_token=token,
+            metered=[
+                usage_pb2.UnattributedMeteredUsage(
+                    radius_user_name=item.radius_user_name,
+                    usage_type=item.usage_type,  # type: ignore[arg-type]
+                    custom_type=item.custom_type,
+                    unit=item.unit,
+                    quantity=format_decimal(item.quantity),
+                    event_count=item.event_count,
+                    first_seen_at=to_timestamp(item.first_seen_at),
+                    last_seen_at=to_timestamp(item.last_seen_at),
+                )
+                for item in page.metered
+            ],
+            next_page_token=page.next_page_token,
         )
 
     async def list_nas(

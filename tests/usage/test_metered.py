@@ -1,0 +1,226 @@
+"""RecordUsage over a real channel: every bad input named, units per usage type, and metered
+usage of an unknown identity listed as unattributed, then attributed when it is registered."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import select
+
+from isp_rating.v1 import usage_pb2 as pb
+from server.usage.models import UsageEvent
+from tests.conftest import RunningServer
+from tests.usage.support import INTERIM, Rec, Usage, at, ts, utc
+from tests.usage.test_api import expect_status, metered, subscribe
+
+BAD_TIMESTAMPS = [
+    Timestamp(seconds=2**40),
+    Timestamp(seconds=-(2**40)),
+    Timestamp(seconds=0, nanos=2_000_000_000),
+    Timestamp(seconds=0, nanos=-1),
+]
+
+
+def request(**changes: Any) -> pb.RecordUsageRequest:
+    """test_api's metered() request with a fresh key; Timestamps are copied in."""
+    times = {k: changes.pop(k) for k in list(changes) if isinstance(changes[k], Timestamp)}
+    out = metered(uuid.uuid4().hex, **changes)
+    for name, value in times.items():
+        getattr(out, name).CopyFrom(value)
+    return out
+
+
+def custom(**changes: Any) -> dict[str, Any]:
+    return {"usage_type": pb.USAGE_TYPE_CUSTOM, "custom_type": "api-calls", **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"idempotency_key": "k" * 201}, "idempotency_key"),
+        ({"idempotency_key": "k\x00"}, "idempotency_key"),
+        (custom(unit="u" * 65), "unit"),
+        (custom(custom_type="c" * 121), "custom_type"),
+        ({"custom_type": "api-calls"}, "custom_type"),
+        ({"radius_user_name": "u" * 254}, "radius_user_name"),
+        ({"radius_user_name": "é" * 127}, "radius_user_name"),  # 127 characters, 254 octets
+        ({"radius_user_name": "u" * 256}, "radius_user_name"),
+        ({"quantity": "1" + "0" * 25}, "quantity"),
+        ({"quantity": "1e25"}, "quantity"),
+        ({"quantity": "1000000000000000000000"}, "quantity"),  # 10^21: 22 integer digits
+        ({"quantity": "0.0000000001"}, "quantity"),
+        ({"quantity": "12.5000000001"}, "quantity"),
+        ({"quantity": "12345678901234567890.1234567891"}, "quantity"),  # past 28 digits
+        ({"quantity": "NaN"}, "quantity"),
+        ({"quantity": "Infinity"}, "quantity"),
+        ({"occurred_at": BAD_TIMESTAMPS[0]}, "occurred_at"),
+        ({"occurred_at": BAD_TIMESTAMPS[1]}, "occurred_at"),
+        ({"occurred_at": BAD_TIMESTAMPS[2]}, "occurred_at"),
+        ({"occurred_at": BAD_TIMESTAMPS[3]}, "occurred_at"),
+        ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "messages"}, "unit"),
+        ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "gb"}, "unit"),
+        ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "Gb"}, "unit"),
+        ({"usage_type": pb.USAGE_TYPE_VOICE, "unit": "bytes"}, "unit"),
+        ({"usage_type": pb.USAGE_TYPE_SMS, "unit": "minutes"}, "unit"),
+        ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "bytes", "quantity": "0.5"}, "quantity"),
+        ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "kB", "quantity": "0.0005"}, "quantity"),
+        ({"usage_type": pb.USAGE_TYPE_SMS, "unit": "messages", "quantity": "1.5"}, "quantity"),
+    ],
+)
+async def test_record_usage_is_invalid_argument_naming_the_field_when_it_does_not_fit(
+    usage: Usage, changes: dict[str, Any], field: str
+) -> None:
+    await expect_status(
+        usage.stub.RecordUsage(request(**changes), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{field}:",
+    )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"idempotency_key": "k" * 200},
+        {"radius_user_name": "u" * 253},
+        {"radius_user_name": "é" * 126},  # 252 octets
+        custom(unit="u" * 64, custom_type="c" * 120),
+        custom(unit="requests", quantity="0.000000001"),
+        {"quantity": "999999999999999999999.999999999"},
+        {"quantity": "12.500000000000"},  # trailing zeros are not precision
+        {"usage_type": pb.USAGE_TYPE_VOICE, "unit": "seconds", "quantity": "0.25"},
+        {"usage_type": pb.USAGE_TYPE_DATA, "unit": "GB", "quantity": "1.5"},
+        {"usage_type": pb.USAGE_TYPE_DATA, "unit": "KiB", "quantity": "0.5"},
+        {"usage_type": pb.USAGE_TYPE_DATA, "unit": "TiB", "quantity": "999999999999999999999"},
+        {"usage_type": pb.USAGE_TYPE_SMS, "unit": "sms", "quantity": "3"},
+    ],
+)
+async def test_record_usage_is_accepted_when_input_is_at_the_limits(
+    usage: Usage, changes: dict[str, Any]
+) -> None:
+    reply = await usage.stub.RecordUsage(request(**changes), metadata=usage.metadata)
+    assert reply.usage_id
+    assert not reply.replayed
+
+
+async def test_reused_key_is_failed_precondition_when_quantity_differs_in_its_last_digit(
+    usage: Usage,
+) -> None:
+    first = request(quantity="999999999999999999999.999999999")
+    await usage.stub.RecordUsage(first, metadata=usage.metadata)
+    again = pb.RecordUsageRequest()
+    again.CopyFrom(first)
+    again.quantity = "999999999999999999999.999999998"
+    await expect_status(
+        usage.stub.RecordUsage(again, metadata=usage.metadata),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "idempotency_key",
+    )
+
+
+@pytest.mark.parametrize("bad", BAD_TIMESTAMPS)
+async def test_sweep_is_invalid_argument_naming_as_of_when_it_is_out_of_range(
+    usage: Usage, bad: Timestamp
+) -> None:
+    await expect_status(
+        usage.stub.SweepStaleSessions(
+            pb.SweepStaleSessionsRequest(as_of=bad), metadata=usage.metadata
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "as_of:",
+    )
+
+
+async def record(usage: Usage, user: str, **changes: Any) -> pb.RecordUsageResponse:
+    return await usage.stub.RecordUsage(
+        request(radius_user_name=user, **changes), metadata=usage.metadata
+    )
+
+
+async def unattributed(usage: Usage, page_size: int = 0) -> list[pb.ListUnattributedUsageResponse]:
+    """Every page of ListUnattributedUsage."""
+    pages = []
+    listing = pb.ListUnattributedUsageRequest(page_size=page_size)
+    while True:
+        page = await usage.stub.ListUnattributedUsage(listing, metadata=usage.metadata)
+        pages.append(page)
+        if not page.next_page_token:
+            return pages
+        listing.page_token = page.next_page_token
+
+
+def metered_rows(
+    pages: list[pb.ListUnattributedUsageResponse],
+) -> list[tuple[str, int, str, str, str, int]]:
+    return [
+        (m.radius_user_name, m.usage_type, m.custom_type, m.unit, m.quantity, m.event_count)
+        for page in pages
+        for m in page.metered
+    ]
+
+
+async def event_subscriptions(server: RunningServer, usage: Usage) -> dict[str, str]:
+    async with server.db.read() as session:
+        rows = (
+            await session.execute(
+                select(UsageEvent.idempotency_key, UsageEvent.subscription_id).where(
+                    UsageEvent.tenant_id == usage.tenant.tenant_id
+                )
+            )
+        ).all()
+    return {key: str(sub) if sub else "" for key, sub in rows}
+
+
+async def test_metered_usage_is_listed_then_attributed_when_identity_is_registered(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    first = await record(usage, "erin", quantity="12.5", occurred_at=ts(at(60)))
+    await record(usage, "erin", quantity="2.5", occurred_at=ts(at(7200)))
+    await record(usage, "erin", usage_type=pb.USAGE_TYPE_DATA, unit="GB", quantity="1.5")
+    await record(usage, "frank", usage_type=pb.USAGE_TYPE_SMS, unit="messages", quantity="3")
+    assert first.subscription_id == ""
+
+    (page,) = await unattributed(usage)
+    assert list(page.usage) == []
+    assert metered_rows([page]) == [
+        ("erin", pb.USAGE_TYPE_DATA, "", "GB", "1.5", 1),
+        ("erin", pb.USAGE_TYPE_VOICE, "", "minutes", "15", 2),
+        ("frank", pb.USAGE_TYPE_SMS, "", "messages", "3", 1),
+    ]
+    voice = page.metered[1]
+    assert (utc(voice.first_seen_at), utc(voice.last_seen_at)) == (at(60), at(7200))
+
+    sub = await subscribe(channel, usage.tenant, user_name="erin")
+    # Registering the identity attributed the pending events in its own transaction.
+    subs = await event_subscriptions(server, usage)
+    assert sorted(subs.values()) == ["", sub, sub, sub]
+    (page,) = await unattributed(usage)
+    assert metered_rows([page]) == [("frank", pb.USAGE_TYPE_SMS, "", "messages", "3", 1)]
+    # Later usage of the identity is attributed when recorded.
+    assert (await record(usage, "erin")).subscription_id == sub
+
+
+async def test_unattributed_pages_cover_sessions_then_metered_when_page_size_is_small(
+    usage: Usage,
+) -> None:
+    await usage.send(
+        "decoded",
+        Rec(INTERIM, sid="s1", user="gina", t=600, session_time=600, inp=1, out=2),
+        Rec(INTERIM, sid="s2", user="hank", t=600, session_time=600, inp=3, out=4),
+    )
+    for user in ("ivan", "judy", "kim"):
+        await record(usage, user)
+    full = await unattributed(usage)
+    assert len(full) == 1
+    expected_sessions = [u.user_name for u in full[0].usage]
+    expected_metered = metered_rows(full)
+    assert expected_sessions == ["gina", "hank"]
+    assert [row[0] for row in expected_metered] == ["ivan", "judy", "kim"]
+    for size in (1, 2, 3, 5):
+        pages = await unattributed(usage, size)
+        assert all(len(p.usage) + len(p.metered) <= size for p in pages)
+        assert [u.user_name for p in pages for u in p.usage] == expected_sessions
+        assert metered_rows(pages) == expected_metered
