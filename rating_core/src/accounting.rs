@@ -236,9 +236,30 @@ impl Hasher for PassThrough {
 }
 
 /// Index tag of a session identity (NAS id, session id). Tags may collide: instances are
-/// matched on the NAS id and the session id itself.
+/// matched on the NAS id and the session id itself. Only ever held in memory, so a fast
+/// multiply-fold over the id's words (one per 8 bytes) rather than the stable key hash.
+#[inline]
 fn sid_tag(nas: u32, sid: &[u8]) -> u32 {
-    let (h, _) = record::identity_hash(nas, sid);
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    const M: u64 = 0xbf58_476d_1ce4_e5b9;
+    let mix = |a: u64, b: u64| {
+        let r = u128::from(a) * u128::from(b);
+        (r as u64) ^ ((r >> 64) as u64)
+    };
+    let mut h = (u64::from(nas) << 32 | (sid.len() as u64 & 0xffff_ffff)) ^ K;
+    let mut chunks = sid.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = mix(h ^ u64::from_le_bytes(w), M);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = mix(h ^ u64::from_le_bytes(w), M);
+    }
+    let h = mix(h, K);
     (h ^ (h >> 32)) as u32
 }
 
@@ -876,7 +897,8 @@ impl Engine {
         while slot != NONE {
             let s = &self.sessions[slot as usize];
             let distance = s.start_us.abs_diff(implied);
-            if self.same_identity(s, nas, sid)
+            // `head` is an instance of the id (its newest): only older ones are compared.
+            if (slot == head || self.same_identity(s, nas, sid))
                 && distance <= gap.unsigned_abs()
                 && (s.state == STATE_OPEN
                     || implied <= s.stop_us
