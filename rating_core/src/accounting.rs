@@ -65,6 +65,9 @@ const NONE: u32 = u32::MAX;
 pub const CLOSED_RETENTION_US: i64 = 48 * HOUR_US;
 /// How many records ahead `apply` touches the index and session (see `Engine::touch`).
 const PREFETCH_DISTANCE: usize = 12;
+/// Identity hashes of the records from the current one to `PREFETCH_DISTANCE` ahead.
+const TAG_RING: usize = 16;
+const _: () = assert!(TAG_RING > PREFETCH_DISTANCE && TAG_RING.is_power_of_two());
 const WRAP: u64 = 1 << 32;
 /// Event-Timestamp and Acct-Session-Time are whole seconds, so records of one session imply
 /// starts up to this far apart: within it of an instance's start is that instance's start.
@@ -233,9 +236,30 @@ impl Hasher for PassThrough {
 }
 
 /// Index tag of a session identity (NAS id, session id). Tags may collide: instances are
-/// matched on the NAS id and the session id itself.
+/// matched on the NAS id and the session id itself. Only ever held in memory, so a fast
+/// multiply-fold over the id's words (one per 8 bytes) rather than the stable key hash.
+#[inline]
 fn sid_tag(nas: u32, sid: &[u8]) -> u32 {
-    let (h, _) = record::identity_hash(nas, sid);
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    const M: u64 = 0xbf58_476d_1ce4_e5b9;
+    let mix = |a: u64, b: u64| {
+        let r = u128::from(a) * u128::from(b);
+        (r as u64) ^ ((r >> 64) as u64)
+    };
+    let mut h = (u64::from(nas) << 32 | (sid.len() as u64 & 0xffff_ffff)) ^ K;
+    let mut chunks = sid.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = mix(h ^ u64::from_le_bytes(w), M);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = mix(h ^ u64::from_le_bytes(w), M);
+    }
+    let h = mix(h, K);
     (h ^ (h >> 32)) as u32
 }
 
@@ -286,6 +310,11 @@ impl StrColumn {
         let end = self.ends.get(i).copied().unwrap_or(start);
         self.data.get(start..end).unwrap_or_default()
     }
+    /// Room for `rows` more rows of `bytes` more text.
+    fn reserve(&mut self, rows: usize, bytes: usize) {
+        self.data.reserve(bytes);
+        self.ends.reserve(rows);
+    }
     pub fn push(&mut self, v: &str) {
         self.data.push_str(v);
         self.ends.push(self.data.len());
@@ -311,9 +340,9 @@ struct TextBuilder {
 }
 
 impl TextBuilder {
-    fn with_capacity(rows: usize) -> Self {
+    fn with_capacity(rows: usize, bytes: usize) -> Self {
         Self {
-            data: Vec::with_capacity(rows * 16),
+            data: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(rows),
         }
     }
@@ -478,12 +507,14 @@ struct SessionText {
 }
 
 impl SessionText {
-    fn with_capacity(rows: usize) -> Self {
+    /// Builders for `rows` rows of `sid_bytes` session-id bytes and `text_bytes` of User-Name,
+    /// Calling-Station-Id and Framed-IP-Address bytes.
+    fn with_capacity(rows: usize, sid_bytes: usize, text_bytes: [usize; 3]) -> Self {
         Self {
-            sid: TextBuilder::with_capacity(rows),
-            user: TextBuilder::with_capacity(rows),
-            calling: TextBuilder::with_capacity(rows),
-            framed: TextBuilder::with_capacity(rows),
+            sid: TextBuilder::with_capacity(rows, sid_bytes),
+            user: TextBuilder::with_capacity(rows, text_bytes[0]),
+            calling: TextBuilder::with_capacity(rows, text_bytes[1]),
+            framed: TextBuilder::with_capacity(rows, text_bytes[2]),
         }
     }
 
@@ -545,7 +576,24 @@ struct Touched {
     /// Per row: the hour and index of its most recent bucket (most records hit it).
     last_bucket: Vec<(i64, u32)>,
     bucket_of: FxHashMap<(u32, i64), u32>,
+    /// The call's hourly buckets, copied to the output columns (exact size) at the end.
+    buckets: Vec<Bucket>,
     anomalies: Vec<(i64, u32, u32, String)>,
+    /// Text bytes of the rows so far (session ids, NAS keys, and each `text` field), so
+    /// the output columns are allocated once at their final size.
+    sid_bytes: usize,
+    nas_bytes: usize,
+    text_bytes: [usize; 3],
+}
+
+/// One hourly bucket of a row, being summed.
+#[derive(Clone, Copy)]
+struct Bucket {
+    hour: i64,
+    input: u64,
+    output: u64,
+    secs: u64,
+    row: i32,
 }
 
 impl Touched {
@@ -555,12 +603,17 @@ impl Touched {
         self.text_buf.clear();
         self.last_bucket.clear();
         self.bucket_of.clear();
+        self.buckets.clear();
         self.anomalies.clear();
+        self.sid_bytes = 0;
+        self.nas_bytes = 0;
+        self.text_bytes = [0; 3];
     }
-    /// The output row of a session, assigned on first touch; `tag` is the session's
-    /// `row_tag` (valid when it points at a row that holds this slot).
-    fn row(&mut self, slot: u32, tag: &mut u32) -> i32 {
-        let r = *tag as usize;
+    /// The output row of session `s` (in `slot`), assigned on first touch through its
+    /// `row_tag` (valid when it points at a row that holds this slot); `nas_len` is the
+    /// length of its NAS key.
+    fn row(&mut self, slot: u32, s: &mut Session, nas_len: usize) -> i32 {
+        let r = s.row_tag as usize;
         if self.rows.get(r) == Some(&slot) {
             return r as i32;
         }
@@ -568,7 +621,9 @@ impl Touched {
         self.rows.push(slot);
         self.text.push([record::Span::default(); 3]);
         self.last_bucket.push((i64::MIN, u32::MAX));
-        *tag = r as u32;
+        self.sid_bytes += usize::from(s.sid_len);
+        self.nas_bytes += nas_len;
+        s.row_tag = r as u32;
         r as i32
     }
 
@@ -765,6 +820,7 @@ impl Engine {
             + t.text_buf.capacity()
             + t.last_bucket.capacity() * 16
             + t.bucket_of.capacity() * 24
+            + t.buckets.capacity() * std::mem::size_of::<Bucket>()
     }
 
     /// Usage totals of a session: high-water marks plus the carry of any counter reset.
@@ -857,7 +913,8 @@ impl Engine {
         while slot != NONE {
             let s = &self.sessions[slot as usize];
             let distance = s.start_us.abs_diff(implied);
-            if self.same_identity(s, nas, sid)
+            // `head` is an instance of the id (its newest): only older ones are compared.
+            if (slot == head || self.same_identity(s, nas, sid))
                 && distance <= gap.unsigned_abs()
                 && (s.state == STATE_OPEN
                     || implied <= s.stop_us
@@ -1252,6 +1309,12 @@ impl Engine {
         }
     }
 
+    /// The output row of the session in `slot` (see [`Touched::row`]).
+    fn row_of(&mut self, t: &mut Touched, slot: u32) -> i32 {
+        let s = &mut self.sessions[slot as usize];
+        t.row(slot, s, self.nas[s.nas as usize].key.len())
+    }
+
     fn close_no_stop(&mut self, slot: u32, flag: u32) {
         let s = &mut self.sessions[slot as usize];
         s.state = STATE_CLOSED_NO_STOP;
@@ -1292,29 +1355,31 @@ impl Engine {
         let mut seen = std::mem::take(&mut self.seen);
         seen.clear();
         seen.reserve(n);
-        // Identity hashes up front, so the loop can touch the index and the session of a
-        // record a few places ahead: at a million sessions those are cache misses, and
-        // issuing them early overlaps them with the current record's work.
-        let tags: Vec<u32> = p
-            .records
-            .iter()
-            .map(|r| match r.status {
-                STATUS_START | STATUS_STOP | STATUS_INTERIM => {
-                    sid_tag(nas_map[r.nas as usize], input.text(r.sid))
-                }
-                _ => 0,
-            })
-            .collect();
+        // Identity hashes a few records ahead, so the loop can touch the index and the
+        // session of a record before it gets there: at a million sessions those are cache
+        // misses, and issuing them early overlaps them with the current record's work. The
+        // hashes wait in a ring (no per-call allocation).
+        let tag_of = |r: &Record| match r.status {
+            STATUS_START | STATUS_STOP | STATUS_INTERIM => {
+                sid_tag(nas_map[r.nas as usize], input.text(r.sid))
+            }
+            _ => 0,
+        };
+        let mut tags = [0u32; TAG_RING];
+        for (j, r) in p.records.iter().enumerate().take(PREFETCH_DISTANCE) {
+            tags[j] = tag_of(r);
+        }
         for (i, r) in p.records.iter().enumerate() {
-            if let Some(&ahead) = tags.get(i + PREFETCH_DISTANCE) {
+            let tag = tags[i % TAG_RING];
+            if let Some(ahead_r) = p.records.get(i + PREFETCH_DISTANCE) {
+                let ahead = tag_of(ahead_r);
+                tags[(i + PREFETCH_DISTANCE) % TAG_RING] = ahead;
                 self.touch(ahead);
-                // The record's own session id, compared on lookup: its batch bytes were
-                // read long ago (prepare, tags) and are out of cache in a large batch.
-                if let Some(r) = p.records.get(i + PREFETCH_DISTANCE) {
-                    std::hint::black_box(input.text(r.sid).first().copied());
-                    std::hint::black_box(input.text(r.user).first().copied());
-                    std::hint::black_box(input.text(r.calling).first().copied());
-                }
+                // The record's identity text, copied to its row: its batch bytes were read
+                // long ago (prepare) and are out of cache in a large batch (hashing the
+                // session id above has just loaded that one).
+                std::hint::black_box(input.text(ahead_r.user).first().copied());
+                std::hint::black_box(input.text(ahead_r.calling).first().copied());
             }
             out.event_us.push(r.event_us);
             out.arrival_us.push(r.arrival_us);
@@ -1329,7 +1394,7 @@ impl Engine {
             let nas = nas_map[r.nas as usize];
             // A session record's instance is decided once: its key may take that start.
             let routed = matches!(r.status, STATUS_START | STATUS_STOP | STATUS_INTERIM)
-                .then(|| self.route(r, nas, tags[i], input.text(r.sid)));
+                .then(|| self.route(r, nas, tag, input.text(r.sid)));
             let key = routed
                 .as_ref()
                 .map_or(r.key, |(_, target)| self.final_key(r, target));
@@ -1353,9 +1418,8 @@ impl Engine {
                 let (o, slot) = match routed {
                     None => self.on_off(i, r, nas, &mut t),
                     Some((head, target)) => {
-                        let (o, slot) = self.session_record(
-                            i, r, &key, nas, tags[i], head, target, input, &mut t, &mut out,
-                        );
+                        let (o, slot) =
+                            self.session_record(i, r, &key, nas, tag, head, target, input, &mut t);
                         if o == OUTCOME_LATE && slot != NONE {
                             self.note_skew(i, slot, r, &mut t);
                         }
@@ -1372,7 +1436,7 @@ impl Engine {
             out.session_index.push(if slot == NONE {
                 -1
             } else {
-                t.row(slot, &mut self.sessions[slot as usize].row_tag)
+                self.row_of(&mut t, slot)
             });
         }
         for &id in &nas_map {
@@ -1390,7 +1454,8 @@ impl Engine {
 
     fn finish(&self, out: &mut ApplyOutput, t: &mut Touched) {
         out.sessions.reserve(t.rows.len());
-        let mut text_columns = SessionText::with_capacity(t.rows.len());
+        out.sessions.nas_key.reserve(t.rows.len(), t.nas_bytes);
+        let mut text_columns = SessionText::with_capacity(t.rows.len(), t.sid_bytes, t.text_bytes);
         for (&slot, spans) in t.rows.iter().zip(&t.text) {
             let s = &self.sessions[slot as usize];
             let text = |span: record::Span| {
@@ -1409,6 +1474,11 @@ impl Engine {
             );
         }
         text_columns.finish(&mut out.sessions);
+        out.bucket_session_index = t.buckets.iter().map(|b| b.row).collect();
+        out.bucket_hour_us = t.buckets.iter().map(|b| b.hour).collect();
+        out.bucket_input_bytes = t.buckets.iter().map(|b| b.input).collect();
+        out.bucket_output_bytes = t.buckets.iter().map(|b| b.output).collect();
+        out.bucket_session_s = t.buckets.iter().map(|b| b.secs).collect();
         let anomalies = std::mem::take(&mut t.anomalies);
         out.anomalies = anomalies
             .into_iter()
@@ -1444,7 +1514,7 @@ impl Engine {
             let s = &self.sessions[slot as usize];
             if s.state == STATE_OPEN && s.start_us < r.event_us {
                 self.close_no_stop(slot, NAS_REBOOT_CLOSED);
-                t.row(slot, &mut self.sessions[slot as usize].row_tag);
+                self.row_of(t, slot);
                 t.anomalies.push((
                     i as i64,
                     slot,
@@ -1590,7 +1660,6 @@ impl Engine {
         target: Target,
         p: Input<'_>,
         t: &mut Touched,
-        out: &mut ApplyOutput,
     ) -> (u8, u32) {
         let sid = p.text(r.sid);
         let policy = self.nas[nas as usize].policy;
@@ -1604,7 +1673,7 @@ impl Engine {
             } => {
                 if let Some(old) = close {
                     self.close_no_stop(old, STALE_CLOSED);
-                    t.row(old, &mut self.sessions[old as usize].row_tag);
+                    self.row_of(t, old);
                     t.anomalies.push((
                         i as i64,
                         old,
@@ -1646,7 +1715,7 @@ impl Engine {
                             .push((i as i64, slot, bit, flag_detail(bit).into()));
                     }
                 }
-                let o = self.update(i, slot, r, key, policy, p, t, out);
+                let o = self.update(i, slot, r, key, policy, p, t);
                 (o, slot)
             }
             Target::Existing(slot) => {
@@ -1661,12 +1730,12 @@ impl Engine {
                     (STATE_OPEN, _)
                     | (STATE_STOPPED, STATUS_STOP)
                     | (STATE_CLOSED_NO_STOP, STATUS_STOP | STATUS_INTERIM) => {
-                        (self.update(i, slot, r, key, policy, p, t, out), slot)
+                        (self.update(i, slot, r, key, policy, p, t), slot)
                     }
                     (STATE_STOPPED, STATUS_INTERIM) => {
                         if r.session_time().is_none_or(|st| st >= session_time) {
                             self.sessions[slot as usize].flags |= INTERIM_AFTER_STOP as u16;
-                            t.row(slot, &mut self.sessions[slot as usize].row_tag);
+                            self.row_of(t, slot);
                             t.anomalies.push((
                                 i as i64,
                                 slot,
@@ -1690,7 +1759,7 @@ impl Engine {
             return;
         }
         s.flags |= CLOCK_SKEW as u16;
-        t.row(slot, &mut s.row_tag);
+        t.row(slot, s, self.nas[s.nas as usize].key.len());
         t.anomalies
             .push((i as i64, slot, CLOCK_SKEW, skew_detail(r)));
     }
@@ -1705,7 +1774,6 @@ impl Engine {
         policy: NasPolicy,
         p: Input<'_>,
         t: &mut Touched,
-        out: &mut ApplyOutput,
     ) -> u8 {
         if r.session_time()
             .is_some_and(|st| st < self.sessions[slot as usize].session_time)
@@ -1752,11 +1820,15 @@ impl Engine {
             s.terminate_cause = r.terminate_cause().unwrap_or(0);
         }
         s.flags |= new_flags as u16;
-        let row = t.row(slot, &mut s.row_tag);
+        let row = t.row(slot, s, self.nas[s.nas as usize].key.len());
         // Identity for the projection: the first value of the call for each field (the
         // projection keeps the first it ever got, e.g. a User-Name after a lost Start).
         let text = &mut t.text[row as usize];
-        for (have, new) in text.iter_mut().zip([r.user, r.calling, r.framed]) {
+        for ((have, new), total) in text
+            .iter_mut()
+            .zip([r.user, r.calling, r.framed])
+            .zip(&mut t.text_bytes)
+        {
             if have.is_empty() && !new.is_empty() {
                 let bytes = p.text(new);
                 *have = record::Span {
@@ -1764,6 +1836,7 @@ impl Engine {
                     len: bytes.len() as u32,
                 };
                 t.text_buf.extend_from_slice(bytes);
+                *total += bytes.len();
             }
         }
         self.set_totals(
@@ -1776,7 +1849,7 @@ impl Engine {
             let b = if last_hour == hour {
                 last_idx as usize
             } else {
-                let next = out.bucket_hour_us.len() as u32;
+                let next = t.buckets.len() as u32;
                 // The map only holds rows with buckets in several hours: the first bucket
                 // of a row lives in `last_bucket` alone until the row moves to another hour.
                 let b = if last_idx == u32::MAX {
@@ -1786,18 +1859,21 @@ impl Engine {
                     *t.bucket_of.entry((slot, hour)).or_insert(next)
                 };
                 if b == next {
-                    out.bucket_session_index.push(row);
-                    out.bucket_hour_us.push(hour);
-                    out.bucket_input_bytes.push(0);
-                    out.bucket_output_bytes.push(0);
-                    out.bucket_session_s.push(0);
+                    t.buckets.push(Bucket {
+                        hour,
+                        input: 0,
+                        output: 0,
+                        secs: 0,
+                        row,
+                    });
                 }
                 t.last_bucket[row as usize] = (hour, b);
                 b as usize
             };
-            out.bucket_input_bytes[b] = out.bucket_input_bytes[b].saturating_add(din);
-            out.bucket_output_bytes[b] = out.bucket_output_bytes[b].saturating_add(dout);
-            out.bucket_session_s[b] += dsecs;
+            let bucket = &mut t.buckets[b];
+            bucket.input = bucket.input.saturating_add(din);
+            bucket.output = bucket.output.saturating_add(dout);
+            bucket.secs += dsecs;
         }
         for bit in [
             COUNTER_RESET,
@@ -1832,7 +1908,7 @@ impl Engine {
             if as_of_us.saturating_sub(s.last_update_us) > policy.stale_after_us() {
                 let nas = s.nas;
                 self.close_no_stop(slot, STALE_CLOSED);
-                t.row(slot, &mut self.sessions[slot as usize].row_tag);
+                self.row_of(&mut t, slot);
                 t.anomalies
                     .push((-1, slot, STALE_CLOSED, flag_detail(STALE_CLOSED).into()));
                 if !touched_nas.contains(&nas) {
@@ -1966,7 +2042,7 @@ mod tests {
             &[],
         ];
         for rows in cases {
-            let mut built = TextBuilder::with_capacity(rows.len());
+            let mut built = TextBuilder::with_capacity(rows.len(), 0);
             let mut expected = StrColumn::default();
             for row in rows {
                 built.push(row);

@@ -361,6 +361,7 @@ impl<'a> Cursor<'a> {
 ///
 /// # Errors
 /// [`WireError`] on framing defects, wrong types, out-of-range values or invalid UTF-8.
+#[inline]
 pub fn decode_record(buf: &[u8]) -> Result<ProtoRecord<'_>, WireError> {
     let mut c = Cursor { b: buf, p: 0 };
     let mut rec = ProtoRecord::default();
@@ -487,18 +488,33 @@ pub struct Batch {
 /// # Errors
 /// [`WireError`] when the outer message itself is malformed.
 pub fn split_batch(buf: &[u8]) -> Result<Batch, WireError> {
+    let (_, count) = scan_batch(buf, |_, _| {})?;
+    let mut entries = Vec::with_capacity(count);
+    let (batch_id, _) = scan_batch(buf, |start, end| entries.push((start, end)))?;
+    Ok(Batch { batch_id, entries })
+}
+
+/// Walks a `StreamAccountingRequest`: `entry(start, end)` for each entry's byte range, in
+/// order; returns the batch id and the number of entries. An error may come after some
+/// entries were passed on (the caller discards them).
+///
+/// # Errors
+/// [`WireError`] when the outer message itself is malformed.
+pub(crate) fn scan_batch(
+    buf: &[u8],
+    mut entry: impl FnMut(usize, usize),
+) -> Result<(String, usize), WireError> {
     let mut c = Cursor { b: buf, p: 0 };
-    let mut batch = Batch {
-        batch_id: String::new(),
-        entries: Vec::with_capacity(buf.len() / 64),
-    };
+    let mut batch_id = String::new();
+    let mut count = 0;
     while c.p < buf.len() {
         let tag = c.varint()?;
         match tag {
-            0x0a => batch.batch_id = String::from_utf8_lossy(c.string(1)?).into_owned(),
+            0x0a => batch_id = String::from_utf8_lossy(c.string(1)?).into_owned(),
             0x12 => {
                 let b = c.bytes()?;
-                batch.entries.push((c.p - b.len(), c.p));
+                entry(c.p - b.len(), c.p);
+                count += 1;
             }
             t if t >> 3 == 1 || t >> 3 == 2 => {
                 return Err(WireError::TypeMismatch((t >> 3) as u32))
@@ -506,7 +522,7 @@ pub fn split_batch(buf: &[u8]) -> Result<Batch, WireError> {
             t => c.skip(t)?,
         }
     }
-    Ok(batch)
+    Ok((batch_id, count))
 }
 
 /// Minimal protobuf writer (tests, benches and the pcap tooling build batches with it).

@@ -350,6 +350,8 @@ fn counter(octets: Option<u32>, gigawords: Option<u32>) -> Option<u64> {
 struct Fields<'a> {
     status: u32,
     sid: &'a [u8],
+    /// `sid` is known to be UTF-8 (a protobuf string field, validated when decoded).
+    sid_utf8: bool,
     user: &'a [u8],
     calling: &'a [u8],
     framed: FramedIp<'a>,
@@ -545,6 +547,7 @@ fn from_proto(buf: &[u8], default_arrival_us: i64) -> Result<Fields<'_>, String>
     Ok(Fields {
         status: r.status_type,
         sid: r.acct_session_id,
+        sid_utf8: true,
         user: r.user_name,
         calling: r.calling_station_id,
         framed: FramedIp::Text(r.framed_ip_address),
@@ -599,6 +602,7 @@ fn from_raw<'a>(
     Ok(Fields {
         status: a.status_type.unwrap_or(0),
         sid: a.acct_session_id.unwrap_or_default(),
+        sid_utf8: false,
         user: a.user_name.unwrap_or_default(),
         calling: a.calling_station_id.unwrap_or_default(),
         framed: match a.framed_ip_address {
@@ -628,6 +632,7 @@ fn nas_is_empty(id: NasId<'_>) -> bool {
 /// # Errors
 /// A [`WireError`] only when the outer message is malformed; defects inside an entry
 /// quarantine that entry.
+#[inline(never)] // One call per batch; kept whole for profiles.
 pub fn prepare(
     batch: &[u8],
     default_arrival_us: i64,
@@ -688,9 +693,16 @@ pub fn prepare(
     for (new, &old) in order.iter().enumerate() {
         rank[old as usize] = new as u32;
     }
-    for r in &mut out.records {
-        if r.nas != u32::MAX {
-            r.nas = rank[r.nas as usize];
+    // (Another pass over every record only when first appearance is not sorted order.)
+    if rank
+        .iter()
+        .enumerate()
+        .any(|(new, &old)| new != old as usize)
+    {
+        for r in &mut out.records {
+            if r.nas != u32::MAX {
+                r.nas = rank[r.nas as usize];
+            }
         }
     }
     out.nas_keys = order
@@ -743,7 +755,7 @@ fn prepare_one(
     // the database stores it (each invalid sequence replaced by U+FFFD), so the engine finds
     // the instance again after a reload. The content key keeps the exact bytes.
     // (ASCII first: a word at a time, where the general check costs ~200 instructions.)
-    let lossy_sid = if f.sid.is_ascii() || std::str::from_utf8(f.sid).is_ok() {
+    let lossy_sid = if f.sid_utf8 || f.sid.is_ascii() || std::str::from_utf8(f.sid).is_ok() {
         None
     } else {
         Some(String::from_utf8_lossy(f.sid).into_owned())
