@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import uuid
@@ -349,6 +350,33 @@ async def test_sessions_filter_and_page_when_many_exist(usage: Usage) -> None:
         pb.GetSessionRequest(id=everything[3].id), metadata=usage.metadata
     )
     assert one == everything[3]
+
+
+async def test_get_session_finds_the_instance_when_its_key_holds_separator_bytes(
+    usage: Usage, form: str
+) -> None:
+    # RADIUS strings may hold any byte: 0x1f (the id's separator) and 0x1b (its escape).
+    await usage.send(
+        form,
+        Rec(START, sid="a\x1fb", nas="bng\x1f1", t=1),
+        Rec(START, sid="a", nas="bng", t=2),
+        Rec(START, sid="x\x1b_\x1b", nas="bng\x1b", t=3),
+    )
+    listed = await usage.sessions()
+    assert len({s.id for s in listed}) == 3
+    for listed_session in listed:
+        got = await usage.stub.GetSession(
+            pb.GetSessionRequest(id=listed_session.id), metadata=usage.metadata
+        )
+        assert got == listed_session
+    assert {(s.nas_key, s.acct_session_id) for s in listed} == {
+        ("bng\x1f1", "a\x1fb"),
+        ("bng", "a"),
+        ("bng\x1b", "x\x1b_\x1b"),
+    }
+    # An ordinary key's id is what it always was (ids already handed out keep working).
+    plain = next(s for s in listed if s.acct_session_id == "a")
+    assert plain.id == base64.urlsafe_b64encode(b"bng\x1fa\x1f1").decode().rstrip("=")
 
 
 async def test_get_session_names_the_field_when_id_is_malformed(usage: Usage) -> None:
