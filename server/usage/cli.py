@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from isp_rating.v1 import usage_pb2, usage_pb2_grpc
@@ -225,11 +226,18 @@ async def replay(
     batch_size: int = DEFAULT_BATCH,
     progress: Any = None,
 ) -> dict[str, int]:
-    """Registers the secret for every source address of a pcap, then streams the capture."""
+    """Sets the secret of every source address of a pcap, then streams the capture.
+
+    Only the secret is written: a client registered before keeps its NAS key, and its NAS
+    its policy (a new client's NAS key is its address, with the default policy).
+    """
     entries, sources = pcap_entries(data)
+    secret_only = FieldMask(paths=["secret"])
     for address in sorted(set(sources)):
         await stub.UpsertNasClient(
-            usage_pb2.UpsertNasClientRequest(source_address=address, secret=secret),
+            usage_pb2.UpsertNasClientRequest(
+                source_address=address, secret=secret, update_mask=secret_only
+            ),
             metadata=metadata,
         )
     return await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)

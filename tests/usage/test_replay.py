@@ -17,8 +17,9 @@ import grpc
 import pytest
 
 from isp_rating.v1 import usage_pb2 as pb
+from server.usage import cli
 from tests.conftest import Backend, RunningServer, TenantCtx, new_tenant
-from tests.usage.support import INTERIM, START, STOP, Rec, Usage, batch, decoded
+from tests.usage.support import INTERIM, START, STOP, Rec, Usage, batch, decoded, pcap
 
 ROOT = Path(__file__).resolve().parents[2]
 PCAP = ROOT.parent / "shared" / "radius" / "wba_dl_5gb.pcap"
@@ -272,3 +273,26 @@ async def test_nas_clients_are_registered_and_listed_from_the_cli(
     assert code == 2
     assert "--grace-s" in err
     assert "out of range" in err
+
+
+@pytest.mark.parametrize("nas_key", ["bng-1", ""], ids=["nas-identifier", "address"])
+async def test_replay_keeps_client_and_policy_when_the_nas_was_configured_before(
+    usage: Usage, nas_key: str
+) -> None:
+    source = "192.0.2.1"
+    await usage.register_nas(
+        source, "old-secret", nas_key=nas_key, swap_direction=True, interim_interval_s=60
+    )
+    recs = [
+        Rec(START, nas=nas_key, source=source, t=0, session_time=0),
+        Rec(INTERIM, nas=nas_key, source=source, t=600, session_time=600, inp=10, out=20),
+    ]
+    summary = await cli.replay(usage.stub, usage.metadata, pcap(recs, "testing123"), "testing123")
+    # The new secret was set (the packets verified), nothing else changed.
+    assert (summary["accepted"], summary["quarantined"]) == (2, 0)
+    nases = {n.nas_key: n for n in await usage.nas_list()}
+    key = nas_key or source
+    assert (nases[key].swap_direction, nases[key].interim_interval_s) == (True, 60)
+    assert nas_key == "" or source not in nases  # the client still points at its NAS key
+    session = await usage.session(nas=key)
+    assert (session.input_bytes, session.output_bytes) == (20, 10)  # swapped
