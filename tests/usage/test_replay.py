@@ -19,7 +19,17 @@ import pytest
 from isp_rating.v1 import usage_pb2 as pb
 from server.usage import cli
 from tests.conftest import Backend, RunningServer, TenantCtx, new_tenant
-from tests.usage.support import INTERIM, START, STOP, Rec, Usage, batch, decoded, pcap
+from tests.usage.support import (
+    INTERIM,
+    SECRET,
+    START,
+    STOP,
+    Rec,
+    Usage,
+    batch,
+    decoded,
+    pcap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PCAP = ROOT.parent / "shared" / "radius" / "wba_dl_5gb.pcap"
@@ -55,7 +65,14 @@ async def test_capture_gives_source_totals_when_replayed_through_the_cli(
         "--json",
         key=tenant.key,
     )
-    assert summary == {"records": 179, "accepted": 179, "duplicate": 0, "late": 0, "quarantined": 0}
+    assert summary == {
+        "records": 179,
+        "accepted": 179,
+        "duplicate": 0,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 0,
+    }
     again = await rating(
         "replay",
         str(PCAP),
@@ -233,7 +250,8 @@ async def requests(
         yield item
 
 
-async def rating_fails(*args: str, key: str) -> tuple[int, str]:
+async def rating_run(*args: str, key: str) -> tuple[int, str, str]:
+    """Runs `rating`: its exit status, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         *RATING,
         *args,
@@ -242,9 +260,14 @@ async def rating_fails(*args: str, key: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await process.communicate()
-    assert process.returncode not in (None, 0)
-    return process.returncode or 0, err.decode()
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def rating_fails(*args: str, key: str) -> tuple[int, str]:
+    code, _, err = await rating_run(*args, key=key)
+    assert code != 0
+    return code, err
 
 
 async def test_nas_clients_are_registered_and_listed_from_the_cli(
@@ -296,3 +319,36 @@ async def test_replay_keeps_client_and_policy_when_the_nas_was_configured_before
     assert nas_key == "" or source not in nases  # the client still points at its NAS key
     session = await usage.session(nas=key)
     assert (session.input_bytes, session.output_bytes) == (20, 10)  # swapped
+
+
+async def test_replay_sends_the_complete_records_when_the_capture_ends_inside_one(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    recs = [
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=10, out=20),
+        Rec(INTERIM, t=1200, session_time=1200, inp=30, out=40),
+    ]
+    data = pcap(recs)
+    cut = data[:-5]  # a capture killed while writing its last record
+    summary = await cli.replay(usage.stub, usage.metadata, cut, SECRET)
+    assert (summary["accepted"], summary["truncated"]) == (2, 1)
+    assert (await usage.session()).input_bytes == 10
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[: len(data) - 1])
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    # Exit 1: a record of the file was not stored (the operator has to look at it).
+    assert code == 1, err
+    assert json.loads(out) == {
+        "records": 2,
+        "accepted": 0,
+        "duplicate": 2,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 1,
+    }
+    assert "ends inside the record" in err
+    assert "Traceback" not in err
