@@ -441,7 +441,7 @@ async def sessions_command(args: argparse.Namespace) -> int:
 
 
 async def sweep_command(args: argparse.Namespace) -> int:
-    as_of = parse_instant(args.as_of)
+    as_of: dt.datetime = args.as_of  # parse_instant, as the argument type
     ts = Timestamp()
     ts.FromDatetime(as_of)
     async with client_channel(args) as channel:

@@ -352,3 +352,16 @@ async def test_replay_sends_the_complete_records_when_the_capture_ends_inside_on
     }
     assert "ends inside the record" in err
     assert "Traceback" not in err
+
+
+async def test_sweep_closes_stale_sessions_when_run_from_the_cli(
+    usage: Usage, server: RunningServer
+) -> None:
+    await usage.send("decoded", Rec(START, t=0, session_time=0))
+    target = ("--target", server.target)
+    assert await rating(
+        "sweep", "--as-of", "2024-03-01T09:00:00+00:00", *target, key=usage.tenant.key
+    ) == {"closed": 0}
+    assert await rating(
+        "sweep", "--as-of", "2030-01-01T00:00:00Z", *target, key=usage.tenant.key
+    ) == {"closed": 1}
