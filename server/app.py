@@ -129,10 +129,13 @@ def build_app(settings: Settings, db: Database | None = None) -> App:
         server,
     )
     credentials = _credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     return App(settings, db, server, health_servicer, port, services, on_stop)

@@ -6,15 +6,14 @@ import argparse
 import asyncio
 import importlib
 import sys
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from google.protobuf import json_format
 
 from server import logs
-from server.client import add_client_arguments, auth_metadata, client_channel
-from server.settings import load_settings
+from server.client import add_client_arguments, auth_metadata, client_channel, tenant_id
+from server.settings import LOG_LEVELS, load_settings
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -89,7 +88,7 @@ async def _create_key(args: argparse.Namespace) -> int:
     db = Database(settings.database_url)
     scopes = list(ALL_SCOPES) if args.scopes == "all" else args.scopes.split(",")
     try:
-        key = await create_key(db, uuid.UUID(args.tenant), args.name, scopes)
+        key = await create_key(db, args.tenant, args.name, scopes)
     finally:
         await db.dispose()
     print(key)
@@ -136,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--tls-client-ca", help="CA for client certificates: mutual TLS (env RATING_TLS_CLIENT_CA)"
     )
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env RATING_LOG_LEVEL)")
+    serve.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (env RATING_LOG_LEVEL; INFO)")
     serve.add_argument("--log-format", choices=["json", "text"], help="env RATING_LOG_FORMAT")
     serve.add_argument("--grace", type=float, help="seconds to drain on shutdown (RATING_GRACE_S)")
     serve.set_defaults(handler=_serve)
@@ -156,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.set_defaults(handler=_create_tenant)
     key = admin_sub.add_parser("create-key", help="create an API key; printed once")
     _add_server_arguments(key)
-    key.add_argument("--tenant", required=True, help="tenant id")
+    key.add_argument("--tenant", required=True, type=tenant_id, help="tenant id")
     key.add_argument("--name", default="cli")
     key.add_argument("--scopes", default="all", help="comma-separated scopes, or 'all'")
     key.set_defaults(handler=_create_key)
@@ -190,9 +189,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:
-        import grpc
+        line = error_line(error)
+        if line is None:
+            raise  # a bug, not bad input: the traceback is what to report
+        sub = getattr(args, f"{args.command}_command", None)  # admin, customers, nas
+        command = f"{args.command} {sub}" if sub else args.command
+        print(f"rating {command}: {line}", file=sys.stderr)
+        return 1
 
-        if isinstance(error, grpc.aio.AioRpcError):
-            print(f"rating: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-        raise
+
+def error_line(error: BaseException) -> str | None:
+    """One line saying what went wrong, for errors that come from the command's input or its
+    surroundings (server, database, files); None for anything else."""
+    import grpc
+    from alembic.util.exc import CommandError
+    from sqlalchemy import exc as sa_exc
+
+    from rating_core import RatingError
+    from server.errors import DomainError
+    from server.settings import SettingsError
+
+    if isinstance(error, grpc.aio.AioRpcError):
+        text = f"{error.code().name}: {error.details()}"
+    elif isinstance(error, (DomainError, SettingsError, RatingError, CommandError)):
+        text = str(error)
+    elif isinstance(error, OSError):
+        text = error.strerror or str(error)
+        if error.filename is not None:
+            text = f"{error.filename}: {text}"
+        elif isinstance(error, ConnectionError):  # the database (gRPC raises AioRpcError)
+            text = f"cannot connect: {text}"
+    elif isinstance(error, sa_exc.ArgumentError):
+        text = f"database URL: {error}"
+    elif isinstance(error, sa_exc.DBAPIError):
+        cause = str(error.orig).strip().splitlines() or [type(error.orig).__name__]
+        text = f"database: {cause[0]}"
+        if any(word in text for word in ("no such table", "does not exist")):
+            text += " (is it migrated? `rating migrate`)"
+    else:
+        return None
+    return " ".join(text.split())

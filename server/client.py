@@ -1,9 +1,11 @@
-"""What client commands share: the target, the key, and a channel to the server."""
+"""What client commands share: the target, the key, and a channel to the server; and the
+argparse types of ids."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import uuid
 from pathlib import Path
 
 import grpc
@@ -55,3 +57,11 @@ def client_channel(args: argparse.Namespace) -> grpc.aio.Channel:
         credentials = grpc.ssl_channel_credentials(Path(args.ca_cert).read_bytes())
         return grpc.aio.secure_channel(args.target, credentials, options=options)
     return grpc.aio.insecure_channel(args.target, options=options)
+
+
+def tenant_id(text: str) -> uuid.UUID:
+    """An argparse type: a tenant id."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tenant id (a UUID)") from None

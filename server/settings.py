@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_DATA_DIR = Path("var")
 
 
@@ -66,6 +67,33 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+class SettingsError(ValueError):
+    """A flag or RATING_* variable whose value cannot be used; names it."""
+
+
+def _grace_s(flag: float | None) -> float:
+    if flag is not None:
+        value, name = flag, "--grace"
+    else:
+        name = "RATING_GRACE_S"
+        raw = os.environ.get(name, "10")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: not a number of seconds: {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise SettingsError(f"{name}: must be zero or more seconds, got {value}")
+    return value
+
+
+def _log_level(flag: str | None) -> str:
+    value = (flag or os.environ.get("RATING_LOG_LEVEL") or "INFO").upper()
+    if value not in LOG_LEVELS:
+        name = "--log-level" if flag else "RATING_LOG_LEVEL"
+        raise SettingsError(f"{name}: one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value
+
+
 def load_settings(
     *,
     database_url: str | None = None,
@@ -90,8 +118,8 @@ def load_settings(
         tls_cert=Path(tls_cert) if tls_cert else _env_path("RATING_TLS_CERT"),
         tls_key=Path(tls_key) if tls_key else _env_path("RATING_TLS_KEY"),
         tls_client_ca=Path(tls_client_ca) if tls_client_ca else _env_path("RATING_TLS_CLIENT_CA"),
-        log_level=(log_level or env.get("RATING_LOG_LEVEL") or "INFO").upper(),
+        log_level=_log_level(log_level),
         log_format=log_format or env.get("RATING_LOG_FORMAT") or "json",
-        grace_s=grace_s if grace_s is not None else float(env.get("RATING_GRACE_S", "10")),
+        grace_s=_grace_s(grace_s),
         bootstrap=bootstrap,
     )

@@ -140,3 +140,34 @@ def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
     )
     assert bad.returncode != 0
     assert "usage:fly" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["sweep", "--as-of", "garbage"], 2, "'garbage' is not an ISO 8601 instant"),
+        (["sweep", "--as-of", "2026-11-21T12:00:00"], 2, "has no offset"),
+        (["replay", "missing.pcap", "--secret", "s"], 1, "missing.pcap: No such file"),
+        (["replay", "junk.bin", "--secret", "s"], 1, "neither a classic pcap nor"),
+        (["replay", "junk.bin", "--format", "pcap", "--secret", "s"], 1, "not a classic pcap"),
+        (["replay", "junk.bin", "--batch-size", "0"], 2, "--batch-size: must be at least 1"),
+        (["sessions", "--target", "127.0.0.1:{closed}"], 1, "rating sessions: UNAVAILABLE"),
+        (["nas", "list", "--key-file", "missing-key"], 1, "missing-key: No such file"),
+        (["rebuild", "--tenant", "x"], 2, "'x' is not a tenant id"),
+        (["admin", "create-tenant", "A", "--database-url", "sqlite:///e.db"], 1, "rating migrate"),
+        (["migrate", "--database-url", "nonsense"], 1, "database URL"),
+        (["serve", "--log-level", "LOUD"], 1, "--log-level: one of"),
+    ],
+)
+def test_command_fails_with_one_line_when_its_input_is_bad(
+    tmp_path: Path, args: list[str], status: int, message: str
+) -> None:
+    (tmp_path / "junk.bin").write_bytes(bytes(range(256)))
+    closed = str(_free_port())  # nothing listens there
+    result = _run([a.replace("{closed}", closed) for a in args], tmp_path, RATING_API_KEY="rk_x")
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    # argparse prints its usage first; everything else is the one line.
+    assert len(lines) == 1 or status == 2, result.stderr
+    assert message in lines[-1]

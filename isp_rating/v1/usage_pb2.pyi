@@ -5,6 +5,7 @@ Usage in: RADIUS accounting streamed by collectors, and metered usage from other
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -565,6 +566,7 @@ class Session(_message.Message):
     FLAGS_FIELD_NUMBER: _builtins.int
     TERMINATE_CAUSE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Opaque and stable: GetSession takes it (docs/usage.md, "Session ids")."""
     nas_key: _builtins.str
     acct_session_id: _builtins.str
     generation: _builtins.int
@@ -706,6 +708,7 @@ class UpsertNasClientRequest(_message.Message):
     GRACE_S_FIELD_NUMBER: _builtins.int
     NAS_KEY_FIELD_NUMBER: _builtins.int
     CLOCK_SKEW_TOLERANCE_S_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     source_address: _builtins.str
     """The packet source address this secret applies to."""
     secret: _builtins.str
@@ -726,6 +729,16 @@ class UpsertNasClientRequest(_message.Message):
     """
     clock_skew_tolerance_s: _builtins.int
     """Event-Timestamp is trusted within this distance of arrival - Acct-Delay-Time; 0 = default."""
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to write: names of this message's fields other than source_address. Empty
+        means all of them: the client points at nas_key and that NAS's whole policy is replaced
+        (an empty secret keeps the stored one). Otherwise only the named fields are written: an
+        existing client keeps its NAS key unless "nas_key" is named (a new one takes nas_key, or
+        the source address), the NAS keeps each policy field not named (a new NAS has the
+        defaults), and a named secret must not be empty. `rating replay` names only "secret".
+        """
+
     def __init__(
         self,
         *,
@@ -738,10 +751,11 @@ class UpsertNasClientRequest(_message.Message):
         grace_s: _builtins.int = ...,
         nas_key: _builtins.str = ...,
         clock_skew_tolerance_s: _builtins.int = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_skew_tolerance_s", b"clock_skew_tolerance_s", "grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "nas_key", b"nas_key", "secret", b"secret", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_skew_tolerance_s", b"clock_skew_tolerance_s", "grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "nas_key", b"nas_key", "secret", b"secret", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

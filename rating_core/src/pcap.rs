@@ -36,15 +36,41 @@ impl std::error::Error for PcapError {}
 
 const ACCOUNTING_PORTS: [u16; 2] = [1813, 1646];
 
+/// Ethernet, null/loop, raw IP (12, 14, 101, 228, 229), Linux cooked v1 and v2.
+const LINK_TYPES: [u32; 10] = [0, 1, 12, 14, 101, 108, 113, 228, 229, 276];
+
 fn u16be(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// Reads the accounting requests of a capture, in capture order.
+/// The accounting requests of a capture, and where it stops short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    pub datagrams: Vec<Datagram>,
+    /// Byte offset of a last record cut short (a capture killed mid-write), if any: the
+    /// datagrams are those of every complete record before it.
+    pub truncated_at: Option<usize>,
+}
+
+/// Reads the accounting requests of a capture, in capture order; a truncated record is an
+/// error.
 ///
 /// # Errors
 /// [`PcapError`] for a bad header, a truncated record or an unknown link type.
 pub fn read(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
+    let capture = read_capture(data)?;
+    match capture.truncated_at {
+        Some(_) => Err(PcapError::Truncated),
+        None => Ok(capture.datagrams),
+    }
+}
+
+/// Reads the accounting requests of every complete record of a capture, in capture order,
+/// and says where a record cut short ends it (nothing after it is read).
+///
+/// # Errors
+/// [`PcapError`] for a bad header or an unknown link type.
+pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
     let header = data.get(..24).ok_or(PcapError::Magic)?;
     let magic = [header[0], header[1], header[2], header[3]];
     let (le, nanos) = match magic {
@@ -63,35 +89,57 @@ pub fn read(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
         })
     };
     let linktype = u32at(header, 20).ok_or(PcapError::Magic)? & 0x0fff_ffff;
-    let mut out = Vec::new();
+    if !LINK_TYPES.contains(&linktype) {
+        return Err(PcapError::LinkType(linktype));
+    }
+    let mut datagrams = Vec::new();
     let mut pos = 24;
     while pos < data.len() {
-        let rec = data.get(pos..pos + 16).ok_or(PcapError::Truncated)?;
-        let secs = i64::from(u32at(rec, 0).ok_or(PcapError::Truncated)?);
-        let frac = i64::from(u32at(rec, 4).ok_or(PcapError::Truncated)?);
-        let caplen = u32at(rec, 8).ok_or(PcapError::Truncated)? as usize;
-        let frame = data
-            .get(pos + 16..pos + 16 + caplen)
-            .ok_or(PcapError::Truncated)?;
-        pos += 16 + caplen;
-        let time_us = secs * 1_000_000 + if nanos { frac / 1000 } else { frac };
+        let Some((time_us, frame)) = record(data, pos, &u32at, nanos) else {
+            return Ok(Capture {
+                datagrams,
+                truncated_at: Some(pos),
+            });
+        };
+        pos += 16 + frame.len();
         let ip = match linktype {
             1 => ethernet(frame),
             0 | 108 => frame.get(4..),
             101 | 228 | 229 | 12 | 14 => Some(frame),
             113 => frame.get(16..),
             276 => frame.get(20..),
-            t => return Err(PcapError::LinkType(t)),
+            _ => None, // refused above
         };
         if let Some((source, payload)) = ip.and_then(udp_to_accounting) {
-            out.push(Datagram {
+            datagrams.push(Datagram {
                 payload: payload.to_vec(),
                 source,
                 time_us,
             });
         }
     }
-    Ok(out)
+    Ok(Capture {
+        datagrams,
+        truncated_at: None,
+    })
+}
+
+/// The capture time (µs) and frame of the record at `pos`; None when the file ends inside it.
+fn record<'a>(
+    data: &'a [u8],
+    pos: usize,
+    u32at: &impl Fn(&[u8], usize) -> Option<u32>,
+    nanos: bool,
+) -> Option<(i64, &'a [u8])> {
+    let rec = data.get(pos..pos.checked_add(16)?)?;
+    let secs = i64::from(u32at(rec, 0)?);
+    let frac = i64::from(u32at(rec, 4)?);
+    let caplen = u32at(rec, 8)? as usize;
+    let frame = data.get(pos + 16..(pos + 16).checked_add(caplen)?)?;
+    Some((
+        secs * 1_000_000 + if nanos { frac / 1000 } else { frac },
+        frame,
+    ))
 }
 
 fn ethernet(frame: &[u8]) -> Option<&[u8]> {
@@ -139,4 +187,89 @@ fn udp_to_accounting(ip: &[u8]) -> Option<(String, &[u8])> {
         return None;
     }
     Some((source, udp.get(8..ulen.min(udp.len()))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(source: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let udp_len = 8 + payload.len() as u16;
+        let mut ip = vec![0x45, 0];
+        ip.extend((20 + udp_len).to_be_bytes());
+        ip.extend([0, 0, 0, 0, 64, 17, 0, 0]);
+        ip.extend(source);
+        ip.extend([192, 0, 2, 254]);
+        ip.extend(40000_u16.to_be_bytes());
+        ip.extend(1813_u16.to_be_bytes());
+        ip.extend(udp_len.to_be_bytes());
+        ip.extend([0, 0]);
+        ip.extend(payload);
+        ip
+    }
+
+    /// A little-endian, microsecond, raw-IP capture of one datagram per payload.
+    fn capture(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for word in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, 101] {
+            out.extend(word.to_le_bytes());
+        }
+        for (i, payload) in payloads.iter().enumerate() {
+            let frame = datagram([192, 0, 2, 1], payload);
+            let len = frame.len() as u32;
+            for word in [1_700_000_000 + i as u32, 250, len, len] {
+                out.extend(word.to_le_bytes());
+            }
+            out.extend(frame);
+        }
+        out
+    }
+
+    #[test]
+    fn complete_capture_reads_every_datagram() {
+        let data = capture(&[b"one", b"two"]);
+        let read = read_capture(&data);
+        let payloads: Vec<&[u8]> = read
+            .as_ref()
+            .map(|c| c.datagrams.iter().map(|d| d.payload.as_slice()).collect())
+            .unwrap_or_default();
+        assert_eq!(payloads, [b"one".as_slice(), b"two".as_slice()]);
+        assert_eq!(read.map(|c| c.truncated_at), Ok(None));
+        assert_eq!(super::read(&data).map(|d| d.len()), Ok(2));
+    }
+
+    #[test]
+    fn truncated_record_keeps_the_complete_ones_before_it() {
+        let data = capture(&[b"one", b"two"]);
+        let second = 24 + 16 + datagram([192, 0, 2, 1], b"one").len();
+        // Cut inside the second record's body, inside its header, and right after the first.
+        for end in [data.len() - 1, second + 7, second + 1] {
+            let read = read_capture(&data[..end]);
+            assert_eq!(
+                read.as_ref().map(|c| (c.datagrams.len(), c.truncated_at)),
+                Ok((1, Some(second)))
+            );
+            assert_eq!(super::read(&data[..end]), Err(PcapError::Truncated));
+        }
+        assert_eq!(
+            read_capture(&data[..second]).map(|c| (c.datagrams.len(), c.truncated_at)),
+            Ok((1, None))
+        );
+    }
+
+    #[test]
+    fn unknown_link_type_is_refused_when_the_capture_has_no_record() {
+        let mut data = capture(&[]);
+        data[20] = 7;
+        assert_eq!(read_capture(&data), Err(PcapError::LinkType(7)));
+    }
+
+    #[test]
+    fn header_that_is_not_pcap_is_refused() {
+        assert_eq!(
+            read_capture(b"not a capture at all, no"),
+            Err(PcapError::Magic)
+        );
+        assert_eq!(read_capture(&[0xd4, 0xc3, 0xb2]), Err(PcapError::Magic));
+    }
 }

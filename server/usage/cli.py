@@ -11,16 +11,16 @@ import json
 import os
 import signal
 import sys
-import uuid
 import zoneinfo
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from isp_rating.v1 import usage_pb2, usage_pb2_grpc
-from server.client import add_client_arguments, auth_metadata, client_channel
+from server.client import add_client_arguments, auth_metadata, client_channel, tenant_id
 from server.usage.collector import UdpCollector, parse_listen
 from server.usage.detail import parse_detail
 from server.usage.repository import POLICY_COLUMNS
@@ -52,7 +52,7 @@ def add_commands(subparsers: Any) -> None:
         default="UTC",
         help="IANA zone of detail header dates, used only for records without Timestamp",
     )
-    replay.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    replay.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH)
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.set_defaults(handler=replay_command)
 
@@ -65,7 +65,7 @@ def add_commands(subparsers: Any) -> None:
     collect.add_argument(
         "--listen", default=":1813", help="UDP HOST:PORT to receive on (default %(default)s)"
     )
-    collect.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    collect.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH)
     collect.add_argument(
         "--flush-ms",
         type=_non_negative,
@@ -91,7 +91,13 @@ def add_commands(subparsers: Any) -> None:
 
     sweep = subparsers.add_parser("sweep", help="close stale sessions as of a time")
     add_client_arguments(sweep)
-    sweep.add_argument("--as-of", required=True, help="ISO 8601 instant with offset, e.g. ...Z")
+    sweep.add_argument(
+        "--as-of",
+        required=True,
+        type=parse_instant,
+        help="ISO 8601 instant with an offset or Z, e.g. 2026-11-21T12:00:00Z (a time without"
+        " one is refused: it would be read in some zone)",
+    )
     sweep.set_defaults(handler=sweep_command)
 
     nas = subparsers.add_parser("nas", help="NAS clients: register a secret and policy, list")
@@ -141,7 +147,7 @@ def add_commands(subparsers: Any) -> None:
     )
     rebuild.add_argument("--database-url", help="SQLAlchemy URL (env RATING_DATABASE_URL)")
     rebuild.add_argument("--data-dir", help="embedded data directory (env RATING_DATA_DIR)")
-    rebuild.add_argument("--tenant", default="", help="one tenant id (default: all)")
+    rebuild.add_argument("--tenant", type=tenant_id, help="one tenant id (default: all)")
     rebuild.set_defaults(handler=rebuild_command)
 
 
@@ -150,24 +156,45 @@ def _timestamp_us(us: int) -> Timestamp:
 
 
 def parse_instant(text: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise SystemExit(f"--as-of needs an offset or Z (time is aware UTC): {text!r}")
-    return value.astimezone(dt.UTC)
+    """An argparse type: an ISO 8601 instant with an offset or Z, as aware UTC."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        if value.tzinfo is None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has no offset: add Z or +HH:MM (times are aware UTC)"
+            )
+        return value.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 instant, e.g. 2026-11-21T12:00:00Z"
+        ) from None
 
 
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+
+
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
 def is_pcap(data: bytes) -> bool:
     return data[:4] in PCAP_MAGICS
 
 
-def pcap_entries(data: bytes) -> tuple[list[usage_pb2.AccountingEntry], list[str]]:
-    """Raw entries in capture order with the capture time as arrival; their source addresses."""
+def not_detail(data: bytes) -> str | None:
+    """Why bytes that are not a classic pcap cannot be a detail file either, or None."""
+    if data[:4] == PCAPNG_MAGIC:
+        return "a pcapng capture: only classic pcap is read (editcap -F pcap converts it)"
+    if b"\0" in data[:65536]:
+        return "neither a classic pcap nor a FreeRADIUS detail file (text)"
+    return None
+
+
+def pcap_entries(data: bytes) -> tuple[list[usage_pb2.AccountingEntry], list[str], int | None]:
+    """Raw entries of the complete records, in capture order with the capture time as arrival;
+    their source addresses; the byte offset of a last record cut short, or None."""
     import rating_core as core
 
-    packets, sources, times = core.read_pcap(data)
+    packets, sources, times, truncated_at = core.read_pcap(data)
     entries = [
         usage_pb2.AccountingEntry(
             raw=usage_pb2.RawAccountingPacket(
@@ -176,7 +203,7 @@ def pcap_entries(data: bytes) -> tuple[list[usage_pb2.AccountingEntry], list[str
         )
         for packet, source, t in zip(packets, sources, times, strict=True)
     ]
-    return entries, list(sources)
+    return entries, list(sources), truncated_at
 
 
 def batches_of(
@@ -225,14 +252,31 @@ async def replay(
     batch_size: int = DEFAULT_BATCH,
     progress: Any = None,
 ) -> dict[str, int]:
-    """Registers the secret for every source address of a pcap, then streams the capture."""
-    entries, sources = pcap_entries(data)
+    """Sets the secret of every source address of a pcap, then streams the capture.
+
+    Only the secret is written: a client registered before keeps its NAS key, and its NAS
+    its policy (a new client's NAS key is its address, with the default policy). A last
+    record cut short (a capture killed mid-write) is reported on `progress` and counted as
+    `truncated`; every complete record before it is sent.
+    """
+    entries, sources, truncated_at = pcap_entries(data)
+    if truncated_at is not None and progress is not None:
+        print(
+            f"the capture ends inside the record at byte {truncated_at} (cut short while being"
+            f" written): that record is not sent, the {len(entries)} requests before it are",
+            file=progress,
+        )
+    secret_only = FieldMask(paths=["secret"])
     for address in sorted(set(sources)):
         await stub.UpsertNasClient(
-            usage_pb2.UpsertNasClientRequest(source_address=address, secret=secret),
+            usage_pb2.UpsertNasClientRequest(
+                source_address=address, secret=secret, update_mask=secret_only
+            ),
             metadata=metadata,
         )
-    return await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
+    summary = await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
+    summary["truncated"] = int(truncated_at is not None)
+    return summary
 
 
 async def replay_detail(
@@ -268,8 +312,6 @@ async def collect_command(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen)
     except ValueError as error:
         raise SystemExit(f"rating collect: --{error}") from None
-    if args.batch_size < 1:
-        raise SystemExit("rating collect: --batch-size: must be at least 1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -297,8 +339,15 @@ async def collect_command(args: argparse.Namespace) -> int:
 
 
 async def replay_command(args: argparse.Namespace) -> int:
-    data = await asyncio.to_thread(args.file.read_bytes)
+    from rating_core import RatingError
+
+    try:
+        data = await asyncio.to_thread(args.file.read_bytes)
+    except OSError as error:
+        raise SystemExit(f"rating replay: {args.file}: {error.strerror or error}") from None
     pcap = args.format == "pcap" or (args.format == "auto" and is_pcap(data))
+    if args.format == "auto" and not pcap and (why := not_detail(data)):
+        raise SystemExit(f"rating replay: {args.file}: {why}; --format names the format")
     if pcap and not args.secret:
         raise SystemExit("rating replay: --secret is required for a pcap")
     try:
@@ -309,15 +358,21 @@ async def replay_command(args: argparse.Namespace) -> int:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         metadata = auth_metadata(args)
         if pcap:
-            summary = await replay(stub, metadata, data, args.secret, args.batch_size, sys.stderr)
+            try:
+                summary = await replay(
+                    stub, metadata, data, args.secret, args.batch_size, sys.stderr
+                )
+            except RatingError as error:  # not a classic pcap, or an unknown link type
+                raise SystemExit(f"rating replay: {args.file}: {error}") from None
         else:
             summary = await replay_detail(stub, metadata, data, zone, args.batch_size, sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    # Rejected detail records were not stored: the operator has to look at them.
-    return 1 if summary.get("rejected") else 0
+    # Rejected detail records and a truncated pcap record were not stored, and a later run
+    # will not store them either: the operator has to look at them.
+    return 1 if summary.get("rejected") or summary.get("truncated") else 0
 
 
 def _iso(ts: Timestamp, present: bool) -> str | None:
@@ -386,7 +441,7 @@ async def sessions_command(args: argparse.Namespace) -> int:
 
 
 async def sweep_command(args: argparse.Namespace) -> int:
-    as_of = parse_instant(args.as_of)
+    as_of: dt.datetime = args.as_of  # parse_instant, as the argument type
     ts = Timestamp()
     ts.FromDatetime(as_of)
     async with client_channel(args) as channel:
@@ -396,6 +451,13 @@ async def sweep_command(args: argparse.Namespace) -> int:
         )
     print(json.dumps({"closed": reply.closed}))
     return 0
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -461,7 +523,7 @@ async def rebuild_command(args: argparse.Namespace) -> int:
     settings = load_settings(database_url=args.database_url, data_dir=args.data_dir)
     db = Database(settings.database_url)
     try:
-        report = await rebuild(db, uuid.UUID(args.tenant) if args.tenant else None)
+        report = await rebuild(db, args.tenant)
     finally:
         await db.dispose()
     print(json.dumps(report))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -35,17 +36,44 @@ def unsigned(value: int) -> int:
     return value & U64
 
 
+# A session id is base64url of the key's three parts joined by US (0x1f). RADIUS strings
+# may hold any character, so within a part ESC (0x1b) and US are escaped as ESC ESC and
+# ESC "_": a part then never contains US, and the id of a key without either character is
+# the one this codec has always given (ids already handed out keep working).
+_SEP, _ESC = "\x1f", "\x1b"
+_ESCAPES = {_ESC: _ESC + _ESC, _SEP: _ESC + "_"}
+_UNESCAPES = {v[1]: k for k, v in _ESCAPES.items()}
+_ESCAPED = re.compile("[\x1b\x1f]")
+_ESCAPE_SEQUENCE = re.compile("\x1b(.?)", re.DOTALL)
+
+
+def _escape(part: str) -> str:
+    return _ESCAPED.sub(lambda m: _ESCAPES[m.group()], part)
+
+
+def _unescape(part: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        char = _UNESCAPES.get(match.group(1))
+        if char is None:
+            raise ValueError("bad escape")
+        return char
+
+    return _ESCAPE_SEQUENCE.sub(replace, part)
+
+
 def session_id(nas_key: str, acct_session_id: str, generation: int) -> str:
-    """The opaque, stable id of a session instance (its key, URL-safe)."""
-    raw = f"{nas_key}\x1f{acct_session_id}\x1f{generation}".encode()
+    """The opaque, stable id of a session instance (its key, URL-safe), for any strings."""
+    raw = _SEP.join((_escape(nas_key), _escape(acct_session_id), str(generation))).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def parse_session_id(value: str) -> tuple[str, str, int]:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        nas_key, acct_session_id, generation = raw.split("\x1f")
-        return nas_key, acct_session_id, int(generation)
+        nas_key, acct_session_id, generation = raw.split(_SEP)
+        if not (generation.isascii() and generation.isdigit()) or int(generation) >= 2**63:
+            raise ValueError(generation)
+        return _unescape(nas_key), _unescape(acct_session_id), int(generation)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgumentError("id", f"not a session id: {value!r}") from None
 

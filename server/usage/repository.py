@@ -301,7 +301,8 @@ async def upsert_nas_client(
     nas_key: str,
     policy: Policy,
 ) -> None:
-    """Secret by source address (kept when `secret` is None), policy on the NAS key."""
+    """Secret (kept when `secret` is None) and NAS key by source address, policy on the NAS
+    key. A new client needs a secret."""
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
     now = dt.datetime.now(dt.UTC) if pg else _sqlite_now()
@@ -315,6 +316,14 @@ async def upsert_nas_client(
                 " updated_at = excluded.updated_at"
             ),
             {"t": tenant, "a": source_address, "s": secret, "k": nas_key, "now": now},
+        )
+    else:
+        await session.execute(
+            text(
+                "UPDATE usage_nas_clients SET nas_key = :k, updated_at = :now"
+                " WHERE tenant_id = :t AND source_address = :a AND nas_key <> :k"
+            ),
+            {"t": tenant, "a": source_address, "k": nas_key, "now": now},
         )
     await set_nas_policy(session, tenant_id, nas_key, policy)
 
@@ -368,14 +377,20 @@ async def policy_history(
     return [(int(row[0]), _policy(row[1:])) for row in rows.all()]
 
 
-async def nas_client_exists(
+async def nas_client_key(
     session: AsyncSession, tenant_id: uuid.UUID, source_address: str
-) -> bool:
+) -> str | None:
+    """The NAS key a client's policy applies to (row locked on PostgreSQL); None: no client."""
+    lock = " FOR UPDATE" if _pg(session) else ""
     row = await session.execute(
-        text("SELECT 1 FROM usage_nas_clients WHERE tenant_id = :t AND source_address = :a"),
+        text(
+            "SELECT nas_key FROM usage_nas_clients WHERE tenant_id = :t AND source_address = :a"
+            + lock
+        ),
         {"t": tenant_param(session, tenant_id), "a": source_address},
     )
-    return row.first() is not None
+    first = row.first()
+    return None if first is None else str(first[0])
 
 
 # ---------------------------------------------------------------- sessions of a NAS

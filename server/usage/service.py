@@ -499,42 +499,67 @@ class UsageService:
         self._tenants.pop(tenant_id, None)
 
     async def upsert_nas_client(self, tenant_id: uuid.UUID, spec: NasClientSpec) -> NasClient:
-        """Registers a client's secret (by source address) and its NAS key's policy."""
-        policy: repo.Policy = (
-            spec.swap_direction,
-            spec.infer_wrap,
-            spec.interim_interval_s or repo.DEFAULT_POLICY[2],
-            spec.stale_multiplier or repo.DEFAULT_POLICY[3],
-            spec.grace_s or repo.DEFAULT_POLICY[4],
-            spec.clock_skew_tolerance_s or repo.DEFAULT_POLICY[5],
-        )
+        """Registers a client's secret (by source address) and its NAS key's policy.
+
+        `spec.fields` names what to write (None: everything). An unnamed NAS key is the
+        client's current one (a new client's is `spec.nas_key`); an unnamed policy field keeps
+        the NAS's stored value (a new NAS's default).
+        """
+
+        def given(name: str) -> bool:
+            return spec.fields is None or name in spec.fields
+
+        asked = spec.policy()
         async with self.db.transaction() as session:
             await repo.begin_write(session)
-            if spec.secret is None and not await repo.nas_client_exists(
-                session, tenant_id, spec.source_address
-            ):
+            current_key = await repo.nas_client_key(session, tenant_id, spec.source_address)
+            if spec.secret is None and current_key is None:
                 raise InvalidArgumentError("secret", "is required for a new client")
+            nas_key = spec.nas_key if current_key is None or given("nas_key") else current_key
+            # Creates the NAS row with the default policy if missing, and locks it: a
+            # concurrent change of another field waits, then keeps this one's.
+            stored = (await repo.lock_nas(session, tenant_id, [nas_key]))[nas_key].policy
+            policy = cast(
+                repo.Policy,
+                tuple(
+                    want if given(name) else have
+                    for name, want, have in zip(repo.POLICY_COLUMNS, asked, stored, strict=True)
+                ),
+            )
             await repo.upsert_nas_client(
-                session, tenant_id, spec.source_address, spec.secret, spec.nas_key, policy
+                session, tenant_id, spec.source_address, spec.secret, nas_key, policy
             )
         te = self._tenants.get(tenant_id)
         if te is not None:
             async with te.lock:
                 await self._refresh_config(tenant_id, te)
-        return NasClient(spec.source_address, spec.nas_key, policy)
+        return NasClient(spec.source_address, nas_key, policy)
 
 
 @dataclass(frozen=True)
 class NasClientSpec:
     source_address: str
-    secret: bytes | None
+    secret: bytes | None  # None: keep the stored one
     nas_key: str
     swap_direction: bool = False
     infer_wrap: bool = False
-    interim_interval_s: int = 0
+    interim_interval_s: int = 0  # 0 = default, as for the two below
     stale_multiplier: int = 0
     grace_s: int = 0
     clock_skew_tolerance_s: int = 0
+    # The fields to write ("nas_key" and repo.POLICY_COLUMNS names); None: all of them.
+    fields: frozenset[str] | None = None
+
+    def policy(self) -> repo.Policy:
+        """The policy asked for, zeros replaced by the defaults."""
+        return (
+            self.swap_direction,
+            self.infer_wrap,
+            self.interim_interval_s or repo.DEFAULT_POLICY[2],
+            self.stale_multiplier or repo.DEFAULT_POLICY[3],
+            self.grace_s or repo.DEFAULT_POLICY[4],
+            self.clock_skew_tolerance_s or repo.DEFAULT_POLICY[5],
+        )
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from server.usage.models import (
     UNIT_MAX,
     UsageSession,
 )
+from server.usage.repository import POLICY_COLUMNS
 from server.validation import (
     format_decimal,
     limit_length,
@@ -72,6 +73,18 @@ def write_shards_setting() -> int:
             f"{WRITE_SHARDS_ENV} must be an integer from 1 to {MAX_WRITE_SHARDS}, got {raw!r}"
         )
     return value
+
+
+NAS_CLIENT_MASK_FIELDS = frozenset(("secret", "nas_key", *POLICY_COLUMNS))
+
+
+def _nas_client_mask(request: usage_pb2.UpsertNasClientRequest) -> frozenset[str] | None:
+    """The fields an UpsertNasClient writes; None (an empty mask) for all of them."""
+    paths = frozenset(request.update_mask.paths)
+    unknown = sorted(paths - NAS_CLIENT_MASK_FIELDS)
+    if unknown:
+        raise InvalidArgumentError("update_mask", f"fields that cannot be written: {unknown}")
+    return paths or None
 
 
 def session_message(row: UsageSession) -> usage_pb2.Session:
@@ -203,9 +216,13 @@ class UsageServicer:
         self, request: usage_pb2.UpsertNasClientRequest, context: Context
     ) -> usage_pb2.NasClient:
         address = parse_ip("source_address", require("source_address", request.source_address))
+        fields = _nas_client_mask(request)
+        if fields is not None and "secret" in fields and not request.secret:
+            raise InvalidArgumentError("secret", "is named in update_mask but empty")
+        keep_secret = not request.secret or (fields is not None and "secret" not in fields)
         client = service.NasClientSpec(
             source_address=address,
-            secret=request.secret.encode() if request.secret else None,
+            secret=None if keep_secret else request.secret.encode(),
             nas_key=request.nas_key.strip() or address,
             swap_direction=request.swap_direction,
             infer_wrap=request.infer_wrap,
@@ -213,6 +230,7 @@ class UsageServicer:
             stale_multiplier=request.stale_multiplier,
             grace_s=request.grace_s,
             clock_skew_tolerance_s=request.clock_skew_tolerance_s,
+            fields=fields,
         )
         saved = await self.usage.upsert_nas_client(principal().tenant_id, client)
         swap, wrap, interval, multiplier, grace, skew = saved.policy

@@ -274,3 +274,36 @@ def utc(stamp: Timestamp) -> dt.datetime:
 
 def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
+
+
+def ipv4_udp(source: str, payload: bytes, destination: str = "192.0.2.254") -> bytes:
+    """An IPv4 datagram to UDP port 1813 (no checksums: the pcap reader ignores them)."""
+    udp = struct.pack(">HHHH", 40000, 1813, 8 + len(payload), 0) + payload
+    header = struct.pack(
+        ">BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0,
+        0,
+        64,
+        17,
+        0,
+        ipaddress.IPv4Address(source).packed,
+        ipaddress.IPv4Address(destination).packed,
+    )
+    return header + udp
+
+
+def pcap(recs: Sequence[Rec], secret: str = SECRET) -> bytes:
+    """A classic pcap (raw IP link type) of the records' Accounting-Requests, captured at
+    their arrival times."""
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)
+    for rec in recs:
+        frame = ipv4_udp(rec.source, radius_packet(radius_attributes(rec), secret))
+        arrival = rec.arrival_at
+        out += struct.pack(
+            "<IIII", int(arrival.timestamp()), arrival.microsecond, len(frame), len(frame)
+        )
+        out += frame
+    return out

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import uuid
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import func, select
 
 import rating_core
@@ -351,6 +354,33 @@ async def test_sessions_filter_and_page_when_many_exist(usage: Usage) -> None:
     assert one == everything[3]
 
 
+async def test_get_session_finds_the_instance_when_its_key_holds_separator_bytes(
+    usage: Usage, form: str
+) -> None:
+    # RADIUS strings may hold any byte: 0x1f (the id's separator) and 0x1b (its escape).
+    await usage.send(
+        form,
+        Rec(START, sid="a\x1fb", nas="bng\x1f1", t=1),
+        Rec(START, sid="a", nas="bng", t=2),
+        Rec(START, sid="x\x1b_\x1b", nas="bng\x1b", t=3),
+    )
+    listed = await usage.sessions()
+    assert len({s.id for s in listed}) == 3
+    for listed_session in listed:
+        got = await usage.stub.GetSession(
+            pb.GetSessionRequest(id=listed_session.id), metadata=usage.metadata
+        )
+        assert got == listed_session
+    assert {(s.nas_key, s.acct_session_id) for s in listed} == {
+        ("bng\x1f1", "a\x1fb"),
+        ("bng", "a"),
+        ("bng\x1b", "x\x1b_\x1b"),
+    }
+    # An ordinary key's id is what it always was (ids already handed out keep working).
+    plain = next(s for s in listed if s.acct_session_id == "a")
+    assert plain.id == base64.urlsafe_b64encode(b"bng\x1fa\x1f1").decode().rstrip("=")
+
+
 async def test_get_session_names_the_field_when_id_is_malformed(usage: Usage) -> None:
     await expect_status(
         usage.stub.GetSession(pb.GetSessionRequest(id="!!"), metadata=usage.metadata),
@@ -382,6 +412,45 @@ async def test_nas_client_is_refused_with_field_when_input_is_bad(usage: Usage) 
     )
     client = await usage.register_nas("203.0.113.9", "k", grace_s=60)
     assert (client.nas_key, client.grace_s, client.interim_interval_s) == ("203.0.113.9", 60, 600)
+
+
+async def test_nas_client_writes_only_the_masked_fields_when_update_mask_names_some(
+    usage: Usage,
+) -> None:
+    def upsert(**fields: Any) -> Any:
+        return usage.stub.UpsertNasClient(
+            pb.UpsertNasClientRequest(source_address="203.0.113.9", **fields),
+            metadata=usage.metadata,
+        )
+
+    await usage.register_nas("203.0.113.9", "k", nas_key="bng-b", grace_s=60, infer_wrap=True)
+    client = await upsert(grace_s=90, swap_direction=True, update_mask=FieldMask(paths=["grace_s"]))
+    assert (client.nas_key, client.grace_s, client.infer_wrap) == ("bng-b", 90, True)
+    assert not client.swap_direction  # not named: the stored value stays
+    client = await upsert(secret="k2", update_mask=FieldMask(paths=["secret"]))
+    assert (client.nas_key, client.grace_s, client.infer_wrap) == ("bng-b", 90, True)
+    # Naming nas_key points the client at another NAS, whose policy is its own.
+    client = await upsert(nas_key="bng-c", update_mask=FieldMask(paths=["nas_key"]))
+    assert (client.nas_key, client.grace_s, client.infer_wrap) == ("bng-c", 300, False)
+    policies = {n.nas_key: (n.grace_s, n.infer_wrap) for n in await usage.nas_list()}
+    assert policies["bng-b"] == (90, True)
+    assert policies["bng-c"] == (300, False)
+    # A new client named by its secret alone gets its address as NAS key, default policy.
+    new = await usage.stub.UpsertNasClient(
+        pb.UpsertNasClientRequest(
+            source_address="203.0.113.10", secret="k", update_mask=FieldMask(paths=["secret"])
+        ),
+        metadata=usage.metadata,
+    )
+    assert (new.nas_key, new.grace_s, new.swap_direction) == ("203.0.113.10", 300, False)
+    await expect_status(
+        upsert(update_mask=FieldMask(paths=["secret"])), grpc.StatusCode.INVALID_ARGUMENT, "secret"
+    )
+    await expect_status(
+        upsert(secret="k", update_mask=FieldMask(paths=["source_address"])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "update_mask",
+    )
 
 
 async def test_nas_list_pages_by_key_with_policy_when_several_nases_exist(usage: Usage) -> None:

@@ -17,8 +17,19 @@ import grpc
 import pytest
 
 from isp_rating.v1 import usage_pb2 as pb
+from server.usage import cli
 from tests.conftest import Backend, RunningServer, TenantCtx, new_tenant
-from tests.usage.support import INTERIM, START, STOP, Rec, Usage, batch, decoded
+from tests.usage.support import (
+    INTERIM,
+    SECRET,
+    START,
+    STOP,
+    Rec,
+    Usage,
+    batch,
+    decoded,
+    pcap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PCAP = ROOT.parent / "shared" / "radius" / "wba_dl_5gb.pcap"
@@ -54,7 +65,14 @@ async def test_capture_gives_source_totals_when_replayed_through_the_cli(
         "--json",
         key=tenant.key,
     )
-    assert summary == {"records": 179, "accepted": 179, "duplicate": 0, "late": 0, "quarantined": 0}
+    assert summary == {
+        "records": 179,
+        "accepted": 179,
+        "duplicate": 0,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 0,
+    }
     again = await rating(
         "replay",
         str(PCAP),
@@ -232,7 +250,8 @@ async def requests(
         yield item
 
 
-async def rating_fails(*args: str, key: str) -> tuple[int, str]:
+async def rating_run(*args: str, key: str) -> tuple[int, str, str]:
+    """Runs `rating`: its exit status, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         *RATING,
         *args,
@@ -241,9 +260,14 @@ async def rating_fails(*args: str, key: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await process.communicate()
-    assert process.returncode not in (None, 0)
-    return process.returncode or 0, err.decode()
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def rating_fails(*args: str, key: str) -> tuple[int, str]:
+    code, _, err = await rating_run(*args, key=key)
+    assert code != 0
+    return code, err
 
 
 async def test_nas_clients_are_registered_and_listed_from_the_cli(
@@ -272,3 +296,72 @@ async def test_nas_clients_are_registered_and_listed_from_the_cli(
     assert code == 2
     assert "--grace-s" in err
     assert "out of range" in err
+
+
+@pytest.mark.parametrize("nas_key", ["bng-1", ""], ids=["nas-identifier", "address"])
+async def test_replay_keeps_client_and_policy_when_the_nas_was_configured_before(
+    usage: Usage, nas_key: str
+) -> None:
+    source = "192.0.2.1"
+    await usage.register_nas(
+        source, "old-secret", nas_key=nas_key, swap_direction=True, interim_interval_s=60
+    )
+    recs = [
+        Rec(START, nas=nas_key, source=source, t=0, session_time=0),
+        Rec(INTERIM, nas=nas_key, source=source, t=600, session_time=600, inp=10, out=20),
+    ]
+    summary = await cli.replay(usage.stub, usage.metadata, pcap(recs, "testing123"), "testing123")
+    # The new secret was set (the packets verified), nothing else changed.
+    assert (summary["accepted"], summary["quarantined"]) == (2, 0)
+    nases = {n.nas_key: n for n in await usage.nas_list()}
+    key = nas_key or source
+    assert (nases[key].swap_direction, nases[key].interim_interval_s) == (True, 60)
+    assert nas_key == "" or source not in nases  # the client still points at its NAS key
+    session = await usage.session(nas=key)
+    assert (session.input_bytes, session.output_bytes) == (20, 10)  # swapped
+
+
+async def test_replay_sends_the_complete_records_when_the_capture_ends_inside_one(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    recs = [
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=10, out=20),
+        Rec(INTERIM, t=1200, session_time=1200, inp=30, out=40),
+    ]
+    data = pcap(recs)
+    cut = data[:-5]  # a capture killed while writing its last record
+    summary = await cli.replay(usage.stub, usage.metadata, cut, SECRET)
+    assert (summary["accepted"], summary["truncated"]) == (2, 1)
+    assert (await usage.session()).input_bytes == 10
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[: len(data) - 1])
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    # Exit 1: a record of the file was not stored (the operator has to look at it).
+    assert code == 1, err
+    assert json.loads(out) == {
+        "records": 2,
+        "accepted": 0,
+        "duplicate": 2,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 1,
+    }
+    assert "ends inside the record" in err
+    assert "Traceback" not in err
+
+
+async def test_sweep_closes_stale_sessions_when_run_from_the_cli(
+    usage: Usage, server: RunningServer
+) -> None:
+    await usage.send("decoded", Rec(START, t=0, session_time=0))
+    target = ("--target", server.target)
+    assert await rating(
+        "sweep", "--as-of", "2024-03-01T09:00:00+00:00", *target, key=usage.tenant.key
+    ) == {"closed": 0}
+    assert await rating(
+        "sweep", "--as-of", "2030-01-01T00:00:00Z", *target, key=usage.tenant.key
+    ) == {"closed": 1}

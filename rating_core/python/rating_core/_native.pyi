@@ -52,10 +52,15 @@ def decode_radius(packet: bytes, secret: bytes | None) -> dict[str, object]:
 def accounting_response(request: bytes, secret: bytes) -> bytes:
     """The Accounting-Response (code 5) that acknowledges `request`."""
 
-def read_pcap(data: bytes) -> tuple[list[bytes], list[str], npt.NDArray[np.int64]]:
+def read_pcap(
+    data: bytes,
+) -> tuple[list[bytes], list[str], npt.NDArray[np.int64], int | None]:
     """RADIUS accounting requests (UDP to port 1813 or 1646) of a pcap file.
 
-    Returns (packets, source addresses, capture times in µs), in capture order.
+    Returns (packets, source addresses, capture times in µs, truncated_at), in capture order,
+    from every complete record; truncated_at is the byte offset of a last record the file
+    ends inside (a capture killed mid-write), else None. Raises RatingError for a file that
+    is not a classic pcap or a link type it does not decode.
     """
 
 @final

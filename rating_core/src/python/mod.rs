@@ -150,16 +150,24 @@ type PcapColumns<'py> = (
     Vec<Bound<'py, PyBytes>>,
     Vec<String>,
     Bound<'py, PyArray1<i64>>,
+    Option<usize>,
 );
 
-/// RADIUS accounting requests of a pcap file: (packets, sources, capture times in µs).
+/// RADIUS accounting requests of a pcap file's complete records: (packets, sources, capture
+/// times in µs, byte offset of a last record cut short or None).
 #[pyfunction]
 fn read_pcap<'py>(py: Python<'py>, data: &[u8]) -> PyResult<PcapColumns<'py>> {
-    let grams = py.detach(|| pcap::read(data))?;
+    let capture = py.detach(|| pcap::read_capture(data))?;
+    let grams = capture.datagrams;
     let packets = grams.iter().map(|g| PyBytes::new(py, &g.payload)).collect();
     let times: Vec<i64> = grams.iter().map(|g| g.time_us).collect();
     let sources = grams.into_iter().map(|g| g.source).collect();
-    Ok((packets, sources, PyArray1::from_vec(py, times)))
+    Ok((
+        packets,
+        sources,
+        PyArray1::from_vec(py, times),
+        capture.truncated_at,
+    ))
 }
 
 #[pyclass(frozen, name = "NasPolicy", module = "rating_core._native")]
