@@ -16,8 +16,6 @@ pub struct Datagram {
 pub enum PcapError {
     /// Not a classic pcap file (pcapng is not supported).
     Magic,
-    /// A record header or body past the end of the file.
-    Truncated,
     /// A link type this reader does not decode.
     LinkType(u32),
 }
@@ -26,7 +24,6 @@ impl fmt::Display for PcapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Magic => write!(f, "pcap: not a classic pcap file"),
-            Self::Truncated => write!(f, "pcap: truncated record"),
             Self::LinkType(t) => write!(f, "pcap: unsupported link type {t}"),
         }
     }
@@ -50,19 +47,6 @@ pub struct Capture {
     /// Byte offset of a last record cut short (a capture killed mid-write), if any: the
     /// datagrams are those of every complete record before it.
     pub truncated_at: Option<usize>,
-}
-
-/// Reads the accounting requests of a capture, in capture order; a truncated record is an
-/// error.
-///
-/// # Errors
-/// [`PcapError`] for a bad header, a truncated record or an unknown link type.
-pub fn read(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
-    let capture = read_capture(data)?;
-    match capture.truncated_at {
-        Some(_) => Err(PcapError::Truncated),
-        None => Ok(capture.datagrams),
-    }
 }
 
 /// Reads the accounting requests of every complete record of a capture, in capture order,
@@ -235,7 +219,6 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(payloads, [b"one".as_slice(), b"two".as_slice()]);
         assert_eq!(read.map(|c| c.truncated_at), Ok(None));
-        assert_eq!(super::read(&data).map(|d| d.len()), Ok(2));
     }
 
     #[test]
@@ -249,7 +232,6 @@ mod tests {
                 read.as_ref().map(|c| (c.datagrams.len(), c.truncated_at)),
                 Ok((1, Some(second)))
             );
-            assert_eq!(super::read(&data[..end]), Err(PcapError::Truncated));
         }
         assert_eq!(
             read_capture(&data[..second]).map(|c| (c.datagrams.len(), c.truncated_at)),

@@ -500,7 +500,7 @@ pub fn split_batch(buf: &[u8]) -> Result<Batch, WireError> {
 ///
 /// # Errors
 /// [`WireError`] when the outer message itself is malformed.
-pub(crate) fn scan_batch(
+fn scan_batch(
     buf: &[u8],
     mut entry: impl FnMut(usize, usize),
 ) -> Result<(String, usize), WireError> {

@@ -495,23 +495,20 @@ fn check_address(field: &str, text: &[u8], kind: AddressKind) -> Result<(), Stri
         return Ok(());
     }
     let t = std::str::from_utf8(text).unwrap_or_default();
-    let ok = match kind {
-        AddressKind::V4 => t.parse::<Ipv4Addr>().is_ok(),
-        AddressKind::V6 => t.parse::<Ipv6Addr>().is_ok(),
+    let (ok, what) = match kind {
+        AddressKind::V4 => (t.parse::<Ipv4Addr>().is_ok(), "an IPv4 address"),
+        AddressKind::V6 => (t.parse::<Ipv6Addr>().is_ok(), "an IPv6 address"),
         // A packet's source, with or without its port.
-        AddressKind::Source => {
-            t.parse::<IpAddr>().is_ok() || t.parse::<std::net::SocketAddr>().is_ok()
-        }
+        AddressKind::Source => (
+            t.parse::<IpAddr>().is_ok() || t.parse::<std::net::SocketAddr>().is_ok(),
+            "an IP address",
+        ),
     };
     if ok {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(format!("{field}: not {what}: {}", quoted(text)))
     }
-    let what = match kind {
-        AddressKind::V4 => "an IPv4 address",
-        AddressKind::V6 => "an IPv6 address",
-        AddressKind::Source => "an IP address",
-    };
-    Err(format!("{field}: not {what}: {}", quoted(text)))
 }
 
 #[derive(Clone, Copy)]

@@ -298,11 +298,12 @@ async def upsert_nas_client(
     tenant_id: uuid.UUID,
     source_address: str,
     secret: bytes | None,
-    nas_key: str,
+    nas: NasState,
     policy: Policy,
 ) -> None:
     """Secret (kept when `secret` is None) and NAS key by source address, policy on the NAS
-    key. A new client needs a secret."""
+    key (`nas`: its row, locked by lock_nas). A new client needs a secret."""
+    nas_key = nas.nas_key
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
     now = dt.datetime.now(dt.UTC) if pg else _sqlite_now()
@@ -325,26 +326,26 @@ async def upsert_nas_client(
             ),
             {"t": tenant, "a": source_address, "k": nas_key, "now": now},
         )
-    await set_nas_policy(session, tenant_id, nas_key, policy)
+    await set_nas_policy(session, tenant_id, nas, policy)
 
 
 async def set_nas_policy(
-    session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, policy: Policy
+    session: AsyncSession, tenant_id: uuid.UUID, state: NasState, policy: Policy
 ) -> None:
-    """Sets a NAS's policy. A change takes a NAS sequence number of its own (so replicas
-    reload the NAS) and is kept in `usage_nas_policies` from that number on: every ledger
-    batch and sweep then lies on one side of it, and a rebuild applies each with the
-    policy it was applied with. An unchanged policy writes nothing."""
+    """Sets the policy of a NAS whose row lock_nas locked (`state`). A change takes a NAS
+    sequence number of its own (so replicas reload the NAS) and is kept in
+    `usage_nas_policies` from that number on: every ledger batch and sweep then lies on one
+    side of it, and a rebuild applies each with the policy it was applied with. An
+    unchanged policy writes nothing."""
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
     now = dt.datetime.now(dt.UTC) if pg else _sqlite_now()
-    state = (await lock_nas(session, tenant_id, [nas_key]))[nas_key]
     if state.policy == policy:
         return
     seq = state.seq + 1
     columns = ", ".join(POLICY_COLUMNS)
     params: dict[str, Any] = {f"p{i}": v for i, v in enumerate(policy)}
-    params.update({"t": tenant, "k": nas_key, "s": seq, "now": now})
+    params.update({"t": tenant, "k": state.nas_key, "s": seq, "now": now})
     updates = ", ".join(f"{c} = :p{i}" for i, c in enumerate(POLICY_COLUMNS))
     await session.execute(
         text(

@@ -518,16 +518,16 @@ class UsageService:
             nas_key = spec.nas_key if current_key is None or given("nas_key") else current_key
             # Creates the NAS row with the default policy if missing, and locks it: a
             # concurrent change of another field waits, then keeps this one's.
-            stored = (await repo.lock_nas(session, tenant_id, [nas_key]))[nas_key].policy
+            nas = (await repo.lock_nas(session, tenant_id, [nas_key]))[nas_key]
             policy = cast(
                 repo.Policy,
                 tuple(
                     want if given(name) else have
-                    for name, want, have in zip(repo.POLICY_COLUMNS, asked, stored, strict=True)
+                    for name, want, have in zip(repo.POLICY_COLUMNS, asked, nas.policy, strict=True)
                 ),
             )
             await repo.upsert_nas_client(
-                session, tenant_id, spec.source_address, spec.secret, nas_key, policy
+                session, tenant_id, spec.source_address, spec.secret, nas, policy
             )
         te = self._tenants.get(tenant_id)
         if te is not None:
