@@ -1,5 +1,7 @@
 """The Alembic chain: up, down, up on both databases, and models in step with it."""
 
+# ruff: noqa: S608  (fixed literals only: data written at a revision, before the ORM fits)
+
 from __future__ import annotations
 
 import asyncio
@@ -80,3 +82,74 @@ async def test_update_heavy_usage_tables_leave_room_per_page_when_on_postgresql(
         "usage_buckets": ["fillfactor=50"],
         "usage_unattributed_buckets": ["fillfactor=50"],
     }
+
+
+TENANT = "0f0e0d0c0b0a49088706050403020100"
+SUB = "1f1e1d1c1b1a49189716151413121110"
+HOUR = "2026-01-01 10:00:00"
+
+
+async def _sql(url: str, *statements: str) -> list[tuple[object, ...]]:
+    """Runs the statements in one transaction; returns the last one's rows."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                result = await connection.exec_driver_sql(statement)
+            return [tuple(row) for row in result.all()] if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def test_unattributed_usage_keyed_by_identity_goes_to_its_instances_when_migrated(
+    empty_database: Backend,
+) -> None:
+    """0007: identity-keyed unattributed hours move to an instance of that identity, and to
+    the subscription of one attributed since (its identity grew: a later record named it)."""
+    url = empty_database.url
+    pg = empty_database.name == "postgresql"
+    await upgrade(url, "0006")
+    hour = f"'{HOUR}+00'" if pg else f"'{HOUR}.000000'"
+    key = "'\\x00'::bytea" if pg else "X'00'"
+
+    def session(sid: str, user: str, calling: str, sub: str) -> str:
+        return (
+            "INSERT INTO usage_sessions (tenant_id, nas_key, acct_session_id, generation,"
+            " user_name, calling_station_id, framed_ip_address, subscription_id, start_at,"
+            " last_update_at, session_time_s, input_bytes, output_bytes, hwm_input,"
+            " hwm_output, last_key, flags, terminate_cause, open) VALUES"
+            f" ('{TENANT}', 'nas', '{sid}', 1, '{user}', '{calling}', '', {sub}, {hour},"
+            f" {hour}, 0, 0, 0, 0, 0, {key}, 0, 0, {'true' if pg else 1})"
+        )
+
+    def bucket(user: str, calling: str, up: int) -> str:
+        return (
+            "INSERT INTO usage_unattributed_buckets (tenant_id, user_name, calling_station_id,"
+            " framed_ip_address, hour, upload_bytes, download_bytes, session_time_s) VALUES"
+            f" ('{TENANT}', '{user}', '{calling}', '', {hour}, {up}, {2 * up}, 0)"
+        )
+
+    await _sql(
+        url,
+        session("unknown", "", "aa:aa:aa:aa:aa:aa", "NULL"),
+        session("named-later", "frank", "bb:bb:bb:bb:bb:bb", f"'{SUB}'"),
+        bucket("", "aa:aa:aa:aa:aa:aa", 10),
+        bucket("", "bb:bb:bb:bb:bb:bb", 300),
+        "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
+        f" download_bytes, session_time_s) VALUES ('{TENANT}', '{SUB}', {hour}, 4, 8, 0)",
+    )
+    await upgrade(url)
+    left = await _sql(
+        url,
+        "SELECT nas_key, acct_session_id, generation, upload_bytes, download_bytes"
+        " FROM usage_unattributed_buckets",
+    )
+    assert left == [("nas", "unknown", 1, 10, 20)]
+    moved = await _sql(url, "SELECT upload_bytes, download_bytes FROM usage_buckets")
+    assert moved == [(304, 608)]
+    await downgrade(url, "0006")
+    back = await _sql(
+        url,
+        "SELECT user_name, calling_station_id, upload_bytes FROM usage_unattributed_buckets",
+    )
+    assert back == [("", "aa:aa:aa:aa:aa:aa", 10)]

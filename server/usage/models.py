@@ -201,14 +201,16 @@ class UsageBucket(TenantScoped, Base):
 
 
 class UnattributedBucket(TenantScoped, Base):
-    """Hourly usage whose RADIUS identity matches no subscription yet (kept, moved later)."""
+    """Hourly usage of a session instance no subscription owns yet. Kept per instance, not
+    per identity: an instance's identity can grow (a later record names its user), and when
+    the instance is attributed its own past usage, and only that, moves with it."""
 
     __tablename__ = "usage_unattributed_buckets"
     __table_args__ = ({"postgresql_with": {"fillfactor": 50}},)
 
-    user_name: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
-    calling_station_id: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
-    framed_ip_address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nas_key: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
+    acct_session_id: Mapped[str] = mapped_column(String(RADIUS_TEXT), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     hour: Mapped[dt.datetime] = mapped_column(primary_key=True)
     upload_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     download_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -165,6 +165,7 @@ _SQLITE_STAGE = (
     " status_type INTEGER, event_us INTEGER, arrival_us INTEGER)",
     "CREATE TEMP TABLE IF NOT EXISTS usage_bucket_stage (nas_key TEXT, sid TEXT,"
     " gen INTEGER, hour_us INTEGER, ib INTEGER, ob INTEGER, ss INTEGER)",
+    "CREATE TEMP TABLE IF NOT EXISTS usage_touched_stage (nas_key TEXT, sid TEXT, gen INTEGER)",
 )
 _LEDGER_STAGE_COLUMNS = (
     "content_key",
@@ -780,7 +781,8 @@ def _pg_session_upsert(arrays: Sequence[str]) -> str:
     """CTEs `u` (the batch's session rows, with ordinality `o`), `upd` (existing instances
     updated, without attribution lookups unless unattributed: an attribution, once made,
     sticks) and `ins` (new instances inserted with their subscription); `r` maps every
-    row's ordinality to its subscription after the write. $1 is the tenant, `arrays` the
+    row's ordinality `o` to its subscription `sub` after the write and its session key
+    (`n`, `a`, `g`). $1 is the tenant, `arrays` the
     SQL expressions of the 18 session columns (pgarrays.stage)."""
     unnest = ", ".join(arrays[:18])
     names = [f"u.c{i}" for i in range(18)]
@@ -806,17 +808,16 @@ def _pg_session_upsert(arrays: Sequence[str]) -> str:
         f"WITH u AS (SELECT * FROM unnest({unnest}) WITH ORDINALITY AS u({aliases}, o)),"
         f" upd AS (UPDATE usage_sessions s SET {updates} FROM u WHERE s.tenant_id = $1::uuid"
         " AND s.nas_key = u.c0 AND s.acct_session_id = u.c1 AND s.generation = u.c2"
-        " RETURNING u.o, s.subscription_id AS sub, s.user_name AS un,"
-        " s.calling_station_id AS cs, s.framed_ip_address AS fi),"
+        " RETURNING u.o, s.subscription_id AS sub, s.nas_key AS n, s.acct_session_id AS a,"
+        " s.generation AS g),"
         f" ins AS (INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
         f" SELECT {_session_values(True, names, '$1::uuid')} FROM u"
         " WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.o = u.o)"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
         f" DO UPDATE SET {_session_update('$1::uuid')}"
-        " RETURNING nas_key, acct_session_id, generation, subscription_id, user_name,"
-        " calling_station_id, framed_ip_address),"
-        " r AS (SELECT o, sub, un, cs, fi FROM upd UNION ALL SELECT u.o, ins.subscription_id,"
-        " ins.user_name, ins.calling_station_id, ins.framed_ip_address FROM ins"
+        " RETURNING nas_key, acct_session_id, generation, subscription_id),"
+        " r AS (SELECT o, sub, n, a, g FROM upd UNION ALL SELECT u.o, ins.subscription_id,"
+        " ins.nas_key, ins.acct_session_id, ins.generation FROM ins"
         " JOIN u ON u.c0 = ins.nas_key AND u.c1 = ins.acct_session_id"
         " AND u.c2 = ins.generation)"
     )
@@ -868,12 +869,20 @@ async def upsert_sessions_and_buckets(
         (*_PG_SESSION_TYPES, *["bigint"] * 5),
         [*params, bucket_row + 1, hour_us, input_bytes, output_bytes, session_s],
     )
+    # `mv`: the past unattributed usage of instances attributed by now (by this write, or by
+    # an identity registered since) leaves with them; it and `j`'s attributed deltas are
+    # added by one INSERT (two in one statement could not both update a bucket row).
     await conn.execute(
         _pg_session_upsert(arrays) + ","
-        " j AS (SELECT r.sub, r.un, r.cs, r.fi, d.hour_us, d.ib, d.ob, d.ss"
+        " mv AS (DELETE FROM usage_unattributed_buckets x USING r WHERE r.sub IS NOT NULL"
+        " AND x.tenant_id = $1::uuid AND x.nas_key = r.n AND x.acct_session_id = r.a"
+        " AND x.generation = r.g RETURNING r.sub, x.hour, x.upload_bytes AS ib,"
+        " x.download_bytes AS ob, x.session_time_s AS ss),"
+        " j AS (SELECT r.sub, r.n, r.a, r.g, d.hour_us, d.ib, d.ob, d.ss"
         f" FROM unnest({', '.join(arrays[18:])}) AS d(o, hour_us, ib, ob, ss)"
         " JOIN r ON r.o = d.o),"
-        f" a AS ({_ATTRIBUTED.format(t='$1::uuid', hour=hour)} RETURNING 1)"
+        f" a AS ({_ATTRIBUTED.format(t='$1::uuid', deltas=_attributed_deltas(hour, 'mv'))}"
+        " RETURNING 1)"
         f" {_UNATTRIBUTED.format(t='$1::uuid', hour=hour)}",
         tenant_id,
     )
@@ -886,28 +895,38 @@ _BUCKET_ADD = (
 )
 
 
+def _attributed_deltas(hour: str, moved: str | None = None) -> str:
+    """(sub, hour, ib, ob, ss) of `j`'s attributed deltas, and of the rows `moved` leaves."""
+    deltas = f"SELECT sub, {hour} AS hour, ib, ob, ss FROM j WHERE sub IS NOT NULL"
+    if moved is not None:
+        deltas += f" UNION ALL SELECT sub, hour, ib, ob, ss FROM {moved}"
+    return deltas
+
+
 # Both statements add in key order: the transactions of one batch's NAS groups may add to
 # the same bucket row at once, and taking row locks in one order keeps them deadlock-free.
+# `j`: a batch's deltas with their instance's subscription (sub) and key (n, a, g).
 _ATTRIBUTED = (
     "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
-    " download_bytes, session_time_s) SELECT {t}, sub, {hour}, sum(ib), sum(ob), sum(ss)"
-    " FROM j WHERE sub IS NOT NULL GROUP BY sub, hour_us ORDER BY sub, hour_us"
+    " download_bytes, session_time_s) SELECT {t}, sub, hour, sum(ib), sum(ob), sum(ss)"
+    " FROM ({deltas}) AS d WHERE true GROUP BY sub, hour ORDER BY sub, hour"
     " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
     + _BUCKET_ADD.format(t="usage_buckets")
 )
 _UNATTRIBUTED = (
-    "INSERT INTO usage_unattributed_buckets (tenant_id, user_name, calling_station_id,"
-    " framed_ip_address, hour, upload_bytes, download_bytes, session_time_s)"
-    " SELECT {t}, un, cs, fi, {hour}, sum(ib), sum(ob), sum(ss) FROM j WHERE sub IS NULL"
-    " GROUP BY un, cs, fi, hour_us ORDER BY un, cs, fi, hour_us"
-    " ON CONFLICT (tenant_id, user_name, calling_station_id,"
-    " framed_ip_address, hour) DO UPDATE SET " + _BUCKET_ADD.format(t="usage_unattributed_buckets")
+    "INSERT INTO usage_unattributed_buckets (tenant_id, nas_key, acct_session_id, generation,"
+    " hour, upload_bytes, download_bytes, session_time_s)"
+    " SELECT {t}, n, a, g, {hour}, sum(ib), sum(ob), sum(ss) FROM j WHERE sub IS NULL"
+    " GROUP BY n, a, g, hour_us ORDER BY n, a, g, hour_us"
+    " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation, hour) DO UPDATE SET "
+    + _BUCKET_ADD.format(t="usage_unattributed_buckets")
 )
 
 
 async def add_buckets(
     session: AsyncSession,
     tenant_id: uuid.UUID,
+    touched: Sequence[list[Any]],
     nas_key: list[str],
     acct_session_id: list[str],
     generation: list[int],
@@ -917,19 +936,34 @@ async def add_buckets(
     session_s: list[int],
 ) -> None:
     """SQLite: adds hourly deltas of sessions (already upserted) to their subscription's
-    buckets, or to the unattributed buckets of their identity (PostgreSQL writes them with
-    the sessions: upsert_sessions_and_buckets)."""
-    if not nas_key:
-        return
+    buckets, or to their instance's unattributed buckets, and moves the past unattributed
+    usage of the `touched` instances (nas keys, session ids, generations) that are
+    attributed by now to their subscription's (PostgreSQL writes all of it with the
+    sessions: upsert_sessions_and_buckets)."""
     conn = await driver(session)
-    joined = (
-        "SELECT s.subscription_id AS sub, s.user_name AS un, s.calling_station_id AS cs,"
-        " s.framed_ip_address AS fi, d.hour_us, d.ib, d.ob, d.ss FROM {d} {join} usage_sessions s"
-        " ON s.tenant_id = {t} AND s.nas_key = d.nas_key AND s.acct_session_id = d.sid"
-        " AND s.generation = d.gen"
-    )
     for statement in _SQLITE_STAGE:
         await conn.execute(statement)
+    t = (tenant_id.hex,)
+    hour = ts_sql(False, "hour_us")
+    moved = None
+    any_unattributed = await conn.execute(
+        "SELECT 1 FROM usage_unattributed_buckets WHERE tenant_id = ?1 LIMIT 1", t
+    )
+    if touched[0] and await any_unattributed.fetchone() is not None:
+        await conn.execute("DELETE FROM temp.usage_touched_stage")
+        await conn.executemany(
+            "INSERT INTO temp.usage_touched_stage VALUES (?, ?, ?)", zip(*touched, strict=True)
+        )
+        # CROSS JOIN makes SQLite's planner drive from the (unindexed) stage into the keys.
+        moved = (
+            "SELECT s.subscription_id AS sub, x.hour, x.upload_bytes AS ib,"
+            " x.download_bytes AS ob, x.session_time_s AS ss FROM temp.usage_touched_stage m"
+            " CROSS JOIN usage_sessions s ON s.tenant_id = ?1 AND s.nas_key = m.nas_key"
+            " AND s.acct_session_id = m.sid AND s.generation = m.gen"
+            " CROSS JOIN usage_unattributed_buckets x ON x.tenant_id = ?1"
+            " AND x.nas_key = m.nas_key AND x.acct_session_id = m.sid AND x.generation = m.gen"
+            " WHERE s.subscription_id IS NOT NULL"
+        )
     await conn.execute("DELETE FROM temp.usage_bucket_stage")
     await conn.executemany(
         "INSERT INTO temp.usage_bucket_stage VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -944,12 +978,27 @@ async def add_buckets(
             strict=True,
         ),
     )
-    hour = ts_sql(False, "hour_us")
-    # CROSS JOIN makes SQLite's planner drive from the (unindexed) stage into the key.
-    stage = joined.format(d="temp.usage_bucket_stage d", t="?1", join="CROSS JOIN")
-    with_j = f"WITH j AS ({stage}) "
-    await conn.execute(with_j + _ATTRIBUTED.format(t="?1", hour=hour), (tenant_id.hex,))
-    await conn.execute(with_j + _UNATTRIBUTED.format(t="?1", hour=hour), (tenant_id.hex,))
+    with_j = (
+        "WITH j AS (SELECT s.subscription_id AS sub, s.nas_key AS n, s.acct_session_id AS a,"
+        " s.generation AS g, d.hour_us, d.ib, d.ob, d.ss FROM temp.usage_bucket_stage d"
+        " CROSS JOIN usage_sessions s ON s.tenant_id = ?1 AND s.nas_key = d.nas_key"
+        " AND s.acct_session_id = d.sid AND s.generation = d.gen)"
+    )
+    if moved is not None:
+        with_j += f", mv AS ({moved})"
+    deltas = _attributed_deltas(hour, None if moved is None else "mv")
+    await conn.execute(f"{with_j} {_ATTRIBUTED.format(t='?1', deltas=deltas)}", t)
+    await conn.execute(f"{with_j} {_UNATTRIBUTED.format(t='?1', hour=hour)}", t)
+    if moved is not None:
+        await conn.execute(
+            "DELETE FROM usage_unattributed_buckets WHERE tenant_id = ?1"
+            " AND (nas_key, acct_session_id, generation) IN (SELECT m.nas_key, m.sid, m.gen"
+            " FROM temp.usage_touched_stage m CROSS JOIN usage_sessions s ON s.tenant_id = ?1"
+            " AND s.nas_key = m.nas_key AND s.acct_session_id = m.sid AND s.generation = m.gen"
+            " WHERE s.subscription_id IS NOT NULL)",
+            t,
+        )
+        await conn.execute("DELETE FROM temp.usage_touched_stage")
     await conn.execute("DELETE FROM temp.usage_bucket_stage")
 
 
@@ -1034,7 +1083,7 @@ async def record_sweep(
 
 async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     """Attributes unattributed sessions whose identity now matches a subscription and moves
-    their identity's unattributed buckets to the subscription's; returns sessions changed."""
+    their unattributed buckets to the subscription's; returns sessions changed."""
     t = ":t"
     params = {"t": tenant_param(session, tenant_id)}
     current = attribution_sql(
@@ -1050,26 +1099,28 @@ async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
         ),
         params,
     )
-    match = attribution_sql(t, "u.user_name", "u.calling_station_id", "u.framed_ip_address")
+    # Every unattributed bucket of an instance attributed by now moves (those of the
+    # instances just attributed, and any an earlier race left behind).
+    owner = (
+        "FROM usage_sessions s WHERE s.tenant_id = {x}.tenant_id AND s.nas_key = {x}.nas_key"
+        " AND s.acct_session_id = {x}.acct_session_id AND s.generation = {x}.generation"
+        " AND s.subscription_id IS NOT NULL"
+    )
     moved = (
         "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
         " download_bytes, session_time_s) SELECT :t, m.sub, m.hour, sum(m.up), sum(m.down),"
-        f" sum(m.secs) FROM (SELECT {match} AS sub, u.hour, u.upload_bytes AS up,"
-        " u.download_bytes AS down, u.session_time_s AS secs FROM usage_unattributed_buckets u"
-        f" WHERE u.tenant_id = {t}) m WHERE m.sub IS NOT NULL GROUP BY m.sub, m.hour"
+        f" sum(m.secs) FROM (SELECT (SELECT s.subscription_id {owner.format(x='u')}) AS sub,"
+        " u.hour, u.upload_bytes AS up, u.download_bytes AS down, u.session_time_s AS secs"
+        f" FROM usage_unattributed_buckets u WHERE u.tenant_id = {t}) m"
+        " WHERE m.sub IS NOT NULL GROUP BY m.sub, m.hour"
         " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
         + _BUCKET_ADD.format(t="usage_buckets")
     )
     await session.execute(text(moved), params)
-    bucket = attribution_sql(
-        t,
-        "usage_unattributed_buckets.user_name",
-        "usage_unattributed_buckets.calling_station_id",
-        "usage_unattributed_buckets.framed_ip_address",
-    )
     await session.execute(
         text(
-            f"DELETE FROM usage_unattributed_buckets WHERE tenant_id = {t} AND {bucket} IS NOT NULL"
+            f"DELETE FROM usage_unattributed_buckets WHERE tenant_id = {t}"
+            f" AND EXISTS (SELECT 1 {owner.format(x='usage_unattributed_buckets')})"
         ),
         params,
     )

@@ -204,12 +204,11 @@ async def write_projections(
             hours = projection.bucket_hour_us.tolist()
             deltas = [values.tolist() for values in projection.bucket_deltas]
             await repo.upsert_sessions(session, tenant_id, params)
-            if index.size:
-                sessions = projection.sessions
-                nas = sessions[0][index].tolist()
-                sid = sessions[1][index].tolist()
-                gen = sessions[2][index].tolist()
-                await repo.add_buckets(session, tenant_id, nas, sid, gen, hours, *deltas)
+            sessions = projection.sessions
+            nas = sessions[0][index].tolist()
+            sid = sessions[1][index].tolist()
+            gen = sessions[2][index].tolist()
+            await repo.add_buckets(session, tenant_id, params[:3], nas, sid, gen, hours, *deltas)
     if projection.anomalies:
         await repo.insert_anomalies(session, tenant_id, projection.anomalies, now_us())
 
@@ -576,8 +575,8 @@ async def reattribute(tenant_id: uuid.UUID, session: AsyncSession) -> int:
     """Re-attributes a tenant's unattributed usage after a RADIUS identity was registered.
 
     Call it inside the transaction that creates the identity (AccountService): sessions
-    whose identity now matches a subscription take it, and their identity's unattributed
-    hourly buckets move to the subscription's; metered events recorded by an unknown
+    whose identity now matches a subscription take it, and their unattributed hourly
+    buckets move to the subscription's; metered events recorded by an unknown
     `radius_user_name` that now matches take it too. Returns the number of sessions and
     metered events attributed. ListUnattributedUsage also runs it first, so a race with
     ingest or RecordUsage is settled lazily.

@@ -18,7 +18,7 @@ from isp_rating.v1 import accounts_pb2, accounts_pb2_grpc, revenue_pb2, revenue_
 from isp_rating.v1 import usage_pb2 as pb
 from isp_rating.v1.common_pb2 import Money
 from server.usage import service, servicer
-from server.usage.models import CLOCK_SKEW_FLAG, LedgerEntry, UsageBucket
+from server.usage.models import CLOCK_SKEW_FLAG, LedgerEntry, UnattributedBucket, UsageBucket
 from tests.conftest import RunningServer, TenantCtx, new_tenant
 from tests.usage.support import (
     INTERIM,
@@ -734,6 +734,59 @@ async def test_identity_from_the_start_is_kept_when_later_records_omit_it(
     assert closed.user_name == "erin"
     assert closed.state == pb.SESSION_STATE_CLOSED
     assert closed.subscription_id == sub
+
+
+async def test_usage_before_a_session_names_its_user_moves_with_the_session_when_it_does(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    # The first records carry only a Calling-Station-Id nobody registered; a later one
+    # names the user, whose subscription then owns the whole session, its past included.
+    sub = await subscribe(channel, usage.tenant, user_name="frank")
+    station = "02-00-00-00-00-0f"
+    first = {"user": "", "calling": station}
+    await usage.send(form, Rec(INTERIM, **first, t=600, session_time=600, inp=10, out=20))
+    await usage.send(form, Rec(INTERIM, **first, t=4200, session_time=4200, inp=30, out=60))
+    assert await usage.unattributed_bytes() == (30, 60)
+    await usage.send(
+        form,
+        Rec(INTERIM, user="frank", calling=station, t=7800, session_time=7800, inp=70, out=90),
+    )
+    assert (await usage.session()).subscription_id == sub
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (70, 90)
+    assert await usage.unattributed_bytes() == (0, 0)
+    async with server.db.read() as session:
+        left = await session.scalar(
+            select(func.count())
+            .select_from(UnattributedBucket)
+            .where(UnattributedBucket.tenant_id == usage.tenant.tenant_id)
+        )
+    assert left == 0
+
+
+async def test_registering_a_user_moves_only_the_usage_of_the_sessions_it_attributes(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    # Two sessions share a Calling-Station-Id nobody registered; one of them names a user
+    # that is registered later: that session's usage moves, the other's stays unattributed.
+    station = "02-00-00-00-00-10"
+    await usage.send(
+        form,
+        Rec(INTERIM, sid="s1", user="", calling=station, t=600, session_time=600, inp=1, out=2),
+        Rec(INTERIM, sid="s2", user="", calling=station, t=600, session_time=600, inp=100, out=200),
+    )
+    await usage.send(
+        form, Rec(INTERIM, sid="s1", user="gina", calling=station, t=1200, session_time=1200,
+                  inp=5, out=6),
+    )  # fmt: skip
+    assert await usage.unattributed_bytes() == (105, 206)
+    sub = await subscribe(channel, usage.tenant, user_name="gina")
+    assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (5, 6)
+    listed = await usage.stub.ListUnattributedUsage(
+        pb.ListUnattributedUsageRequest(), metadata=usage.metadata
+    )
+    assert [(u.user_name, u.input_bytes, u.output_bytes) for u in listed.usage] == [("", 100, 200)]
+    subs = {s.acct_session_id: s.subscription_id for s in await usage.sessions()}
+    assert subs == {"s1": sub, "s2": ""}
 
 
 @pytest.mark.parametrize("raw", ["0", "17", "two", "1.5"])
