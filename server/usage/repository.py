@@ -294,40 +294,57 @@ async def nas_secrets(session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, 
     return {row[0]: bytes(row[1]) for row in rows.all()}
 
 
-async def upsert_nas_client(
+async def lock_nas_client(
     session: AsyncSession,
     tenant_id: uuid.UUID,
     source_address: str,
     secret: bytes | None,
-    nas: NasState,
-    policy: Policy,
-) -> None:
-    """Secret (kept when `secret` is None) and NAS key by source address, policy on the NAS
-    key (`nas`: its row, locked by lock_nas). A new client needs a secret."""
-    nas_key = nas.nas_key
+    nas_key: str,
+) -> str | None:
+    """Locks a client's row and returns the NAS key it points at; None: there is no client.
+
+    With a secret, first stores it, inserting the client (pointed at `nas_key`) if missing.
+    So of two first writes at once, the second waits for the first's row and then updates
+    it, instead of finding no client and overwriting the first's NAS key with its own.
+    (On SQLite begin_write has serialized the transaction already.)
+    """
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
-    now = dt.datetime.now(dt.UTC) if pg else _sqlite_now()
     if secret is not None:
+        now = dt.datetime.now(dt.UTC) if pg else _sqlite_now()
         await session.execute(
             text(
                 "INSERT INTO usage_nas_clients"
                 " (tenant_id, source_address, secret, nas_key, created_at, updated_at)"
                 " VALUES (:t, :a, :s, :k, :now, :now) ON CONFLICT (tenant_id, source_address)"
-                " DO UPDATE SET secret = excluded.secret, nas_key = excluded.nas_key,"
-                " updated_at = excluded.updated_at"
+                " DO UPDATE SET secret = excluded.secret, updated_at = excluded.updated_at"
             ),
             {"t": tenant, "a": source_address, "s": secret, "k": nas_key, "now": now},
         )
-    else:
-        await session.execute(
-            text(
-                "UPDATE usage_nas_clients SET nas_key = :k, updated_at = :now"
-                " WHERE tenant_id = :t AND source_address = :a AND nas_key <> :k"
-            ),
-            {"t": tenant, "a": source_address, "k": nas_key, "now": now},
-        )
-    await set_nas_policy(session, tenant_id, nas, policy)
+    lock = " FOR UPDATE" if pg else ""
+    row = await session.execute(
+        text(
+            "SELECT nas_key FROM usage_nas_clients WHERE tenant_id = :t AND source_address = :a"
+            + lock
+        ),
+        {"t": tenant, "a": source_address},
+    )
+    first = row.first()
+    return None if first is None else str(first[0])
+
+
+async def point_nas_client(
+    session: AsyncSession, tenant_id: uuid.UUID, source_address: str, nas_key: str
+) -> None:
+    """Points a client (locked by lock_nas_client) at a NAS key; the same key writes nothing."""
+    now = dt.datetime.now(dt.UTC) if _pg(session) else _sqlite_now()
+    await session.execute(
+        text(
+            "UPDATE usage_nas_clients SET nas_key = :k, updated_at = :now"
+            " WHERE tenant_id = :t AND source_address = :a AND nas_key <> :k"
+        ),
+        {"t": tenant_param(session, tenant_id), "a": source_address, "k": nas_key, "now": now},
+    )
 
 
 async def set_nas_policy(
@@ -377,22 +394,6 @@ async def policy_history(
         {"t": tenant_param(session, tenant_id), "k": nas_key},
     )
     return [(int(row[0]), _policy(row[1:])) for row in rows.all()]
-
-
-async def nas_client_key(
-    session: AsyncSession, tenant_id: uuid.UUID, source_address: str
-) -> str | None:
-    """The NAS key a client's policy applies to (row locked on PostgreSQL); None: no client."""
-    lock = " FOR UPDATE" if _pg(session) else ""
-    row = await session.execute(
-        text(
-            "SELECT nas_key FROM usage_nas_clients WHERE tenant_id = :t AND source_address = :a"
-            + lock
-        ),
-        {"t": tenant_param(session, tenant_id), "a": source_address},
-    )
-    first = row.first()
-    return None if first is None else str(first[0])
 
 
 # ---------------------------------------------------------------- sessions of a NAS

@@ -511,10 +511,14 @@ class UsageService:
         asked = spec.policy()
         async with self.db.transaction() as session:
             await repo.begin_write(session)
-            current_key = await repo.nas_client_key(session, tenant_id, spec.source_address)
-            if spec.secret is None and current_key is None:
+            # Creates the client (a secret given) pointing at spec.nas_key if missing, and
+            # locks it: a concurrent first write waits, then finds this one's client.
+            current_key = await repo.lock_nas_client(
+                session, tenant_id, spec.source_address, spec.secret, spec.nas_key
+            )
+            if current_key is None:
                 raise InvalidArgumentError("secret", "is required for a new client")
-            nas_key = spec.nas_key if current_key is None or given("nas_key") else current_key
+            nas_key = spec.nas_key if given("nas_key") else current_key
             # Creates the NAS row with the default policy if missing, and locks it: a
             # concurrent change of another field waits, then keeps this one's.
             nas = (await repo.lock_nas(session, tenant_id, [nas_key]))[nas_key]
@@ -525,9 +529,8 @@ class UsageService:
                     for name, want, have in zip(repo.POLICY_COLUMNS, asked, nas.policy, strict=True)
                 ),
             )
-            await repo.upsert_nas_client(
-                session, tenant_id, spec.source_address, spec.secret, nas, policy
-            )
+            await repo.point_nas_client(session, tenant_id, spec.source_address, nas_key)
+            await repo.set_nas_policy(session, tenant_id, nas, policy)
         te = self._tenants.get(tenant_id)
         if te is not None:
             async with te.lock:

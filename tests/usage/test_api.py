@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -14,11 +15,25 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import func, select
 
 import rating_core
-from isp_rating.v1 import accounts_pb2, accounts_pb2_grpc, revenue_pb2, revenue_pb2_grpc
+from isp_rating.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    revenue_pb2,
+    revenue_pb2_grpc,
+    usage_pb2_grpc,
+)
 from isp_rating.v1 import usage_pb2 as pb
 from isp_rating.v1.common_pb2 import Money
+from server.usage import repository as repo
 from server.usage import service, servicer
-from server.usage.models import CLOCK_SKEW_FLAG, LedgerEntry, UnattributedBucket, UsageBucket
+from server.usage.models import (
+    CLOCK_SKEW_FLAG,
+    LedgerEntry,
+    UnattributedBucket,
+    UsageBucket,
+    UsageNas,
+    UsageNasClient,
+)
 from tests.conftest import RunningServer, TenantCtx, new_tenant
 from tests.usage.support import (
     INTERIM,
@@ -451,6 +466,89 @@ async def test_nas_client_writes_only_the_masked_fields_when_update_mask_names_s
         grpc.StatusCode.INVALID_ARGUMENT,
         "update_mask",
     )
+
+
+def _upsert(address: str, paths: list[str], **fields: Any) -> pb.UpsertNasClientRequest:
+    return pb.UpsertNasClientRequest(
+        source_address=address, update_mask=FieldMask(paths=paths), **fields
+    )
+
+
+async def test_racing_first_writes_keep_each_others_fields_when_their_masks_differ(
+    server: RunningServer, tenant: TenantCtx
+) -> None:
+    """Two UpsertNasClient calls for a client and NAS that do not exist yet, sent at once over
+    two channels with different masks: whichever commits first, the other keeps its fields."""
+    expected = (True, True, 600, 3, 300, 300)  # both flags set, the rest the defaults
+    async with (
+        grpc.aio.insecure_channel(server.target) as one,
+        grpc.aio.insecure_channel(server.target) as two,
+    ):
+        stubs = (usage_pb2_grpc.UsageServiceStub(one), usage_pb2_grpc.UsageServiceStub(two))
+
+        async def at_once(*requests: pb.UpsertNasClientRequest) -> None:
+            await asyncio.gather(
+                *(
+                    stub.UpsertNasClient(request, metadata=tenant.metadata)
+                    for stub, request in zip(stubs, requests, strict=True)
+                )
+            )
+
+        for n in range(5):
+            # One names the NAS key, the other only the secret: the client is not repointed.
+            await at_once(
+                _upsert(f"198.51.100.{n}", ["secret", "nas_key"], secret="a", nas_key=f"bng-{n}"),
+                _upsert(f"198.51.100.{n}", ["secret"], secret="b"),
+            )
+            # Each sets another flag of the new client's own NAS.
+            await at_once(
+                _upsert(f"198.51.100.{n + 10}", ["secret", "swap_direction"], secret="a",
+                        swap_direction=True),
+                _upsert(f"198.51.100.{n + 10}", ["secret", "infer_wrap"], secret="b",
+                        infer_wrap=True),
+            )  # fmt: skip
+            # Two new clients point at one new NAS, each setting another flag.
+            await at_once(
+                _upsert(f"198.51.100.{n + 20}", ["secret", "nas_key", "swap_direction"],
+                        secret="a", nas_key=f"shared-{n}", swap_direction=True),
+                _upsert(f"198.51.100.{n + 30}", ["secret", "nas_key", "infer_wrap"],
+                        secret="b", nas_key=f"shared-{n}", infer_wrap=True),
+            )  # fmt: skip
+
+    tenant_id = tenant.tenant_id
+    async with server.db.read() as session:
+        client_rows = await session.execute(
+            select(UsageNasClient.source_address, UsageNasClient.nas_key).where(
+                UsageNasClient.tenant_id == tenant_id
+            )
+        )
+        clients = dict(client_rows.all())
+        nas_rows = await session.execute(
+            select(UsageNas.nas_key, UsageNas.seq).where(UsageNas.tenant_id == tenant_id)
+        )
+        seqs = dict(nas_rows.all())
+        policies = await repo.nas_policies(session, tenant_id)
+        secrets = await repo.nas_secrets(session, tenant_id)
+        histories = {
+            key: await repo.policy_history(session, tenant_id, key)
+            for key in (
+                *(f"198.51.100.{n + 10}" for n in range(5)),
+                *(f"shared-{n}" for n in range(5)),
+            )
+        }
+    for n in range(5):
+        assert clients[f"198.51.100.{n}"] == f"bng-{n}"
+        assert policies[f"bng-{n}"] == repo.DEFAULT_POLICY
+        assert clients[f"198.51.100.{n + 20}"] == clients[f"198.51.100.{n + 30}"] == f"shared-{n}"
+    assert set(secrets.values()) <= {b"a", b"b"}
+    for key, history in histories.items():
+        assert policies[key] == expected, key
+        # Each change took a NAS sequence number of its own and was recorded: the first
+        # with one flag, the second with both (rebuild replays batches with these).
+        assert [seq for seq, _ in history] == [1, 2], key
+        assert sorted(sum(policy[:2]) for _, policy in history) == [1, 2], key
+        assert history[-1][1] == expected, key
+        assert seqs[key] == 2, key
 
 
 async def test_nas_list_pages_by_key_with_policy_when_several_nases_exist(usage: Usage) -> None:
