@@ -153,6 +153,8 @@ def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
         (["replay", "junk.bin", "--batch-size", "0"], 2, "--batch-size: must be at least 1"),
         (["sessions", "--target", "127.0.0.1:{closed}"], 1, "rating sessions: UNAVAILABLE"),
         (["nas", "list", "--key-file", "missing-key"], 1, "missing-key: No such file"),
+        (["nas", "set", "192.0.2.1"], 1, "rating nas set: nothing to set: give --secret"),
+        (["nas", "set", "192.0.2.1", "--secret", ""], 2, "--secret: must not be empty"),
         (["rebuild", "--tenant", "x"], 2, "'x' is not a tenant id"),
         (["admin", "create-tenant", "A", "--database-url", "sqlite:///e.db"], 1, "rating migrate"),
         (["migrate", "--database-url", "nonsense"], 1, "database URL"),

@@ -736,7 +736,8 @@ class UpsertNasClientRequest(_message.Message):
         (an empty secret keeps the stored one). Otherwise only the named fields are written: an
         existing client keeps its NAS key unless "nas_key" is named (a new one takes nas_key, or
         the source address), the NAS keeps each policy field not named (a new NAS has the
-        defaults), and a named secret must not be empty. `rating replay` names only "secret".
+        defaults), and a named secret must not be empty. `rating replay` names only "secret";
+        `rating nas set` names the options on its command line.
         """
 
     def __init__(

@@ -104,29 +104,40 @@ def add_commands(subparsers: Any) -> None:
     nas_sub = nas.add_subparsers(dest="nas_command", required=True)
     nas_set = nas_sub.add_parser(
         "set",
-        help="register or change the client at a source address (prints it as JSON); the"
-        " options given replace the NAS key's whole policy",
+        help="register or change the client at a source address (prints it as JSON); only"
+        " the options given are written",
+        description="Registers or changes the client at a source address and prints it as"
+        " JSON. Only the options given are written: what the command line leaves out (the"
+        " client's secret and NAS key, each policy option of that NAS key) keeps its stored"
+        " value. A new client needs --secret; its NAS key is the address unless --nas-key"
+        " names one, and a NAS nothing configured yet has the default of every policy option"
+        " not given.",
     )
     add_client_arguments(nas_set)
     nas_set.add_argument("source_address", help="the packets' source address")
     nas_set.add_argument(
         "--secret",
-        default=os.environ.get("RATING_NAS_SECRET", ""),
+        type=_secret,
+        # An empty variable counts as unset (the default: None is not run through _secret).
+        default=os.environ.get("RATING_NAS_SECRET") or None,
         help="shared secret (env RATING_NAS_SECRET keeps it out of the process list);"
         " required for a new client, else the stored one is kept",
     )
     nas_set.add_argument(
         "--nas-key",
-        default="",
-        help="NAS-Identifier or NAS-IP(v6)-Address the device sends (default: the address)",
+        help="NAS-Identifier or NAS-IP(v6)-Address the device sends, whose policy the options"
+        " set (a new client's default: the address; '' points a client back at its address)",
     )
     nas_set.add_argument(
-        "--swap-direction", action="store_true", help="the device reports input as download"
+        "--swap-direction",
+        action=argparse.BooleanOptionalAction,
+        help="the device reports input as download (--no-swap-direction: it does not)",
     )
     nas_set.add_argument(
         "--infer-wrap",
-        action="store_true",
-        help="the device sends no gigawords: a counter going down is a 32-bit wrap",
+        action=argparse.BooleanOptionalAction,
+        help="the device sends no gigawords: a counter going down is a 32-bit wrap"
+        " (--no-infer-wrap: a counter reset)",
     )
     for option, meaning in (
         ("--interim-interval-s", "expected seconds between Interim-Updates"),
@@ -134,7 +145,9 @@ def add_commands(subparsers: Any) -> None:
         ("--grace-s", "seconds of grace after k intervals"),
         ("--clock-skew-tolerance-s", "Event-Timestamp trusted within this of arrival - delay"),
     ):
-        nas_set.add_argument(option, type=_non_negative, default=0, help=f"{meaning} (0: default)")
+        nas_set.add_argument(
+            option, type=_non_negative, help=f"{meaning} (0 sets the default back)"
+        )
     nas_set.set_defaults(handler=nas_set_command)
     nas_list = nas_sub.add_parser("list", help="NASes with their policy and clock-skew flags")
     add_client_arguments(nas_list)
@@ -470,13 +483,32 @@ def _non_negative(text: str) -> int:
     return value
 
 
-async def nas_set_command(args: argparse.Namespace) -> int:
-    request = usage_pb2.UpsertNasClientRequest(
-        source_address=args.source_address,
-        secret=args.secret,
-        nas_key=args.nas_key,
-        **{name: getattr(args, name) for name in POLICY_COLUMNS},
+def _secret(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (leave it out to keep the stored one)")
+    return text
+
+
+def nas_set_request(args: argparse.Namespace) -> usage_pb2.UpsertNasClientRequest:
+    """The UpsertNasClient of `rating nas set`: the options given, and an update_mask naming
+    them (an empty mask would write every field, resetting those not given)."""
+    given = {
+        name: value
+        for name in ("secret", "nas_key", *POLICY_COLUMNS)
+        if (value := getattr(args, name)) is not None
+    }
+    if not given:
+        raise SystemExit(
+            "rating nas set: nothing to set: give --secret (or RATING_NAS_SECRET), --nas-key"
+            " or a policy option (--help lists them)"
+        )
+    return usage_pb2.UpsertNasClientRequest(
+        source_address=args.source_address, update_mask=FieldMask(paths=list(given)), **given
     )
+
+
+async def nas_set_command(args: argparse.Namespace) -> int:
+    request = nas_set_request(args)
     async with client_channel(args) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         client = await stub.UpsertNasClient(request, metadata=auth_metadata(args))

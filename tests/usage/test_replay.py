@@ -18,6 +18,7 @@ import pytest
 
 from isp_rating.v1 import usage_pb2 as pb
 from server.usage import cli
+from server.usage import repository as repo
 from tests.conftest import Backend, RunningServer, TenantCtx, new_tenant
 from tests.usage.support import (
     INTERIM,
@@ -250,13 +251,14 @@ async def requests(
         yield item
 
 
-async def rating_run(*args: str, key: str) -> tuple[int, str, str]:
-    """Runs `rating`: its exit status, stdout and stderr."""
+async def rating_run(*args: str, key: str, **env: str) -> tuple[int, str, str]:
+    """Runs `rating` (with `env` added to the environment): its exit status, stdout and
+    stderr."""
     process = await asyncio.create_subprocess_exec(
         *RATING,
         *args,
         cwd=ROOT,
-        env={**os.environ, "RATING_API_KEY": key},
+        env={**os.environ, "RATING_API_KEY": key, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -264,8 +266,8 @@ async def rating_run(*args: str, key: str) -> tuple[int, str, str]:
     return process.returncode or 0, out.decode(), err.decode()
 
 
-async def rating_fails(*args: str, key: str) -> tuple[int, str]:
-    code, _, err = await rating_run(*args, key=key)
+async def rating_fails(*args: str, key: str, **env: str) -> tuple[int, str]:
+    code, _, err = await rating_run(*args, key=key, **env)
     assert code != 0
     return code, err
 
@@ -288,14 +290,98 @@ async def test_nas_clients_are_registered_and_listed_from_the_cli(
     assert listed[0]["last_clock_skew_at"] is None
     assert await rating("nas", "list", "--flagged", "--json", *target, key=tenant.key) == []
     # A new client needs a secret; a number option must be a whole number.
-    _, err = await rating_fails("nas", "set", "192.0.2.9", *target, key=tenant.key)
-    assert "secret" in err
+    _, err = await rating_fails(
+        "nas", "set", "192.0.2.9", "--grace-s", "60", *target, key=tenant.key
+    )
+    assert "INVALID_ARGUMENT: secret: is required for a new client" in err
     code, err = await rating_fails(
         "nas", "set", "192.0.2.1", "--grace-s", "-1", *target, key=tenant.key
     )
     assert code == 2
     assert "--grace-s" in err
     assert "out of range" in err
+
+
+async def test_nas_set_changes_only_the_options_given_when_run_from_the_cli(
+    server: RunningServer, tenant: TenantCtx
+) -> None:
+    target = ("--target", server.target)
+
+    async def nas_set(*args: str) -> dict[str, Any]:
+        # RATING_NAS_SECRET empty: a secret in the caller's environment would be sent too.
+        code, out, err = await rating_run(
+            "nas", "set", "192.0.2.1", *args, *target, key=tenant.key, RATING_NAS_SECRET=""
+        )
+        assert code == 0, err
+        row: dict[str, Any] = json.loads(out)
+        return row
+
+    # A new client with some options: the address as NAS key, the defaults for the rest.
+    assert await nas_set("--secret", "s1", "--grace-s", "90") == {
+        "source_address": "192.0.2.1",
+        "nas": "192.0.2.1",
+        "swap_direction": False,
+        "infer_wrap": False,
+        "interim_interval_s": 600,
+        "stale_multiplier": 3,
+        "grace_s": 90,
+        "clock_skew_tolerance_s": 300,
+    }
+    configured = await nas_set(
+        "--nas-key", "bng-1", "--swap-direction", "--infer-wrap", "--interim-interval-s", "60",
+        "--stale-multiplier", "4", "--grace-s", "120", "--clock-skew-tolerance-s", "30",
+    )  # fmt: skip
+    assert configured == {
+        "source_address": "192.0.2.1",
+        "nas": "bng-1",
+        "swap_direction": True,
+        "infer_wrap": True,
+        "interim_interval_s": 60,
+        "stale_multiplier": 4,
+        "grace_s": 120,
+        "clock_skew_tolerance_s": 30,
+    }
+    # One option changes that option alone, flags included (--no-...), and 0 is the default.
+    changes: list[tuple[list[str], dict[str, Any]]] = [
+        (["--grace-s", "45"], {"grace_s": 45}),
+        (["--no-swap-direction"], {"swap_direction": False}),
+        (["--stale-multiplier", "0"], {"stale_multiplier": 3}),
+        (["--secret", "s2"], {}),
+    ]
+    for args, changed in changes:
+        configured |= changed
+        assert await nas_set(*args) == configured, args
+    assert configured["nas"] == "bng-1"
+    listed = await rating("nas", "list", "--json", *target, key=tenant.key)
+    assert {n["nas"]: n["interim_interval_s"] for n in listed} == {"192.0.2.1": 600, "bng-1": 60}
+    async with server.db.read() as session:
+        assert (await repo.nas_secrets(session, tenant.tenant_id))["192.0.2.1"] == b"s2"
+    # The secret from the environment counts as given; an empty one does not.
+    code, out, err = await rating_run(
+        "nas", "set", "192.0.2.1", *target, key=tenant.key, RATING_NAS_SECRET="s3"
+    )
+    assert (code, json.loads(out)) == (0, configured), err
+    async with server.db.read() as session:
+        assert (await repo.nas_secrets(session, tenant.tenant_id))["192.0.2.1"] == b"s3"
+    code, err = await rating_fails(
+        "nas", "set", "192.0.2.1", *target, key=tenant.key, RATING_NAS_SECRET=""
+    )
+    assert (code, err.strip()) == (
+        1,
+        "rating nas set: nothing to set: give --secret (or RATING_NAS_SECRET), --nas-key or a"
+        " policy option (--help lists them)",
+    )
+    # --nas-key '' points the client back at its address, whose policy is the one set first.
+    assert await nas_set("--nas-key", "") == {
+        "source_address": "192.0.2.1",
+        "nas": "192.0.2.1",
+        "swap_direction": False,
+        "infer_wrap": False,
+        "interim_interval_s": 600,
+        "stale_multiplier": 3,
+        "grace_s": 90,
+        "clock_skew_tolerance_s": 300,
+    }
 
 
 @pytest.mark.parametrize("nas_key", ["bng-1", ""], ids=["nas-identifier", "address"])
