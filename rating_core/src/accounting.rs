@@ -283,6 +283,10 @@ impl NasState {
     }
 }
 
+/// Identity fields of a session row, in order: User-Name, Calling-Station-Id,
+/// Framed-IP-Address, Framed-IPv6-Prefix, Delegated-IPv6-Prefix.
+const IDENTITY_FIELDS: usize = 5;
+
 /// A column of strings in one buffer (no allocation per row).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StrColumn {
@@ -395,6 +399,8 @@ pub struct SessionTable {
     pub user_name: StrColumn,
     pub calling_station_id: StrColumn,
     pub framed_ip_address: StrColumn,
+    pub framed_ipv6_prefix: StrColumn,
+    pub delegated_ipv6_prefix: StrColumn,
     pub start_us: Vec<i64>,
     pub stop_us: Vec<i64>,
     pub last_update_us: Vec<i64>,
@@ -427,7 +433,7 @@ impl SessionTable {
         nas_key: &str,
         text: &mut SessionText,
         sid: &[u8],
-        identity: [&[u8]; 3],
+        identity: [&[u8]; IDENTITY_FIELDS],
     ) {
         self.nas_key.push(nas_key);
         text.sid.push(sid);
@@ -435,6 +441,8 @@ impl SessionTable {
         text.user.push(identity[0]);
         text.calling.push(identity[1]);
         text.framed.push(identity[2]);
+        text.framed_prefix.push(identity[3]);
+        text.delegated_prefix.push(identity[4]);
         self.start_us.push(s.start_us);
         self.stop_us
             .push(if s.state == STATE_OPEN { -1 } else { s.stop_us });
@@ -476,6 +484,8 @@ impl SessionTable {
             self.user_name.len(),
             self.calling_station_id.len(),
             self.framed_ip_address.len(),
+            self.framed_ipv6_prefix.len(),
+            self.delegated_ipv6_prefix.len(),
             self.start_us.len(),
             self.stop_us.len(),
             self.last_update_us.len(),
@@ -504,17 +514,21 @@ struct SessionText {
     user: TextBuilder,
     calling: TextBuilder,
     framed: TextBuilder,
+    framed_prefix: TextBuilder,
+    delegated_prefix: TextBuilder,
 }
 
 impl SessionText {
-    /// Builders for `rows` rows of `sid_bytes` session-id bytes and `text_bytes` of User-Name,
-    /// Calling-Station-Id and Framed-IP-Address bytes.
-    fn with_capacity(rows: usize, sid_bytes: usize, text_bytes: [usize; 3]) -> Self {
+    /// Builders for `rows` rows of `sid_bytes` session-id bytes and `text_bytes` of each
+    /// identity field's bytes (see [`IDENTITY_FIELDS`]).
+    fn with_capacity(rows: usize, sid_bytes: usize, text_bytes: [usize; IDENTITY_FIELDS]) -> Self {
         Self {
             sid: TextBuilder::with_capacity(rows, sid_bytes),
             user: TextBuilder::with_capacity(rows, text_bytes[0]),
             calling: TextBuilder::with_capacity(rows, text_bytes[1]),
             framed: TextBuilder::with_capacity(rows, text_bytes[2]),
+            framed_prefix: TextBuilder::with_capacity(rows, text_bytes[3]),
+            delegated_prefix: TextBuilder::with_capacity(rows, text_bytes[4]),
         }
     }
 
@@ -525,6 +539,8 @@ impl SessionText {
         table.user_name = self.user.finish();
         table.calling_station_id = self.calling.finish();
         table.framed_ip_address = self.framed.finish();
+        table.framed_ipv6_prefix = self.framed_prefix.finish();
+        table.delegated_ipv6_prefix = self.delegated_prefix.finish();
     }
 }
 
@@ -568,10 +584,10 @@ impl<'a> Input<'a> {
 #[derive(Default)]
 struct Touched {
     rows: Vec<u32>,
-    /// Per row: User-Name, Calling-Station-Id, Framed-IP-Address from the first record of
-    /// the call that carried each (empty: the projection keeps what it has), as ranges of
+    /// Per row: the identity fields ([`IDENTITY_FIELDS`]) from the first record of the call
+    /// that carried each (empty: the projection keeps what it has), as ranges of
     /// `text_buf`, copied while the record is in cache.
-    text: Vec<[record::Span; 3]>,
+    text: Vec<[record::Span; IDENTITY_FIELDS]>,
     text_buf: Vec<u8>,
     /// Per row: the hour and index of its most recent bucket (most records hit it).
     last_bucket: Vec<(i64, u32)>,
@@ -583,7 +599,7 @@ struct Touched {
     /// the output columns are allocated once at their final size.
     sid_bytes: usize,
     nas_bytes: usize,
-    text_bytes: [usize; 3],
+    text_bytes: [usize; IDENTITY_FIELDS],
 }
 
 /// One hourly bucket of a row, being summed.
@@ -607,7 +623,7 @@ impl Touched {
         self.anomalies.clear();
         self.sid_bytes = 0;
         self.nas_bytes = 0;
-        self.text_bytes = [0; 3];
+        self.text_bytes = [0; IDENTITY_FIELDS];
     }
     /// The output row of session `s` (in `slot`), assigned on first touch through its
     /// `row_tag` (valid when it points at a row that holds this slot); `nas_len` is the
@@ -619,7 +635,7 @@ impl Touched {
         }
         let r = self.rows.len();
         self.rows.push(slot);
-        self.text.push([record::Span::default(); 3]);
+        self.text.push([record::Span::default(); IDENTITY_FIELDS]);
         self.last_bucket.push((i64::MIN, u32::MAX));
         self.sid_bytes += usize::from(s.sid_len);
         self.nas_bytes += nas_len;
@@ -816,7 +832,7 @@ impl Engine {
             + self.carry.capacity() * 24
             + self.seen.capacity() * 16
             + t.rows.capacity() * 4
-            + t.text.capacity() * std::mem::size_of::<[record::Span; 3]>()
+            + t.text.capacity() * std::mem::size_of::<[record::Span; IDENTITY_FIELDS]>()
             + t.text_buf.capacity()
             + t.last_bucket.capacity() * 16
             + t.bucket_of.capacity() * 24
@@ -1251,7 +1267,8 @@ impl Engine {
 
     fn check_rows(t: &SessionTable) -> Result<(), EngineError> {
         t.check()?;
-        // Identity text (user, calling station, framed IP) stays in the database: not loaded.
+        // Identity text (user, calling station, framed IP, IPv6 prefixes) stays in the
+        // database: not loaded.
         if t.acct_session_id
             .iter()
             .any(|v| v.len() > usize::from(u8::MAX))
@@ -1470,7 +1487,7 @@ impl Engine {
                 &self.nas[s.nas as usize].key,
                 &mut text_columns,
                 self.strings.sid(s),
-                [text(spans[0]), text(spans[1]), text(spans[2])],
+                spans.map(text),
             );
         }
         text_columns.finish(&mut out.sessions);
@@ -1826,7 +1843,13 @@ impl Engine {
         let text = &mut t.text[row as usize];
         for ((have, new), total) in text
             .iter_mut()
-            .zip([r.user, r.calling, r.framed])
+            .zip([
+                r.user,
+                r.calling,
+                r.framed,
+                r.framed_prefix,
+                r.delegated_prefix,
+            ])
             .zip(&mut t.text_bytes)
         {
             if have.is_empty() && !new.is_empty() {

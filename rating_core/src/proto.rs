@@ -216,6 +216,8 @@ pub struct ProtoRecord<'a> {
     pub delay_time_s: Option<u32>,
     pub terminate_cause: Option<u32>,
     pub framed_ip_address: &'a [u8],
+    pub framed_ipv6_prefix: &'a [u8],
+    pub delegated_ipv6_prefix: &'a [u8],
     pub calling_station_id: &'a [u8],
     pub arrival_us: Option<i64>,
 }
@@ -391,12 +393,8 @@ pub fn decode_record(buf: &[u8]) -> Result<ProtoRecord<'_>, WireError> {
             0x80 => rec.delay_time_s = Some(c.uint32(16)?),
             0x88 => rec.terminate_cause = Some(c.uint32(17)?),
             0x92 => rec.framed_ip_address = c.string(18)?,
-            0x9a => {
-                c.string(19)?;
-            }
-            0xa2 => {
-                c.string(20)?;
-            }
+            0x9a => rec.framed_ipv6_prefix = c.string(19)?,
+            0xa2 => rec.delegated_ipv6_prefix = c.string(20)?,
             0xaa => rec.calling_station_id = c.string(21)?,
             0xb2 => {
                 c.bytes()?;

@@ -204,6 +204,8 @@ fn set<T>(slot: &mut Option<T>, ty: u8, v: T) -> Result<(), RadiusError> {
 }
 
 /// RFC 3162 prefix: Reserved(1) Prefix-Length(1) Prefix(0..16), bits past the length zero-filled.
+/// The network is canonical: bits past the length that a NAS set anyway (RFC 3162 says
+/// they must be zero) are cleared, as the detail-file reader does for the same attribute.
 fn prefix(ty: u8, v: &[u8]) -> Result<(u8, Ipv6Addr), RadiusError> {
     let wrong = RadiusError::WrongLength {
         attribute: ty,
@@ -214,7 +216,16 @@ fn prefix(ty: u8, v: &[u8]) -> Result<(u8, Ipv6Addr), RadiusError> {
     }
     let mut a = [0u8; 16];
     a[..v.len() - 2].copy_from_slice(&v[2..]);
-    Ok((v[1], Ipv6Addr::from(a)))
+    Ok((v[1], ipv6_network(Ipv6Addr::from(a), v[1])))
+}
+
+/// The first address of the /`len` network holding `ip` (`len` at most 128).
+#[must_use]
+pub fn ipv6_network(ip: Ipv6Addr, len: u8) -> Ipv6Addr {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(len.min(128)))
+        .unwrap_or(0);
+    Ipv6Addr::from(u128::from(ip) & mask)
 }
 
 /// Reads the usage attributes of well-framed attribute bytes.
@@ -308,6 +319,38 @@ mod tests {
         assert_eq!(a.output_gigawords, Some(2));
         let resp = accounting_response(&data, b"testing123").unwrap_or_default();
         assert_eq!(resp, unhex("052a0014d9e4d3c16591d8cceb1ac30dfbb7658c"));
+    }
+
+    #[test]
+    fn ipv6_prefixes_read_as_canonical_networks() {
+        let parsed = |v: &[u8]| {
+            let mut attrs = vec![97, (v.len() + 2) as u8];
+            attrs.extend_from_slice(v);
+            parse_attrs(&attrs).map(|a| a.framed_ipv6_prefix)
+        };
+        let net = |s: &str| s.parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        // Only the octets the length needs (RFC 3162), or all 16.
+        let short = [0, 56, 0x20, 0x01, 0x0d, 0xb8, 0x12, 0x00, 0x00];
+        assert_eq!(
+            parsed(&short).ok(),
+            Some(Some((56, net("2001:db8:1200::"))))
+        );
+        let mut full = vec![0, 56];
+        full.extend_from_slice(&net("2001:db8:1200::").octets());
+        assert_eq!(parsed(&full).ok(), Some(Some((56, net("2001:db8:1200::")))));
+        // Bits past the length are cleared; /0 and /128 are whole.
+        full[10] = 0xff;
+        full[17] = 1;
+        assert_eq!(parsed(&full).ok(), Some(Some((56, net("2001:db8:1200::")))));
+        assert_eq!(parsed(&[0, 0]).ok(), Some(Some((0, Ipv6Addr::UNSPECIFIED))));
+        full[1] = 128;
+        assert_eq!(
+            parsed(&full).ok(),
+            Some(Some((128, net("2001:db8:1200:0:ff00::1"))))
+        );
+        // Too long a length, or fewer octets than it needs, is malformed.
+        assert!(parsed(&[0, 129, 0]).is_err());
+        assert!(parsed(&[0, 64, 0x20, 0x01]).is_err());
     }
 
     #[test]

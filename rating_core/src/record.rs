@@ -52,7 +52,7 @@ const SKEWED: u8 = 64;
 const NO_EVENT_TIMESTAMP: u8 = 128;
 
 /// One normalized accounting record (counters are 64-bit, gigawords folded in).
-/// Compact (104 bytes): optional values are a presence bit plus a value.
+/// Compact (120 bytes): optional values are a presence bit plus a value.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Record {
     pub key: [u8; 16],
@@ -65,6 +65,9 @@ pub struct Record {
     pub user: Span,
     pub calling: Span,
     pub framed: Span,
+    /// Framed-IPv6-Prefix and Delegated-IPv6-Prefix, canonical text (`2001:db8::/56`).
+    pub framed_prefix: Span,
+    pub delegated_prefix: Span,
     /// Index into [`Prepared::nas_keys`]; `u32::MAX` when quarantined.
     pub nas: u32,
     session_time: u32,
@@ -355,6 +358,8 @@ struct Fields<'a> {
     user: &'a [u8],
     calling: &'a [u8],
     framed: FramedIp<'a>,
+    /// Framed-IPv6-Prefix, Delegated-IPv6-Prefix: (length, network).
+    prefixes: [Option<(u8, Ipv6Addr)>; 2],
     nas: NasId<'a>,
     input: Option<u64>,
     output: Option<u64>,
@@ -511,6 +516,42 @@ fn check_address(field: &str, text: &[u8], kind: AddressKind) -> Result<(), Stri
     }
 }
 
+/// An IPv6 prefix field of a decoded record (empty: absent) as (length, network).
+/// "address/length" in any IPv6 notation, or a bare address (/128); bits past the length
+/// are cleared, as a raw packet's are ([`radius::ipv6_network`]).
+fn ipv6_prefix(field: &str, text: &[u8]) -> Result<Option<(u8, Ipv6Addr)>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let t = std::str::from_utf8(text).unwrap_or_default();
+    let (address, length) = t.split_once('/').unwrap_or((t, "128"));
+    // Digits only (`parse` alone would take "+56").
+    let length = (length.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| length.parse::<u8>().ok())
+        .flatten()
+        .filter(|&l| l <= 128);
+    match (address.parse::<Ipv6Addr>(), length) {
+        (Ok(ip), Some(len)) => Ok(Some((len, radius::ipv6_network(ip, len)))),
+        _ => Err(format!("{field}: not an IPv6 prefix: {}", quoted(text))),
+    }
+}
+
+/// A prefix's canonical text in the arena: the address as RFC 5952 writes it (what
+/// `server.validation` stores for a static IPv6 identity), then "/length".
+fn push_prefix(arena: &mut Vec<u8>, prefix: Option<(u8, Ipv6Addr)>) -> Span {
+    use std::io::Write;
+    let Some((len, ip)) = prefix else {
+        return Span::default();
+    };
+    let off = arena.len();
+    // Writing to a Vec cannot fail.
+    let _ = write!(arena, "{ip}/{len}");
+    Span {
+        off: off as u32,
+        len: (arena.len() - off) as u32 | Span::ARENA,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum AddressKind {
     V4,
@@ -532,6 +573,10 @@ fn from_proto(buf: &[u8], default_arrival_us: i64) -> Result<Fields<'_>, String>
     )?;
     check_address("framed_ip_address", r.framed_ip_address, AddressKind::V4)?;
     check_address("source_address", r.source_address, AddressKind::Source)?;
+    let prefixes = [
+        ipv6_prefix("framed_ipv6_prefix", r.framed_ipv6_prefix)?,
+        ipv6_prefix("delegated_ipv6_prefix", r.delegated_ipv6_prefix)?,
+    ];
     let nas = if let Some(id) = non_empty(r.nas_identifier) {
         NasId::Text(id)
     } else if let Some(ip) = non_empty(r.nas_ipv6_address) {
@@ -548,6 +593,7 @@ fn from_proto(buf: &[u8], default_arrival_us: i64) -> Result<Fields<'_>, String>
         user: r.user_name,
         calling: r.calling_station_id,
         framed: FramedIp::Text(r.framed_ip_address),
+        prefixes,
         nas,
         input: counter(r.input_octets, r.input_gigawords),
         output: counter(r.output_octets, r.output_gigawords),
@@ -606,6 +652,7 @@ fn from_raw<'a>(
             Some(ip) => FramedIp::V4(ip),
             None => FramedIp::Text(b""),
         },
+        prefixes: [a.framed_ipv6_prefix, a.delegated_ipv6_prefix],
         nas,
         input: counter(a.input_octets, a.input_gigawords),
         output: counter(a.output_octets, a.output_gigawords),
@@ -809,6 +856,8 @@ fn prepare_one(
         FramedIp::Text(t) => span_in(batch, arena, t),
         FramedIp::V4(ip) => push(arena, ip.to_string().as_bytes()),
     };
+    rec.framed_prefix = push_prefix(arena, f.prefixes[0]);
+    rec.delegated_prefix = push_prefix(arena, f.prefixes[1]);
     rec.input = rec.set(HAS_INPUT, f.input);
     rec.output = rec.set(HAS_OUTPUT, f.output);
     if f.input_gw {
@@ -834,4 +883,58 @@ fn prepare_one(
         f.terminate_cause,
     );
     Ok(f.response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The canonical text a decoded prefix field is stored as, or the quarantine reason.
+    fn stored(text: &str) -> Result<String, String> {
+        let mut arena = Vec::new();
+        let span = push_prefix(
+            &mut arena,
+            ipv6_prefix("framed_ipv6_prefix", text.as_bytes())?,
+        );
+        let p = Prepared {
+            arena,
+            ..Prepared::default()
+        };
+        Ok(String::from_utf8_lossy(p.text(&[], span)).into_owned())
+    }
+
+    #[test]
+    fn decoded_ipv6_prefixes_are_stored_canonical() {
+        for (given, canonical) in [
+            ("2001:db8:1200::/56", "2001:db8:1200::/56"),
+            ("2001:0DB8:1200:0000::/056", "2001:db8:1200::/56"),
+            ("2001:db8::1/64", "2001:db8::/64"),
+            ("2001:db8::1", "2001:db8::1/128"),
+            ("::/0", "::/0"),
+            ("2001:db8:0:1:1:1:1:1/128", "2001:db8:0:1:1:1:1:1/128"),
+            ("::ffff:192.0.2.1/128", "::ffff:192.0.2.1/128"),
+        ] {
+            assert_eq!(stored(given).as_deref(), Ok(canonical), "{given}");
+        }
+        assert_eq!(stored("").as_deref(), Ok(""));
+    }
+
+    #[test]
+    fn decoded_ipv6_prefix_names_its_field_when_it_is_not_one() {
+        for bad in [
+            "2001:db8::/129",
+            "2001:db8::/",
+            "2001:db8::/+56",
+            "2001:db8::/56/1",
+            "192.0.2.0/24",
+            "2001:db8::1%eth0/64",
+            "prefix",
+        ] {
+            let reason = stored(bad).err().unwrap_or_default();
+            assert!(
+                reason.starts_with("framed_ipv6_prefix: not an IPv6 prefix"),
+                "{bad}: {reason}"
+            );
+        }
+    }
 }

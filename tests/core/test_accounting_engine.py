@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import numpy as np
@@ -551,6 +552,67 @@ def test_generated_stubs_and_core_agree_on_the_wire_when_record_is_built_with_pr
     assert result.sessions.framed_ip_address == ["100.64.0.9"]
     assert result.sessions.calling_station_id == ["02-00-00-00-00-01"]
     assert int(result.event_us[0]) == T0 + 90 * US
+
+
+def _prefix_attribute(kind: int, prefix: str, octets: int | None = None) -> bytes:
+    """RFC 3162/4818: reserved, prefix length, then the prefix's first `octets` octets
+    (those the length needs when None)."""
+    network = ipaddress.IPv6Network(prefix, strict=False)
+    length = network.prefixlen
+    value = bytes([0, length]) + network.network_address.packed[: octets or (length + 7) // 8]
+    return bytes([kind, len(value) + 2]) + value
+
+
+def test_ipv6_prefixes_come_out_canonical_when_sent_in_either_form() -> None:
+    usage_pb2 = pytest.importorskip("isp_rating.v1.usage_pb2")
+    request = usage_pb2.StreamAccountingRequest(batch_id="v6")
+    for sid, framed, delegated in [
+        ("d1", "2001:0DB8:0:1::/64", "2001:db8:1200:0::/56"),
+        ("d2", "2001:db8::1", ""),
+        ("bad", "2001:db8::/129", ""),
+        ("bad2", "", "192.0.2.0/24"),
+    ]:
+        r = request.entries.add().decoded
+        r.status_type = usage_pb2.ACCT_STATUS_TYPE_INTERIM_UPDATE
+        r.acct_session_id = sid
+        r.nas_identifier = "nas-v6"
+        r.session_time_s = 60
+        r.event_timestamp.FromMicroseconds(T0 + 60 * US)
+        r.arrival_time.FromMicroseconds(T0 + 60 * US)
+        if framed:
+            r.framed_ipv6_prefix = framed
+        if delegated:
+            r.delegated_ipv6_prefix = delegated
+    # A raw packet whose Framed-IPv6-Prefix carries all 16 octets with bits past /64 set.
+    full = bytearray(_prefix_attribute(97, "2001:db8:0:2::/64", 16))
+    full[-1] = 1
+    attributes = (
+        bytes([40, 6, 0, 0, 0, 3, 44, 4]) + b"r1" + bytes([32, 8]) + b"nas-v6"
+        + bytes([46, 6, 0, 0, 0, 60]) + bytes(full)
+        + _prefix_attribute(123, "2001:db8:3400::/56")
+    )  # fmt: skip
+    head = bytes([4, 1]) + (20 + len(attributes)).to_bytes(2, "big")
+    raw = request.entries.add().raw
+    raw.packet = head + bytes(16) + attributes
+    raw.source_address = "192.0.2.1"
+    raw.arrival_time.FromMicroseconds(T0 + 60 * US)
+    e = rc.Engine(ledger_replay=True)  # the raw packet is decoded without its secret
+    result = e.apply(e.prepare(request.SerializeToString(), 0))
+    assert result.outcome.tolist() == [A, A, rc.OUTCOME_QUARANTINED, rc.OUTCOME_QUARANTINED, A]
+    assert [reason.split(":")[0] for _, reason in result.quarantine] == [
+        "framed_ipv6_prefix",
+        "delegated_ipv6_prefix",
+    ]
+    s = result.sessions
+    rows = {
+        sid: (s.framed_ipv6_prefix[i], s.delegated_ipv6_prefix[i])
+        for i, sid in enumerate(s.acct_session_id)
+    }
+    assert rows == {
+        "d1": ("2001:db8:0:1::/64", "2001:db8:1200::/56"),
+        "d2": ("2001:db8::1/128", ""),
+        "r1": ("2001:db8:0:2::/64", "2001:db8:3400::/56"),
+    }
 
 
 def test_start_without_session_time_begins_new_generation_when_open_instance_is_old() -> None:

@@ -122,6 +122,8 @@ class SessionColumns:
     user_name: list[str]
     calling_station_id: list[str]
     framed_ip_address: list[str]
+    framed_ipv6_prefix: list[str]  # canonical text, "2001:db8::/64"; "" when none was sent
+    delegated_ipv6_prefix: list[str]
     start_us: npt.NDArray[np.int64]
     stop_us: npt.NDArray[np.int64]  # -1 while open
     last_update_us: npt.NDArray[np.int64]  # event time of the last applied update
@@ -254,5 +256,8 @@ def make_sessions(
     flags: npt.NDArray[np.uint32],
     terminate_cause: npt.NDArray[np.uint32],
     open: npt.NDArray[np.bool_],
+    framed_ipv6_prefix: list[str] | None = None,
+    delegated_ipv6_prefix: list[str] | None = None,
 ) -> SessionColumns:
-    """Builds SessionColumns from database rows (for Engine.load_sessions)."""
+    """Builds SessionColumns from database rows (for Engine.load_sessions). The engine
+    loads no identity text: the IPv6 prefixes may be left out (empty on every row)."""

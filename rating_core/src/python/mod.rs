@@ -337,6 +337,14 @@ impl SessionColumns {
         self.inner.framed_ip_address.iter().collect()
     }
     #[getter]
+    fn framed_ipv6_prefix(&self) -> Vec<&str> {
+        self.inner.framed_ipv6_prefix.iter().collect()
+    }
+    #[getter]
+    fn delegated_ipv6_prefix(&self) -> Vec<&str> {
+        self.inner.delegated_ipv6_prefix.iter().collect()
+    }
+    #[getter]
     fn start_us<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
         PyArray1::from_slice(py, &self.inner.start_us)
     }
@@ -389,8 +397,10 @@ impl SessionColumns {
     }
 }
 
-/// Builds `SessionColumns` from database rows (for `Engine.load_sessions`).
+/// Builds `SessionColumns` from database rows (for `Engine.load_sessions`). The engine
+/// loads no identity text, so the IPv6 prefixes may be left out (empty on every row).
 #[pyfunction]
+#[pyo3(signature = (nas_key, acct_session_id, generation, user_name, calling_station_id, framed_ip_address, start_us, stop_us, last_update_us, session_time_s, input_bytes, output_bytes, hwm_input, hwm_output, last_key, flags, terminate_cause, open, framed_ipv6_prefix=None, delegated_ipv6_prefix=None))]
 fn make_sessions(
     nas_key: Vec<String>,
     acct_session_id: Vec<String>,
@@ -410,7 +420,14 @@ fn make_sessions(
     flags: &Bound<'_, PyAny>,
     terminate_cause: &Bound<'_, PyAny>,
     open: &Bound<'_, PyAny>,
+    framed_ipv6_prefix: Option<Vec<String>>,
+    delegated_ipv6_prefix: Option<Vec<String>>,
 ) -> PyResult<SessionColumns> {
+    let rows = nas_key.len();
+    let text_or_empty = |column: Option<Vec<String>>| match column {
+        Some(values) => values.into_iter().collect::<StrColumn>(),
+        None => std::iter::repeat_n("", rows).collect::<StrColumn>(),
+    };
     let inner = SessionTable {
         nas_key: nas_key.into_iter().collect::<StrColumn>(),
         acct_session_id: acct_session_id.into_iter().collect::<StrColumn>(),
@@ -418,6 +435,8 @@ fn make_sessions(
         user_name: user_name.into_iter().collect::<StrColumn>(),
         calling_station_id: calling_station_id.into_iter().collect::<StrColumn>(),
         framed_ip_address: framed_ip_address.into_iter().collect::<StrColumn>(),
+        framed_ipv6_prefix: text_or_empty(framed_ipv6_prefix),
+        delegated_ipv6_prefix: text_or_empty(delegated_ipv6_prefix),
         start_us: col(start_us, "int64")?,
         stop_us: col(stop_us, "int64")?,
         last_update_us: col(last_update_us, "int64")?,
@@ -438,6 +457,8 @@ fn make_sessions(
         inner.user_name.len(),
         inner.calling_station_id.len(),
         inner.framed_ip_address.len(),
+        inner.framed_ipv6_prefix.len(),
+        inner.delegated_ipv6_prefix.len(),
         inner.start_us.len(),
         inner.stop_us.len(),
         inner.last_update_us.len(),
