@@ -158,18 +158,53 @@ def parse_ipv4(field: str, value: str) -> str:
         raise InvalidArgumentError(field, f"not an IPv4 address: {value!r}") from None
 
 
+def ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as RFC 5952 writes it, as the core does (Rust's Ipv6Addr): an
+    IPv4-mapped IPv6 address in dotted form, which `str()` gives only from Python 3.13 on."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
 def parse_ip(field: str, value: str) -> str:
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        return ip_text(ipaddress.ip_address(value.strip()))
     except ValueError:
         raise InvalidArgumentError(field, f"not an IP address: {value!r}") from None
 
 
 def parse_ipv6_prefix(field: str, value: str) -> str:
     try:
-        return str(ipaddress.IPv6Network(value.strip(), strict=True))
+        network = ipaddress.IPv6Network(value.strip(), strict=True)
     except ValueError as error:
         raise InvalidArgumentError(field, f"not an IPv6 prefix: {value!r} ({error})") from None
+    return f"{ip_text(network.network_address)}/{network.prefixlen}"
+
+
+def parse_static_ip(field: str, value: str) -> str:
+    """A STATIC_IP RADIUS identity as canonical text: an IPv4 address, an IPv6 address, or
+    an IPv6 prefix ("2001:db8:1200::/56", no bits set past its length). A /128 is stored as
+    its address, so either notation names one identity, and it matches a session whose
+    Framed-IPv6-Prefix is that address as /128 (repository.attribution_sql)."""
+    text = value.strip()
+    expected = "an IPv4 address, an IPv6 address or an IPv6 prefix"
+    if "/" in text and "." in text and ":" not in text:
+        raise InvalidArgumentError(field, f"not {expected}: {value!r} (an IPv4 prefix)")
+    try:
+        if "/" in text:
+            network = ipaddress.IPv6Network(text, strict=True)
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address = network.network_address
+            length = network.prefixlen
+        else:
+            address = ipaddress.ip_address(text)
+            length = address.max_prefixlen
+    except ValueError as error:
+        raise InvalidArgumentError(field, f"not {expected}: {value!r} ({error})") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise InvalidArgumentError(field, f"not {expected}: {value!r} (has a scope id)")
+    if length == address.max_prefixlen:
+        return ip_text(address)
+    return f"{ip_text(address)}/{length}"
 
 
 def parse_date(field: str, value: str) -> dt.date:

@@ -797,6 +797,11 @@ class RadiusIdentity(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     kind: Global___RadiusIdentityKind.ValueType
     value: _builtins.str
+    """STATIC_IP: an IPv4 address, an IPv6 address, or an IPv6 prefix ("2001:db8:1200::/56",
+    no bits set past its length), stored canonical (a /128 as its address). It matches
+    the session's Framed-IP-Address, Delegated-IPv6-Prefix or Framed-IPv6-Prefix (an
+    address: that address as /128). CALLING_STATION_ID: a MAC is stored canonical.
+    """
     def __init__(
         self,
         *,

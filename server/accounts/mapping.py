@@ -26,11 +26,11 @@ from server.validation import (
     parse_date,
     parse_decimal,
     parse_enum,
-    parse_ip,
     parse_ipv4,
     parse_ipv6_prefix,
     parse_mac,
     parse_money,
+    parse_static_ip,
     require,
     to_timestamp,
 )
@@ -292,7 +292,7 @@ def radius_identities(message: accounts_pb2.Subscription, field: str) -> list[Id
         kind = parse_enum(f"{where}.kind", identity.kind, accounts_pb2.RadiusIdentityKind)
         value = require(f"{where}.value", identity.value)
         if kind == accounts_pb2.RADIUS_IDENTITY_KIND_STATIC_IP:
-            value = parse_ip(f"{where}.value", value)
+            value = parse_static_ip(f"{where}.value", value)
         elif kind == accounts_pb2.RADIUS_IDENTITY_KIND_CALLING_STATION_ID:
             value = _calling_station_id(value)
         if (kind, value) in seen:
