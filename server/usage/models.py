@@ -168,6 +168,10 @@ class UsageSession(TenantScoped, Base):
     user_name: Mapped[str] = mapped_column(String(RADIUS_TEXT), default="")
     calling_station_id: Mapped[str] = mapped_column(String(RADIUS_TEXT), default="")
     framed_ip_address: Mapped[str] = mapped_column(String(64), default="")
+    # Framed-IPv6-Prefix and Delegated-IPv6-Prefix, canonical ("2001:db8:1200::/56"): static
+    # IPv6 identities match them. The server default fills the rows of before (0008).
+    framed_ipv6_prefix: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    delegated_ipv6_prefix: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # Attributed through RADIUS identities; NULL while unattributed (see reattribute()).
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     start_at: Mapped[dt.datetime]

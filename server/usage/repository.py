@@ -58,7 +58,13 @@ SESSION_COLUMNS = (
     "flags",
     "terminate_cause",
     "open",
+    # Written, not loaded: the engine holds no identity text (_select_sessions reads the
+    # 18 columns above).
+    "framed_ipv6_prefix",
+    "delegated_ipv6_prefix",
 )
+# The columns a session row is written with (session_columns, the upserts' parameters).
+N_SESSION = len(SESSION_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -122,10 +128,18 @@ def us_sql(pg: bool, column: str) -> str:
     )
 
 
-def attribution_sql(tenant: str, user: str, calling: str, framed: str) -> str:
-    """The subscription of a RADIUS identity: User-Name, then Calling-Station-Id, then IP.
+def attribution_sql(
+    tenant: str, user: str, calling: str, framed: str, framed_prefix: str, delegated_prefix: str
+) -> str:
+    """The subscription of a RADIUS identity (SQL expressions, in IDENTITY_COLUMNS order):
+    User-Name, then Calling-Station-Id, then static IP: the IPv4 Framed-IP-Address, then
+    the Delegated-IPv6-Prefix, then the Framed-IPv6-Prefix.
 
     A MAC-like Calling-Station-Id matches as sent and in canonical `aa:bb:cc:dd:ee:ff` form.
+    A prefix matches a STATIC_IP identity of the same canonical text; a /128 is its address
+    (server.validation.parse_static_ip stores a /128 identity as the address), so an IPv6
+    address identity matches a session whose prefix is that address as /128. Every step is
+    one equality probe of the radius_identities primary key.
     """
     bare = f"replace(replace(replace({calling}, '-', ''), ':', ''), '.', '')"
     mac = "lower(" + " || ':' || ".join(f"substr({bare}, {i}, 2)" for i in (1, 3, 5, 7, 9, 11))
@@ -139,10 +153,16 @@ def attribution_sql(tenant: str, user: str, calling: str, framed: str) -> str:
             f" AND {value} <> '' LIMIT 1)"
         )
 
+    def host(prefix: str) -> str:
+        # Canonical text has one "/": "/128" occurs only as the length of a host prefix.
+        return f"replace({prefix}, '/128', '')"
+
     return (
         f"COALESCE({lookup(1, user, f'r.value = {user}')},"
         f" {lookup(2, calling, f'r.value IN {calling_forms}')},"
-        f" {lookup(3, framed, f'r.value = {framed}')})"
+        f" {lookup(3, framed, f'r.value = {framed}')},"
+        f" {lookup(3, delegated_prefix, f'r.value = {host(delegated_prefix)}')},"
+        f" {lookup(3, framed_prefix, f'r.value = {host(framed_prefix)}')})"
     )
 
 
@@ -702,22 +722,34 @@ def session_columns(cols: Any) -> list[npt.NDArray[Any]]:
         np.asarray(cols.flags, dtype=np.int64),
         np.asarray(cols.terminate_cause, dtype=np.int64),
         np.asarray(cols.open, dtype=np.bool_),
+        object_array(cols.framed_ipv6_prefix),
+        object_array(cols.delegated_ipv6_prefix),
     ]
 
 
 _SESSION_TARGET = (
     "nas_key, acct_session_id, generation, user_name, calling_station_id, framed_ip_address,"
-    " subscription_id, start_at, stop_at, last_update_at, session_time_s, input_bytes,"
-    " output_bytes, hwm_input, hwm_output, last_key, flags, terminate_cause, open"
+    " framed_ipv6_prefix, delegated_ipv6_prefix, subscription_id, start_at, stop_at,"
+    " last_update_at, session_time_s, input_bytes, output_bytes, hwm_input, hwm_output,"
+    " last_key, flags, terminate_cause, open"
 )
-IDENTITY_COLUMNS = ("user_name", "calling_station_id", "framed_ip_address")
+# In attribution_sql's argument order.
+IDENTITY_COLUMNS = (
+    "user_name",
+    "calling_station_id",
+    "framed_ip_address",
+    "framed_ipv6_prefix",
+    "delegated_ipv6_prefix",
+)
+# The parameter (SESSION_COLUMNS position) of each identity column.
+_IDENTITY_PARAMS = tuple(SESSION_COLUMNS.index(c) for c in IDENTITY_COLUMNS)
 
 
 def merged_identity(old: str, new: Sequence[str]) -> list[str]:
-    """User-Name, Calling-Station-Id, Framed-IP-Address after a write of row `old` with the
-    values `new`: the instance keeps the first non-empty value it was given (the engine
-    sends only what a batch's records carried; a row from a sweep or a NAS reboot carries
-    none)."""
+    """The IDENTITY_COLUMNS (User-Name, Calling-Station-Id, Framed-IP-Address, the IPv6
+    prefixes) after a write of row `old` with the values `new`: the instance keeps the
+    first non-empty value it was given (the engine sends only what a batch's records
+    carried; a row from a sweep or a NAS reboot carries none)."""
     return [
         f"CASE WHEN {old}.{c} = '' THEN {v} ELSE {old}.{c} END"
         for c, v in zip(IDENTITY_COLUMNS, new, strict=True)
@@ -746,10 +778,10 @@ _SESSION_STATE_UPDATE = (
 
 
 def _session_values(pg: bool, p: list[str], tenant: str) -> str:
-    """The VALUES/SELECT list of a session row from parameter expressions p[0..17]."""
+    """The VALUES/SELECT list of a session row from parameter expressions p[0..19]."""
     return (
-        f"{tenant}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]},"
-        f" {attribution_sql(tenant, p[3], p[4], p[5])},"
+        f"{tenant}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[18]}, {p[19]},"
+        f" {attribution_sql(tenant, *(p[i] for i in _IDENTITY_PARAMS))},"
         f" {ts_sql(pg, p[6])}, CASE WHEN {p[7]} < 0 THEN NULL ELSE {ts_sql(pg, p[7])} END,"
         f" {ts_sql(pg, p[8])}, {p[9]}, {p[10]}, {p[11]}, {p[12]}, {p[13]}, {p[14]}, {p[15]},"
         f" {p[16]}, {p[17]}"
@@ -775,6 +807,8 @@ _PG_SESSION_TYPES = (
     "bigint",
     "bigint",
     "boolean",
+    "text",
+    "text",
 )
 
 
@@ -783,11 +817,11 @@ def _pg_session_upsert(arrays: Sequence[str]) -> str:
     updated, without attribution lookups unless unattributed: an attribution, once made,
     sticks) and `ins` (new instances inserted with their subscription); `r` maps every
     row's ordinality `o` to its subscription `sub` after the write and its session key
-    (`n`, `a`, `g`). $1 is the tenant, `arrays` the
-    SQL expressions of the 18 session columns (pgarrays.stage)."""
-    unnest = ", ".join(arrays[:18])
-    names = [f"u.c{i}" for i in range(18)]
-    identity = merged_identity("s", ["u.c3", "u.c4", "u.c5"])
+    (`n`, `a`, `g`). $1 is the tenant, `arrays` the SQL expressions of the N_SESSION
+    session columns (pgarrays.stage)."""
+    unnest = ", ".join(arrays[:N_SESSION])
+    names = [f"u.c{i}" for i in range(N_SESSION)]
+    identity = merged_identity("s", [names[i] for i in _IDENTITY_PARAMS])
     attribution = attribution_sql("$1::uuid", *identity)
     updates = ", ".join(
         f"{column} = {value}"
@@ -804,7 +838,7 @@ def _pg_session_upsert(arrays: Sequence[str]) -> str:
             strict=True,
         )
     )
-    aliases = ", ".join(f"c{i}" for i in range(18))
+    aliases = ", ".join(f"c{i}" for i in range(N_SESSION))
     return (
         f"WITH u AS (SELECT * FROM unnest({unnest}) WITH ORDINALITY AS u({aliases}, o)),"
         f" upd AS (UPDATE usage_sessions s SET {updates} FROM u WHERE s.tenant_id = $1::uuid"
@@ -836,7 +870,7 @@ async def upsert_sessions(
     if _pg(session):
         raise TypeError("upsert_sessions is SQLite's path; use upsert_sessions_and_buckets")
     conn = await driver(session)
-    marks = [f"?{i + 2}" for i in range(18)]
+    marks = [f"?{i + 2}" for i in range(N_SESSION)]
     await conn.executemany(
         f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
         f" VALUES ({_session_values(False, marks, '?1')})"
@@ -858,8 +892,8 @@ async def upsert_sessions_and_buckets(
 ) -> None:
     """PostgreSQL: sessions and their hourly deltas in one statement. The buckets take each
     session's subscription and identity from the upsert itself (RETURNING), not from a
-    second join with usage_sessions. `params`: the 18 session columns (numpy arrays or
-    lists); `bucket_row` indexes their rows."""
+    second join with usage_sessions. `params`: the N_SESSION session columns (numpy arrays
+    or lists); `bucket_row` indexes their rows."""
     if not len(params[0]):
         return
     conn = await driver(session)
@@ -880,7 +914,7 @@ async def upsert_sessions_and_buckets(
         " AND x.generation = r.g RETURNING r.sub, x.hour, x.upload_bytes AS ib,"
         " x.download_bytes AS ob, x.session_time_s AS ss),"
         " j AS (SELECT r.sub, r.n, r.a, r.g, d.hour_us, d.ib, d.ob, d.ss"
-        f" FROM unnest({', '.join(arrays[18:])}) AS d(o, hour_us, ib, ob, ss)"
+        f" FROM unnest({', '.join(arrays[N_SESSION:])}) AS d(o, hour_us, ib, ob, ss)"
         " JOIN r ON r.o = d.o),"
         f" a AS ({_ATTRIBUTED.format(t='$1::uuid', deltas=_attributed_deltas(hour, 'mv'))}"
         " RETURNING 1)"
@@ -1087,12 +1121,7 @@ async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     their unattributed buckets to the subscription's; returns sessions changed."""
     t = ":t"
     params = {"t": tenant_param(session, tenant_id)}
-    current = attribution_sql(
-        t,
-        "usage_sessions.user_name",
-        "usage_sessions.calling_station_id",
-        "usage_sessions.framed_ip_address",
-    )
+    current = attribution_sql(t, *(f"usage_sessions.{c}" for c in IDENTITY_COLUMNS))
     updated = await session.execute(
         text(
             f"UPDATE usage_sessions SET subscription_id = {current} WHERE tenant_id = {t}"
@@ -1137,7 +1166,7 @@ async def attribute_events(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     event names a User-Name only); returns the events changed. Kept apart from
     reattribute()'s session statements: it touches usage_events alone."""
     t = ":t"
-    current = attribution_sql(t, "usage_events.radius_user_name", "''", "''")
+    current = attribution_sql(t, "usage_events.radius_user_name", "''", "''", "''", "''")
     updated = await session.execute(
         text(
             f"UPDATE usage_events SET subscription_id = {current} WHERE tenant_id = {t}"
