@@ -169,7 +169,10 @@ class AccountingRecord(_message.Message):
     framed_ip_address: _builtins.str
     """8"""
     framed_ipv6_prefix: _builtins.str
-    """97, "2001:db8::/64" """
+    """97 and 123: "address/length" in any IPv6 notation (a bare address is a /128); bits
+    past the length are cleared. Anything else quarantines the record.
+    97, "2001:db8::/64"
+    """
     delegated_ipv6_prefix: _builtins.str
     """123"""
     calling_station_id: _builtins.str
@@ -565,6 +568,8 @@ class Session(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     FLAGS_FIELD_NUMBER: _builtins.int
     TERMINATE_CAUSE_FIELD_NUMBER: _builtins.int
+    FRAMED_IPV6_PREFIX_FIELD_NUMBER: _builtins.int
+    DELEGATED_IPV6_PREFIX_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque and stable: GetSession takes it (docs/usage.md, "Session ids")."""
     nas_key: _builtins.str
@@ -580,6 +585,11 @@ class Session(_message.Message):
     session_time_s: _builtins.int
     state: Global___SessionState.ValueType
     terminate_cause: _builtins.int
+    framed_ipv6_prefix: _builtins.str
+    """Framed-IPv6-Prefix (97) and Delegated-IPv6-Prefix (123) as canonical text
+    ("2001:db8:1200::/56"), empty when none was sent; the first the session carried.
+    """
+    delegated_ipv6_prefix: _builtins.str
     @_builtins.property
     def start_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -610,10 +620,12 @@ class Session(_message.Message):
         state: Global___SessionState.ValueType = ...,
         flags: _abc.Iterable[_builtins.str] | None = ...,
         terminate_cause: _builtins.int = ...,
+        framed_ipv6_prefix: _builtins.str = ...,
+        delegated_ipv6_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_update_at", b"last_update_at", "start_at", b"start_at", "stop_at", b"stop_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_session_id", b"acct_session_id", "flags", b"flags", "generation", b"generation", "id", b"id", "input_bytes", b"input_bytes", "last_update_at", b"last_update_at", "nas_key", b"nas_key", "output_bytes", b"output_bytes", "session_time_s", b"session_time_s", "start_at", b"start_at", "state", b"state", "stop_at", b"stop_at", "subscription_id", b"subscription_id", "terminate_cause", b"terminate_cause", "user_name", b"user_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_session_id", b"acct_session_id", "delegated_ipv6_prefix", b"delegated_ipv6_prefix", "flags", b"flags", "framed_ipv6_prefix", b"framed_ipv6_prefix", "generation", b"generation", "id", b"id", "input_bytes", b"input_bytes", "last_update_at", b"last_update_at", "nas_key", b"nas_key", "output_bytes", b"output_bytes", "session_time_s", b"session_time_s", "start_at", b"start_at", "state", b"state", "stop_at", b"stop_at", "subscription_id", b"subscription_id", "terminate_cause", b"terminate_cause", "user_name", b"user_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,6 +105,8 @@ def session_message(row: UsageSession) -> usage_pb2.Session:
         state=usage_pb2.SESSION_STATE_OPEN if row.open else usage_pb2.SESSION_STATE_CLOSED,
         flags=core.flag_names(row.flags),
         terminate_cause=row.terminate_cause,
+        framed_ipv6_prefix=row.framed_ipv6_prefix,
+        delegated_ipv6_prefix=row.delegated_ipv6_prefix,
     )
     if row.stop_at is not None:
         message.stop_at.FromDatetime(row.stop_at)
