@@ -52,6 +52,8 @@ class Rec:
     cause: int | None = None
     calling: str = ""
     framed: str = ""
+    framed6: str = ""  # Framed-IPv6-Prefix, "2001:db8::/64"
+    delegated6: str = ""  # Delegated-IPv6-Prefix
     source: str = SOURCE
     gigawords: bool = True  # send Gigawords attributes alongside Octets
 
@@ -106,6 +108,10 @@ def decoded(rec: Rec) -> pb.AccountingEntry:
         record.calling_station_id = rec.calling
     if rec.framed:
         record.framed_ip_address = rec.framed
+    if rec.framed6:
+        record.framed_ipv6_prefix = rec.framed6
+    if rec.delegated6:
+        record.delegated_ipv6_prefix = rec.delegated6
     return pb.AccountingEntry(decoded=record)
 
 
@@ -124,6 +130,16 @@ def radius_packet(attributes: bytes, secret: str = SECRET, identifier: int | Non
     head = bytes([4, ident]) + struct.pack(">H", length)
     auth = hashlib.md5(head + bytes(16) + attributes + secret.encode()).digest()  # noqa: S324
     return head + auth + attributes
+
+
+def prefix_attr(kind: int, prefix: str, octets: int | None = None) -> bytes:
+    """Framed-IPv6-Prefix (97) or Delegated-IPv6-Prefix (123), RFC 3162/4818: a reserved
+    octet, the prefix length, then the prefix's first `octets` octets (by default those
+    the length needs; up to 16, with whatever bits the address has past the length)."""
+    network = ipaddress.IPv6Interface(prefix)
+    length = network.network.prefixlen
+    count = (length + 7) // 8 if octets is None else octets
+    return attr(kind, bytes([0, length]) + network.ip.packed[:count])
 
 
 def radius_attributes(rec: Rec) -> bytes:
@@ -153,6 +169,10 @@ def radius_attributes(rec: Rec) -> bytes:
         parts.append(attr(31, rec.calling.encode()))
     if rec.framed:
         parts.append(attr(8, ipaddress.IPv4Address(rec.framed).packed))
+    if rec.framed6:
+        parts.append(prefix_attr(97, rec.framed6))
+    if rec.delegated6:
+        parts.append(prefix_attr(123, rec.delegated6))
     return b"".join(parts)
 
 
