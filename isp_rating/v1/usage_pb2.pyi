@@ -851,12 +851,17 @@ class UnattributedUsage(_message.Message):
     SESSION_COUNT_FIELD_NUMBER: _builtins.int
     FIRST_SEEN_AT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_AT_FIELD_NUMBER: _builtins.int
+    FRAMED_IPV6_PREFIX_FIELD_NUMBER: _builtins.int
+    DELEGATED_IPV6_PREFIX_FIELD_NUMBER: _builtins.int
     user_name: _builtins.str
     calling_station_id: _builtins.str
     framed_ip_address: _builtins.str
     input_bytes: _builtins.int
     output_bytes: _builtins.int
     session_count: _builtins.int
+    framed_ipv6_prefix: _builtins.str
+    """canonical, "2001:db8::/64" """
+    delegated_ipv6_prefix: _builtins.str
     @_builtins.property
     def first_seen_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -872,10 +877,12 @@ class UnattributedUsage(_message.Message):
         session_count: _builtins.int = ...,
         first_seen_at: _timestamp_pb2.Timestamp | None = ...,
         last_seen_at: _timestamp_pb2.Timestamp | None = ...,
+        framed_ipv6_prefix: _builtins.str = ...,
+        delegated_ipv6_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_at", b"first_seen_at", "last_seen_at", b"last_seen_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calling_station_id", b"calling_station_id", "first_seen_at", b"first_seen_at", "framed_ip_address", b"framed_ip_address", "input_bytes", b"input_bytes", "last_seen_at", b"last_seen_at", "output_bytes", b"output_bytes", "session_count", b"session_count", "user_name", b"user_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calling_station_id", b"calling_station_id", "delegated_ipv6_prefix", b"delegated_ipv6_prefix", "first_seen_at", b"first_seen_at", "framed_ip_address", b"framed_ip_address", "framed_ipv6_prefix", b"framed_ipv6_prefix", "input_bytes", b"input_bytes", "last_seen_at", b"last_seen_at", "output_bytes", b"output_bytes", "session_count", b"session_count", "user_name", b"user_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -153,6 +153,8 @@ class Unattributed:
     user_name: str
     calling_station_id: str
     framed_ip_address: str
+    framed_ipv6_prefix: str
+    delegated_ipv6_prefix: str
     input_bytes: int
     output_bytes: int
     session_count: int
@@ -182,9 +184,10 @@ class UnattributedPage:
 async def list_unattributed(
     db: Database, tenant_id: uuid.UUID, limit: int, token: str
 ) -> UnattributedPage:
-    """Usage no identity attributes, re-attributing first: sessions per RADIUS identity,
-    then metered events per user name, type and unit, `limit` rows in all. The page token
-    holds the last session identity ("u", "c", "f"), or "m": the last metered group (None
+    """Usage no identity attributes, re-attributing first: sessions per RADIUS identity
+    (User-Name, Calling-Station-Id, Framed-IP-Address and the IPv6 prefixes), then metered
+    events per user name, type and unit, `limit` rows in all. The page token holds the
+    last session identity ("u", "c", "f", "p", "d"), or "m": the last metered group (None
     when the metered list starts on the next page)."""
     async with db.transaction() as session:
         await repo.begin_write(session)
@@ -196,7 +199,13 @@ async def list_unattributed(
         if len(usage) > limit:
             last = usage[limit - 1]
             token = encode_page_token(
-                {"u": last.user_name, "c": last.calling_station_id, "f": last.framed_ip_address}
+                {
+                    "u": last.user_name,
+                    "c": last.calling_station_id,
+                    "f": last.framed_ip_address,
+                    "p": last.framed_ipv6_prefix,
+                    "d": last.delegated_ipv6_prefix,
+                }
             )
             return UnattributedPage(usage[:limit], [], token)
         after = None
@@ -220,6 +229,8 @@ async def _unattributed_sessions(
         UsageSession.user_name,
         UsageSession.calling_station_id,
         UsageSession.framed_ip_address,
+        UsageSession.framed_ipv6_prefix,
+        UsageSession.delegated_ipv6_prefix,
     )
     query: Any = (
         select(
@@ -237,7 +248,11 @@ async def _unattributed_sessions(
     )
     if cursor is not None:
         try:
-            after = (str(cursor["u"]), str(cursor["c"]), str(cursor["f"]))
+            # A token from before the prefixes were listed resumes with empty ones.
+            after = (
+                *(str(cursor[k]) for k in ("u", "c", "f")),
+                *(str(cursor.get(k, "")) for k in ("p", "d")),
+            )
         except (KeyError, TypeError):
             raise InvalidArgumentError("page_token", "malformed page token") from None
         query = query.where(tuple_(*key) > tuple_(*(literal(v) for v in after)))
@@ -248,11 +263,13 @@ async def _unattributed_sessions(
             user_name=row[0],
             calling_station_id=row[1],
             framed_ip_address=row[2],
-            input_bytes=int(row[3] or 0),
-            output_bytes=int(row[4] or 0),
-            session_count=int(row[5]),
-            first_seen_at=_aware(row[6]),
-            last_seen_at=_aware(row[7]),
+            framed_ipv6_prefix=row[3],
+            delegated_ipv6_prefix=row[4],
+            input_bytes=int(row[5] or 0),
+            output_bytes=int(row[6] or 0),
+            session_count=int(row[7]),
+            first_seen_at=_aware(row[8]),
+            last_seen_at=_aware(row[9]),
         )
         for row in rows
     ]

@@ -259,6 +259,8 @@ class UsageServicer:
                     user_name=item.user_name,
                     calling_station_id=item.calling_station_id,
                     framed_ip_address=item.framed_ip_address,
+                    framed_ipv6_prefix=item.framed_ipv6_prefix,
+                    delegated_ipv6_prefix=item.delegated_ipv6_prefix,
                     input_bytes=queries.unsigned(item.input_bytes),
                     output_bytes=queries.unsigned(item.output_bytes),
                     session_count=item.session_count,

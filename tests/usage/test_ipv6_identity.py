@@ -163,7 +163,12 @@ async def test_identity_registered_after_the_usage_reattributes_it_and_unlists_i
 ) -> None:
     await usage.send(form, usage_of(delegated6=PD), usage_of(framed6=WAN).but(sid="s2"))
     listed = await unattributed(usage)
-    assert sum(u.session_count for u in listed) == 2
+    assert sorted(
+        (u.delegated_ipv6_prefix, u.framed_ipv6_prefix, u.session_count) for u in listed
+    ) == [
+        ("", WAN, 1),
+        (PD, "", 1),
+    ]
     sub = await subscribe(channel, usage.tenant, static_ip="2001:DB8:1200::/56")
     sessions = {s.acct_session_id: s.subscription_id for s in await usage.sessions()}
     assert sessions == {"sess-1": sub, "s2": ""}
