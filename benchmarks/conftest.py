@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -81,17 +83,24 @@ def stop_server(server: ServerProcess) -> None:
     server.process.communicate(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    import asyncio
-
+@contextlib.contextmanager
+def pg_database_server(workdir: Path) -> Iterator[ServerProcess]:
+    """A server on a fresh PostgreSQL database, dropped afterwards."""
     name = f"rating_bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     url = f"{PG_URL.rpartition('/')[0]}/{name}"
-    server = start_server(url, tmp_path_factory.mktemp("bench"))
-    time.sleep(0.2)
     try:
-        yield server
+        server = start_server(url, workdir)
+        time.sleep(0.2)
+        try:
+            yield server
+        finally:
+            stop_server(server)
     finally:
-        stop_server(server)
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with pg_database_server(tmp_path_factory.mktemp("bench")) as server:
+        yield server
