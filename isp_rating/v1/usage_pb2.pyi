@@ -570,6 +570,8 @@ class Session(_message.Message):
     TERMINATE_CAUSE_FIELD_NUMBER: _builtins.int
     FRAMED_IPV6_PREFIX_FIELD_NUMBER: _builtins.int
     DELEGATED_IPV6_PREFIX_FIELD_NUMBER: _builtins.int
+    CALLING_STATION_ID_FIELD_NUMBER: _builtins.int
+    FRAMED_IP_ADDRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque and stable: GetSession takes it (docs/usage.md, "Session ids")."""
     nas_key: _builtins.str
@@ -590,6 +592,11 @@ class Session(_message.Message):
     ("2001:db8:1200::/56"), empty when none was sent; the first the session carried.
     """
     delegated_ipv6_prefix: _builtins.str
+    calling_station_id: _builtins.str
+    """Calling-Station-Id (31) as sent and Framed-IP-Address (8), empty when none was sent;
+    with user_name and the prefixes, the identity the session is attributed by.
+    """
+    framed_ip_address: _builtins.str
     @_builtins.property
     def start_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -622,10 +629,12 @@ class Session(_message.Message):
         terminate_cause: _builtins.int = ...,
         framed_ipv6_prefix: _builtins.str = ...,
         delegated_ipv6_prefix: _builtins.str = ...,
+        calling_station_id: _builtins.str = ...,
+        framed_ip_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_update_at", b"last_update_at", "start_at", b"start_at", "stop_at", b"stop_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_session_id", b"acct_session_id", "delegated_ipv6_prefix", b"delegated_ipv6_prefix", "flags", b"flags", "framed_ipv6_prefix", b"framed_ipv6_prefix", "generation", b"generation", "id", b"id", "input_bytes", b"input_bytes", "last_update_at", b"last_update_at", "nas_key", b"nas_key", "output_bytes", b"output_bytes", "session_time_s", b"session_time_s", "start_at", b"start_at", "state", b"state", "stop_at", b"stop_at", "subscription_id", b"subscription_id", "terminate_cause", b"terminate_cause", "user_name", b"user_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acct_session_id", b"acct_session_id", "calling_station_id", b"calling_station_id", "delegated_ipv6_prefix", b"delegated_ipv6_prefix", "flags", b"flags", "framed_ip_address", b"framed_ip_address", "framed_ipv6_prefix", b"framed_ipv6_prefix", "generation", b"generation", "id", b"id", "input_bytes", b"input_bytes", "last_update_at", b"last_update_at", "nas_key", b"nas_key", "output_bytes", b"output_bytes", "session_time_s", b"session_time_s", "start_at", b"start_at", "state", b"state", "stop_at", b"stop_at", "subscription_id", b"subscription_id", "terminate_cause", b"terminate_cause", "user_name", b"user_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

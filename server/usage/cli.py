@@ -410,6 +410,8 @@ def session_json(s: usage_pb2.Session) -> dict[str, Any]:
         "state": "open" if s.state == usage_pb2.SESSION_STATE_OPEN else "closed",
         "flags": list(s.flags),
         "terminate_cause": s.terminate_cause,
+        "calling_station_id": s.calling_station_id or None,
+        "framed_ip_address": s.framed_ip_address or None,
         "framed_ipv6_prefix": s.framed_ipv6_prefix or None,
         "delegated_ipv6_prefix": s.delegated_ipv6_prefix or None,
     }

@@ -107,6 +107,8 @@ def session_message(row: UsageSession) -> usage_pb2.Session:
         terminate_cause=row.terminate_cause,
         framed_ipv6_prefix=row.framed_ipv6_prefix,
         delegated_ipv6_prefix=row.delegated_ipv6_prefix,
+        calling_station_id=row.calling_station_id,
+        framed_ip_address=row.framed_ip_address,
     )
     if row.stop_at is not None:
         message.stop_at.FromDatetime(row.stop_at)

@@ -748,8 +748,21 @@ async def test_user_name_wins_then_calling_station_then_static_ip_when_several_m
         Rec(INTERIM, sid="s3", user="nobody", framed="100.64.0.9", t=600, session_time=600,
             inp=3, out=30),
     )  # fmt: skip
-    subs = {s.acct_session_id: s.subscription_id for s in await usage.sessions()}
-    assert subs == {"s1": by_user, "s2": by_station, "s3": by_ip}
+    sessions = {s.acct_session_id: s for s in await usage.sessions()}
+    assert {k: s.subscription_id for k, s in sessions.items()} == {
+        "s1": by_user,
+        "s2": by_station,
+        "s3": by_ip,
+    }
+    # The identity each was attributed by is on the session.
+    assert (sessions["s2"].calling_station_id, sessions["s2"].framed_ip_address) == (
+        "AA-BB-CC-00-11-22",
+        "100.64.0.9",
+    )
+    assert (sessions["s3"].calling_station_id, sessions["s3"].framed_ip_address) == (
+        "",
+        "100.64.0.9",
+    )
     tenant = usage.tenant.tenant_id
     assert await bucket_totals(server, tenant, by_user) == (1, 10)
     assert await bucket_totals(server, tenant, by_station) == (2, 20)
@@ -829,7 +842,7 @@ async def test_identity_from_the_start_is_kept_when_later_records_omit_it(
     # A sweep closes the session without touching its identity.
     assert await usage.sweep(at(100_000)) == 1
     closed = await usage.session()
-    assert closed.user_name == "erin"
+    assert (closed.user_name, closed.calling_station_id) == ("erin", "02-00-00-00-00-0e")
     assert closed.state == pb.SESSION_STATE_CLOSED
     assert closed.subscription_id == sub
 
