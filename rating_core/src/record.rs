@@ -744,13 +744,17 @@ pub fn prepare(
     let mut scratch = Scratch::default();
     for (index, &(start, end)) in split.entries.iter().enumerate() {
         let entry = &batch[start..end];
-        let mut rec = Record {
+        // Filled in place (a 104-byte record copied into the vector cost ~30 moves).
+        out.records.push(Record {
             entry_off: start as u32,
             entry_len: (end - start) as u32,
             nas: u32::MAX,
             arrival_us: default_arrival_us,
             event_us: default_arrival_us,
             ..Record::default()
+        });
+        let Some(rec) = out.records.last_mut() else {
+            continue;
         };
         match prepare_one(
             batch,
@@ -760,7 +764,7 @@ pub fn prepare(
             &mut nas,
             &mut out.arena,
             &mut scratch,
-            &mut rec,
+            rec,
         ) {
             Ok(response) => {
                 if let Some(response) = response {
@@ -774,7 +778,6 @@ pub fn prepare(
                 out.quarantine.push((index as u32, reason));
             }
         }
-        out.records.push(rec);
     }
     // Sort the NAS keys and renumber the records' indices.
     let mut order: Vec<u32> = (0..nas.keys.len() as u32).collect();
