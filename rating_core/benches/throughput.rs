@@ -1,6 +1,8 @@
 //! Rust-only throughput probe:
-//! `cargo bench --features mimalloc --bench throughput -- OPEN_SESSIONS [ROUNDS [BATCH]]`
-//! (default 1,000,000 sessions, 8 rounds of batches of 200,000 Interim-Updates).
+//! `cargo bench --features mimalloc --bench throughput -- OPEN_SESSIONS [ROUNDS [BATCH [addresses]]]`
+//! (default 1,000,000 sessions, 8 rounds of batches of 200,000 Interim-Updates; with
+//! `addresses`, each record also carries the NAS's IPv4 and source address and the
+//! session's Framed-IP-Address, as NASes that send NAS-IP-Address do).
 #![allow(clippy::cast_precision_loss)] // Timing printouts only.
 
 use std::time::Instant;
@@ -11,11 +13,18 @@ use rating_core::proto::write;
 const US: i64 = 1_000_000;
 const T0: i64 = 1_700_000_000 * US;
 
-fn record(i: u64, status: u64, t: u64, counters: Option<(u64, u64)>) -> Vec<u8> {
+fn record(i: u64, status: u64, t: u64, counters: Option<(u64, u64)>, addresses: bool) -> Vec<u8> {
     let mut m = Vec::with_capacity(128);
     write::uint(&mut m, 1, status);
     write::bytes(&mut m, 2, format!("{i:016X}").as_bytes());
     write::bytes(&mut m, 3, format!("user{i}@isp.example").as_bytes());
+    if addresses {
+        let nas = format!("192.0.2.{}", 10 + i % 16);
+        write::bytes(&mut m, 4, nas.as_bytes());
+        write::bytes(&mut m, 7, nas.as_bytes());
+        let framed = format!("100.{}.{}.{}", 64 + (i >> 16 & 63), i >> 8 & 255, i & 255);
+        write::bytes(&mut m, 18, framed.as_bytes());
+    }
     write::bytes(&mut m, 6, format!("bng-{:02}", i % 16).as_bytes());
     write::bytes(
         &mut m,
@@ -65,11 +74,12 @@ fn main() {
         .nth(3)
         .and_then(|a| a.parse().ok())
         .unwrap_or(200_000);
+    let addresses = std::env::args().nth(4).is_some_and(|a| a == "addresses");
     let mut engine = Engine::new(NasPolicy::default());
     let mut lo = 0;
     while lo < pool {
         let hi = (lo + 100_000).min(pool);
-        let b = batch((lo..hi).map(|i| record(i, 1, 0, None)));
+        let b = batch((lo..hi).map(|i| record(i, 1, 0, None, addresses)));
         let p = engine.prepare(&b, T0).unwrap_or_default();
         engine.apply(&p, &b);
         lo = hi;
@@ -85,6 +95,7 @@ fn main() {
                     3,
                     600 * lap,
                     Some((lap * 7_000_000 + i, lap * 90_000_000 + i)),
+                    addresses,
                 )
             }));
             next += size;

@@ -218,6 +218,113 @@ proptest! {
     }
 
     #[test]
+    fn a_record_read_in_place_reads_as_the_record_alone(
+        head in proptest::collection::vec(any::<u8>(), 0..12),
+        fields in proptest::collection::vec(
+            (1u64..40, 0u8..4, any::<u64>(), proptest::collection::vec(any::<u8>(), 0..12)),
+            0..16,
+        ),
+        noise in proptest::option::weighted(0.2, proptest::collection::vec(any::<u8>(), 0..48)),
+        tail in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        // In a batch, the decoder reads varints a word at a time, past the record's end
+        // into the next entry, and reuses its slots from record to record: neither may
+        // change what it reads (values or errors) from what the record alone gives.
+        let body = noise.unwrap_or_else(|| {
+            let mut m = Vec::new();
+            for (field, kind, value, bytes) in &fields {
+                match kind {
+                    0 => write::uint(&mut m, *field as u32, value >> (value % 64)),
+                    1 => write::bytes(&mut m, *field as u32, bytes),
+                    2 => write::timestamp(&mut m, *field as u32, *value as i64 >> 8),
+                    // A tag with any wire type, then arbitrary bytes.
+                    _ => {
+                        write::varint(&mut m, (field << 3) | (value % 8));
+                        m.extend_from_slice(bytes);
+                    }
+                }
+            }
+            m
+        });
+        let mut full = Vec::new();
+        for (field, value) in [(1, 3), (10, 1 << 31), (11, 7), (14, 600), (16, 9), (17, 1)] {
+            write::uint(&mut full, field, value);
+        }
+        for field in [2, 3, 4, 5, 6, 7, 18, 21] {
+            write::bytes(&mut full, field, b"1.2.3.4");
+        }
+        write::timestamp(&mut full, 15, T0);
+        write::timestamp(&mut full, 23, T0);
+        let mut buf = full.clone();
+        buf.extend_from_slice(&head);
+        let start = buf.len();
+        buf.extend_from_slice(&body);
+        let end = buf.len();
+        buf.extend_from_slice(&tail);
+        let mut slots = proto::RecordSlots::default();
+        prop_assert!(proto::decode_record_in(&buf, 0, full.len(), &mut slots).is_ok());
+        let in_place = format!("{:?}", proto::decode_record_in(&buf, start, end, &mut slots));
+        prop_assert_eq!(in_place, format!("{:?}", proto::decode_record(&body)));
+    }
+
+    #[test]
+    fn address_fields_are_checked_as_the_standard_parsers_read_them(
+        text in prop_oneof![
+            // Dotted quads near the limits: numbers past 255, leading zeros.
+            (
+                proptest::array::uniform4(prop_oneof![0u16..12, 250u16..260, 0u16..1000]),
+                0u8..32,
+            )
+                .prop_map(|(n, zeros)| {
+                let part = |i: usize| {
+                    let zero = if zeros >> i & 1 == 1 { "0" } else { "" };
+                    format!("{zero}{}", n[i])
+                };
+                format!("{}.{}.{}.{}", part(0), part(1), part(2), part(3))
+            }),
+            "([0-9]{1,4}\\.){3}[0-9]{1,4}",
+            "[0-9.]{0,17}",
+            "[0-9a-fA-F:.\\[\\]% +-]{0,24}",
+            "\\[?[0-9a-f:]{2,20}(\\]:[0-9]{1,6})?",
+            "([0-9]{1,3}\\.){3}[0-9]{1,3}(:[0-9+-]{0,6})?",
+        ],
+        field in 0usize..4,
+    ) {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+        let (number, name) = [
+            (4, "nas_ip_address"),
+            (5, "nas_ipv6_address"),
+            (18, "framed_ip_address"),
+            (7, "source_address"),
+        ][field];
+        let well_formed = text.is_empty()
+            || match number {
+                4 | 18 => text.parse::<Ipv4Addr>().is_ok(),
+                5 => text.parse::<Ipv6Addr>().is_ok(),
+                _ => text.parse::<IpAddr>().is_ok() || text.parse::<SocketAddr>().is_ok(),
+            };
+        // Twice in one batch: the second time, a text that passed may come from the
+        // batch's memory of addresses it has checked.
+        let mut b = Vec::new();
+        write::bytes(&mut b, 1, b"addresses");
+        for sid in [b"s1", b"s2"] {
+            let mut m = Vec::new();
+            write::uint(&mut m, 1, 1);
+            write::bytes(&mut m, 2, sid);
+            write::bytes(&mut m, 6, b"nas1");
+            write::bytes(&mut m, number, text.as_bytes());
+            let mut e = Vec::new();
+            write::bytes(&mut e, 1, &m);
+            write::bytes(&mut b, 2, &e);
+        }
+        let p = Engine::new(NasPolicy::default()).prepare(&b, T0).unwrap();
+        prop_assert_eq!(p.quarantine.len(), if well_formed { 0 } else { 2 }, "{:?}", p.quarantine);
+        for (_, reason) in &p.quarantine {
+            prop_assert!(reason.starts_with(name), "{reason}");
+        }
+    }
+
+    #[test]
     fn buckets_sum_to_session_totals(recs in proptest::collection::vec(rec_strategy(), 0..40)) {
         for row in run(&[&recs]) {
             prop_assert_eq!((row.2, row.3, u64::from(row.4)), (row.6, row.7, row.8));
