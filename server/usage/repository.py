@@ -1019,10 +1019,9 @@ async def add_buckets(
         " CROSS JOIN usage_sessions s ON s.tenant_id = ?1 AND s.nas_key = d.nas_key"
         " AND s.acct_session_id = d.sid AND s.generation = d.gen)"
     )
-    if moved is not None:
-        with_j += f", mv AS ({moved})"
+    with_mv = with_j if moved is None else f"{with_j}, mv AS ({moved})"
     deltas = _attributed_deltas(hour, None if moved is None else "mv")
-    await conn.execute(f"{with_j} {_ATTRIBUTED.format(t='?1', deltas=deltas)}", t)
+    await conn.execute(f"{with_mv} {_ATTRIBUTED.format(t='?1', deltas=deltas)}", t)
     await conn.execute(f"{with_j} {_UNATTRIBUTED.format(t='?1', hour=hour)}", t)
     if moved is not None:
         await conn.execute(

@@ -650,7 +650,10 @@ async def test_metered_usage_is_refused_when_subscription_is_unknown(usage: Usag
     )
 
 
-async def subscribe(channel: grpc.aio.Channel, tenant: TenantCtx, **identities: str) -> str:
+async def create_subscription(
+    channel: grpc.aio.Channel, tenant: TenantCtx, identities: list[tuple[int, str]]
+) -> accounts_pb2.Subscription:
+    """A subscription (on a new customer and plan) holding the (kind, value) identities."""
     accounts = accounts_pb2_grpc.AccountServiceStub(channel)
     customer = await accounts.CreateCustomer(
         accounts_pb2.CreateCustomerRequest(customer=accounts_pb2.Customer(name="Ada")),
@@ -667,25 +670,29 @@ async def subscribe(channel: grpc.aio.Channel, tenant: TenantCtx, **identities: 
         ),
         metadata=tenant.metadata,
     )
-    kinds = {
-        "user_name": accounts_pb2.RADIUS_IDENTITY_KIND_USER_NAME,
-        "calling_station_id": accounts_pb2.RADIUS_IDENTITY_KIND_CALLING_STATION_ID,
-        "static_ip": accounts_pb2.RADIUS_IDENTITY_KIND_STATIC_IP,
-    }
-    sub = await accounts.CreateSubscription(
+    return await accounts.CreateSubscription(
         accounts_pb2.CreateSubscriptionRequest(
             subscription=accounts_pb2.Subscription(
                 customer_id=customer.id,
                 plan_id=plan.id,
                 radius_identities=[
-                    accounts_pb2.RadiusIdentity(kind=kinds[k], value=v)
-                    for k, v in identities.items()
+                    accounts_pb2.RadiusIdentity(kind=kind, value=value)  # type: ignore[arg-type]
+                    for kind, value in identities
                 ],
             )
         ),
         metadata=tenant.metadata,
     )
-    return sub.id
+
+
+async def subscribe(channel: grpc.aio.Channel, tenant: TenantCtx, **identities: str) -> str:
+    kinds = {
+        "user_name": accounts_pb2.RADIUS_IDENTITY_KIND_USER_NAME,
+        "calling_station_id": accounts_pb2.RADIUS_IDENTITY_KIND_CALLING_STATION_ID,
+        "static_ip": accounts_pb2.RADIUS_IDENTITY_KIND_STATIC_IP,
+    }
+    pairs = [(kinds[k], v) for k, v in identities.items()]
+    return (await create_subscription(channel, tenant, pairs)).id
 
 
 async def bucket_totals(server: RunningServer, tenant_id: uuid.UUID, sub: str) -> tuple[int, int]:

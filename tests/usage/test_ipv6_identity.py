@@ -9,9 +9,8 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from isp_rating.v1 import accounts_pb2, accounts_pb2_grpc
+from isp_rating.v1 import accounts_pb2
 from isp_rating.v1 import usage_pb2 as pb
-from isp_rating.v1.common_pb2 import Money
 from server.usage import cli
 from server.usage.models import UnattributedBucket, UsageSession
 from server.usage.rebuild import rebuild
@@ -30,7 +29,7 @@ from tests.usage.support import (
     radius_packet,
     raw_packet,
 )
-from tests.usage.test_api import bucket_totals, expect_status, subscribe
+from tests.usage.test_api import bucket_totals, create_subscription, expect_status, subscribe
 
 PD = "2001:db8:1200::/56"  # a delegated prefix
 WAN = "2001:db8:0:7::/64"  # a framed prefix
@@ -255,37 +254,8 @@ async def test_raw_packet_is_quarantined_when_its_prefix_attribute_has_a_wrong_l
 async def _create_subscription(
     channel: grpc.aio.Channel, tenant: TenantCtx, *values: str
 ) -> accounts_pb2.Subscription:
-    accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-    customer = await accounts.CreateCustomer(
-        accounts_pb2.CreateCustomerRequest(customer=accounts_pb2.Customer(name="Ada")),
-        metadata=tenant.metadata,
-    )
-    plan = await accounts.CreatePlan(
-        accounts_pb2.CreatePlanRequest(
-            plan=accounts_pb2.Plan(
-                code=uuid.uuid4().hex[:8],
-                name="Fibre",
-                recurring_price=Money(currency_code="GBP", amount="30.00"),
-                billing_period=accounts_pb2.BILLING_PERIOD_MONTHLY,
-            )
-        ),
-        metadata=tenant.metadata,
-    )
-    return await accounts.CreateSubscription(
-        accounts_pb2.CreateSubscriptionRequest(
-            subscription=accounts_pb2.Subscription(
-                customer_id=customer.id,
-                plan_id=plan.id,
-                radius_identities=[
-                    accounts_pb2.RadiusIdentity(
-                        kind=accounts_pb2.RADIUS_IDENTITY_KIND_STATIC_IP, value=value
-                    )
-                    for value in values
-                ],
-            )
-        ),
-        metadata=tenant.metadata,
-    )
+    static = accounts_pb2.RADIUS_IDENTITY_KIND_STATIC_IP
+    return await create_subscription(channel, tenant, [(static, v) for v in values])
 
 
 @pytest.mark.parametrize(
