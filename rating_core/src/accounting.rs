@@ -186,6 +186,14 @@ impl Session {
     }
 }
 
+/// Closed as stale (by a sweep, or superseded by a new generation): the session may have
+/// gone on past its last update, so its end is unknown. One closed by an Accounting-On/Off
+/// ended by then, and one with a Stop at its stop.
+fn end_unknown(s: &Session) -> bool {
+    s.state == STATE_CLOSED_NO_STOP
+        && u32::from(s.flags) & (STALE_CLOSED | NAS_REBOOT_CLOSED) == STALE_CLOSED
+}
+
 /// One buffer holding every session id (no allocation per session). Freed text is
 /// garbage until `compact` rewrites the buffer.
 #[derive(Default)]
@@ -921,7 +929,8 @@ impl Engine {
     /// it had not ended before `implied` (or `implied` is its own start, rounded: a
     /// Start-only instance closed without a Stop ended at its start). Of several, the
     /// closest start (the newest on a tie): a late record of an old generation must not
-    /// land in the next one.
+    /// land in the next one. An instance closed as stale has no known end (its Stop may
+    /// still come), so it takes any record within `gap` of its start, as an open one does.
     fn chain_match(&self, head: u32, sid: &[u8], implied: i64, gap: i64) -> Option<u32> {
         let nas = self.sessions[head as usize].nas;
         let mut best: Option<(u64, u32)> = None;
@@ -933,6 +942,7 @@ impl Engine {
             if (slot == head || self.same_identity(s, nas, sid))
                 && distance <= gap.unsigned_abs()
                 && (s.state == STATE_OPEN
+                    || end_unknown(s)
                     || implied <= s.stop_us
                     || distance <= START_SLACK_US.unsigned_abs())
                 && best.is_none_or(|(d, _)| distance < d)

@@ -363,7 +363,7 @@ class UsageService:
                             )
                             for tx, part in zip(txs, writes.parts(groups), strict=True)
                         )
-                        outcome = self._settle(writes.outcome, mapping, found)
+                        outcome = self._settle(writes, mapping, found)
                 except _Redo as redo:
                     self._forget(te, keys)
                     excluded = np.union1d(excluded, redo.indices)
@@ -387,19 +387,21 @@ class UsageService:
 
     @staticmethod
     def _settle(
-        outcome: npt.NDArray[np.uint8],
+        writes: BatchWrites,
         mapping: npt.NDArray[np.int64],
         found: Sequence[npt.NDArray[np.int64]],
     ) -> npt.NDArray[np.uint8]:
         """The ledger is the final dedup authority: a late record it already held is a
-        duplicate; an accepted one makes the batch re-run without it (_Redo)."""
+        duplicate; an accepted one, or a late one that flagged its session, makes the batch
+        re-run without it (_Redo): a repeat changes nothing."""
+        outcome = writes.outcome
         existing = np.concatenate(found) if found else np.empty(0, dtype=np.int64)
         if not existing.size:
             return outcome
         local = np.flatnonzero(np.isin(mapping, existing))
-        accepted = local[outcome[local] == ACCEPTED]
-        if accepted.size:
-            raise _Redo(mapping[accepted])
+        changed = local[(outcome[local] == ACCEPTED) | np.isin(local, writes.late_flagging)]
+        if changed.size:
+            raise _Redo(mapping[changed])
         outcome = outcome.copy()
         outcome[local] = DUPLICATE
         return outcome
@@ -446,7 +448,7 @@ class UsageService:
         so a failed group leaves the others valid, and a resend counts each record once.
         Returns the entries whose content key the ledger held."""
         existing = await repo.insert_ledger(session, tenant_id, part.ledger, batch_id, received_us)
-        cls._settle(writes.outcome, mapping, [existing])  # raises _Redo before the commit
+        cls._settle(writes, mapping, [existing])  # raises _Redo before the commit
         if part.quarantine:
             await repo.insert_quarantine(session, tenant_id, batch_id, part.quarantine, received_us)
         await write_projections(session, tenant_id, part.projection)

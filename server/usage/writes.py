@@ -133,6 +133,9 @@ class BatchWrites:
     its quarantine, its projection and its NAS sequence numbers."""
 
     outcome: npt.NDArray[np.uint8]
+    # Entries (this call's indices) that flagged a session although late (an Interim after
+    # a Stop, a skewed clock): a repeat must change nothing, so one the ledger holds re-runs.
+    late_flagging: Int64s
     ledger_nas: npt.NDArray[Any]
     ledger: dict[str, npt.NDArray[Any]]
     quarantine: list[tuple[int, str, bytes]]
@@ -161,12 +164,15 @@ class BatchWrites:
             "arrival_us": np.asarray(result.arrival_us, dtype=np.int64)[rows],
         }
         quarantine = [(int(mapping[i]), reason, entry_bytes[i]) for i, reason in result.quarantine]
+        projection = Projection.of(result, mapping)
+        flagging = np.isin(mapping, [a[3] for a in projection.anomalies])
         return cls(
             outcome=outcome,
+            late_flagging=np.flatnonzero(flagging & (outcome == LATE)),
             ledger_nas=ledger_nas,
             ledger=ledger,
             quarantine=quarantine,
-            projection=Projection.of(result, mapping),
+            projection=projection,
             nas_keys=nas_keys,
             nas_seq=np.asarray(result.nas_seq, dtype=np.int64).tolist(),
         )

@@ -40,6 +40,8 @@ def true_session(rng: random.Random, nas: str, sid: str, start: int, skew: int) 
     out: list[Rec] = []
     use_gw = rng.random() < 0.7
     user = rng.choice(["alice", "bob", ""])
+    # Some NASes count session time from a little after their Start (address assignment).
+    lag = rng.choice([0, 0, 0, 1, 5, 40])
 
     def make(status: int, t: int, inp: int | None, outp: int | None, **kw: object) -> Rec:
         at = start + t * US
@@ -49,7 +51,8 @@ def true_session(rng: random.Random, nas: str, sid: str, start: int, skew: int) 
         delay = rng.choice([None, 0, 0, 1, 3])
         jitter = rng.randrange(0, 300_000)
         return Rec(
-            status=status, sid=sid, nas_identifier=nas, user=user, session_time=t,
+            status=status, sid=sid, nas_identifier=nas, user=user,
+            session_time=t if status == 1 else max(0, t - lag),
             input_octets=io, input_gigawords=ig, output_octets=oo, output_gigawords=og,
             event_ts_us=(at + skew) if has_ts else None, delay=delay,
             arrival_us=at + (delay or 0) * US + jitter, **kw,  # type: ignore[arg-type]
@@ -268,8 +271,9 @@ def _apply_as_the_service_does(
 ) -> tuple[rc.ApplyResult, list[str]]:
     """One batch as UsageService.ingest applies it, with `ledger` as its primary key and
     `db` as the stored rows: recall, apply (entries whose prepared key the ledger holds
-    flagged `known`); a late record the ledger holds is a duplicate, and an accepted one
-    makes the batch run again without it, on the NASes reloaded from the stored rows.
+    flagged `known`); a late record the ledger holds is a duplicate, and an accepted one (or
+    a late one that flagged its session) makes the batch run again without it, on the NASes
+    reloaded from the stored rows.
     (A key completed in apply, for a record without Event-Timestamp, is only found after.)
     Adds the keys of accepted and late records to `ledger`; returns the result and each
     entry's outcome."""
@@ -282,10 +286,15 @@ def _apply_as_the_service_does(
         known = np.array([k.tobytes() in ledger for k in prepared.content_key], dtype=np.bool_)
         result = engine.apply(prepared, known)
         keys = [k.tobytes() for k in result.content_key]
+        flagging = {entry for entry, *_ in result.anomalies}
         held = [
             kept[j]
             for j in range(len(kept))
-            if int(result.outcome[j]) == rc.OUTCOME_ACCEPTED and keys[j] in ledger
+            if keys[j] in ledger
+            and (
+                int(result.outcome[j]) == rc.OUTCOME_ACCEPTED
+                or (int(result.outcome[j]) == rc.OUTCOME_LATE and j in flagging)
+            )
         ]
         if not held:
             break

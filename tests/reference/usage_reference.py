@@ -242,7 +242,12 @@ class Reference:
         def owns(s: Session) -> bool:
             assert implied is not None
             distance = abs(s.start_us - implied)
-            ended_before = s.state != OPEN and implied > s.stop_us
+            # Closed as stale (swept or superseded), a session may have gone on: no known end.
+            end_unknown = (
+                s.state == CLOSED_NO_STOP
+                and s.flags & (STALE_CLOSED | NAS_REBOOT_CLOSED) == STALE_CLOSED
+            )
+            ended_before = s.state != OPEN and not end_unknown and implied > s.stop_us
             return distance <= gap and (not ended_before or distance <= START_SLACK_US)
 
         def owner() -> Session | None:

@@ -194,6 +194,30 @@ async def test_interim_after_stop_adds_nothing_when_session_is_closed(
     assert "interim_after_stop" in sessions[0].flags
 
 
+async def test_retransmitted_interim_after_a_stop_without_session_time_flags_nothing(
+    usage: Usage, server: RunningServer, form: str
+) -> None:
+    # The Stop carries no Acct-Session-Time, so a copy of the last Interim is not older than
+    # it: were it new it would be an Interim after Stop, but it is a repeat, which changes
+    # nothing.
+    interim = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000)
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        interim,
+        Rec(STOP, t=900, session_time=None, inp=1500, out=2500, cause=1),
+        interim.but(delay=5),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3 + [(0, 1, 0, 0)]
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (1500, 2500)
+    assert "interim_after_stop" not in session.flags
+    async with server.db.read() as db:
+        mine = UsageAnomaly.tenant_id == usage.tenant.tenant_id
+        flags = (await db.scalars(select(UsageAnomaly.flag).where(mine))).all()
+    assert "interim_after_stop" not in {name for flag in flags for name in rc.flag_names(flag)}
+
+
 async def test_interim_after_late_stop_adds_nothing_when_another_replica_loads_the_session(
     usage: Usage, replica: Usage, form: str
 ) -> None:
@@ -935,32 +959,47 @@ async def test_late_interim_after_a_stale_close_moves_the_stop_to_its_update(
 LATE_STOP = Rec(STOP, t=300, session_time=299, inp=50_000, out=900_000, cause=1)
 
 
-@pytest.mark.parametrize("closed_by", ["sweep", "accounting_on", "reused_id"])
-async def test_late_stop_of_a_start_only_session_lands_on_it_when_its_start_rounds_a_second_later(
-    usage: Usage, form: str, closed_by: str
+@pytest.mark.parametrize(
+    ("closed_by", "session_time"),
+    [
+        ("sweep", 299),
+        ("accounting_on", 299),
+        ("reused_id", 299),
+        # The NAS counted session time from 40 s after its Start (300 - 260), within its
+        # tolerance. Closed as stale, the session may have gone on, so its Stop is still
+        # its own; a NAS reboot, by contrast, ended it by the reboot.
+        ("sweep", 260),
+        ("reused_id", 260),
+    ],
+)
+async def test_late_stop_of_a_start_only_session_lands_on_it_when_it_implies_a_later_start(
+    usage: Usage, form: str, closed_by: str, session_time: int
 ) -> None:
-    # The Stop's implied start (300 - 299) is 1 s after the Start's: whole-second times.
-    # The session had only its Start, so closing it without a Stop ended it at its start.
+    # At 299 the Stop's implied start (300 - 299) is 1 s after the Start's: whole-second
+    # times. The session had only its Start, so closing it without a Stop ended it at its
+    # start.
     await usage.send(form, Rec(START, t=0, session_time=0))
     if closed_by == "sweep":
         assert await usage.sweep(at(2101)) == 1
-        late = LATE_STOP.but(delay=1900)
+        delay = 1900
     elif closed_by == "accounting_on":
         await usage.send(form, Rec(ON, sid="", t=400, user=""))
-        late = LATE_STOP.but(delay=200)
+        delay = 200
     else:
         await usage.send(form, Rec(START, t=5000, session_time=0))
-        late = LATE_STOP.but(delay=4800)
-    ack = await usage.send(form, late)
+        delay = 4800
+    ack = await usage.send(form, LATE_STOP.but(session_time=session_time, delay=delay))
     assert counts(ack) == (1, 0, 0, 0)
-    first = next(s for s in await usage.sessions() if s.generation == 1)
-    assert (first.input_bytes, first.output_bytes, first.session_time_s) == (50_000, 900_000, 299)
+    sessions = await usage.sessions()
+    assert [s.generation for s in sessions] == ([2, 1] if closed_by == "reused_id" else [1])
+    first = next(s for s in sessions if s.generation == 1)
+    assert (first.input_bytes, first.output_bytes) == (50_000, 900_000)
+    assert first.session_time_s == session_time
+    assert utc(first.start_at) == at(0)
     assert utc(first.stop_at) == at(300)
     assert first.terminate_cause == 1
     assert "late_stop" in first.flags
-    assert [s.generation for s in await usage.sessions()] == (
-        [2, 1] if closed_by == "reused_id" else [1]
-    )
+    assert "lost_start" not in first.flags
 
 
 async def test_retransmitted_start_timed_by_arrival_opens_no_generation_after_a_sweep(
