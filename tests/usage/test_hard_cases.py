@@ -1002,6 +1002,22 @@ async def test_late_stop_of_a_start_only_session_lands_on_it_when_it_implies_a_l
     assert "lost_start" not in first.flags
 
 
+async def test_late_stop_of_a_stale_start_only_session_lands_on_it_when_a_replica_loads_it(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    # As above (session time counted from 40 s after the Start), with the instance closed
+    # as stale on one replica and its Stop applied by another that loads it from the
+    # database: what was closed as stale is known from the stored row.
+    await usage.send(form, Rec(START, t=0, session_time=0))
+    assert await usage.sweep(at(2101)) == 1
+    ack = await replica.send(form, LATE_STOP.but(session_time=260, delay=1900))
+    assert counts(ack) == (1, 0, 0, 0)
+    (session,) = await replica.sessions()
+    assert (session.generation, session.input_bytes, session.session_time_s) == (1, 50_000, 260)
+    assert utc(session.stop_at) == at(300)
+    assert {"stale_closed", "late_stop"} <= set(session.flags)
+
+
 async def test_retransmitted_start_timed_by_arrival_opens_no_generation_after_a_sweep(
     usage: Usage, form: str
 ) -> None:
