@@ -13,21 +13,31 @@ import grpc
 from server.settings import DEFAULT_DATA_DIR, DEFAULT_LISTEN, key_file_path
 
 
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+def add_client_arguments(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """--target, --key-file and --ca-cert. `inherited`: on a subcommand of a command that
+    takes them too, where they have no defaults of their own, so that options given before
+    the subcommand are kept (argparse lets a subcommand's defaults replace them)."""
+    target = os.environ.get("RATING_TARGET", DEFAULT_LISTEN)
+    defaults: dict[str, str | None] = {
+        "target": target,
+        "key_file": None,
+        "ca_cert": os.environ.get("RATING_CA_CERT"),
+    }
+    if inherited:
+        defaults = dict.fromkeys(defaults, argparse.SUPPRESS)
     parser.add_argument(
         "--target",
-        default=os.environ.get("RATING_TARGET", DEFAULT_LISTEN),
-        help="server address host:port (env RATING_TARGET; default %(default)s)",
+        default=defaults["target"],
+        # Escaped: argparse %-formats help (an IPv6 scope id holds a %).
+        help=f"server address host:port (env RATING_TARGET; default {target.replace('%', '%%')})",
     )
     parser.add_argument(
         "--key-file",
-        default=None,
+        default=defaults["key_file"],
         help="file holding the API key (default: env RATING_API_KEY, else the key file "
         "the embedded default writes, var/api-key)",
     )
-    parser.add_argument(
-        "--ca-cert", default=os.environ.get("RATING_CA_CERT"), help="CA certificate for TLS"
-    )
+    parser.add_argument("--ca-cert", default=defaults["ca_cert"], help="CA certificate for TLS")
 
 
 def api_key(args: argparse.Namespace) -> str:

@@ -147,6 +147,31 @@ def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
     [
         (["sweep", "--as-of", "garbage"], 2, "'garbage' is not an ISO 8601 instant"),
         (["sweep", "--as-of", "2026-11-21T12:00:00"], 2, "has no offset"),
+        (["quarantine", "--since", "garbage"], 2, "argument --since: 'garbage' is not an ISO"),
+        (
+            ["quarantine", "--until", "2026-11-21"],
+            2,
+            "argument --until: '2026-11-21' has no offset",
+        ),
+        (["quarantine", "purge"], 2, "the following arguments are required: --before"),
+        (["quarantine", "purge", "--before", "x"], 2, "argument --before: 'x' is not an ISO"),
+        (
+            ["quarantine", "--since", "2026-11-21T12:00:00Z", "--until", "2026-11-21T11:00Z"],
+            1,
+            "rating quarantine: --until must be later than --since",
+        ),
+        (
+            [
+                "quarantine",
+                "--until",
+                "2026-11-21T12:00Z",
+                "purge",
+                "--before",
+                "2026-11-21T12:00Z",
+            ],
+            1,
+            "rating quarantine purge: --since and --until are for listing",
+        ),
         (["replay", "missing.pcap", "--secret", "s"], 1, "missing.pcap: No such file"),
         (["replay", "junk.bin", "--secret", "s"], 1, "neither a classic pcap nor"),
         (["replay", "junk.bin", "--format", "pcap", "--secret", "s"], 1, "not a classic pcap"),

@@ -1124,3 +1124,157 @@ class ListNasResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListNasResponse: _TypeAlias = ListNasResponse  # noqa: Y015
+
+@_typing.final
+class ListQuarantinedRecordsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_AFTER_FIELD_NUMBER: _builtins.int
+    RECEIVED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def received_after(self) -> _timestamp_pb2.Timestamp:
+        """Only entries received at or after this time (unset: no lower bound)."""
+
+    @_builtins.property
+    def received_before(self) -> _timestamp_pb2.Timestamp:
+        """Only entries received strictly before this time (unset: no upper bound): what a
+        PurgeQuarantine with the same `before` deletes. Must be later than received_after.
+        """
+
+    def __init__(
+        self,
+        *,
+        received_after: _timestamp_pb2.Timestamp | None = ...,
+        received_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_after", b"received_after", "received_before", b"received_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "received_after", b"received_after", "received_before", b"received_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuarantinedRecordsRequest: _TypeAlias = ListQuarantinedRecordsRequest  # noqa: Y015
+
+@_typing.final
+class QuarantinedEntry(_message.Message):
+    """One quarantined entry of a batch. A resent batch quarantines nothing twice: an entry
+    with the same bytes is kept once, with its first batch, index and receive time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_INDEX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    SOURCE_ADDRESS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    entry_index: _builtins.int
+    """position in the batch's entries"""
+    reason: _builtins.str
+    entry: _builtins.bytes
+    """The exact AccountingEntry wire bytes the batch carried (a raw RADIUS packet is inside,
+    as RawAccountingPacket.packet).
+    """
+    source_address: _builtins.str
+    """The source address the entry names (decoded or raw); empty when its bytes are not a
+    readable AccountingEntry.
+    """
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp:
+        """When the server received the batch."""
+
+    def __init__(
+        self,
+        *,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        batch_id: _builtins.str = ...,
+        entry_index: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        entry: _builtins.bytes = ...,
+        source_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "entry", b"entry", "entry_index", b"entry_index", "reason", b"reason", "received_at", b"received_at", "source_address", b"source_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinedEntry: _TypeAlias = QuarantinedEntry  # noqa: Y015
+
+@_typing.final
+class ListQuarantinedRecordsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedEntry]:
+        """Newest first: received_at, then batch_id, entry_index and the entry's digest, all
+        descending (a total order). The page token holds the last entry's place in it, so
+        entries quarantined or purged while paging shift no page: no entry repeats, and none
+        stored before the first page was read is skipped.
+        """
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___QuarantinedEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuarantinedRecordsResponse: _TypeAlias = ListQuarantinedRecordsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeQuarantineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEFORE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def before(self) -> _timestamp_pb2.Timestamp:
+        """Required: the tenant's entries received strictly before this time are deleted."""
+
+    def __init__(
+        self,
+        *,
+        before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["before", b"before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeQuarantineRequest: _TypeAlias = PurgeQuarantineRequest  # noqa: Y015
+
+@_typing.final
+class PurgeQuarantineResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeQuarantineResponse: _TypeAlias = PurgeQuarantineResponse  # noqa: Y015

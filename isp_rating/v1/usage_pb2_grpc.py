@@ -75,6 +75,16 @@ class UsageServiceStub:
                 request_serializer=isp__rating_dot_v1_dot_usage__pb2.ListNasRequest.SerializeToString,
                 response_deserializer=isp__rating_dot_v1_dot_usage__pb2.ListNasResponse.FromString,
                 _registered_method=True)
+        self.ListQuarantinedRecords = channel.unary_unary(
+                '/isp_rating.v1.UsageService/ListQuarantinedRecords',
+                request_serializer=isp__rating_dot_v1_dot_usage__pb2.ListQuarantinedRecordsRequest.SerializeToString,
+                response_deserializer=isp__rating_dot_v1_dot_usage__pb2.ListQuarantinedRecordsResponse.FromString,
+                _registered_method=True)
+        self.PurgeQuarantine = channel.unary_unary(
+                '/isp_rating.v1.UsageService/PurgeQuarantine',
+                request_serializer=isp__rating_dot_v1_dot_usage__pb2.PurgeQuarantineRequest.SerializeToString,
+                response_deserializer=isp__rating_dot_v1_dot_usage__pb2.PurgeQuarantineResponse.FromString,
+                _registered_method=True)
 
 
 class UsageServiceServicer:
@@ -139,6 +149,20 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQuarantinedRecords(self, request, context):
+        """Entries quarantined as malformed (kept with their reason and bytes), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeQuarantine(self, request, context):
+        """Deletes the quarantined entries received before a time; nothing else ever does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UsageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +205,16 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.ListNas,
                     request_deserializer=isp__rating_dot_v1_dot_usage__pb2.ListNasRequest.FromString,
                     response_serializer=isp__rating_dot_v1_dot_usage__pb2.ListNasResponse.SerializeToString,
+            ),
+            'ListQuarantinedRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantinedRecords,
+                    request_deserializer=isp__rating_dot_v1_dot_usage__pb2.ListQuarantinedRecordsRequest.FromString,
+                    response_serializer=isp__rating_dot_v1_dot_usage__pb2.ListQuarantinedRecordsResponse.SerializeToString,
+            ),
+            'PurgeQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeQuarantine,
+                    request_deserializer=isp__rating_dot_v1_dot_usage__pb2.PurgeQuarantineRequest.FromString,
+                    response_serializer=isp__rating_dot_v1_dot_usage__pb2.PurgeQuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +434,60 @@ class UsageService:
             '/isp_rating.v1.UsageService/ListNas',
             isp__rating_dot_v1_dot_usage__pb2.ListNasRequest.SerializeToString,
             isp__rating_dot_v1_dot_usage__pb2.ListNasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantinedRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/isp_rating.v1.UsageService/ListQuarantinedRecords',
+            isp__rating_dot_v1_dot_usage__pb2.ListQuarantinedRecordsRequest.SerializeToString,
+            isp__rating_dot_v1_dot_usage__pb2.ListQuarantinedRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/isp_rating.v1.UsageService/PurgeQuarantine',
+            isp__rating_dot_v1_dot_usage__pb2.PurgeQuarantineRequest.SerializeToString,
+            isp__rating_dot_v1_dot_usage__pb2.PurgeQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,

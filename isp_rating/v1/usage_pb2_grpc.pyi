@@ -53,6 +53,10 @@ class UsageServiceStub:
     """The NASes accounting has come from, by NAS key, with their policy and their flags
     (clock_skew: an Event-Timestamp disagreed with arrival - Acct-Delay-Time).
     """
+    ListQuarantinedRecords: _grpc.UnaryUnaryMultiCallable[_usage_pb2.ListQuarantinedRecordsRequest, _usage_pb2.ListQuarantinedRecordsResponse]
+    """Entries quarantined as malformed (kept with their reason and bytes), newest first."""
+    PurgeQuarantine: _grpc.UnaryUnaryMultiCallable[_usage_pb2.PurgeQuarantineRequest, _usage_pb2.PurgeQuarantineResponse]
+    """Deletes the quarantined entries received before a time; nothing else ever does."""
 
 @_typing.type_check_only
 class UsageServiceAsyncStub(UsageServiceStub):
@@ -79,6 +83,10 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """The NASes accounting has come from, by NAS key, with their policy and their flags
     (clock_skew: an Event-Timestamp disagreed with arrival - Acct-Delay-Time).
     """
+    ListQuarantinedRecords: _aio.UnaryUnaryMultiCallable[_usage_pb2.ListQuarantinedRecordsRequest, _usage_pb2.ListQuarantinedRecordsResponse]  # type: ignore[assignment]
+    """Entries quarantined as malformed (kept with their reason and bytes), newest first."""
+    PurgeQuarantine: _aio.UnaryUnaryMultiCallable[_usage_pb2.PurgeQuarantineRequest, _usage_pb2.PurgeQuarantineResponse]  # type: ignore[assignment]
+    """Deletes the quarantined entries received before a time; nothing else ever does."""
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Records usage exactly once and serves the session projections."""
@@ -150,5 +158,21 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         """The NASes accounting has come from, by NAS key, with their policy and their flags
         (clock_skew: an Event-Timestamp disagreed with arrival - Acct-Delay-Time).
         """
+
+    @_abc_1.abstractmethod
+    def ListQuarantinedRecords(
+        self,
+        request: _usage_pb2.ListQuarantinedRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.ListQuarantinedRecordsResponse, _abc.Awaitable[_usage_pb2.ListQuarantinedRecordsResponse]]:
+        """Entries quarantined as malformed (kept with their reason and bytes), newest first."""
+
+    @_abc_1.abstractmethod
+    def PurgeQuarantine(
+        self,
+        request: _usage_pb2.PurgeQuarantineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.PurgeQuarantineResponse, _abc.Awaitable[_usage_pb2.PurgeQuarantineResponse]]:
+        """Deletes the quarantined entries received before a time; nothing else ever does."""
 
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,5 @@
 """Usage commands of `rating`: collect RADIUS over UDP, replay a pcap or detail file, list
-sessions, sweep, rebuild, register and list NAS clients."""
+sessions, sweep, rebuild, register and list NAS clients, list and purge the quarantine."""
 
 from __future__ import annotations
 
@@ -24,12 +24,15 @@ from server.client import add_client_arguments, auth_metadata, client_channel, t
 from server.usage.collector import UdpCollector, parse_listen
 from server.usage.detail import parse_detail
 from server.usage.repository import POLICY_COLUMNS
+from server.validation import to_timestamp
 
 DEFAULT_BATCH = 1000
+INSTANT = "ISO 8601 instant with an offset or Z, e.g. 2026-11-21T12:00:00Z"
 
 
 def add_commands(subparsers: Any) -> None:
-    """Adds replay, sessions, sweep, nas and rebuild to the `rating` parser."""
+    """Adds replay, collect, sessions, sweep, nas, quarantine and rebuild to the `rating`
+    parser."""
     replay = subparsers.add_parser(
         "replay",
         help="stream the accounting requests of a pcap or a FreeRADIUS detail file",
@@ -95,8 +98,7 @@ def add_commands(subparsers: Any) -> None:
         "--as-of",
         required=True,
         type=parse_instant,
-        help="ISO 8601 instant with an offset or Z, e.g. 2026-11-21T12:00:00Z (a time without"
-        " one is refused: it would be read in some zone)",
+        help=f"{INSTANT} (a time without one is refused: it would be read in some zone)",
     )
     sweep.set_defaults(handler=sweep_command)
 
@@ -154,6 +156,48 @@ def add_commands(subparsers: Any) -> None:
     nas_list.add_argument("--flagged", action="store_true", help="only NASes with a flag")
     nas_list.add_argument("--json", action="store_true", help="one JSON array (default: lines)")
     nas_list.set_defaults(handler=nas_list_command)
+
+    quarantine = subparsers.add_parser(
+        "quarantine",
+        help="list quarantined (malformed) entries, newest first; `quarantine purge` deletes"
+        " old ones",
+        description="Lists the entries quarantined as malformed, newest first, one JSON object"
+        " per line (--json: one array), with their bytes (the AccountingEntry) in hex.",
+    )
+    add_client_arguments(quarantine)
+    quarantine.add_argument(
+        "--since",
+        type=parse_instant,
+        metavar="TIME",
+        help=f"only entries received at or after this {INSTANT}",
+    )
+    quarantine.add_argument(
+        "--until",
+        type=parse_instant,
+        metavar="TIME",
+        help=f"only entries received before this {INSTANT}",
+    )
+    quarantine.add_argument("--json", action="store_true", help="one JSON array (default: lines)")
+    quarantine.set_defaults(handler=quarantine_command)
+    quarantine_sub = quarantine.add_subparsers(
+        dest="quarantine_command", metavar="{purge}", help="leave it out to list"
+    )
+    purge = quarantine_sub.add_parser(
+        "purge",
+        help="delete the entries received before a time (prints how many)",
+        description="Deletes the tenant's quarantined entries received strictly before"
+        " --before and prints how many as JSON; `rating quarantine --until` with the same"
+        " time lists exactly those.",
+    )
+    add_client_arguments(purge, inherited=True)
+    purge.add_argument(
+        "--before",
+        required=True,
+        type=parse_instant,
+        metavar="TIME",
+        help=f"delete the entries received before this {INSTANT}",
+    )
+    purge.set_defaults(handler=quarantine_purge_command)
 
     rebuild = subparsers.add_parser(
         "rebuild", help="rebuild sessions and buckets by replaying the ledger (server side)"
@@ -426,18 +470,26 @@ def print_rows(rows: list[dict[str, Any]], *, as_array: bool) -> None:
             print(json.dumps(row))
 
 
+async def all_pages(
+    rpc: Any, request: Any, metadata: tuple[tuple[str, str], ...], items: str
+) -> list[Any]:
+    """Every item of a paginated List RPC: the `items` field of each page, page after page
+    (the request's page_token is advanced in place)."""
+    out: list[Any] = []
+    while True:
+        page = await rpc(request, metadata=metadata)
+        out.extend(getattr(page, items))
+        if not page.next_page_token:
+            return out
+        request.page_token = page.next_page_token
+
+
 async def list_all_sessions(
     stub: usage_pb2_grpc.UsageServiceAsyncStub,
     metadata: tuple[tuple[str, str], ...],
     request: usage_pb2.ListSessionsRequest,
 ) -> list[usage_pb2.Session]:
-    out: list[usage_pb2.Session] = []
-    while True:
-        page = await stub.ListSessions(request, metadata=metadata)
-        out.extend(page.sessions)
-        if not page.next_page_token:
-            return out
-        request.page_token = page.next_page_token
+    return await all_pages(stub.ListSessions, request, metadata, "sessions")
 
 
 async def sessions_command(args: argparse.Namespace) -> int:
@@ -459,14 +511,57 @@ async def sessions_command(args: argparse.Namespace) -> int:
 
 async def sweep_command(args: argparse.Namespace) -> int:
     as_of: dt.datetime = args.as_of  # parse_instant, as the argument type
-    ts = Timestamp()
-    ts.FromDatetime(as_of)
     async with client_channel(args) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         reply = await stub.SweepStaleSessions(
-            usage_pb2.SweepStaleSessionsRequest(as_of=ts), metadata=auth_metadata(args)
+            usage_pb2.SweepStaleSessionsRequest(as_of=to_timestamp(as_of)),
+            metadata=auth_metadata(args),
         )
     print(json.dumps({"closed": reply.closed}))
+    return 0
+
+
+def quarantined_json(e: usage_pb2.QuarantinedEntry) -> dict[str, Any]:
+    return {
+        "received_at": _iso(e.received_at, e.HasField("received_at")),
+        "batch_id": e.batch_id,
+        "entry_index": e.entry_index,
+        "reason": e.reason,
+        "source_address": e.source_address or None,
+        "entry_hex": e.entry.hex(),
+    }
+
+
+async def quarantine_command(args: argparse.Namespace) -> int:
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        raise SystemExit("rating quarantine: --until must be later than --since")
+    request = usage_pb2.ListQuarantinedRecordsRequest(
+        received_after=to_timestamp(args.since),
+        received_before=to_timestamp(args.until),
+        page_size=1000,
+    )
+    async with client_channel(args) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        entries = await all_pages(
+            stub.ListQuarantinedRecords, request, auth_metadata(args), "entries"
+        )
+    print_rows([quarantined_json(e) for e in entries], as_array=args.json)
+    return 0
+
+
+async def quarantine_purge_command(args: argparse.Namespace) -> int:
+    if args.since is not None or args.until is not None:
+        raise SystemExit(
+            "rating quarantine purge: --since and --until are for listing; purge deletes"
+            " everything received before --before"
+        )
+    async with client_channel(args) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        reply = await stub.PurgeQuarantine(
+            usage_pb2.PurgeQuarantineRequest(before=to_timestamp(args.before)),
+            metadata=auth_metadata(args),
+        )
+    print(json.dumps({"deleted": reply.deleted}))
     return 0
 
 
@@ -538,16 +633,10 @@ def nas_json(n: usage_pb2.Nas) -> dict[str, Any]:
 
 async def nas_list_command(args: argparse.Namespace) -> int:
     request = usage_pb2.ListNasRequest(page_size=1000, flagged_only=args.flagged)
-    rows: list[dict[str, Any]] = []
     async with client_channel(args) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
-        while True:
-            page = await stub.ListNas(request, metadata=auth_metadata(args))
-            rows.extend(nas_json(n) for n in page.nas)
-            if not page.next_page_token:
-                break
-            request.page_token = page.next_page_token
-    print_rows(rows, as_array=args.json)
+        nases = await all_pages(stub.ListNas, request, auth_metadata(args), "nas")
+    print_rows([nas_json(n) for n in nases], as_array=args.json)
     return 0
 
 

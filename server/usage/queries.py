@@ -8,11 +8,12 @@ import binascii
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, literal, literal_column, select, tuple_
+from sqlalchemy import Select, func, literal, literal_column, select, tuple_
 
 from server.db.base import UTCDateTime
 from server.db.database import Database
@@ -29,6 +30,7 @@ from server.usage.models import (
 from server.validation import decode_page_token, encode_page_token
 
 U64 = (1 << 64) - 1
+Row = TypeVar("Row")
 
 
 def unsigned(value: int) -> int:
@@ -130,22 +132,31 @@ async def list_sessions(
                 literal(after[3]),
             )
         )
-    query = query.order_by(*(c.desc() for c in order)).limit(limit + 1)
+    query = query.order_by(*(c.desc() for c in order))
+    return await keyset_page(
+        db,
+        query,
+        limit,
+        lambda last: {
+            "s": last.start_at.isoformat(),
+            "n": last.nas_key,
+            "a": last.acct_session_id,
+            "g": last.generation,
+        },
+    )
+
+
+async def keyset_page(
+    db: Database, query: Select[Row], limit: int, place: Callable[[Row], dict[str, Any]]
+) -> tuple[list[Row], str]:
+    """The first `limit` rows of an ordered query of one entity, and the page token of the
+    next page: the last row's `place` (what the query resumes after), or "" when no row
+    follows."""
     async with db.read() as session:
-        rows = list((await session.execute(query)).scalars())
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_token = encode_page_token(
-            {
-                "s": last.start_at.isoformat(),
-                "n": last.nas_key,
-                "a": last.acct_session_id,
-                "g": last.generation,
-            }
-        )
-    return rows, next_token
+        rows = list((await session.execute(query.limit(limit + 1))).scalars())
+    if len(rows) <= limit:
+        return rows, ""
+    return rows[:limit], encode_page_token(place(rows[limit - 1]))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +24,7 @@ from isp_rating.v1 import usage_pb2
 from server.auth import principal
 from server.db.database import Database
 from server.errors import InvalidArgumentError
-from server.usage import queries, service
+from server.usage import quarantine, queries, service
 from server.usage.models import (
     CUSTOM_TYPE_MAX,
     IDEMPOTENCY_KEY_MAX,
@@ -31,6 +32,7 @@ from server.usage.models import (
     QUANTITY_SCALE,
     RADIUS_TEXT,
     UNIT_MAX,
+    QuarantinedEntry,
     UsageSession,
 )
 from server.usage.repository import POLICY_COLUMNS
@@ -113,6 +115,27 @@ def session_message(row: UsageSession) -> usage_pb2.Session:
     if row.stop_at is not None:
         message.stop_at.FromDatetime(row.stop_at)
     return message
+
+
+def entry_source(entry: bytes) -> str:
+    """The source address a stored AccountingEntry names; empty when it does not parse."""
+    try:
+        parsed = usage_pb2.AccountingEntry.FromString(entry)
+    except DecodeError:
+        return ""
+    form = parsed.WhichOneof("record")
+    return "" if form is None else str(getattr(parsed, form).source_address)
+
+
+def quarantined_message(row: QuarantinedEntry) -> usage_pb2.QuarantinedEntry:
+    return usage_pb2.QuarantinedEntry(
+        received_at=to_timestamp(row.received_at),
+        batch_id=row.batch_id,
+        entry_index=row.entry_index,
+        reason=row.reason,
+        entry=row.entry_bytes,
+        source_address=entry_source(row.entry_bytes),
+    )
 
 
 class UsageServicer:
@@ -325,6 +348,30 @@ class UsageServicer:
         closed = await self.usage.sweep(principal().tenant_id, as_of)
         return usage_pb2.SweepStaleSessionsResponse(closed=closed)
 
+    async def list_quarantined_records(
+        self, request: usage_pb2.ListQuarantinedRecordsRequest, context: Context
+    ) -> usage_pb2.ListQuarantinedRecordsResponse:
+        rows, token = await quarantine.list_quarantined(
+            self.db,
+            principal().tenant_id,
+            timestamp_or_none(request, "received_after"),
+            timestamp_or_none(request, "received_before"),
+            page_size(request.page_size),
+            request.page_token,
+        )
+        return usage_pb2.ListQuarantinedRecordsResponse(
+            entries=[quarantined_message(row) for row in rows], next_page_token=token
+        )
+
+    async def purge_quarantine(
+        self, request: usage_pb2.PurgeQuarantineRequest, context: Context
+    ) -> usage_pb2.PurgeQuarantineResponse:
+        before = timestamp_or_none(request, "before")
+        if before is None:
+            raise InvalidArgumentError("before", "is required")
+        deleted = await quarantine.purge_quarantine(self.db, principal().tenant_id, before)
+        return usage_pb2.PurgeQuarantineResponse(deleted=deleted)
+
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -363,6 +410,14 @@ def _handlers(servicer: UsageServicer) -> dict[str, Handler]:
             servicer.sweep_stale_sessions,
             pb.SweepStaleSessionsRequest,
             pb.SweepStaleSessionsResponse,
+        ),
+        "ListQuarantinedRecords": unary(
+            servicer.list_quarantined_records,
+            pb.ListQuarantinedRecordsRequest,
+            pb.ListQuarantinedRecordsResponse,
+        ),
+        "PurgeQuarantine": unary(
+            servicer.purge_quarantine, pb.PurgeQuarantineRequest, pb.PurgeQuarantineResponse
         ),
     }
 
