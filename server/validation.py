@@ -239,6 +239,14 @@ def timestamp_or_none(message: Any, field: str) -> dt.datetime | None:
         ) from None
 
 
+def required_timestamp(message: Any, field: str) -> dt.datetime:
+    """As timestamp_or_none, for a field that must be set."""
+    value = timestamp_or_none(message, field)
+    if value is None:
+        raise InvalidArgumentError(field, "is required")
+    return value
+
+
 def to_timestamp(value: dt.datetime | None) -> Timestamp | None:
     if value is None:
         return None

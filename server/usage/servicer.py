@@ -45,6 +45,7 @@ from server.validation import (
     parse_enum,
     parse_ip,
     require,
+    required_timestamp,
     timestamp_or_none,
     to_timestamp,
 )
@@ -178,9 +179,7 @@ class UsageServicer:
             raise InvalidArgumentError("custom_type", "is required when usage_type is CUSTOM")
         if usage_type != usage_pb2.USAGE_TYPE_CUSTOM and custom_type:
             raise InvalidArgumentError("custom_type", "is only for usage_type CUSTOM")
-        occurred_at = timestamp_or_none(request, "occurred_at")
-        if occurred_at is None:
-            raise InvalidArgumentError("occurred_at", "is required")
+        occurred_at = required_timestamp(request, "occurred_at")
         subject = request.WhichOneof("subject")
         if subject is None:
             raise InvalidArgumentError("subject", "subscription_id or radius_user_name is required")
@@ -342,9 +341,7 @@ class UsageServicer:
     async def sweep_stale_sessions(
         self, request: usage_pb2.SweepStaleSessionsRequest, context: Context
     ) -> usage_pb2.SweepStaleSessionsResponse:
-        as_of = timestamp_or_none(request, "as_of")
-        if as_of is None:
-            raise InvalidArgumentError("as_of", "is required")
+        as_of = required_timestamp(request, "as_of")
         closed = await self.usage.sweep(principal().tenant_id, as_of)
         return usage_pb2.SweepStaleSessionsResponse(closed=closed)
 
@@ -366,9 +363,7 @@ class UsageServicer:
     async def purge_quarantine(
         self, request: usage_pb2.PurgeQuarantineRequest, context: Context
     ) -> usage_pb2.PurgeQuarantineResponse:
-        before = timestamp_or_none(request, "before")
-        if before is None:
-            raise InvalidArgumentError("before", "is required")
+        before = required_timestamp(request, "before")
         deleted = await quarantine.purge_quarantine(self.db, principal().tenant_id, before)
         return usage_pb2.PurgeQuarantineResponse(deleted=deleted)
 
