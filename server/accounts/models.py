@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from server.db.base import Base, JSONDoc, TenantScoped, utcnow
+from server.db.base import Base, ExactDecimal, JSONDoc, TenantScoped, utcnow
 
 
 class Customer(TenantScoped, Base):
@@ -156,7 +156,7 @@ class InvoiceLine(TenantScoped, Base):
     invoice_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
     description: Mapped[str] = mapped_column(Text)
-    quantity: Mapped[Decimal] = mapped_column(Numeric(20, 6))
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal(20, 6))
     unit_price_micro: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(default=None)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, LargeBinary, MetaData, Uuid
+from sqlalchemy import JSON, BigInteger, DateTime, LargeBinary, MetaData, Numeric, String, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 # Stable constraint names, so that Alembic migrations name the same things on every database.
 NAMING_CONVENTION = {
@@ -43,6 +44,37 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value.astimezone(dt.UTC)
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """NUMERIC(precision, scale) on PostgreSQL; decimal text on SQLite, whose NUMERIC is a
+    binary float past 15 significant digits. SQL arithmetic on the text would be float
+    arithmetic again: sum such a column in Python on SQLite (`sum_exactly`)."""
+
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int, scale: int) -> None:
+        super().__init__(precision, scale)
+        self.precision = precision
+        self.scale = scale
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            # Digits, a sign and a point: TEXT affinity keeps every digit as written.
+            return dialect.type_descriptor(String(self.precision + 2))
+        return dialect.type_descriptor(Numeric(self.precision, self.scale))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None or dialect.name != "sqlite":
+            return value
+        return format(Decimal(value), "f")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None or isinstance(value, Decimal):
+            return value
+        # Text on SQLite; a number there only in a row written before it held text.
+        return Decimal(str(value))
 
 
 # JSONB on PostgreSQL, JSON text on SQLite.

@@ -16,7 +16,6 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    Numeric,
     SmallInteger,
     String,
     Text,
@@ -25,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from server.db.base import Base, TenantScoped, utcnow
+from server.db.base import Base, ExactDecimal, TenantScoped, utcnow
 
 # Length limits of RADIUS text attributes (253 octets) and of NAS keys built from them.
 RADIUS_TEXT = 253
@@ -276,7 +275,7 @@ class UsageEvent(TenantScoped, Base):
     request_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
     usage_type: Mapped[int] = mapped_column(SmallInteger)
     custom_type: Mapped[str] = mapped_column(String(CUSTOM_TYPE_MAX), default="")
-    quantity: Mapped[Decimal] = mapped_column(Numeric(QUANTITY_PRECISION, QUANTITY_SCALE))
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal(QUANTITY_PRECISION, QUANTITY_SCALE))
     unit: Mapped[str] = mapped_column(String(UNIT_MAX))
     occurred_at: Mapped[dt.datetime]
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(default=None)

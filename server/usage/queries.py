@@ -8,12 +8,13 @@ import binascii
 import datetime as dt
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, literal, literal_column, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.base import UTCDateTime
 from server.db.database import Database
@@ -293,6 +294,28 @@ def _metered_key(item: UnattributedMetered) -> MeteredKey:
     return (item.radius_user_name, item.usage_type, item.custom_type, item.unit)
 
 
+async def _sum_quantities(
+    session: AsyncSession, tenant_id: uuid.UUID, key: tuple[Any, ...], groups: Sequence[Any]
+) -> dict[tuple[Any, ...], Decimal]:
+    """Exact sums of the unattributed quantities of `groups` (consecutive in key order)."""
+    first, last = tuple(groups[0][:4]), tuple(groups[-1][:4])
+    found = await session.execute(
+        select(*key, UsageEvent.quantity).where(
+            UsageEvent.tenant_id == tenant_id,
+            UsageEvent.subscription_id.is_(None),
+            UsageEvent.radius_user_name != "",
+            tuple_(*key) >= tuple_(*(literal(v) for v in first)),
+            tuple_(*key) <= tuple_(*(literal(v) for v in last)),
+        )
+    )
+    sums: dict[tuple[Any, ...], Decimal] = {}
+    with localcontext() as context:
+        context.prec = 60  # 30-digit quantities: no sum of them is ever rounded
+        for *group, quantity in found:
+            sums[tuple(group)] = sums.get(tuple(group), Decimal(0)) + Decimal(quantity)
+    return sums
+
+
 def _metered_cursor(value: Any) -> MeteredKey | None:
     if value is None:
         return None
@@ -313,10 +336,13 @@ async def _unattributed_metered(
         UsageEvent.custom_type,
         UsageEvent.unit,
     )
+    # SQLite's SUM would add the quantities as binary floats: there they are summed here.
+    in_python = db.dialect == "sqlite"
+    total = literal(0) if in_python else func.sum(UsageEvent.quantity)
     query: Any = (
         select(
             *key,
-            func.sum(UsageEvent.quantity),
+            total,
             func.count(),
             func.min(UsageEvent.occurred_at),
             func.max(UsageEvent.occurred_at),
@@ -333,7 +359,10 @@ async def _unattributed_metered(
     if after is not None:
         query = query.where(tuple_(*key) > tuple_(*(literal(v) for v in after)))
     async with db.read() as session:
-        rows = (await session.execute(query)).all()
+        rows: list[Any] = list((await session.execute(query)).all())
+        if in_python and rows:
+            sums = await _sum_quantities(session, tenant_id, key, rows)
+            rows = [(*row[:4], sums[tuple(row[:4])], *row[5:]) for row in rows]
     return [
         UnattributedMetered(
             radius_user_name=row[0],

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from isp_rating.v1 import usage_pb2 as pb
 from server.usage.models import UsageEvent
+from server.validation import format_decimal
 from tests.conftest import RunningServer
 from tests.usage.support import INTERIM, Rec, Usage, at, ts, utc
 from tests.usage.test_api import expect_status, metered, subscribe
@@ -224,3 +225,27 @@ async def test_unattributed_pages_cover_sessions_then_metered_when_page_size_is_
         assert all(len(p.usage) + len(p.metered) <= size for p in pages)
         assert [u.user_name for p in pages for u in p.usage] == expected_sessions
         assert metered_rows(pages) == expected_metered
+
+
+async def test_unattributed_metered_quantities_sum_exactly_at_full_precision(
+    usage: Usage, server: RunningServer
+) -> None:
+    # 30 significant digits each (the column's precision): a binary float keeps ~16.
+    quantities = ["123456789012345678901.123456789", "0.000000001", "0.1", "0.2"]
+    for n, quantity in enumerate(quantities):
+        await record(usage, "lena", quantity=quantity, idempotency_key=f"exact-{n}")
+    (page,) = await unattributed(usage)
+    assert metered_rows([page]) == [
+        ("lena", pb.USAGE_TYPE_VOICE, "", "minutes", "123456789012345678901.42345679", 4)
+    ]
+    async with server.db.read() as session:
+        stored = (
+            await session.execute(
+                select(UsageEvent.quantity)
+                .where(UsageEvent.tenant_id == usage.tenant.tenant_id)
+                .order_by(UsageEvent.idempotency_key)
+            )
+        ).scalars()
+        assert [format_decimal(q) for q in stored] == [
+            "123456789012345678901.123456789", "0.000000001", "0.1", "0.2"
+        ]  # fmt: skip
