@@ -167,8 +167,13 @@ def ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 def parse_ip(field: str, value: str) -> str:
+    """A packet source's address as the core keys it: an IPv4-mapped IPv6 address (how a
+    dual-stack socket reports an IPv4 peer) is the IPv4 address."""
     try:
-        return ip_text(ipaddress.ip_address(value.strip()))
+        address = ipaddress.ip_address(value.strip())
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return ip_text(address)
     except ValueError:
         raise InvalidArgumentError(field, f"not an IP address: {value!r}") from None
 

@@ -196,15 +196,17 @@ pub trait PrepareConfig {
     }
 }
 
-/// Canonical text of an address (IPv4/IPv6 re-formatted; anything else as given).
+/// Canonical text of an address (IPv4/IPv6 re-formatted; anything else as given). An
+/// IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, how a dual-stack socket reports an IPv4
+/// peer) is that IPv4 address.
 #[must_use]
 pub fn canonical_address(text: &str) -> String {
     if let Ok(ip) = text.parse::<IpAddr>() {
-        return ip.to_string();
+        return ip.to_canonical().to_string();
     }
     // "192.0.2.1:1813" / "[2001:db8::1]:1813": the port is not part of a NAS identity.
     match text.parse::<std::net::SocketAddr>() {
-        Ok(sa) => sa.ip().to_string(),
+        Ok(sa) => sa.ip().to_canonical().to_string(),
         Err(_) => text.to_owned(),
     }
 }
@@ -433,7 +435,7 @@ impl NasTable {
                 if let Some(&i) = self.text.get(t) {
                     return i;
                 }
-                let key = canonical_address(&String::from_utf8_lossy(t));
+                let key = canonical_address(&storable_text(t));
                 let i = self.add(key, cfg);
                 self.text.insert(t.to_vec(), i);
                 i
@@ -452,7 +454,7 @@ impl NasTable {
                 if let Some(&i) = self.v6.get(&k) {
                     return i;
                 }
-                let i = self.add(ip.to_string(), cfg);
+                let i = self.add(ip.to_canonical().to_string(), cfg);
                 self.v6.insert(k, i);
                 i
             }
@@ -484,6 +486,36 @@ fn span_in(batch: &[u8], arena: &mut Vec<u8>, b: &[u8]) -> Span {
         }
     } else {
         push(arena, b)
+    }
+}
+
+/// Text as the database stores it: invalid UTF-8 sequences and NUL octets (which
+/// the database's text refuses) each become U+FFFD.
+fn storable_text(b: &[u8]) -> String {
+    let text = String::from_utf8_lossy(b);
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
+    }
+}
+
+/// [`span_in`] for an identity text; one holding NUL gets a storable copy in the arena
+/// (invalid UTF-8 is replaced when the output column is built).
+#[inline]
+fn text_span(batch: &[u8], arena: &mut Vec<u8>, b: &[u8]) -> Span {
+    if b.contains(&0) {
+        let mut clean = Vec::with_capacity(b.len() + 8);
+        for &c in b {
+            if c == 0 {
+                clean.extend_from_slice("\u{FFFD}".as_bytes());
+            } else {
+                clean.push(c);
+            }
+        }
+        push(arena, &clean)
+    } else {
+        span_in(batch, arena, b)
     }
 }
 
@@ -896,19 +928,32 @@ fn prepare_one<'a>(
     // the database stores it (each invalid sequence replaced by U+FFFD), so the engine finds
     // the instance again after a reload. The content key keeps the exact bytes.
     // (ASCII first: a word at a time, where the general check costs ~200 instructions.)
-    let lossy_sid = if f.sid_utf8 || f.sid.is_ascii() || std::str::from_utf8(f.sid).is_ok() {
+    // A NUL octet (legal in a RADIUS string; PostgreSQL's text cannot hold it) is stored as
+    // U+FFFD likewise, in every text field.
+    let lossy_sid = if (f.sid_utf8 || f.sid.is_ascii() || std::str::from_utf8(f.sid).is_ok())
+        && !f.sid.contains(&0)
+    {
         None
     } else {
-        Some(String::from_utf8_lossy(f.sid).into_owned())
+        Some(storable_text(f.sid))
     };
     let sid_text = lossy_sid.as_ref().map_or(f.sid, |t| t.as_bytes());
-    if [sid_text, f.user, f.calling, framed_text]
-        .iter()
-        .any(|s| s.len() > MAX_TEXT)
-    {
-        return Err(format!(
-            "text longer than a RADIUS attribute allows ({MAX_TEXT} bytes)"
-        ));
+    let nas_text = match f.nas {
+        NasId::Text(t) => t,
+        NasId::V4(_) | NasId::V6(_) => b"",
+    };
+    for (name, text) in [
+        ("Acct-Session-Id", f.sid),
+        ("User-Name", f.user),
+        ("Calling-Station-Id", f.calling),
+        ("Framed-IP-Address", framed_text),
+        ("NAS identity", nas_text),
+    ] {
+        if text.len() > MAX_TEXT {
+            return Err(format!(
+                "{name} longer than a RADIUS attribute allows ({MAX_TEXT} bytes)"
+            ));
+        }
     }
     let n = nas.intern(f.nas, cfg);
     let base = f
@@ -947,8 +992,8 @@ fn prepare_one<'a>(
     rec.status = status;
     rec.nas = n;
     rec.sid = span_in(batch, arena, sid_text); // text outside the batch goes to the arena
-    rec.user = span_in(batch, arena, f.user);
-    rec.calling = span_in(batch, arena, f.calling);
+    rec.user = text_span(batch, arena, f.user);
+    rec.calling = text_span(batch, arena, f.calling);
     rec.framed = match f.framed {
         FramedIp::Text(t) => span_in(batch, arena, t),
         FramedIp::V4(ip) => push(arena, ip.to_string().as_bytes()),

@@ -76,7 +76,10 @@ def parse_session_id(value: str) -> tuple[str, str, int]:
         nas_key, acct_session_id, generation = raw.split(_SEP)
         if not (generation.isascii() and generation.isdigit()) or int(generation) >= 2**63:
             raise ValueError(generation)
-        return _unescape(nas_key), _unescape(acct_session_id), int(generation)
+        nas_key, acct_session_id = _unescape(nas_key), _unescape(acct_session_id)
+        if "\0" in nas_key + acct_session_id:  # stored text never holds NUL
+            raise ValueError(nas_key)
+        return nas_key, acct_session_id, int(generation)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgumentError("id", f"not a session id: {value!r}") from None
 

@@ -91,15 +91,27 @@ class Norm:
     by_arrival: bool
 
 
+def storable(text: str) -> str:
+    """Text as the database keeps it: NUL (which PostgreSQL's text refuses) as U+FFFD."""
+    return text.replace("\0", "\ufffd")
+
+
+def _ip(text: str) -> str:
+    address = ipaddress.ip_address(text)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
+
+
 def canonical(address: str) -> str:
+    """An address's text as the core writes it (an IPv4-mapped one as the IPv4 address)."""
     try:
-        return str(ipaddress.ip_address(address))
+        return _ip(address)
     except ValueError:
         pass
     host, sep, port = address.rpartition(":")
     if sep and port.isdigit():
         try:
-            return str(ipaddress.ip_address(host.removeprefix("[").removesuffix("]")))
+            return _ip(host.removeprefix("[").removesuffix("]"))
         except ValueError:
             pass
     return address
@@ -131,10 +143,11 @@ class Reference:
             return "unknown Acct-Status-Type"
         if rec.status in (START, STOP, INTERIM) and not rec.sid:
             return "missing Acct-Session-Id"
-        if any(len(v.encode()) > 253 for v in (rec.sid, rec.user, rec.calling, rec.framed_ip)):
-            return "text longer than a RADIUS attribute allows"
+        texts = (rec.sid, rec.user, rec.calling, rec.framed_ip, rec.nas_identifier)
+        if any(len(v.encode()) > 253 for v in texts):
+            return "longer than a RADIUS attribute allows"
         if rec.nas_identifier:
-            nas = canonical(rec.nas_identifier)
+            nas = canonical(storable(rec.nas_identifier))
         elif rec.nas_ip:
             nas = canonical(rec.nas_ip)
         elif rec.source:
@@ -165,7 +178,8 @@ class Reference:
         out = counter(rec.output_octets, rec.output_gigawords)
         key = (nas, rec.sid, rec.status, rec.session_time, inp, out, key_time, rec.terminate_cause)
         return Norm(
-            rec.status, nas, rec.sid, rec.user, rec.calling, rec.framed_ip, inp, out,
+            rec.status, nas, storable(rec.sid), storable(rec.user), storable(rec.calling),
+            rec.framed_ip, inp, out,
             rec.input_gigawords is not None, rec.output_gigawords is not None,
             rec.session_time, event, skewed, rec.terminate_cause, key, by_instance,
             rec.event_ts_us is None,

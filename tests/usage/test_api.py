@@ -425,8 +425,40 @@ async def test_nas_client_is_refused_with_field_when_input_is_bad(usage: Usage) 
         grpc.StatusCode.INVALID_ARGUMENT,
         "secret",
     )
+    for nas_key in ("bng\0", "n" * 254):
+        await expect_status(
+            usage.stub.UpsertNasClient(
+                pb.UpsertNasClientRequest(
+                    source_address="203.0.113.9", secret="x", nas_key=nas_key
+                ),
+                metadata=usage.metadata,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "nas_key:",
+        )
     client = await usage.register_nas("203.0.113.9", "k", grace_s=60)
     assert (client.nas_key, client.grace_s, client.interim_interval_s) == ("203.0.113.9", 60, 600)
+
+
+@pytest.mark.parametrize("field", ["user_name", "nas_key"])
+@pytest.mark.parametrize("value", ["a\0b", "x" * 254])
+async def test_session_listing_is_refused_naming_the_filter_when_no_text_could_match_it(
+    usage: Usage, field: str, value: str
+) -> None:
+    await expect_status(
+        usage.stub.ListSessions(pb.ListSessionsRequest(**{field: value}), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{field}:",
+    )
+
+
+async def test_session_is_invalid_argument_when_its_id_holds_nul(usage: Usage) -> None:
+    ident = base64.urlsafe_b64encode(b"nas\x00\x1fsid\x1f1").decode().rstrip("=")
+    await expect_status(
+        usage.stub.GetSession(pb.GetSessionRequest(id=ident), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "id:",
+    )
 
 
 async def test_nas_client_writes_only_the_masked_fields_when_update_mask_names_some(

@@ -1084,3 +1084,56 @@ async def test_session_record_is_quarantined_when_it_has_no_session_id(
     assert counts(ack) == (0, 0, 0, 1)
     assert ack.quarantined_records[0].reason == "missing Acct-Session-Id"
     assert await usage.sessions() == []
+
+
+async def test_text_holding_nul_is_counted_with_nul_stored_as_replacement_character(
+    usage: Usage, form: str
+) -> None:
+    """NUL is a legal octet of a RADIUS string, and PostgreSQL's text cannot hold it."""
+    odd = Rec(
+        INTERIM, sid="ab\0cd", nas="bng\0", user="ann\0", calling="02-00\0", t=600,
+        session_time=600, inp=7, out=9,
+    )  # fmt: skip
+    good = Rec(INTERIM, sid="plain", t=600, session_time=600, inp=1, out=1)
+    ack = await usage.send(form, odd, good, odd.but(delay=3))
+    assert counts(ack) == (2, 1, 0, 0)
+    (kept,) = await usage.sessions(nas_key="bng\ufffd")
+    assert (kept.acct_session_id, kept.user_name, kept.calling_station_id) == (
+        "ab\ufffdcd", "ann\ufffd", "02-00\ufffd"
+    )  # fmt: skip
+    assert (kept.input_bytes, kept.output_bytes) == (7, 9)
+    # The next record of the session finds it (also as the database gives it back).
+    ack = await usage.send(form, odd.but(t=1200, session_time=1200, inp=70, out=90))
+    assert counts(ack) == (1, 0, 0, 0)
+    (kept,) = await usage.sessions(nas_key="bng\ufffd")
+    assert (kept.generation, kept.input_bytes, kept.output_bytes) == (1, 70, 90)
+
+
+async def test_decoded_record_is_quarantined_naming_the_field_when_nas_identifier_is_too_long(
+    usage: Usage,
+) -> None:
+    good, bad = entries(
+        "decoded",
+        [Rec(INTERIM, t=600, session_time=600, inp=1, out=1), Rec(INTERIM, nas="n" * 254)],
+    )
+    (ack,) = await usage.stream(batch([good, bad]))
+    assert counts(ack) == (1, 0, 0, 1)
+    assert "NAS identity longer than" in ack.quarantined_records[0].reason
+    assert [s.acct_session_id for s in await usage.sessions()] == ["sess-1"]
+
+
+async def test_ipv4_peer_of_a_dual_stack_collector_is_the_same_source_and_nas(
+    usage: Usage, form: str
+) -> None:
+    """A collector on `[::]` sees an IPv4 NAS as `::ffff:198.51.100.7`: the same address,
+    so the same secret, and (without NAS-Identifier) the same NAS key; copies of a record
+    through an IPv4 and a dual-stack collector are one record."""
+    rec = Rec(INTERIM, nas="", t=600, session_time=600, inp=1000, out=2000)
+    ack = await usage.send(form, rec, rec.but(source=f"::ffff:{SOURCE}", arrival_extra_s=1.5))
+    assert counts(ack) == (1, 1, 0, 0)
+    assert len(ack.responses) == (2 if form == "raw" else 0)
+    (only,) = await usage.sessions()
+    assert (only.nas_key, only.input_bytes, only.output_bytes) == (SOURCE, 1000, 2000)
+    # A client registered under the mapped form is the IPv4 one.
+    client = await usage.register_nas(f"::ffff:{SOURCE}", "other")
+    assert client.source_address == SOURCE
