@@ -346,8 +346,9 @@ async def replay_detail(
 ) -> dict[str, int]:
     """Streams a detail file's complete records as decoded entries (no secret needed).
 
-    Records that cannot be read are reported on `progress` and counted as rejected; a
-    trailing record without its closing blank line is counted as incomplete, not sent.
+    Records that cannot be read, or that the next header cuts short before their closing
+    blank line, are reported on `progress` and counted as rejected; a trailing record
+    without its closing blank line is counted as incomplete, not sent.
     """
     parsed = parse_detail(data, zone)
     for rejected in parsed.rejected:

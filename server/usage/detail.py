@@ -1,9 +1,12 @@
 """FreeRADIUS detail files read into decoded accounting records (RADIUS.md, "Raw RADIUS").
 
 A record is a header line (the writing server's local date), tab-indented `Attr = value`
-lines and a blank line that closes it. A trailing record without its blank line is still
-being written: it is reported as incomplete and left for the next read (`consumed` says
-where the complete records end).
+lines and a blank line that closes it. A header is any non-blank line that does not start
+with a space or tab, and it always begins a record. A trailing record without its blank
+line is still being written: it is reported as incomplete and left for the next read
+(`consumed` says where the complete records end). A record that a header interrupts before
+its blank line was cut short (the writer died in it and went on after a restart): it will
+never be complete, so it is rejected at its line, and the record after it is read as usual.
 
 Time: the header date and text Event-Timestamps are the writing server's local time and are
 not trusted. Arrival is the `Timestamp = <epoch>` line; only a record without one falls
@@ -312,14 +315,19 @@ def parse_detail(data: bytes, zone: dt.tzinfo = dt.UTC) -> DetailFile:
         offset += len(raw)
         line = raw.decode("utf-8", errors="surrogateescape").rstrip("\r\n")
         if line.strip():
-            if header is None:
-                if line[0] in " \t":
-                    out.rejected.append(Rejected(number, "attribute line outside a record"))
-                    out.consumed = offset
+            if line[0] in " \t":
+                if header is not None:
+                    body.append((number, line))
                     continue
-                header = (number, line.strip())
-            else:
-                body.append((number, line))
+                out.rejected.append(Rejected(number, "attribute line outside a record"))
+                out.consumed = offset
+                continue
+            if header is not None:
+                # A header before the blank line: the record it interrupts was cut short.
+                reason = f"no closing blank line before the header at line {number}"
+                out.rejected.append(Rejected(header[0], reason))
+                out.consumed = offset - len(raw)
+            header, body = (number, line.strip()), []
             continue
         if header is not None:
             try:

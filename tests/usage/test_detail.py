@@ -190,6 +190,86 @@ def test_crlf_line_ends_and_extra_blank_lines() -> None:
     assert not parsed.incomplete
 
 
+def unterminated(*lines: str, header: str = HEADER) -> str:
+    """A record cut before its closing blank line (the writer died while writing it)."""
+    return record(*lines, header=header)[:-1]
+
+
+def test_a_header_line_ends_a_record_without_its_blank_line() -> None:
+    first = record("Acct-Status-Type = Start", "Timestamp = 1")
+    cut = unterminated("Acct-Status-Type = Interim-Update", "Acct-Input-Octets = 5")
+    after = record("Acct-Status-Type = Stop", "Acct-Input-Octets = 9", "Timestamp = 2")
+    data = (first + cut + after).encode()
+    parsed = parse_detail(data)
+    # The cut record is rejected at its own line; the one after it is read as usual.
+    (rejected,) = parsed.rejected
+    assert rejected.line == 5
+    assert "no closing blank line" in rejected.reason
+    assert "line 8" in rejected.reason
+    assert [r.status_type for r in parsed.records] == [1, 2]
+    assert parsed.lines == [1, 8]
+    assert parsed.records[1].input_octets == 9
+    assert not parsed.incomplete
+    assert parsed.consumed == len(data)
+
+
+def test_cut_records_in_a_row_and_a_last_one_still_being_written() -> None:
+    cut = unterminated("Acct-Status-Type = Start", "Timestamp = 1")
+    done = record("Acct-Status-Type = Stop", "Timestamp = 3")
+    partial = HEADER + "\n\tAcct-Status-Type = Interim-Update\n"
+    data = (cut + cut + cut + done + cut + partial).encode()
+    parsed = parse_detail(data)
+    assert [(r.line, r.reason.rsplit(" ", 1)[-1]) for r in parsed.rejected] == [
+        (1, "4"),
+        (4, "7"),
+        (7, "10"),
+        (14, "17"),
+    ]
+    assert [r.status_type for r in parsed.records] == [2]
+    assert parsed.lines == [10]
+    # The last record is not complete yet: left for the next read, not rejected.
+    assert parsed.incomplete
+    assert parsed.consumed == len(data) - len(partial.encode())
+    rest = parse_detail((data + b"\tTimestamp = 4\n\n")[parsed.consumed :])
+    assert rest.rejected == []
+    assert [r.status_type for r in rest.records] == [3]
+    assert not rest.incomplete
+
+
+def test_a_cut_record_with_crlf_line_ends() -> None:
+    data = (
+        unterminated("Acct-Status-Type = Start", "Timestamp = 1")
+        + record("Acct-Status-Type = Stop", "Timestamp = 2")
+    ).replace("\n", "\r\n")
+    parsed = parse_detail(data.encode())
+    assert [r.line for r in parsed.rejected] == [1]
+    assert [r.status_type for r in parsed.records] == [2]
+    assert not parsed.incomplete
+    assert parsed.consumed == len(data.encode())
+
+
+def test_only_a_line_at_the_left_margin_is_a_header() -> None:
+    # An indented line that is not an attribute stays in its record and rejects it.
+    parsed = parse_detail(
+        record("Acct-Status-Type = Start", "\tstray continuation", "Timestamp = 1").encode()
+    )
+    assert parsed.records == []
+    (rejected,) = parsed.rejected
+    assert (rejected.line, rejected.reason) == (1, "line 3: expected 'Attribute = value'")
+    # A line at the left margin is a header whatever it says: the record it interrupts is
+    # rejected, and it begins a record of its own, read as any other (its date is needed
+    # only without a Timestamp line, so this one is rejected for its header).
+    data = unterminated("Acct-Status-Type = Start", "Timestamp = 1") + record(
+        "Acct-Status-Type = Stop", header="garbage"
+    )
+    parsed = parse_detail(data.encode())
+    assert parsed.records == []
+    assert [r.line for r in parsed.rejected] == [1, 4]
+    assert "no closing blank line" in parsed.rejected[0].reason
+    assert "not a detail-file date" in parsed.rejected[1].reason
+    assert not parsed.incomplete
+
+
 def session_file() -> str:
     base = 1_709_287_200  # 2024-03-01T10:00:00Z
     common = (
@@ -276,6 +356,56 @@ async def test_replay_of_a_detail_file_counts_each_record_once(
     assert session["terminate_cause"] == 2
     assert session["start_at"] == "2024-03-01T10:00:00Z"
     assert session["stop_at"] == "2024-03-01T10:25:00Z"
+
+
+async def test_replay_reads_on_after_a_record_cut_before_its_blank_line(
+    server: RunningServer, tenant: TenantCtx, tmp_path: Path
+) -> None:
+    base = 1_709_287_200  # 2024-03-01T10:00:00Z
+    common = ('Acct-Session-Id = "E1"', 'User-Name = "erin"', "NAS-IP-Address = 192.0.2.56")
+    data = (
+        record("Acct-Status-Type = Start", *common, f"Timestamp = {base}")
+        # The writer died in this record and appended the next one after a restart.
+        + unterminated(
+            "Acct-Status-Type = Interim-Update",
+            *common,
+            "Acct-Session-Time = 300",
+            "Acct-Input-Octets = 50",
+        )
+        + record(
+            "Acct-Status-Type = Stop",
+            *common,
+            "Acct-Session-Time = 600",
+            "Acct-Input-Octets = 100",
+            "Acct-Output-Octets = 2000",
+            f"Timestamp = {base + 600}",
+        )
+        # Still being written: no closing blank line, left for the next run.
+        + unterminated("Acct-Status-Type = Start", 'Acct-Session-Id = "E2"')
+    )
+    path = tmp_path / "detail-20240301"
+    path.write_text(data)
+    args = ("replay", str(path), "--target", server.target, "--json")
+    code, out, err = await rating(*args, key=tenant.key)
+    assert code == 1, "a rejected record must make the command fail"
+    assert "record at line 8 rejected: no closing blank line before the header at line 15" in err
+    assert "last record has no closing blank line yet" in err
+    assert json.loads(out) == {
+        "records": 3,
+        "accepted": 2,
+        "duplicate": 0,
+        "late": 0,
+        "quarantined": 0,
+        "rejected": 1,
+        "incomplete": 1,
+    }
+    code, out, err = await rating("sessions", "--target", server.target, "--json", key=tenant.key)
+    assert code == 0, err
+    (session,) = json.loads(out)
+    assert session["acct_session_id"] == "E1"
+    assert session["state"] == "closed"
+    assert (session["input_bytes"], session["output_bytes"]) == (100, 2000)
+    assert session["session_time_s"] == 600
 
 
 async def test_replay_of_a_pcap_needs_a_secret(
