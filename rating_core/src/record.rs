@@ -116,7 +116,7 @@ impl Record {
         self.bits & SKEWED != 0
     }
     /// The content key still lacks its time: a Start, or an Interim/Stop with a session
-    /// time, sent without Event-Timestamp is pinned by the start of the instance it
+    /// time, sent without (trusted) Event-Timestamp is pinned by the start of the instance it
     /// belongs to ([`instance_key`]), which only `apply` knows.
     #[must_use]
     pub fn key_by_instance(&self) -> bool {
@@ -125,7 +125,8 @@ impl Record {
                 || (self.session_time().is_some()
                     && matches!(self.status, STATUS_STOP | STATUS_INTERIM)))
     }
-    /// Sent without Event-Timestamp: the event time is arrival − Acct-Delay-Time.
+    /// Sent without Event-Timestamp, or with a skewed one: the event time is arrival −
+    /// Acct-Delay-Time.
     #[must_use]
     pub fn timed_by_arrival(&self) -> bool {
         self.bits & NO_EVENT_TIMESTAMP != 0
@@ -977,16 +978,20 @@ fn prepare_one<'a>(
     // differs between a record's copies (two collectors' clocks, a retransmit's whole-second
     // Acct-Delay-Time), so a Start, or an Interim/Stop with a session time, is pinned by the
     // start of its instance instead (`apply` completes the key: `instance_key`); anything
-    // else by arrival − delay in whole seconds.
-    let by_instance = f.event_ts_us.is_none()
+    // else by arrival − delay in whole seconds. A skewed Event-Timestamp is not the event's
+    // time (a NAS whose clock is stuck, at 1970 after a reboot without a clock source, sends
+    // one value in every record, which would make a second reboot's Accounting-On or a
+    // reused id's Start a copy of the first): such a record is keyed as one without it.
+    let trusted_ts = f.event_ts_us.filter(|_| !skewed);
+    let by_instance = trusted_ts.is_none()
         && (status == STATUS_START
             || (f.session_time.is_some() && matches!(status, STATUS_STOP | STATUS_INTERIM)));
-    let key_time_s = match f.event_ts_us {
+    let key_time_s = match trusted_ts {
         Some(ts) => ts.div_euclid(US),
         None if by_instance => i64::MIN,
         None => base.div_euclid(US),
     };
-    if f.event_ts_us.is_none() {
+    if trusted_ts.is_none() {
         rec.bits |= NO_EVENT_TIMESTAMP;
     }
     rec.status = status;

@@ -163,13 +163,15 @@ class Reference:
         else:
             event = base
             skewed = rec.event_ts_us is not None
-        # Without Event-Timestamp, a Start or an Interim/Stop with a session time is pinned
-        # by the start of its instance (added in `record`), the rest by arrival - delay.
-        by_instance = rec.event_ts_us is None and (
+        # Without (trusted) Event-Timestamp, a Start or an Interim/Stop with a session time
+        # is pinned by the start of its instance (added in `record`), the rest by arrival -
+        # delay. A skewed Event-Timestamp is not the event's time: keyed as if absent.
+        trusted = None if skewed else rec.event_ts_us
+        by_instance = trusted is None and (
             rec.status == START or (rec.session_time is not None and rec.status in (STOP, INTERIM))
         )
-        if rec.event_ts_us is not None:
-            key_time: int | None = rec.event_ts_us // US
+        if trusted is not None:
+            key_time: int | None = trusted // US
         elif by_instance:
             key_time = None
         else:
@@ -182,7 +184,7 @@ class Reference:
             rec.framed_ip, inp, out,
             rec.input_gigawords is not None, rec.output_gigawords is not None,
             rec.session_time, event, skewed, rec.terminate_cause, key, by_instance,
-            rec.event_ts_us is None,
+            trusted is None,
         )  # fmt: skip
 
     # -- one record -------------------------------------------------------------------

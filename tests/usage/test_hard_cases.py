@@ -1137,3 +1137,50 @@ async def test_ipv4_peer_of_a_dual_stack_collector_is_the_same_source_and_nas(
     # A client registered under the mapped form is the IPv4 one.
     client = await usage.register_nas(f"::ffff:{SOURCE}", "other")
     assert client.source_address == SOURCE
+
+
+CLOSED = pb.SESSION_STATE_CLOSED
+
+
+def stuck_clock(rec: Rec) -> Rec:
+    """The record from a NAS whose clock stands at 1970-01-01T00:00:30Z (rebooted without
+    a clock source): every Event-Timestamp it sends is that one."""
+    return rec.but(skew_s=30 - rec.event_at.timestamp())
+
+
+async def test_second_reboot_of_a_nas_with_a_stuck_clock_closes_what_started_since_the_first(
+    usage: Usage, form: str
+) -> None:
+    """A skewed Event-Timestamp is not the event's time: the two Accounting-Ons, hours
+    apart, are two reboots, not one record twice."""
+    recs = [
+        Rec(START, sid="a", t=0), Rec(ON, sid="", t=1000, user=""),
+        Rec(START, sid="b", t=2000), Rec(ON, sid="", t=9000, user=""),
+    ]  # fmt: skip
+    acks = await usage.send_each(form, *map(stuck_clock, recs))
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    by_sid = {s.acct_session_id: s for s in await usage.sessions()}
+    assert {sid: s.state for sid, s in by_sid.items()} == {"a": CLOSED, "b": CLOSED}
+    assert "nas_reboot_closed" in by_sid["b"].flags and "clock_skew" in by_sid["b"].flags
+    # A copy of the second On (another collector, 1.5 s later) is still that On.
+    (again,) = await usage.send_each(form, stuck_clock(recs[3].but(arrival_extra_s=1.5)))
+    assert counts(again) == (0, 1, 0, 0)
+
+
+async def test_reused_session_id_of_a_nas_with_a_stuck_clock_starts_a_new_generation(
+    usage: Usage, form: str
+) -> None:
+    recs = [
+        Rec(START, t=0), Rec(STOP, t=600, session_time=600, inp=10, out=20, cause=1),
+        Rec(START, t=5000), Rec(INTERIM, t=5600, session_time=600, inp=30, out=40),
+    ]  # fmt: skip
+    acks = await usage.send_each(form, *map(stuck_clock, recs))
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    first, second = sorted(await usage.sessions(), key=lambda s: s.generation)
+    assert (first.generation, first.input_bytes, first.state) == (1, 10, CLOSED)
+    assert (second.generation, second.input_bytes, second.state) == (2, 30, pb.SESSION_STATE_OPEN)
+    assert "lost_start" not in second.flags
+    # Retransmits (a new Acct-Delay-Time each) stay copies of their records.
+    retransmits = [stuck_clock(r.but(delay=4)) for r in recs]
+    ack = await usage.send(form, *retransmits)
+    assert counts(ack) == (0, 4, 0, 0)
