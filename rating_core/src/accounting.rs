@@ -29,6 +29,8 @@ pub const STOP_REGRESSION: u32 = 8;
 pub const STALE_CLOSED: u32 = 16;
 pub const LATE_STOP: u32 = 32;
 pub const NAS_REBOOT_CLOSED: u32 = 64;
+/// Accounting-On/Offs remembered per NAS (repeats, and sessions that started before one).
+pub const ONOFF_MEMORY: usize = 8;
 pub const CLOCK_SKEW: u32 = 128;
 pub const INTERIM_AFTER_STOP: u32 = 256;
 pub const GENERATION_FROM_START_GAP: u32 = 512;
@@ -1132,6 +1134,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Gives the engine the NAS's latest accepted Accounting-On/Offs from the ledger
+    /// (content key, status type, event time; oldest first), after [`Engine::load_sessions`]:
+    /// a record of a session that started before one of them, applied later, finds its
+    /// session already over (see `apply`), as on the engine that applied the On/Off. Only the
+    /// last [`ONOFF_MEMORY`] are kept. Whether each was timed by its arrival is not stored:
+    /// a copy of one, timed by its own arrival in another second, is not recognised.
+    pub fn recall_onoffs(&mut self, nas_key: &str, onoffs: &[([u8; 16], u8, i64)]) {
+        let id = self.intern_nas(nas_key);
+        let recent = &mut self.nas[id as usize].last_onoff;
+        recent.clear();
+        let skip = onoffs.len().saturating_sub(ONOFF_MEMORY);
+        recent.extend(onoffs[skip..].iter().map(|&(k, s, e)| (k, s, e, false)));
+    }
+
     /// The engine's id of each batch NAS it may have forgotten instances of; `None` when
     /// there is none (the common case: nothing to recall).
     fn incomplete_nas(&self, p: &Prepared) -> Option<Vec<Option<u32>>> {
@@ -1555,7 +1571,7 @@ impl Engine {
                 .push((i as i64, NONE, CLOCK_SKEW, skew_detail(r)));
         }
         let recent = &mut self.nas[nas as usize].last_onoff;
-        if recent.len() >= 8 {
+        if recent.len() >= ONOFF_MEMORY {
             recent.remove(0);
         }
         recent.push((r.key, r.status, r.event_us, r.timed_by_arrival()));
@@ -1743,6 +1759,7 @@ impl Engine {
                     }
                 }
                 let o = self.update(i, slot, r, key, policy, p, t);
+                self.close_if_rebooted(i, slot, t);
                 (o, slot)
             }
             Target::Existing(slot) => {
@@ -1775,6 +1792,29 @@ impl Engine {
                     _ => (OUTCOME_LATE, slot),
                 }
             }
+        }
+    }
+
+    /// A new instance that started before an Accounting-On/Off the engine applied earlier
+    /// (its record arrived after the reboot's) was over by then: closed as that On/Off
+    /// would have closed it, so the outcome does not depend on which arrived first.
+    fn close_if_rebooted(&mut self, i: usize, slot: u32, t: &mut Touched) {
+        let s = &self.sessions[slot as usize];
+        let rebooted = s.state == STATE_OPEN
+            && self.nas[s.nas as usize]
+                .last_onoff
+                .iter()
+                .any(|&(_, _, event_us, _)| s.start_us < event_us);
+        if rebooted {
+            self.close_no_stop(slot, NAS_REBOOT_CLOSED);
+            self.row_of(t, slot);
+            t.anomalies.push((
+                i as i64,
+                slot,
+                NAS_REBOOT_CLOSED,
+                "started before an Accounting-On/Off applied earlier; closed at its last update"
+                    .into(),
+            ));
         }
     }
 

@@ -106,6 +106,17 @@ class LedgerEntry(TenantScoped, Base):
     __tablename__ = "usage_ledger"
     __table_args__ = (
         Index("ix_usage_ledger_replay", "tenant_id", "nas_key", "nas_seq", "entry_index"),
+        # A NAS's Accounting-On/Offs, which a loading engine recalls (migration 0010); few
+        # rows, so the index costs the per-record inserts nothing.
+        Index(
+            "ix_usage_ledger_onoff",
+            "tenant_id",
+            "nas_key",
+            "nas_seq",
+            "entry_index",
+            postgresql_where=text("status_type IN (7, 8)"),
+            sqlite_where=text("status_type IN (7, 8)"),
+        ),
     )
 
     content_key: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)

@@ -460,6 +460,23 @@ def session_arrays(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
     }
 
 
+async def recent_onoffs(
+    session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, limit: int
+) -> list[tuple[bytes, int, int]]:
+    """The NAS's last `limit` accepted Accounting-On/Offs in the order they were applied,
+    oldest first: (content key, status type, event time µs), for Engine.recall_onoffs."""
+    pg = _pg(session)
+    rows = await session.execute(
+        text(
+            f"SELECT content_key, status_type, {us_sql(pg, 'event_at')} FROM usage_ledger"
+            " WHERE tenant_id = :t AND nas_key = :k AND status_type IN (7, 8) AND status = 1"
+            " ORDER BY nas_seq DESC, entry_index DESC LIMIT :n"
+        ),
+        {"t": tenant_param(session, tenant_id), "k": nas_key, "n": limit},
+    )
+    return [(bytes(key), int(status), int(event)) for key, status, event in reversed(rows.all())]
+
+
 async def live_session_rows(
     session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, retain_closed_s: int
 ) -> tuple[list[Sequence[Any]], int | None]:

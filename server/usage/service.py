@@ -300,6 +300,9 @@ class UsageService:
             te.engine.load_sessions(
                 key, state.seq, cols, complete=omitted is None, omitted_start_max_us=omitted
             )
+            te.engine.recall_onoffs(
+                key, await repo.recent_onoffs(session, tenant_id, key, core.ONOFF_MEMORY)
+            )
             te.known.add(key)
 
     def _forget(self, te: TenantEngine, keys: Sequence[str]) -> None:

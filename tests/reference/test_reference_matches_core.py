@@ -436,6 +436,8 @@ def test_reloading_from_the_database_changes_nothing_when_every_batch_starts_fre
     seqs: dict[str, int] = {}
     ledger_a: set[bytes] = set()
     ledger_b: set[bytes] = set()
+    # The replica's ledger of accepted Accounting-On/Offs per NAS, oldest first.
+    onoffs: dict[str, list[tuple[bytes, int, int]]] = {}
     for lo, hi in itertools.pairwise(bounds):
         data = batch([decoded_entry(r) for r in recs[lo:hi]])
         for e, ledger, rows, fresh in (
@@ -447,6 +449,7 @@ def test_reloading_from_the_database_changes_nothing_when_every_batch_starts_fre
                 prepared = e.prepare(data, T0)
                 for nas in prepared.nas_keys:
                     _load_window(e, nas, seqs.get(nas, 0), db, window)
+                    e.recall_onoffs(nas, onoffs.get(nas, []))
                 _recall(e, prepared, db)
             else:
                 assert e is not None
@@ -459,4 +462,12 @@ def test_reloading_from_the_database_changes_nothing_when_every_batch_starts_fre
             rows.update(_rows(result, rows))
             if fresh:
                 seqs.update(zip(result.nas_keys, result.nas_seq.tolist(), strict=True))
+                for i in range(len(prepared)):
+                    accepted = int(result.outcome[i]) == rc.OUTCOME_ACCEPTED
+                    if accepted and int(result.status_type[i]) in (7, 8):
+                        nas = result.nas_keys[int(result.nas_index[i])]
+                        onoffs.setdefault(nas, []).append((
+                            result.content_key[i].tobytes(), int(result.status_type[i]),
+                            int(result.event_us[i]),
+                        ))  # fmt: skip
     assert db == steady_rows

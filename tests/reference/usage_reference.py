@@ -131,6 +131,8 @@ class Reference:
     ledger: set[tuple[object, ...]] = field(default_factory=set)
     buckets: dict[tuple[str, str, int, int], list[int]] = field(default_factory=dict)
     onoff_by_arrival: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # Event times of every accepted Accounting-On/Off, per NAS.
+    reboots: dict[str, list[int]] = field(default_factory=dict)
 
     def policy(self, nas: str) -> Policy:
         return self.policies.get(nas, self.default_policy)
@@ -204,6 +206,7 @@ class Reference:
         if routed is None:
             if n.by_arrival:
                 self.onoff_by_arrival.setdefault(n.nas, []).append((n.status, n.event_us))
+            self.reboots.setdefault(n.nas, []).append(n.event_us)
             for chain in self.chains.values():
                 for s in chain:
                     if s.nas == n.nas and s.state == OPEN and s.start_us < n.event_us:
@@ -316,7 +319,12 @@ class Reference:
         )  # fmt: skip
         s.flags = (LOST_START if lost_start else 0) | (GENERATION_FROM_START_GAP if gap else 0)
         chain.append(s)
-        return self.update(n, s)
+        outcome = self.update(n, s)
+        # Found after a reboot it had started before: that On/Off ended it (whichever came
+        # first, the outcome is the same).
+        if s.state == OPEN and any(s.start_us < e for e in self.reboots.get(n.nas, [])):
+            self.close_without_stop(s, NAS_REBOOT_CLOSED)
+        return outcome
 
     def existing(self, n: Norm, s: Session) -> str:
         if s.state == OPEN or (s.state == STOPPED and n.status == STOP):

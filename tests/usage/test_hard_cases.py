@@ -1185,3 +1185,40 @@ async def test_reused_session_id_of_a_nas_with_a_stuck_clock_starts_a_new_genera
     retransmits = [stuck_clock(r.but(delay=4)) for r in recs]
     ack = await usage.send(form, *retransmits)
     assert counts(ack) == (0, 4, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        Rec(START, sid="z", t=500, delay=600),
+        Rec(INTERIM, sid="z", t=900, session_time=400, inp=70, out=80, delay=300),
+    ],
+    ids=["start", "lost-start-interim"],
+)
+async def test_session_begun_before_a_reboot_is_closed_whether_its_record_or_the_on_comes_first(
+    usage: Usage, form: str, late: Rec
+) -> None:
+    """Accounting-On closes every session that started before it: also one whose first
+    record the collector delivers only after the On (its Acct-Delay-Time says so)."""
+    on = Rec(ON, sid="", user="", t=1000)
+    racing = Rec(START, sid="y", t=1001)  # raced ahead of nothing: began after the reboot
+    await usage.send_each(form, on, late, racing)
+    by_sid = {s.acct_session_id: s for s in await usage.sessions()}
+    assert by_sid["y"].state == pb.SESSION_STATE_OPEN
+    z = by_sid["z"]
+    assert z.state == CLOSED
+    assert "nas_reboot_closed" in z.flags
+    assert utc(z.stop_at) == late.event_at  # at its last update, as the On would have
+    assert (z.input_bytes, z.output_bytes) == (late.inp or 0, late.out or 0)
+
+
+async def test_session_begun_before_a_reboot_is_closed_when_a_replica_loads_the_nas(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    """The replica that applies the late record did not apply the On: it recalls the
+    NAS's Accounting-On/Offs from the ledger when it loads the NAS."""
+    await usage.send(form, Rec(ON, sid="", user="", t=1000))
+    ack = await replica.send(form, Rec(START, sid="z", t=500, delay=600))
+    assert counts(ack) == (1, 0, 0, 0)
+    (z,) = await replica.sessions()
+    assert (z.state, list(z.flags)) == (CLOSED, ["nas_reboot_closed"])

@@ -1,6 +1,7 @@
 """Typed public face of the Rust rating core (the compiled module is private)."""
 
 from rating_core._native import (
+    ONOFF_MEMORY,
     OUTCOME_ACCEPTED,
     OUTCOME_DUPLICATE,
     OUTCOME_LATE,
@@ -22,6 +23,7 @@ from rating_core._native import (
 )
 
 __all__ = [
+    "ONOFF_MEMORY",
     "OUTCOME_ACCEPTED",
     "OUTCOME_DUPLICATE",
     "OUTCOME_LATE",

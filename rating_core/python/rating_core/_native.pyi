@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ONOFF_MEMORY",
     "OUTCOME_ACCEPTED",
     "OUTCOME_DUPLICATE",
     "OUTCOME_LATE",
@@ -39,6 +40,8 @@ OUTCOME_ACCEPTED: int  # 1
 OUTCOME_DUPLICATE: int  # 2
 OUTCOME_LATE: int  # 3
 OUTCOME_QUARANTINED: int  # 4
+# Accounting-On/Offs an engine remembers per NAS (Engine.recall_onoffs).
+ONOFF_MEMORY: int  # 8
 
 def flag_names(flags: int) -> list[str]:
     """Names of the session flag bits set in `flags` (lost_start, counter_reset, ...)."""
@@ -197,6 +200,11 @@ class Engine:
         `omitted_start_max_us` is the latest start of a stored instance left out (None:
         unknown), which bounds what unmatched_sessions asks for.
         """
+
+    def recall_onoffs(self, nas_key: str, onoffs: list[tuple[bytes, int, int]]) -> None:
+        """After load_sessions: the NAS's latest accepted Accounting-On/Offs from the ledger,
+        oldest first, as (content key, status type, event time µs); the last 8 are kept. A
+        session found later that started before one of them is closed by it."""
 
     def unknown_sessions(self, prepared: PreparedBatch) -> list[tuple[str, str]]:
         """(nas_key, acct_session_id) of the batch's session records the engine holds no

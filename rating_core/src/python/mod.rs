@@ -695,6 +695,23 @@ impl PyEngine {
             .load_sessions(nas_key, seq, &sessions.get().inner, omitted)?)
     }
 
+    /// The NAS's latest accepted Accounting-On/Offs, oldest first: `(content key (16
+    /// bytes), status type, event time µs)`.
+    fn recall_onoffs(&self, nas_key: &str, onoffs: Vec<(Vec<u8>, u8, i64)>) -> PyResult<()> {
+        let mut rows = Vec::with_capacity(onoffs.len());
+        for (key, status, event_us) in onoffs {
+            let key: [u8; 16] = key.as_slice().try_into().map_err(|_| {
+                PyValueError::new_err(format!(
+                    "onoffs: a content key has 16 bytes, not {}",
+                    key.len()
+                ))
+            })?;
+            rows.push((key, status, event_us));
+        }
+        self.lock()?.recall_onoffs(nas_key, &rows);
+        Ok(())
+    }
+
     /// `(nas_key, acct_session_id)` pairs of the batch the engine may have forgotten.
     fn unknown_sessions(
         &self,
@@ -774,6 +791,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OUTCOME_DUPLICATE", accounting::OUTCOME_DUPLICATE)?;
     m.add("OUTCOME_LATE", accounting::OUTCOME_LATE)?;
     m.add("OUTCOME_QUARANTINED", accounting::OUTCOME_QUARANTINED)?;
+    m.add("ONOFF_MEMORY", accounting::ONOFF_MEMORY)?;
     m.add_function(wrap_pyfunction!(parse_units, m)?)?;
     m.add_function(wrap_pyfunction!(format_units, m)?)?;
     m.add_function(wrap_pyfunction!(flag_names, m)?)?;
