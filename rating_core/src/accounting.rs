@@ -946,7 +946,8 @@ impl Engine {
                 && (s.state == STATE_OPEN
                     || end_unknown(s)
                     || implied <= s.stop_us
-                    || distance <= START_SLACK_US.unsigned_abs())
+                    || distance <= START_SLACK_US.unsigned_abs()
+                    || self.began_before_its_reboot(s, implied))
                 && best.is_none_or(|(d, _)| distance < d)
             {
                 best = Some((distance, slot));
@@ -954,6 +955,21 @@ impl Engine {
             slot = s.prev;
         }
         best.map(|(_, slot)| slot)
+    }
+
+    /// An instance closed by an Accounting-On/Off ended by that reboot, the first the
+    /// engine remembers after its start: a record implying a start before it is its own
+    /// (a NAS may count session time from a few seconds after its Start).
+    fn began_before_its_reboot(&self, s: &Session, implied: i64) -> bool {
+        s.state == STATE_CLOSED_NO_STOP
+            && u32::from(s.flags) & NAS_REBOOT_CLOSED != 0
+            && self.nas[s.nas as usize]
+                .last_onoff
+                .iter()
+                .map(|&(_, _, event_us, _)| event_us)
+                .filter(|&e| e > s.start_us)
+                .min()
+                .is_some_and(|reboot| implied < reboot)
     }
 
     /// Rewrites the text buffer without freed text once it is mostly garbage.

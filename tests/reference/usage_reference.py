@@ -267,6 +267,10 @@ class Reference:
                 and s.flags & (STALE_CLOSED | NAS_REBOOT_CLOSED) == STALE_CLOSED
             )
             ended_before = s.state != OPEN and not end_unknown and implied > s.stop_us
+            # Closed by a reboot, it ended by the first On/Off after its start.
+            reboot = min((e for e in self.reboots.get(n.nas, []) if e > s.start_us), default=None)
+            if s.state == CLOSED_NO_STOP and s.flags & NAS_REBOOT_CLOSED and reboot is not None:
+                ended_before = ended_before and implied >= reboot
             return distance <= gap and (not ended_before or distance <= START_SLACK_US)
 
         def owner() -> Session | None:

@@ -967,8 +967,9 @@ LATE_STOP = Rec(STOP, t=300, session_time=299, inp=50_000, out=900_000, cause=1)
         ("reused_id", 299),
         # The NAS counted session time from 40 s after its Start (300 - 260), within its
         # tolerance. Closed as stale, the session may have gone on, so its Stop is still
-        # its own; a NAS reboot, by contrast, ended it by the reboot.
+        # its own; closed by a reboot, it ended by then, and a start before it is its own.
         ("sweep", 260),
+        ("accounting_on", 260),
         ("reused_id", 260),
     ],
 )
@@ -1222,3 +1223,19 @@ async def test_session_begun_before_a_reboot_is_closed_when_a_replica_loads_the_
     assert counts(ack) == (1, 0, 0, 0)
     (z,) = await replica.sessions()
     assert (z.state, list(z.flags)) == (CLOSED, ["nas_reboot_closed"])
+
+
+async def test_stop_implying_a_start_after_the_reboot_is_a_new_session_of_the_reused_id(
+    usage: Usage, form: str
+) -> None:
+    """Closed by the On at 100, the session ended then: a Stop of the id implying a start
+    after the reboot (its Start lost) is another session, though its implied start (150)
+    is within the NAS's tolerance (300 s) of the first's."""
+    await usage.send(form, Rec(START, t=0, session_time=0))
+    await usage.send(form, Rec(ON, sid="", t=100, user=""))
+    ack = await usage.send(form, LATE_STOP.but(t=400, session_time=250, delay=10))
+    assert counts(ack) == (1, 0, 0, 0)
+    first, second = sorted(await usage.sessions(), key=lambda s: s.generation)
+    assert (first.input_bytes, "nas_reboot_closed" in first.flags) == (0, True)
+    assert (second.input_bytes, utc(second.start_at)) == (50_000, at(150))
+    assert "lost_start" in second.flags
