@@ -333,11 +333,14 @@ impl StrColumn {
         self.data.push_str(v);
         self.ends.push(self.data.len());
     }
-    /// Appends bytes as text (invalid UTF-8 replaced).
+    /// Appends bytes as text: invalid UTF-8 and NUL (which the database's text refuses)
+    /// replaced by U+FFFD, as the session id is in `prepare`.
     pub fn push_bytes(&mut self, v: &[u8]) {
-        match std::str::from_utf8(v) {
-            Ok(t) => self.push(t),
-            Err(_) => self.push(&String::from_utf8_lossy(v)),
+        let text = String::from_utf8_lossy(v);
+        if text.contains('\0') {
+            self.push(&text.replace('\0', "\u{FFFD}"));
+        } else {
+            self.push(&text);
         }
     }
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
@@ -367,13 +370,18 @@ impl TextBuilder {
         self.ends.push(self.data.len());
     }
 
-    /// The column; a row that is not UTF-8 on its own gets its invalid bytes replaced,
-    /// exactly as [`StrColumn::push_bytes`] would (valid rows always concatenate to valid
-    /// text, but invalid rows may too, so row boundaries are checked as well).
+    /// The column; a row that is not UTF-8 on its own, or holds NUL, gets those bytes
+    /// replaced, exactly as [`StrColumn::push_bytes`] would (valid rows always concatenate
+    /// to valid text, but invalid rows may too, so row boundaries are checked as well).
     fn finish(self) -> StrColumn {
         let ends = self.ends;
         match String::from_utf8(self.data) {
-            Ok(data) if ends.iter().all(|&e| data.is_char_boundary(e)) => StrColumn { data, ends },
+            Ok(data)
+                if memchr::memchr(0, data.as_bytes()).is_none()
+                    && ends.iter().all(|&e| data.is_char_boundary(e)) =>
+            {
+                StrColumn { data, ends }
+            }
             Ok(data) => Self::per_row(data.as_bytes(), &ends),
             Err(e) => Self::per_row(e.as_bytes(), &ends),
         }

@@ -501,22 +501,31 @@ fn storable_text(b: &[u8]) -> String {
     }
 }
 
-/// [`span_in`] for an identity text; one holding NUL gets a storable copy in the arena
-/// (invalid UTF-8 is replaced when the output column is built).
-#[inline]
-fn text_span(batch: &[u8], arena: &mut Vec<u8>, b: &[u8]) -> Span {
-    if b.contains(&0) {
-        let mut clean = Vec::with_capacity(b.len() + 8);
-        for &c in b {
-            if c == 0 {
-                clean.extend_from_slice("\u{FFFD}".as_bytes());
-            } else {
-                clean.push(c);
-            }
+/// Whether `b` holds a NUL octet, a word at a time (these texts are a few words long; the
+/// byte-wise search cost more than the rest of the record's text handling).
+#[allow(clippy::inline_always)] // Once per record, for the session id.
+#[inline(always)]
+fn has_nul(b: &[u8]) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let Some(last) = b.len().checked_sub(8) else {
+        return b.contains(&0);
+    };
+    // Whole words, the last one overlapping its predecessor.
+    let mut at = 0;
+    loop {
+        let start = at.min(last);
+        let word = b
+            .get(start..start + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes);
+        if word.wrapping_sub(LOW) & !word & HIGH != 0 {
+            return true;
         }
-        push(arena, &clean)
-    } else {
-        span_in(batch, arena, b)
+        if start == last {
+            return false;
+        }
+        at += 8;
     }
 }
 
@@ -932,7 +941,7 @@ fn prepare_one<'a>(
     // A NUL octet (legal in a RADIUS string; PostgreSQL's text cannot hold it) is stored as
     // U+FFFD likewise, in every text field.
     let lossy_sid = if (f.sid_utf8 || f.sid.is_ascii() || std::str::from_utf8(f.sid).is_ok())
-        && !f.sid.contains(&0)
+        && !has_nul(f.sid)
     {
         None
     } else {
@@ -997,8 +1006,9 @@ fn prepare_one<'a>(
     rec.status = status;
     rec.nas = n;
     rec.sid = span_in(batch, arena, sid_text); // text outside the batch goes to the arena
-    rec.user = text_span(batch, arena, f.user);
-    rec.calling = text_span(batch, arena, f.calling);
+                                               // (A NUL in these is replaced when the output columns are built: `TextBuilder`.)
+    rec.user = span_in(batch, arena, f.user);
+    rec.calling = span_in(batch, arena, f.calling);
     rec.framed = match f.framed {
         FramedIp::Text(t) => span_in(batch, arena, t),
         FramedIp::V4(ip) => push(arena, ip.to_string().as_bytes()),
@@ -1035,6 +1045,20 @@ fn prepare_one<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn has_nul_finds_a_nul_at_every_position_and_only_a_nul() {
+        for len in 0..=24 {
+            // Bytes that are not NUL but trip naive word tricks (0x80, 0x01, 0xFF).
+            let base: Vec<u8> = (0..len).map(|i| [0x80, 0x01, 0xFF, b'a'][i % 4]).collect();
+            assert!(!has_nul(&base), "len {len}");
+            for at in 0..len {
+                let mut b = base.clone();
+                b[at] = 0;
+                assert!(has_nul(&b), "len {len}, NUL at {at}");
+            }
+        }
+    }
 
     /// The canonical text a decoded prefix field is stored as, or the quarantine reason.
     fn stored(text: &str) -> Result<String, String> {
