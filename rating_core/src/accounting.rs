@@ -1874,14 +1874,19 @@ impl Engine {
         let (total_in, total_out) = self.totals(slot);
         let s = &mut self.sessions[slot as usize];
         let t_up = r.session_time().is_some_and(|st| st > s.session_time);
-        let (input, output, in_gw, out_gw) = if policy.swap_direction {
-            (r.output(), r.input(), r.output_gw(), r.input_gw())
-        } else {
-            (r.input(), r.output(), r.input_gw(), r.output_gw())
-        };
+        // The marks follow the NAS's own counters (Acct-Input/Output as sent); the policy's
+        // swap applies to the deltas, so a swap turned on or off mid-session changes the
+        // direction of later usage and counts nothing twice.
         let is_stop = r.status == STATUS_STOP;
-        let (din, hin, fin) = delta(s.hwm_in, input, in_gw, t_up, is_stop, policy.infer_wrap);
-        let (dout, hout, fout) = delta(s.hwm_out, output, out_gw, t_up, is_stop, policy.infer_wrap);
+        let wrap = policy.infer_wrap;
+        let (d_nas_in, hin, fin) = delta(s.hwm_in, r.input(), r.input_gw(), t_up, is_stop, wrap);
+        let (d_nas_out, hout, fout) =
+            delta(s.hwm_out, r.output(), r.output_gw(), t_up, is_stop, wrap);
+        let (din, dout) = if policy.swap_direction {
+            (d_nas_out, d_nas_in)
+        } else {
+            (d_nas_in, d_nas_out)
+        };
         let dsecs = match r.session_time() {
             Some(st) if t_up => u64::from(st - s.session_time),
             _ => 0,

@@ -345,15 +345,16 @@ class Reference:
             return "late"
         time_up = n.session_time is not None and n.session_time > s.session_time
         policy = self.policy(n.nas)
-        if policy.swap_direction:
-            inp, out, in_gw, out_gw = n.output, n.input, n.output_gw, n.input_gw
-        else:
-            inp, out, in_gw, out_gw = n.input, n.output, n.input_gw, n.output_gw
         stop = n.status == STOP
-        d_in, s.hwm_in, f_in = direction(s.hwm_in, inp, in_gw, time_up, stop, policy.infer_wrap)
-        d_out, s.hwm_out, f_out = direction(
-            s.hwm_out, out, out_gw, time_up, stop, policy.infer_wrap
+        # Marks follow the NAS's counters as sent; the swap applies to the deltas.
+        d_in, s.hwm_in, f_in = direction(
+            s.hwm_in, n.input, n.input_gw, time_up, stop, policy.infer_wrap
         )
+        d_out, s.hwm_out, f_out = direction(
+            s.hwm_out, n.output, n.output_gw, time_up, stop, policy.infer_wrap
+        )
+        if policy.swap_direction:
+            d_in, d_out = d_out, d_in
         d_secs = n.session_time - s.session_time if time_up and n.session_time is not None else 0
         s.input_bytes += d_in
         s.output_bytes += d_out

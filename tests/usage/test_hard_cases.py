@@ -1239,3 +1239,25 @@ async def test_stop_implying_a_start_after_the_reboot_is_a_new_session_of_the_re
     assert (first.input_bytes, "nas_reboot_closed" in first.flags) == (0, True)
     assert (second.input_bytes, utc(second.start_at)) == (50_000, at(150))
     assert "lost_start" in second.flags
+
+
+async def test_swap_turned_on_and_off_mid_session_moves_later_usage_and_counts_none_twice(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    """The policy in force when a record is applied decides its deltas' directions; the
+    marks are the NAS's own counters, so a change resets nothing (the last record is
+    applied by a replica that loads the session's stored marks)."""
+    await usage.send_each(
+        form, Rec(START, t=0), Rec(INTERIM, t=600, session_time=600, inp=100, out=1000)
+    )
+    await usage.register_nas(nas_key="nas-1", swap_direction=True)
+    await usage.send(form, Rec(INTERIM, t=1200, session_time=1200, inp=200, out=2000))
+    session = await usage.session()
+    # 100 up / 1000 down before the swap; the NAS's next 100 in / 1000 out swapped.
+    assert (session.input_bytes, session.output_bytes) == (1100, 1100)
+    await usage.register_nas(nas_key="nas-1", swap_direction=False)
+    await replica.send(form, Rec(INTERIM, t=1800, session_time=1800, inp=250, out=2500))
+    session = await replica.session()
+    assert (session.input_bytes, session.output_bytes) == (1150, 1600)
+    assert "counter_reset" not in session.flags
+    assert await usage.unattributed_bytes() == (1150, 1600)  # the buckets agree

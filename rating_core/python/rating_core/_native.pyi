@@ -131,9 +131,10 @@ class SessionColumns:
     stop_us: npt.NDArray[np.int64]  # -1 while open
     last_update_us: npt.NDArray[np.int64]  # event time of the last applied update
     session_time_s: npt.NDArray[np.uint32]
-    input_bytes: npt.NDArray[np.uint64]  # usage so far (resets included)
-    output_bytes: npt.NDArray[np.uint64]
-    hwm_input: npt.NDArray[np.uint64]  # current high-water marks
+    input_bytes: npt.NDArray[np.uint64]  # usage so far (resets included), upload
+    output_bytes: npt.NDArray[np.uint64]  # download (after the NAS's swap policy)
+    # High-water marks of the NAS's Acct-Input/Output counters as sent (before any swap).
+    hwm_input: npt.NDArray[np.uint64]
     hwm_output: npt.NDArray[np.uint64]
     last_key: npt.NDArray[np.void]  # 16-byte content key of the last applied record
     flags: npt.NDArray[np.uint32]
