@@ -61,8 +61,10 @@ async def _rebuild_tenant(
         for row in (
             await session.execute(
                 text(
+                    # Code-point order, as every NAS lock is taken (repository.lock_nas;
+                    # SQLite's own order is the bytes').
                     "SELECT nas_key FROM usage_nas WHERE tenant_id = :t ORDER BY nas_key"
-                    + (" FOR UPDATE" if pg else "")
+                    + (' COLLATE "C" FOR UPDATE' if pg else "")
                 ),
                 {"t": tenant},
             )

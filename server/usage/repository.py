@@ -214,7 +214,9 @@ async def lock_nas(
     session: AsyncSession, tenant_id: uuid.UUID, nas_keys: Sequence[str]
 ) -> dict[str, NasState]:
     """Creates missing NAS rows and locks them all, in key order (no deadlock between
-    replicas); on SQLite the write itself takes the database's single writer lock."""
+    replicas); on SQLite the write itself takes the database's single writer lock. Key
+    order is code-point order (`COLLATE "C"`, Python's own), so groups that Python splits
+    from sorted keys lock in one global order whatever the database's collation."""
     if not nas_keys:
         return {}
     keys = sorted(nas_keys)
@@ -227,7 +229,7 @@ async def lock_nas(
             text(
                 f"INSERT INTO usage_nas (tenant_id, nas_key, seq, {columns}, updated_at)"
                 f" SELECT :t, k, 0, {defaults}, now() FROM unnest(CAST(:keys AS TEXT[])) AS k"
-                " ORDER BY k ON CONFLICT DO NOTHING"
+                ' ORDER BY k COLLATE "C" ON CONFLICT DO NOTHING'
             ),
             {"t": tenant, "keys": keys},
         )
@@ -238,7 +240,7 @@ async def lock_nas(
         rows = await session.execute(
             text(
                 f"SELECT nas_key, seq, {columns} FROM usage_nas WHERE tenant_id = :t"
-                " AND nas_key = ANY(CAST(:keys AS TEXT[])) ORDER BY nas_key FOR UPDATE"
+                ' AND nas_key = ANY(CAST(:keys AS TEXT[])) ORDER BY nas_key COLLATE "C" FOR UPDATE'
             ),
             {"t": tenant, "keys": keys},
         )

@@ -4,7 +4,8 @@ One engine per tenant holds the live sessions. A batch is prepared (decoded) out
 lock, then applied under the tenant's asyncio.Lock and, across replicas, under row locks of
 the NAS rows it touches; its writes commit before the ack. A large batch on PostgreSQL is
 written by one transaction per group of its NAS keys, at once, each holding the locks of
-its NASes only, and each commits on its own; the ack waits for all. Any failure makes the
+its NASes only (taken group after group, in key order), and each commits on its own; the
+ack waits for all. Any failure makes the
 engine forget the batch's NASes, so the next batch reloads the truth.
 """
 
@@ -324,8 +325,14 @@ class UsageService:
             or priority.interactive_within(INTERACTIVE_QUIET_S)
         ):
             return [keys]
-        # Keys arrive sorted; dealing them out keeps the groups' sizes within one NAS.
-        return [keys[g::shards] for g in range(shards)]
+        # Keys arrive sorted. Each group is a run of consecutive keys, and the groups take
+        # their locks one after another (ingest), so a batch locks its NASes in key order
+        # like a sweep or a rebuild does. Groups dealt out round-robin ([a, c], [b, d]),
+        # locked at once, let two replicas wait on each other through a group that holds
+        # its rows while the batch waits in Python for its sibling: a cycle PostgreSQL's
+        # deadlock detector cannot see, and both replicas hung.
+        size = -(-len(keys) // shards)
+        return [keys[g : g + size] for g in range(0, len(keys), size)]
 
     async def ingest(
         self, tenant_id: uuid.UUID, batch: bytes, received_us: int | None = None
@@ -351,10 +358,11 @@ class UsageService:
                     async with contextlib.AsyncExitStack() as stack:
                         # Sessions, not transaction blocks: each group commits on its own.
                         txs = [await stack.enter_async_context(self.db.sessions()) for _ in groups]
-                        states = await _all(
-                            repo.lock_nas(tx, tenant_id, group)
+                        # In key order across the groups: see _groups.
+                        states = [
+                            await repo.lock_nas(tx, tenant_id, group)
                             for tx, group in zip(txs, groups, strict=True)
-                        )
+                        ]
                         for tx, state in zip(txs, states, strict=True):
                             await self._sync(tx, tenant_id, te, state)
                         await recall_sessions(txs[0], tenant_id, te.engine, prepared)
