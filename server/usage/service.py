@@ -147,8 +147,38 @@ class TenantEngine:
     policies: dict[str, repo.Policy] = field(default_factory=dict)
     secrets: dict[str, bytes] = field(default_factory=dict)
     config_at: float = float("-inf")
+    # Bumped whenever a secret or a NAS policy the engine holds changes: a batch prepared
+    # under another version is prepared again (prepare reads secrets and skew tolerances).
+    config_version: int = 0
+    # When a request that no secret authenticated last made the config be read again.
+    recheck_at: float = float("-inf")
     # NAS keys whose state this engine loaded (it may hold sessions of them).
     known: set[str] = field(default_factory=set)
+
+
+# The reasons `prepare` gives a raw request it could not authenticate (rating_core).
+UNAUTHENTICATED = ("radius: no shared secret", "radius: bad Request Authenticator")
+# At most one config refresh per tenant per this many seconds for such requests (a flood
+# of spoofed packets must not turn into a database read per batch).
+SECRET_RECHECK_S = 1.0
+
+
+def _unauthenticated(prepared: core.PreparedBatch) -> bool:
+    return any(reason.startswith(UNAUTHENTICATED) for _, reason in prepared.quarantine)
+
+
+def _merged_responses(
+    old: list[tuple[int, bytes]],
+    prepared: core.PreparedBatch,
+    mapping: npt.NDArray[np.int64],
+    excluded: npt.NDArray[np.int64],
+) -> list[tuple[int, bytes]]:
+    """The Accounting-Responses of a batch prepared again: those of the entries still in it
+    (`mapping`: their indices in the whole batch) from the new preparation, those of the
+    entries a re-run left out (already in the ledger) as they were."""
+    left_out = set(excluded.tolist())
+    kept = [(i, packet) for i, packet in old if i in left_out]
+    return sorted(kept + [(int(mapping[i]), packet) for i, packet in prepared.responses])
 
 
 class _Redo(Exception):
@@ -269,6 +299,7 @@ class UsageService:
         for address, secret in secrets.items():
             if te.secrets.get(address) != secret:
                 te.engine.set_secret(address, secret)
+                te.config_version += 1
         te.secrets = secrets
         for key, policy in policies.items():
             self._set_policy(te, key, policy)
@@ -278,6 +309,7 @@ class UsageService:
     def _set_policy(te: TenantEngine, nas_key: str, policy: repo.Policy) -> None:
         if te.policies.get(nas_key, repo.DEFAULT_POLICY) != policy:
             te.engine.set_policy(nas_key, policy_of(policy))
+            te.config_version += 1
         te.policies[nas_key] = policy
 
     async def _sync(
@@ -340,10 +372,16 @@ class UsageService:
         """Applies one serialized StreamAccountingRequest; returns after the commit."""
         received = now_us() if received_us is None else received_us
         te = await self.tenant_engine(tenant_id)
+        version = te.config_version
         try:
             prepared = await _call(len(batch), te.engine.prepare, batch, received)
         except core.RatingError as error:
             raise InvalidArgumentError("entries", str(error)) from None
+        if _unauthenticated(prepared) and time.monotonic() - te.recheck_at > SECRET_RECHECK_S:
+            # A secret set through another replica reaches this one at its config refresh:
+            # look again before a request is quarantined as unsigned (prepared again below).
+            te.recheck_at = time.monotonic()
+            await self._refresh_config(tenant_id, te)
         total = len(prepared)
         # Indices of the whole batch: a re-run (_Redo) prepares a subset of it.
         responses = prepared.responses
@@ -352,6 +390,12 @@ class UsageService:
         batch_id = prepared.batch_id
         async with te.lock:
             for _attempt in range(MAX_ATTEMPTS):
+                if te.config_version != version:
+                    # Secrets or skew tolerances changed since `prepare` read them: decode
+                    # again with the ones the NAS rows hold, as a rebuild will.
+                    version = te.config_version
+                    prepared = await _call(len(batch), te.engine.prepare, batch, received)
+                    responses = _merged_responses(responses, prepared, mapping, excluded)
                 keys = prepared.nas_keys
                 groups = self._groups(keys, total)
                 try:
@@ -365,6 +409,8 @@ class UsageService:
                         ]
                         for tx, state in zip(txs, states, strict=True):
                             await self._sync(tx, tenant_id, te, state)
+                        if te.config_version != version:
+                            continue  # a locked row's policy is new here: prepare again
                         await recall_sessions(txs[0], tenant_id, te.engine, prepared)
                         result = await _call(len(batch), te.engine.apply, prepared)
                         writes = BatchWrites.of(result, mapping)

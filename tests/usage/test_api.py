@@ -50,8 +50,10 @@ from tests.usage.support import (
     decoded,
     radius_attributes,
     radius_packet,
+    raw,
     raw_packet,
     ts,
+    utc,
 )
 
 GOLDEN = bytes.fromhex(
@@ -165,6 +167,33 @@ async def test_a_resent_request_only_the_ledger_remembers_is_a_duplicate_and_ans
     assert counts(resent) == (1, 1, 0, 0)
     assert [r.index for r in resent.responses] == [1]
     assert _answers(packet, resent.responses[0].packet)
+
+
+async def test_skew_tolerance_set_through_one_replica_decides_the_next_record_on_another(
+    usage: Usage, replica: Usage
+) -> None:
+    """The other replica's cached config is older than the NAS row it locks: the batch is
+    decoded again with the row's tolerance (as a rebuild decodes it), not the cached one."""
+    await replica.send("decoded", Rec(START, sid="s1", t=0))  # caches the default (300 s)
+    await usage.register_nas(nas_key="nas-1", clock_skew_tolerance_s=30)
+    # The NAS clock is 100 s fast: trusted under 300 s, skewed under 30 s.
+    late = Rec(INTERIM, sid="s1", t=3500, session_time=3500, inp=10, out=20, skew_s=100)
+    assert counts(await replica.send("decoded", late)) == (1, 0, 0, 0)
+    (session,) = await replica.sessions()
+    assert (session.generation, session.input_bytes, session.output_bytes) == (1, 10, 20)
+    assert "clock_skew" in session.flags
+    assert utc(session.start_at) == at(0)
+
+
+async def test_secret_set_through_one_replica_authenticates_the_next_request_on_another(
+    usage: Usage, replica: Usage
+) -> None:
+    await replica.send("raw", Rec(START, sid="s1", t=0))  # caches the secrets it knows
+    await usage.register_nas("192.0.2.77", "fresh-secret")
+    rec = Rec(INTERIM, sid="s2", nas="", source="192.0.2.77", t=600, session_time=600, inp=5)
+    ack = await replica.send_raw(raw(rec, secret="fresh-secret"))
+    assert counts(ack) == (1, 0, 0, 0)
+    assert [r.index for r in ack.responses] == [0]
 
 
 def _large_batch(nases: list[str], lap: int, per_nas: int) -> pb.StreamAccountingRequest:

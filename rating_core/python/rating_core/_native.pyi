@@ -113,6 +113,10 @@ class PreparedBatch:
         """(entry index, Accounting-Response) of each raw entry that authenticated and was
         not quarantined, ascending: relay one only once its record is durable."""
 
+    @property
+    def quarantine(self) -> list[tuple[int, str]]:
+        """(entry index, reason) of each quarantined entry, ascending."""
+
     def __len__(self) -> int: ...
 
 @final

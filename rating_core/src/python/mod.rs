@@ -271,6 +271,11 @@ impl PreparedBatch {
             .map(|(i, r)| (*i, PyBytes::new(py, r)))
             .collect()
     }
+    /// `(entry index, reason)` of each quarantined entry, ascending.
+    #[getter]
+    fn quarantine(&self) -> Vec<(u32, String)> {
+        self.inner.quarantine.clone()
+    }
     fn __len__(&self) -> usize {
         self.inner.records.len()
     }
