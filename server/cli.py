@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -185,9 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(args))
+        code = asyncio.run(handler(args))
+        sys.stdout.flush()  # here, so that a closed pipe is met below, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`rating sessions | head`): nothing is wrong
+        # here and there is nobody to tell. Further writes to stdout at exit would raise
+        # again, so it goes to /dev/null; 141 is what a shell reports for SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as error:
         line = error_line(error)
         if line is None:

@@ -101,6 +101,23 @@ def test_client_commands_create_and_read_a_customer_when_server_runs_embedded(
     assert '"msg": "stopped"' in stderr
 
 
+def test_client_command_exits_quietly_when_the_reader_of_its_output_goes_away(
+    embedded_server: tuple[Path, str, subprocess.Popen[str]],
+) -> None:
+    """`rating … | head`: a closed pipe is not a connection failure to report."""
+    workdir, target, _ = embedded_server
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    with os.fdopen(write, "w") as closed:
+        done = subprocess.run(
+            [*RATING, "customers", "create", "--name", "Ada", "--account-number", "A-9",
+             "--target", target],
+            cwd=workdir, env=_env(), stdout=closed, stderr=subprocess.PIPE, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+    assert (done.returncode, done.stderr) == (141, "")
+
+
 def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
     tmp_path: Path,
 ) -> None:

@@ -347,7 +347,9 @@ class StreamAccountingRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """Chosen by the collector; echoed in the ack. Resending a batch is safe."""
+    """Chosen by the collector; echoed in the ack. Resending a batch is safe. At most 200
+    characters, no NUL (kept with every ledger row): INVALID_ARGUMENT `batch_id:` otherwise.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountingEntry]: ...
     def __init__(

@@ -30,6 +30,8 @@ from server.db.base import Base, ExactDecimal, TenantScoped, utcnow
 RADIUS_TEXT = 253
 # Column limits of usage_events that RecordUsage checks before writing (migration 0002).
 IDEMPOTENCY_KEY_MAX = 200
+# StreamAccountingRequest.batch_id, kept with each ledger and quarantine row.
+BATCH_ID_MAX = 200
 CUSTOM_TYPE_MAX = 120
 UNIT_MAX = 64
 # quantity is NUMERIC(QUANTITY_PRECISION, QUANTITY_SCALE): 21 digits before the point, 9 after.
@@ -132,7 +134,7 @@ class LedgerEntry(TenantScoped, Base):
     arrival_at: Mapped[dt.datetime]
     # When the server received the batch (the default arrival of entries without one).
     received_at: Mapped[dt.datetime]
-    batch_id: Mapped[str] = mapped_column(String(200))
+    batch_id: Mapped[str] = mapped_column(String(BATCH_ID_MAX))
 
 
 class QuarantinedEntry(TenantScoped, Base):
@@ -143,7 +145,7 @@ class QuarantinedEntry(TenantScoped, Base):
 
     # SHA-256 (first 16 bytes) of the entry bytes: a resent batch quarantines nothing twice.
     entry_digest: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
-    batch_id: Mapped[str] = mapped_column(String(200))
+    batch_id: Mapped[str] = mapped_column(String(BATCH_ID_MAX))
     entry_index: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     entry_bytes: Mapped[bytes] = mapped_column(LargeBinary)

@@ -37,7 +37,7 @@ from server.db.database import Database
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from server.usage import repository as repo
 from server.usage import units
-from server.usage.models import UsageEvent
+from server.usage.models import BATCH_ID_MAX, UsageEvent
 from server.usage.writes import (
     ACCEPTED,
     DUPLICATE,
@@ -47,7 +47,7 @@ from server.usage.writes import (
     BatchWrites,
     Projection,
 )
-from server.validation import format_decimal
+from server.validation import format_decimal, limit_length
 
 log = logging.getLogger("server.usage")
 
@@ -202,6 +202,20 @@ async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    return cast(list[T], results)
+
+
+async def _written(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """_all for the groups' writes: every group that found accepted records in the ledger
+    raises _Redo, and the re-run must leave out all of them, not the first group's alone
+    (one group at a time, a batch on many NASes ran out of attempts and failed for good)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, _Redo):
+            raise result
+    redos = [r for r in results if isinstance(r, _Redo)]
+    if redos:
+        raise _Redo(np.unique(np.concatenate([r.indices for r in redos])))
     return cast(list[T], results)
 
 
@@ -377,6 +391,8 @@ class UsageService:
             prepared = await _call(len(batch), te.engine.prepare, batch, received)
         except core.RatingError as error:
             raise InvalidArgumentError("entries", str(error)) from None
+        # Every ledger and quarantine row keeps it: refused whole rather than cut.
+        limit_length("batch_id", prepared.batch_id, BATCH_ID_MAX)
         if _unauthenticated(prepared) and time.monotonic() - te.recheck_at > SECRET_RECHECK_S:
             # A secret set through another replica reaches this one at its config refresh:
             # look again before a request is quarantined as unsigned (prepared again below).
@@ -387,6 +403,10 @@ class UsageService:
         responses = prepared.responses
         mapping = np.arange(total, dtype=np.int64)
         excluded = np.empty(0, dtype=np.int64)
+        # Outcome of each entry a committed group of this call recorded, by batch position:
+        # a group may commit in an attempt that another group's _Redo repeats, and the
+        # repeat then finds those entries in the ledger; they are still this call's.
+        recorded: dict[int, int] = {}
         batch_id = prepared.batch_id
         async with te.lock:
             for _attempt in range(MAX_ATTEMPTS):
@@ -414,9 +434,9 @@ class UsageService:
                         await recall_sessions(txs[0], tenant_id, te.engine, prepared)
                         result = await _call(len(batch), te.engine.apply, prepared)
                         writes = BatchWrites.of(result, mapping)
-                        found = await _all(
+                        found = await _written(
                             self._write_part(
-                                tx, tenant_id, part, writes, mapping, batch_id, received
+                                tx, tenant_id, part, writes, mapping, batch_id, received, recorded
                             )
                             for tx, part in zip(txs, writes.parts(groups), strict=True)
                         )
@@ -437,7 +457,9 @@ class UsageService:
                         log.warning("batch %s retried after %s", batch_id, _sqlstate(error))
                         continue
                     raise
-                return self._ack(batch_id, outcome, result.quarantine, mapping, excluded, responses)
+                return self._ack(
+                    batch_id, outcome, result.quarantine, mapping, excluded, responses, recorded
+                )
         raise FailedPreconditionError(
             "batch kept colliding with the ledger or concurrent writes; resend it"
         )
@@ -471,17 +493,24 @@ class UsageService:
         mapping: npt.NDArray[np.int64],
         excluded: npt.NDArray[np.int64],
         responses: list[tuple[int, bytes]],
+        recorded: dict[int, int],
     ) -> BatchAck:
         """Counts by final outcome; `excluded` entries (already in the ledger) are
-        duplicates. A raw entry is answered when it was recorded: accepted, duplicate
-        (a retransmit is answered again) or late; never when quarantined."""
-        counts = np.bincount(outcome, minlength=5)
+        duplicates, unless a group of this call recorded them (`recorded`: their outcome
+        then). A raw entry is answered when it was recorded: accepted, duplicate (a
+        retransmit is answered again) or late; never when quarantined."""
+        final = np.full(int(max(mapping.max(initial=-1), excluded.max(initial=-1))) + 1, 0)
+        final[excluded] = DUPLICATE
+        final[mapping] = outcome
+        for index, status in recorded.items():
+            final[index] = status
+        counts = np.bincount(final[final > 0], minlength=5)
         quarantined = [(int(mapping[i]), reason) for i, reason in quarantine]
         unrecorded = {index for index, _ in quarantined}
         return BatchAck(
             batch_id=batch_id,
             accepted=int(counts[ACCEPTED]),
-            duplicate=int(counts[DUPLICATE]) + excluded.size,
+            duplicate=int(counts[DUPLICATE]),
             late=int(counts[LATE]),
             quarantined=int(counts[QUARANTINED]),
             quarantine=quarantined,
@@ -498,12 +527,14 @@ class UsageService:
         mapping: npt.NDArray[np.int64],
         batch_id: str,
         received_us: int,
+        recorded: dict[int, int],
     ) -> npt.NDArray[np.int64]:
         """One group's writes, committed as soon as they are done: a group never waits for
         another to commit (they may wait on each other's bucket rows). Each group's rows
         are whole on their own (its NASes' ledger rows, sessions, deltas and sequence),
         so a failed group leaves the others valid, and a resend counts each record once.
-        Returns the entries whose content key the ledger held."""
+        Returns the entries whose content key the ledger held; adds the ones it wrote to
+        `recorded` once they are committed."""
         existing = await repo.insert_ledger(session, tenant_id, part.ledger, batch_id, received_us)
         cls._settle(writes, mapping, [existing])  # raises _Redo before the commit
         if part.quarantine:
@@ -511,6 +542,10 @@ class UsageService:
         await write_projections(session, tenant_id, part.projection)
         await repo.set_nas_seq(session, tenant_id, part.nas_keys, part.nas_seq)
         await session.commit()
+        held = set(existing.tolist())
+        for index, status in zip(part.ledger.entry_index, part.ledger.status, strict=True):
+            if index not in held:
+                recorded[index] = status
         return existing
 
     # ------------------------------------------------------------ sweep

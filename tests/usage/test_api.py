@@ -380,6 +380,67 @@ async def test_resend_counts_each_record_once_when_one_group_of_a_large_batch_fa
     assert {s.input_bytes for s in await usage.sessions()} == {2000 + i for i in range(12)}
 
 
+@pytest.mark.parametrize("batch_id", ["b" * 201, "with\0nul"])
+async def test_batch_is_refused_naming_batch_id_when_no_ledger_row_could_keep_it(
+    usage: Usage, batch_id: str
+) -> None:
+    """The ledger keeps each record's batch id (200 characters, no NUL): on PostgreSQL a
+    longer one failed the batch as an internal error."""
+    rec = Rec(INTERIM, t=600, session_time=600, inp=1, out=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await usage.stream(batch([decoded(rec)], batch_id))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("batch_id:")
+    assert await usage.sessions() == []
+    (ack,) = await usage.stream(batch([decoded(rec)], "b" * 200))
+    assert counts(ack) == (1, 0, 0, 0)
+
+
+def _starts(nases: int, per_nas: int) -> list[Rec]:
+    return [
+        Rec(START, sid=f"s{n}-{i}", nas=f"nas-{n}", t=0, user=f"u{n}-{i}")
+        for n in range(nases)
+        for i in range(per_nas)
+    ]
+
+
+@pytest.mark.usefixtures("sharded")
+async def test_resent_starts_of_many_nases_are_duplicates_when_every_group_finds_them(
+    usage: Usage,
+) -> None:
+    """Each group that finds accepted records in the ledger asks for a re-run without them;
+    one group's at a time, a batch on 8 NASes ran out of attempts on every resend."""
+    starts = _starts(8, 3)
+    first = batch([decoded(r) for r in starts], "starts")
+    assert counts((await usage.stream(first))[0]) == (24, 0, 0, 0)
+    # After an Interim each, a Start is no longer its session's last record: only the
+    # ledger knows it, in every group.
+    interims = [r.but(status=INTERIM, t=600, session_time=600, inp=1, out=1) for r in starts]
+    await usage.stream(batch([decoded(r) for r in interims]))
+    (again,) = await usage.stream(first)
+    assert counts(again) == (0, 24, 0, 0)
+
+
+@pytest.mark.usefixtures("sharded")
+async def test_ack_counts_what_this_batch_recorded_when_another_group_made_it_run_again(
+    usage: Usage, server: RunningServer
+) -> None:
+    """A group commits on its own; when another group's repeat makes the batch run again,
+    the rerun finds the first group's records in the ledger, but this batch recorded them:
+    they are accepted, not duplicates."""
+    old = Rec(START, sid="old", nas="nas-0", t=0)
+    await usage.send("decoded", old, old.but(status=INTERIM, t=600, session_time=600, inp=5))
+    starts = _starts(8, 3)
+    await usage.stream(batch([decoded(r) for r in starts]))
+    interims = [r.but(status=INTERIM, t=600, session_time=600, inp=7, out=9) for r in starts]
+    (ack,) = await usage.stream(batch([decoded(old)] + [decoded(r) for r in interims]))
+    assert counts(ack) == (24, 1, 0, 0)
+    sessions = [s for s in await usage.sessions() if s.acct_session_id != "old"]
+    assert sorted((s.input_bytes, s.output_bytes) for s in sessions) == [(7, 9)] * 24
+    (resent,) = await usage.stream(batch([decoded(old)] + [decoded(r) for r in interims]))
+    assert counts(resent) == (0, 25, 0, 0)
+
+
 async def test_tenants_see_only_their_own_usage_when_both_send_the_same_record(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer
 ) -> None:
