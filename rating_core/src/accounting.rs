@@ -1580,14 +1580,7 @@ impl Engine {
         for slot in self.slots_of(nas) {
             let s = &self.sessions[slot as usize];
             if s.state == STATE_OPEN && s.start_us < r.event_us {
-                self.close_no_stop(slot, NAS_REBOOT_CLOSED);
-                self.row_of(t, slot);
-                t.anomalies.push((
-                    i as i64,
-                    slot,
-                    NAS_REBOOT_CLOSED,
-                    "closed by Accounting-On/Off at its last update".into(),
-                ));
+                self.close_by_reboot(i, slot, t, "closed by Accounting-On/Off at its last update");
             }
         }
         if r.skewed() {
@@ -1830,16 +1823,21 @@ impl Engine {
                 .iter()
                 .any(|&(_, _, event_us, _)| s.start_us < event_us);
         if rebooted {
-            self.close_no_stop(slot, NAS_REBOOT_CLOSED);
-            self.row_of(t, slot);
-            t.anomalies.push((
-                i as i64,
+            self.close_by_reboot(
+                i,
                 slot,
-                NAS_REBOOT_CLOSED,
-                "started before an Accounting-On/Off applied earlier; closed at its last update"
-                    .into(),
-            ));
+                t,
+                "started before an Accounting-On/Off applied earlier; closed at its last update",
+            );
         }
+    }
+
+    /// Closes an open instance as a NAS reboot does (`nas_reboot_closed`), entry `i`'s doing.
+    fn close_by_reboot(&mut self, i: usize, slot: u32, t: &mut Touched, detail: &str) {
+        self.close_no_stop(slot, NAS_REBOOT_CLOSED);
+        self.row_of(t, slot);
+        t.anomalies
+            .push((i as i64, slot, NAS_REBOOT_CLOSED, detail.into()));
     }
 
     /// A late record changes nothing, but a skewed clock is the NAS's: its session is
