@@ -336,12 +336,7 @@ impl StrColumn {
     /// Appends bytes as text: invalid UTF-8 and NUL (which the database's text refuses)
     /// replaced by U+FFFD, as the session id is in `prepare`.
     pub fn push_bytes(&mut self, v: &[u8]) {
-        let text = String::from_utf8_lossy(v);
-        if text.contains('\0') {
-            self.push(&text.replace('\0', "\u{FFFD}"));
-        } else {
-            self.push(&text);
-        }
+        self.push(&record::storable_text(v));
     }
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
         (0..self.len()).map(|i| self.get(i))

@@ -3,6 +3,7 @@
 //! Over ~400 lines because both entry forms normalize into one compact record here, next
 //! to the content key that must hash them identically.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -491,13 +492,13 @@ fn span_in(batch: &[u8], arena: &mut Vec<u8>, b: &[u8]) -> Span {
 }
 
 /// Text as the database stores it: invalid UTF-8 sequences and NUL octets (which
-/// the database's text refuses) each become U+FFFD.
-fn storable_text(b: &[u8]) -> String {
+/// the database's text refuses) each become U+FFFD. Borrowed when there is neither.
+pub(crate) fn storable_text(b: &[u8]) -> Cow<'_, str> {
     let text = String::from_utf8_lossy(b);
     if text.contains('\0') {
-        text.replace('\0', "\u{FFFD}")
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
     } else {
-        text.into_owned()
+        text
     }
 }
 
@@ -945,7 +946,7 @@ fn prepare_one<'a>(
     {
         None
     } else {
-        Some(storable_text(f.sid))
+        Some(storable_text(f.sid).into_owned())
     };
     let sid_text = lossy_sid.as_ref().map_or(f.sid, |t| t.as_bytes());
     let nas_text = match f.nas {

@@ -49,7 +49,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 class ExactDecimal(TypeDecorator[Decimal]):
     """NUMERIC(precision, scale) on PostgreSQL; decimal text on SQLite, whose NUMERIC is a
     binary float past 15 significant digits. SQL arithmetic on the text would be float
-    arithmetic again: sum such a column in Python on SQLite (`sum_exactly`)."""
+    arithmetic again: sum such a column in Python on SQLite (as
+    `server.usage.queries._sum_quantities` does)."""
 
     impl = Numeric
     cache_ok = True

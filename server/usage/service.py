@@ -195,20 +195,12 @@ async def _call(size: int, fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
-async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """Runs the calls at once and waits for every one (none is left running on a
-    connection about to roll back); raises the first failure."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return cast(list[T], results)
-
-
 async def _written(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """_all for the groups' writes: every group that found accepted records in the ledger
-    raises _Redo, and the re-run must leave out all of them, not the first group's alone
-    (one group at a time, a batch on many NASes ran out of attempts and failed for good)."""
+    """Runs the groups' writes at once and waits for every one (none is left running on a
+    connection about to roll back); raises the first failure other than _Redo. Every group
+    that found accepted records in the ledger raises _Redo, and the re-run must leave out
+    all of them, not the first group's alone (one group at a time, a batch on many NASes
+    ran out of attempts and failed for good)."""
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, _Redo):
