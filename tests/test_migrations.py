@@ -189,3 +189,40 @@ async def test_metered_quantities_keep_their_value_and_then_every_digit_when_mig
     await downgrade(url, "0008")
     rows = await _sql(url, "SELECT idempotency_key FROM usage_events ORDER BY 1")
     assert rows == [("a",), ("b",), ("c",)]
+
+
+async def test_identities_take_their_subscription_creation_time_when_migrated(
+    empty_database: Backend,
+) -> None:
+    """0011: an identity registered before the column existed was registered with its
+    subscription (CreateSubscription is the only way to register one)."""
+    url = empty_database.url
+    pg = empty_database.name == "postgresql"
+    await upgrade(url, "0010")
+    created = f"'{HOUR}+00'" if pg else f"'{HOUR}.000000'"
+    later = f"'{HOUR[:-5]}30:00+00'" if pg else f"'{HOUR[:-5]}30:00.000000'"
+    customer, plan = "2" * 32, "3" * 32
+    await _sql(
+        url,
+        f"INSERT INTO tenants (tenant_id, name, created_at) VALUES ('{TENANT}', 't', {created})",
+        "INSERT INTO customers (tenant_id, id, account_number, name, email, phone,"
+        " address_lines, city, state, postal_code, country_code, installation_status,"
+        " installation_technician, installation_notes, connection_type, last_mile_technology,"
+        " plan_speed_down_mbps, plan_speed_up_mbps, devices, bandwidth_profile, static_ipv4,"
+        " ipv6_prefix, outage_count_30d, created_at, updated_at) VALUES"
+        f" ('{TENANT}', '{customer}', 'A-1', 'Ada', '', '', '[]', '', '', '', 'GB', 0, '', '',"
+        f" 0, 0, 0, 0, '[]', '', '', '', 0, {created}, {created})",
+        "INSERT INTO plans (tenant_id, id, code, name, currency, recurring_price_minor,"
+        f" billing_period, tariff, created_at) VALUES ('{TENANT}', '{plan}', 'p', 'P', 'GBP',"
+        f" 3000, 1, '{{}}', {created})",
+        "INSERT INTO subscriptions (tenant_id, id, customer_id, plan_id, status,"
+        " billing_anchor_day, time_zone, created_at, version) VALUES"
+        f" ('{TENANT}', '{SUB}', '{customer}', '{plan}', 1, 1, 'UTC', {later}, 1)",
+        "INSERT INTO radius_identities (tenant_id, kind, value, subscription_id) VALUES"
+        f" ('{TENANT}', 1, 'alice', '{SUB}')",
+    )
+    await upgrade(url)
+    rows = await _sql(url, "SELECT value, created_at FROM radius_identities")
+    assert [(value, str(at)[:19]) for value, at in rows] == [("alice", f"{HOUR[:-5]}30:00")]
+    await downgrade(url, "0010")
+    assert await _sql(url, "SELECT value FROM radius_identities") == [("alice",)]

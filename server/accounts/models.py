@@ -125,6 +125,9 @@ class RadiusIdentity(TenantScoped, Base):
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     value: Mapped[str] = mapped_column(String(253), primary_key=True)
     subscription_id: Mapped[uuid.UUID]
+    # When it began to attribute usage: a rebuild attributes each replayed batch by the
+    # identities registered when the batch was received (usage's repository.attribution_sql).
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Invoice(TenantScoped, Base):

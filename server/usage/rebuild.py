@@ -13,6 +13,7 @@ replica's engine reloads afterwards.
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from typing import Any
 
@@ -27,6 +28,7 @@ from server.usage.service import policy_of, recall_sessions, wrap_entries, write
 from server.usage.writes import Projection
 
 PAGE = 20_000
+MIN_US = 0  # 1970-01-01: before any identity was registered
 _PROJECTIONS = ("usage_sessions", "usage_buckets", "usage_unattributed_buckets", "usage_anomalies")
 
 
@@ -72,13 +74,19 @@ async def _rebuild_tenant(
     ]
     for table in _PROJECTIONS:
         await session.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant})
+    registrations = await repo.identity_registrations(session, tenant_id)
     for key in keys:
         # The ledger's raw packets were authenticated when they were accepted; the secret
         # in force now may not be the one they were sent with.
         engine = core.Engine(ledger_replay=True)
         history = await repo.policy_history(session, tenant_id, key)
-        await _replay_nas(session, tenant_id, engine, key, PolicyTimeline(key, history), report)
+        timeline = PolicyTimeline(key, history)
+        await _replay_nas(session, tenant_id, engine, key, timeline, registrations, report)
         report["nas"] += 1
+    # Each batch was attributed by the identities registered when it was received; a
+    # session none of them matched was attributed live when the first identity matching it
+    # was registered (that registration's re-attribution), by the identities of then.
+    await repo.reattribute(session, tenant_id, as_first_registered=True)
     # A new sequence makes every replica's engine reload these NASes from the projections.
     await session.execute(
         text("UPDATE usage_nas SET seq = seq + 1 WHERE tenant_id = :t"), {"t": tenant}
@@ -112,6 +120,7 @@ async def _replay_nas(
     engine: core.Engine,
     nas_key: str,
     policies: PolicyTimeline,
+    registrations: list[int],
     report: dict[str, int],
 ) -> None:
     pg = session.get_bind().dialect.name == "postgresql"
@@ -130,12 +139,17 @@ async def _replay_nas(
     ]
     empty = np.empty(0, dtype=np.int64)
 
+    # When the last batch replayed was received: what a sweep's session writes attribute
+    # by (a sweep brings no identity, and a matching one registered since that batch
+    # re-attributed the session when it was registered: the final reattribute).
+    received = [MIN_US]
+
     async def sweep_through(seq: int | None) -> None:
         while sweeps and (seq is None or sweeps[0][0] < seq):
             after_seq, as_of_us = sweeps.pop(0)
             policies.apply(engine, after_seq)
             swept = Projection.of(engine.sweep(as_of_us), empty)
-            await write_projections(session, tenant_id, swept)
+            await write_projections(session, tenant_id, swept, received[0])
             report["sweeps"] += 1
 
     group: list[bytes] = []
@@ -145,13 +159,27 @@ async def _replay_nas(
     async def flush() -> None:
         if group and group_key is not None:
             policies.apply(engine, group_key[0] - 1)
+            if bisect.bisect_right(registrations, group_key[1]) > bisect.bisect_right(
+                registrations, received[0]
+            ):
+                # Identities registered since the last batch re-attributed this NAS's
+                # unattributed sessions when they were registered.
+                await repo.reattribute(
+                    session,
+                    tenant_id,
+                    as_first_registered=True,
+                    registered_by_us=group_key[1],
+                    nas_key=nas_key,
+                )
             prepared = engine.prepare(wrap_entries(group), group_key[1])
             # The rebuilt rows so far are the stored instances the live engine recalls.
             await recall_sessions(session, tenant_id, engine, prepared)
             result = engine.apply(prepared)
             # Anomalies name the entry's index in the batch it originally came in.
             mapping = np.array(indices, dtype=np.int64)
-            await write_projections(session, tenant_id, Projection.of(result, mapping))
+            # Attributed by the identities registered when the batch was received.
+            received[0] = group_key[1]
+            await write_projections(session, tenant_id, Projection.of(result, mapping), received[0])
             report["entries"] += len(group)
             group.clear()
             indices.clear()

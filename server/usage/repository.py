@@ -129,11 +129,20 @@ def us_sql(pg: bool, column: str) -> str:
 
 
 def attribution_sql(
-    tenant: str, user: str, calling: str, framed: str, framed_prefix: str, delegated_prefix: str
+    tenant: str,
+    user: str,
+    calling: str,
+    framed: str,
+    framed_prefix: str,
+    delegated_prefix: str,
+    *,
+    as_of: str | None = None,
 ) -> str:
     """The subscription of a RADIUS identity (SQL expressions, in IDENTITY_COLUMNS order):
     User-Name, then Calling-Station-Id, then static IP: the IPv4 Framed-IP-Address, then
-    the Delegated-IPv6-Prefix, then the Framed-IPv6-Prefix.
+    the Delegated-IPv6-Prefix, then the Framed-IPv6-Prefix. With `as_of` (an SQL
+    expression of an instant in the stored form), only identities registered by then
+    count: a rebuild attributes each batch as it was attributed when it was written.
 
     A MAC-like Calling-Station-Id matches as sent and in canonical `aa:bb:cc:dd:ee:ff` form.
     A prefix matches a STATIC_IP identity of the same canonical text; a /128 is its address
@@ -141,29 +150,62 @@ def attribution_sql(
     address identity matches a session whose prefix is that address as /128. Every step is
     one equality probe of the radius_identities primary key.
     """
+    registered = "" if as_of is None else f" AND r.created_at <= {as_of}"
+    steps = _identity_lookups(
+        tenant, "r.subscription_id", registered, user, calling, framed, framed_prefix,
+        delegated_prefix,
+    )  # fmt: skip
+    return f"COALESCE({', '.join(steps)})"
+
+
+def first_registration_sql(
+    tenant: str, user: str, calling: str, framed: str, framed_prefix: str, delegated_prefix: str
+) -> str:
+    """When the first identity that matches a session (attribution_sql's rules, any step)
+    was registered, or NULL: the moment an unattributed session was attributed live, by
+    the registration's re-attribution."""
+    steps = _identity_lookups(
+        tenant, "min(r.created_at)", "", user, calling, framed, framed_prefix, delegated_prefix
+    )
+    union = " UNION ALL ".join(f"SELECT {step} AS t" for step in steps)
+    return f"(SELECT min(x.t) FROM ({union}) x)"
+
+
+def _identity_lookups(
+    tenant: str,
+    what: str,
+    condition: str,
+    user: str,
+    calling: str,
+    framed: str,
+    framed_prefix: str,
+    delegated_prefix: str,
+) -> list[str]:
+    """attribution_sql's five steps in order, each a subquery selecting `what` from the
+    matching radius_identities rows `r` (with the extra `condition`)."""
     bare = f"replace(replace(replace({calling}, '-', ''), ':', ''), '.', '')"
     mac = "lower(" + " || ':' || ".join(f"substr({bare}, {i}, 2)" for i in (1, 3, 5, 7, 9, 11))
     mac += ")"
     calling_forms = f"({calling}, CASE WHEN length({bare}) = 12 THEN {mac} ELSE {calling} END)"
 
-    def lookup(kind: int, value: str, condition: str) -> str:
+    def lookup(kind: int, value: str, match: str) -> str:
         return (
-            "(SELECT r.subscription_id FROM radius_identities r"
-            f" WHERE r.tenant_id = {tenant} AND r.kind = {kind} AND {condition}"
-            f" AND {value} <> '' LIMIT 1)"
+            f"(SELECT {what} FROM radius_identities r"
+            f" WHERE r.tenant_id = {tenant} AND r.kind = {kind} AND {match}"
+            f" AND {value} <> ''{condition} LIMIT 1)"
         )
 
     def host(prefix: str) -> str:
         # Canonical text has one "/": "/128" occurs only as the length of a host prefix.
         return f"replace({prefix}, '/128', '')"
 
-    return (
-        f"COALESCE({lookup(1, user, f'r.value = {user}')},"
-        f" {lookup(2, calling, f'r.value IN {calling_forms}')},"
-        f" {lookup(3, framed, f'r.value = {framed}')},"
-        f" {lookup(3, delegated_prefix, f'r.value = {host(delegated_prefix)}')},"
-        f" {lookup(3, framed_prefix, f'r.value = {host(framed_prefix)}')})"
-    )
+    return [
+        lookup(1, user, f"r.value = {user}"),
+        lookup(2, calling, f"r.value IN {calling_forms}"),
+        lookup(3, framed, f"r.value = {framed}"),
+        lookup(3, delegated_prefix, f"r.value = {host(delegated_prefix)}"),
+        lookup(3, framed_prefix, f"r.value = {host(framed_prefix)}"),
+    ]
 
 
 async def driver(session: AsyncSession) -> Any:
@@ -775,14 +817,14 @@ def merged_identity(old: str, new: Sequence[str]) -> list[str]:
     ]
 
 
-def _session_update(tenant: str) -> str:
+def _session_update(tenant: str, as_of: str | None) -> str:
     """ON CONFLICT DO UPDATE of a session row: identity merged, attribution (once made)
     kept, otherwise attributed on the merged identity; the engine's state overwrites."""
     identity = merged_identity("usage_sessions", [f"excluded.{c}" for c in IDENTITY_COLUMNS])
     return (
         ", ".join(f"{c} = {v}" for c, v in zip(IDENTITY_COLUMNS, identity, strict=True))
         + ", subscription_id = COALESCE(usage_sessions.subscription_id,"
-        f" {attribution_sql(tenant, *identity)})," + _SESSION_STATE_UPDATE
+        f" {attribution_sql(tenant, *identity, as_of=as_of)})," + _SESSION_STATE_UPDATE
     )
 
 
@@ -796,11 +838,11 @@ _SESSION_STATE_UPDATE = (
 )
 
 
-def _session_values(pg: bool, p: list[str], tenant: str) -> str:
+def _session_values(pg: bool, p: list[str], tenant: str, as_of: str | None) -> str:
     """The VALUES/SELECT list of a session row from parameter expressions p[0..19]."""
     return (
         f"{tenant}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[18]}, {p[19]},"
-        f" {attribution_sql(tenant, *(p[i] for i in _IDENTITY_PARAMS))},"
+        f" {attribution_sql(tenant, *(p[i] for i in _IDENTITY_PARAMS), as_of=as_of)},"
         f" {ts_sql(pg, p[6])}, CASE WHEN {p[7]} < 0 THEN NULL ELSE {ts_sql(pg, p[7])} END,"
         f" {ts_sql(pg, p[8])}, {p[9]}, {p[10]}, {p[11]}, {p[12]}, {p[13]}, {p[14]}, {p[15]},"
         f" {p[16]}, {p[17]}"
@@ -831,17 +873,17 @@ _PG_SESSION_TYPES = (
 )
 
 
-def _pg_session_upsert(arrays: Sequence[str]) -> str:
+def _pg_session_upsert(arrays: Sequence[str], as_of: str | None) -> str:
     """CTEs `u` (the batch's session rows, with ordinality `o`), `upd` (existing instances
     updated, without attribution lookups unless unattributed: an attribution, once made,
     sticks) and `ins` (new instances inserted with their subscription); `r` maps every
     row's ordinality `o` to its subscription `sub` after the write and its session key
     (`n`, `a`, `g`). $1 is the tenant, `arrays` the SQL expressions of the N_SESSION
-    session columns (pgarrays.stage)."""
+    session columns (pgarrays.stage), `as_of` attribution_sql's."""
     unnest = ", ".join(arrays[:N_SESSION])
     names = [f"u.c{i}" for i in range(N_SESSION)]
     identity = merged_identity("s", [names[i] for i in _IDENTITY_PARAMS])
-    attribution = attribution_sql("$1::uuid", *identity)
+    attribution = attribution_sql("$1::uuid", *identity, as_of=as_of)
     updates = ", ".join(
         f"{column} = {value}"
         for column, value in zip(
@@ -865,10 +907,10 @@ def _pg_session_upsert(arrays: Sequence[str]) -> str:
         " RETURNING u.o, s.subscription_id AS sub, s.nas_key AS n, s.acct_session_id AS a,"
         " s.generation AS g),"
         f" ins AS (INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
-        f" SELECT {_session_values(True, names, '$1::uuid')} FROM u"
+        f" SELECT {_session_values(True, names, '$1::uuid', as_of)} FROM u"
         " WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.o = u.o)"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
-        f" DO UPDATE SET {_session_update('$1::uuid')}"
+        f" DO UPDATE SET {_session_update('$1::uuid', as_of)}"
         " RETURNING nas_key, acct_session_id, generation, subscription_id),"
         " r AS (SELECT o, sub, n, a, g FROM upd UNION ALL SELECT u.o, ins.subscription_id,"
         " ins.nas_key, ins.acct_session_id, ins.generation FROM ins"
@@ -878,11 +920,15 @@ def _pg_session_upsert(arrays: Sequence[str]) -> str:
 
 
 async def upsert_sessions(
-    session: AsyncSession, tenant_id: uuid.UUID, params: list[list[Any]]
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    params: list[list[Any]],
+    as_of_us: int | None = None,
 ) -> None:
     """SQLite: writes the final state of every session instance a batch touched (`params`:
     the SESSION_COLUMNS as lists), attributing new ones to a subscription; an attribution,
-    once made, sticks. (PostgreSQL writes sessions with their buckets in one statement:
+    once made, sticks. With `as_of_us`, by the identities registered by then (a rebuild).
+    (PostgreSQL writes sessions with their buckets in one statement:
     upsert_sessions_and_buckets.)"""
     if not params[0]:
         return
@@ -890,12 +936,16 @@ async def upsert_sessions(
         raise TypeError("upsert_sessions is SQLite's path; use upsert_sessions_and_buckets")
     conn = await driver(session)
     marks = [f"?{i + 2}" for i in range(N_SESSION)]
+    as_of = None if as_of_us is None else ts_sql(False, f"?{N_SESSION + 2}")
+    rows: Any = zip([tenant_id.hex] * len(params[0]), *params, strict=True)
+    if as_of_us is not None:
+        rows = ((*row, as_of_us) for row in rows)
     await conn.executemany(
         f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
-        f" VALUES ({_session_values(False, marks, '?1')})"
+        f" VALUES ({_session_values(False, marks, '?1', as_of)})"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
-        f" DO UPDATE SET {_session_update('?1')}",
-        zip([tenant_id.hex] * len(params[0]), *params, strict=True),
+        f" DO UPDATE SET {_session_update('?1', as_of)}",
+        rows,
     )
 
 
@@ -908,11 +958,12 @@ async def upsert_sessions_and_buckets(
     input_bytes: npt.NDArray[np.int64],
     output_bytes: npt.NDArray[np.int64],
     session_s: npt.NDArray[np.int64],
+    as_of_us: int | None = None,
 ) -> None:
     """PostgreSQL: sessions and their hourly deltas in one statement. The buckets take each
     session's subscription and identity from the upsert itself (RETURNING), not from a
     second join with usage_sessions. `params`: the N_SESSION session columns (numpy arrays
-    or lists); `bucket_row` indexes their rows."""
+    or lists); `bucket_row` indexes their rows; `as_of_us` as upsert_sessions'."""
     if not len(params[0]):
         return
     conn = await driver(session)
@@ -926,8 +977,9 @@ async def upsert_sessions_and_buckets(
     # `mv`: the past unattributed usage of instances attributed by now (by this write, or by
     # an identity registered since) leaves with them; it and `j`'s attributed deltas are
     # added by one INSERT (two in one statement could not both update a bucket row).
+    as_of = None if as_of_us is None else ts_sql(True, "$2::bigint")
     await conn.execute(
-        _pg_session_upsert(arrays) + ","
+        _pg_session_upsert(arrays, as_of) + ","
         " mv AS (DELETE FROM usage_unattributed_buckets x USING r WHERE r.sub IS NOT NULL"
         " AND x.tenant_id = $1::uuid AND x.nas_key = r.n AND x.acct_session_id = r.a"
         " AND x.generation = r.g RETURNING r.sub, x.hour, x.upload_bytes AS ib,"
@@ -939,6 +991,7 @@ async def upsert_sessions_and_buckets(
         " RETURNING 1)"
         f" {_UNATTRIBUTED.format(t='$1::uuid', hour=hour)}",
         tenant_id,
+        *(() if as_of_us is None else (as_of_us,)),
     )
 
 
@@ -1134,21 +1187,48 @@ async def record_sweep(
 # ---------------------------------------------------------------- attribution
 
 
-async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+async def reattribute(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    as_first_registered: bool = False,
+    registered_by_us: int | None = None,
+    nas_key: str | None = None,
+) -> int:
     """Attributes unattributed sessions whose identity now matches a subscription and moves
-    their unattributed buckets to the subscription's; returns sessions changed."""
+    their unattributed buckets to the subscription's; returns sessions changed.
+
+    A rebuild replays the registrations' own re-attributions: with `as_first_registered`,
+    each session is attributed by the identities registered when the first of its matching
+    ones was (as that registration's re-attribution did), only if that was by
+    `registered_by_us` (when given), and only on `nas_key` (when given)."""
     t = ":t"
-    params = {"t": tenant_param(session, tenant_id)}
-    current = attribution_sql(t, *(f"usage_sessions.{c}" for c in IDENTITY_COLUMNS))
+    params: dict[str, Any] = {"t": tenant_param(session, tenant_id)}
+    pg = _pg(session)
+    columns = [f"usage_sessions.{c}" for c in IDENTITY_COLUMNS]
+    first = first_registration_sql(t, *columns)
+    as_of = first if as_first_registered else None
+    current = attribution_sql(t, *columns, as_of=as_of)
+    where = ""
+    if nas_key is not None:
+        where += " AND usage_sessions.nas_key = :k"
+        params["k"] = nas_key
+    if as_first_registered and registered_by_us is not None:
+        where += f" AND {first} <= {ts_sql(pg, ':by')}"
+        params["by"] = registered_by_us
     updated = await session.execute(
         text(
             f"UPDATE usage_sessions SET subscription_id = {current} WHERE tenant_id = {t}"
-            f" AND subscription_id IS NULL AND {current} IS NOT NULL"
+            f" AND subscription_id IS NULL AND {current} IS NOT NULL{where}"
         ),
         params,
     )
+
     # Every unattributed bucket of an instance attributed by now moves (those of the
     # instances just attributed, and any an earlier race left behind).
+    def on_nas(table: str) -> str:
+        return "" if nas_key is None else f" AND {table}.nas_key = :k"
+
     owner = (
         "FROM usage_sessions s WHERE s.tenant_id = {x}.tenant_id AND s.nas_key = {x}.nas_key"
         " AND s.acct_session_id = {x}.acct_session_id AND s.generation = {x}.generation"
@@ -1159,7 +1239,7 @@ async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
         " download_bytes, session_time_s) SELECT :t, m.sub, m.hour, sum(m.up), sum(m.down),"
         f" sum(m.secs) FROM (SELECT (SELECT s.subscription_id {owner.format(x='u')}) AS sub,"
         " u.hour, u.upload_bytes AS up, u.download_bytes AS down, u.session_time_s AS secs"
-        f" FROM usage_unattributed_buckets u WHERE u.tenant_id = {t}) m"
+        f" FROM usage_unattributed_buckets u WHERE u.tenant_id = {t}{on_nas('u')}) m"
         " WHERE m.sub IS NOT NULL GROUP BY m.sub, m.hour"
         " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
         + _BUCKET_ADD.format(t="usage_buckets")
@@ -1168,11 +1248,24 @@ async def reattribute(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     await session.execute(
         text(
             f"DELETE FROM usage_unattributed_buckets WHERE tenant_id = {t}"
+            f"{on_nas('usage_unattributed_buckets')}"
             f" AND EXISTS (SELECT 1 {owner.format(x='usage_unattributed_buckets')})"
         ),
         params,
     )
     return int(getattr(updated, "rowcount", 0) or 0)
+
+
+async def identity_registrations(session: AsyncSession, tenant_id: uuid.UUID) -> list[int]:
+    """When each of the tenant's RADIUS identities was registered (µs), in order."""
+    rows = await session.execute(
+        text(
+            f"SELECT {us_sql(_pg(session), 'created_at')} FROM radius_identities"
+            " WHERE tenant_id = :t ORDER BY 1"
+        ),
+        {"t": tenant_param(session, tenant_id)},
+    )
+    return [int(row[0]) for row in rows.all()]
 
 
 # ---------------------------------------------------------------- metered attribution

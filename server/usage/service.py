@@ -221,9 +221,14 @@ def _sqlstate(error: BaseException) -> str | None:
 
 
 async def write_projections(
-    session: AsyncSession, tenant_id: uuid.UUID, projection: Projection
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    projection: Projection,
+    as_of_us: int | None = None,
 ) -> None:
-    """Session rows, hourly buckets and anomalies of an engine result (batch, sweep, replay)."""
+    """Session rows, hourly buckets and anomalies of an engine result (batch, sweep, replay).
+    Sessions are attributed by the identities registered now, or by `as_of_us` (a rebuild
+    replaying a batch: those registered when it was received)."""
     if len(projection):
         index = projection.bucket_row
         if repo.is_pg(session):
@@ -235,12 +240,13 @@ async def write_projections(
                 index,
                 projection.bucket_hour_us,
                 *projection.bucket_deltas,
+                as_of_us=as_of_us,
             )
         else:
             params = [column.tolist() for column in projection.sessions]
             hours = projection.bucket_hour_us.tolist()
             deltas = [values.tolist() for values in projection.bucket_deltas]
-            await repo.upsert_sessions(session, tenant_id, params)
+            await repo.upsert_sessions(session, tenant_id, params, as_of_us)
             sessions = projection.sessions
             nas = sessions[0][index].tolist()
             sid = sessions[1][index].tolist()

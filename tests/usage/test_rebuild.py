@@ -174,3 +174,52 @@ async def test_rebuild_applies_each_batch_with_the_nas_policy_it_was_applied_wit
     await rebuild(server.db, usage.tenant.tenant_id)
 
     assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
+async def test_rebuild_attributes_each_session_as_it_was_attributed_when_identities_came_later(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    """An attribution sticks live; a rebuild makes the same choice, because it looks up
+    identities as they were when each batch was written, not as they are now."""
+    mac = "02-00-00-00-00-01"
+    by_mac = await subscribe(channel, usage.tenant, calling_station_id=mac)
+    # Attributed through its Calling-Station-Id: alice has no subscription yet.
+    await usage.send("decoded", Rec(INTERIM, sid="s1", user="alice", calling=mac, t=600,
+                                    session_time=600, inp=1000, out=2000))  # fmt: skip
+    # Unattributed until "bob" or its MAC is registered, then attributed by the first.
+    late_mac = "02-00-00-00-00-02"
+    await usage.send("decoded", Rec(INTERIM, sid="s2", user="bob", calling=late_mac, t=600,
+                                    session_time=600, inp=10, out=20))  # fmt: skip
+    # The same, with no record after the registrations.
+    idle_mac = "02-00-00-00-00-03"
+    await usage.send("decoded", Rec(INTERIM, sid="s4", user="carol", calling=idle_mac, t=600,
+                                    session_time=600, inp=7, out=8))  # fmt: skip
+    by_late_mac = await subscribe(channel, usage.tenant, calling_station_id=late_mac)
+    by_idle_mac = await subscribe(channel, usage.tenant, calling_station_id=idle_mac)
+    by_carol = await subscribe(channel, usage.tenant, user_name="carol")
+    # The User-Names come later and rank first, but both sessions keep their subscription.
+    by_alice = await subscribe(channel, usage.tenant, user_name="alice")
+    by_bob = await subscribe(channel, usage.tenant, user_name="bob")
+    await usage.send(
+        "decoded",
+        Rec(INTERIM, sid="s1", user="alice", calling=mac, t=1200, session_time=1200,
+            inp=3000, out=4000),
+        Rec(INTERIM, sid="s2", user="bob", calling=late_mac, t=1200, session_time=1200,
+            inp=30, out=40),
+        Rec(INTERIM, sid="s3", user="alice", calling=mac, t=1200, session_time=600,
+            inp=5, out=6),
+    )  # fmt: skip
+    before = await snapshot(server, usage.tenant.tenant_id)
+    owner = {row[2]: row[9] for row in before["sessions"]}  # acct_session_id: subscription
+    assert owner == {
+        "s1": uuid.UUID(by_mac),
+        "s2": uuid.UUID(by_late_mac),
+        "s3": uuid.UUID(by_alice),  # new since alice was registered
+        "s4": uuid.UUID(by_idle_mac),
+    }
+    assert not {by_bob, by_carol} & {str(v) for v in owner.values()}
+    assert not before["unattributed"]
+
+    await rebuild(server.db, usage.tenant.tenant_id)
+
+    assert await snapshot(server, usage.tenant.tenant_id) == before
