@@ -1629,6 +1629,12 @@ impl Engine {
                     },
                 };
                 let far_before = |im: i64| im < c.start_us.saturating_sub(gap);
+                // A Start more than 2 s from the instance's start and after its last update
+                // is not that instance's own Start (delayed or retransmitted): the id was
+                // reused, by a NAS that rebooted (its Accounting-On may still be on its way)
+                // or lost the Stop.
+                let reused = r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
+                    && r.event_us > c.last_update_us;
                 if r.status == STATUS_START {
                     if c.state == STATE_OPEN {
                         match implied {
@@ -1638,11 +1644,17 @@ impl Engine {
                                 close: Some(cur),
                             },
                             Some(im) if far_before(im) => older(im, false),
+                            _ if reused => Target::Create {
+                                lost_start: false,
+                                gap: false,
+                                close: Some(cur),
+                            },
                             _ => Target::Existing(cur),
                         }
-                    } else if r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
-                        && (r.event_us > c.last_update_us
-                            || (r.event_us > c.start_us && r.event_us >= c.stop_us))
+                    } else if reused
+                        || (r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
+                            && r.event_us > c.start_us
+                            && r.event_us >= c.stop_us)
                     {
                         // A NAS may reuse the id in the very second the old one stopped; a
                         // Start at the closed instance's own start (rounded: a retransmit
@@ -1859,9 +1871,13 @@ impl Engine {
         p: Input<'_>,
         t: &mut Touched,
     ) -> u8 {
-        if r.session_time()
-            .is_some_and(|st| st < self.sessions[slot as usize].session_time)
-        {
+        // A Start is at session time 0 whether or not it says so: after an update with a
+        // session time it is older than what we have.
+        let time = match r.session_time() {
+            None if r.status == STATUS_START => Some(0),
+            t => t,
+        };
+        if time.is_some_and(|st| st < self.sessions[slot as usize].session_time) {
             return OUTCOME_LATE;
         }
         let (total_in, total_out) = self.totals(slot);
@@ -1907,6 +1923,9 @@ impl Engine {
             s.state = STATE_STOPPED;
             s.stop_us = r.event_us;
             s.terminate_cause = r.terminate_cause().unwrap_or(0);
+        } else if is_stop && t_up {
+            // A Stop resent with more session time: the session went on until it.
+            s.stop_us = s.stop_us.max(r.event_us);
         }
         s.flags |= new_flags as u16;
         let row = t.row(slot, s, self.nas[s.nas as usize].key.len());

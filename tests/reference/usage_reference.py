@@ -283,13 +283,18 @@ class Reference:
 
         far_before = implied is not None and implied < cur.start_us - gap
         if n.status == START:
+            # Not the instance's own Start (more than 2 s from its start, after its last
+            # update, or at/after its stop): the id was reused.
+            own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
+            after_last = not own_start and n.event_us > cur.last_update_us
             if cur.state == OPEN:
                 if implied is not None and implied > cur.start_us + gap:
                     return ("create", None, {"lost_start": False, "gap": True, "close": cur})
+                if after_last and not far_before:
+                    return ("create", None, {"lost_start": False, "gap": False, "close": cur})
             else:
                 reused = cur.start_us < n.event_us and n.event_us >= cur.stop_us
-                own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
-                if not own_start and (n.event_us > cur.last_update_us or reused):
+                if after_last or (not own_start and reused):
                     return ("create", None, {"lost_start": False, "gap": False, "close": None})
             if far_before:
                 # A Start long before the latest instance began: an older session's.
@@ -341,7 +346,9 @@ class Reference:
         return "late"
 
     def update(self, n: Norm, s: Session) -> str:
-        if n.session_time is not None and n.session_time < s.session_time:
+        # A Start is at session time 0 whether or not it says so.
+        time = 0 if n.session_time is None and n.status == START else n.session_time
+        if time is not None and time < s.session_time:
             return "late"
         time_up = n.session_time is not None and n.session_time > s.session_time
         policy = self.policy(n.nas)
@@ -369,6 +376,8 @@ class Reference:
             s.state, s.stop_us = STOPPED, n.event_us
             s.terminate_cause = n.terminate_cause or 0
             s.flags |= STOP_RECEIVED
+        elif stop and time_up:  # resent with more session time: it went on until then
+            s.stop_us = max(s.stop_us, n.event_us)
         s.user = s.user or n.user
         s.calling = s.calling or n.calling
         s.framed = s.framed or n.framed

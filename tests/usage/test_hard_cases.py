@@ -1141,6 +1141,7 @@ async def test_ipv4_peer_of_a_dual_stack_collector_is_the_same_source_and_nas(
 
 
 CLOSED = pb.SESSION_STATE_CLOSED
+STOPPED = pb.SESSION_STATE_CLOSED
 
 
 def stuck_clock(rec: Rec) -> Rec:
@@ -1261,3 +1262,59 @@ async def test_swap_turned_on_and_off_mid_session_moves_later_usage_and_counts_n
     assert (session.input_bytes, session.output_bytes) == (1150, 1600)
     assert "counter_reset" not in session.flags
     assert await usage.unattributed_bytes() == (1150, 1600)  # the buckets agree
+
+
+@pytest.mark.parametrize("on_first", [False, True], ids=["start-first", "on-first"])
+async def test_reused_id_start_that_raced_ahead_of_the_accounting_on_stays_open_and_counts(
+    usage: Usage, form: str, on_first: bool
+) -> None:
+    """A NAS reboots 100 s into a session and numbers its sessions from the same counter:
+    the new session's Start (110) may reach us before the Accounting-On (100). It begins
+    after the reboot, so it stays open, and the old session keeps its usage, whichever of
+    the two arrives first."""
+    await usage.send_each(
+        form, Rec(START, t=0), Rec(INTERIM, t=60, session_time=60, inp=1_000_000, out=900_000)
+    )
+    on, start = Rec(ON, sid="", user="", t=100, delay=12), Rec(START, t=110)
+    acks = await usage.send_each(form, *((on, start) if on_first else (start, on)))
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 2
+    old, new = sorted(await usage.sessions(), key=lambda s: s.generation)
+    assert (new.state, utc(new.start_at), list(new.flags)) == (pb.SESSION_STATE_OPEN, at(110), [])
+    assert (old.state, utc(old.stop_at)) == (CLOSED, at(60))  # at its last update
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=710, session_time=600, inp=1_200_000, out=1_100_000),
+        Rec(STOP, t=800, session_time=690, inp=1_500_000, out=1_400_000, cause=1),
+    )
+    old, new = sorted(await usage.sessions(), key=lambda s: s.generation)
+    assert (old.input_bytes, old.output_bytes) == (1_000_000, 900_000)
+    assert (new.input_bytes, new.output_bytes) == (1_500_000, 1_400_000)
+    assert (new.state, utc(new.stop_at), "lost_start" in new.flags) == (STOPPED, at(800), False)
+
+
+async def test_start_of_an_open_session_after_its_interims_is_late_and_changes_nothing(
+    usage: Usage, form: str
+) -> None:
+    """A Start is at session time 0: arriving after an Interim of its session (delayed, or
+    resent without Event-Timestamp and timed by its arrival), it is older than what we
+    have, so it is late and moves neither the last update nor the stale-sweep clock."""
+    await usage.send(form, Rec(INTERIM, t=600, session_time=600, inp=100, out=200))
+    acks = await usage.send_each(form, Rec(START, t=0, delay=900), Rec(START, t=1, delay=899))
+    assert [counts(a) for a in acks] == [(0, 0, 1, 0)] * 2
+    (s,) = await usage.sessions()
+    assert (utc(s.start_at), utc(s.last_update_at), s.input_bytes) == (at(0), at(600), 100)
+
+
+async def test_second_stop_with_a_later_session_time_moves_the_stop_to_it(
+    usage: Usage, form: str
+) -> None:
+    """A Stop resent with more usage (a NAS that reports the final counters again): its
+    delta counts, and the session stops at the later Stop, never before its last update."""
+    await usage.send_each(
+        form,
+        Rec(STOP, t=600, session_time=600, inp=150, out=150, cause=1),
+        Rec(STOP, t=660, session_time=660, inp=170, out=160, cause=1),
+    )
+    (s,) = await usage.sessions()
+    assert (s.input_bytes, s.output_bytes, s.session_time_s) == (170, 160, 660)
+    assert utc(s.stop_at) == utc(s.last_update_at) == at(660)
