@@ -182,7 +182,11 @@ def _identity_lookups(
     delegated_prefix: str,
 ) -> list[str]:
     """attribution_sql's five steps in order, each a subquery selecting `what` from the
-    matching radius_identities rows `r` (with the extra `condition`)."""
+    matching radius_identities rows `r` (with the extra `condition`). A User-Name or
+    Calling-Station-Id is matched without surrounding spaces (identities are registered
+    without them: a subscriber who typed a PPPoE user name with a trailing space is still
+    theirs)."""
+    user, calling = f"trim({user})", f"trim({calling})"
     bare = f"replace(replace(replace({calling}, '-', ''), ':', ''), '.', '')"
     mac = "lower(" + " || ':' || ".join(f"substr({bare}, {i}, 2)" for i in (1, 3, 5, 7, 9, 11))
     mac += ")"

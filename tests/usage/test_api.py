@@ -894,6 +894,28 @@ async def test_usage_is_attributed_by_calling_station_when_user_name_is_unknown(
     assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (7, 9)
 
 
+async def test_identities_match_user_names_and_stations_sent_with_surrounding_spaces(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    """Subscribers type PPPoE user names with a trailing space; identities are registered
+    without surrounding whitespace, so a session matches on its text without it: at once,
+    and when the identity is registered later."""
+    bob = await subscribe(channel, usage.tenant, user_name="bob")
+    await usage.send(
+        form,
+        Rec(INTERIM, sid="s1", user="bob ", t=600, session_time=600, inp=1, out=10),
+        Rec(INTERIM, sid="s2", user="  who", calling=" aa-bb-cc-00-11-22 ", t=600,
+            session_time=600, inp=2, out=20),
+    )  # fmt: skip
+    station = await subscribe(channel, usage.tenant, calling_station_id="AA-BB-CC-00-11-22")
+    sessions = {s.acct_session_id: s for s in await usage.sessions()}
+    assert {k: s.subscription_id for k, s in sessions.items()} == {"s1": bob, "s2": station}
+    assert sessions["s1"].user_name == "bob "  # stored as sent
+    tenant = usage.tenant.tenant_id
+    assert await bucket_totals(server, tenant, bob) == (1, 10)
+    assert await bucket_totals(server, tenant, station) == (2, 20)
+
+
 async def test_user_name_wins_then_calling_station_then_static_ip_when_several_match(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
 ) -> None:
