@@ -250,8 +250,9 @@ async def _unattributed_sessions(
     query: Any = (
         select(
             *key,
-            func.sum(UsageSession.input_bytes),
-            func.sum(UsageSession.output_bytes),
+            # Modulo 2**64, as the counters are stored (SQLite's SUM fails past 2**63).
+            literal_column(repo.wrapping_sum("usage_sessions.input_bytes")),
+            literal_column(repo.wrapping_sum("usage_sessions.output_bytes")),
             func.count(),
             func.min(UsageSession.start_at),
             func.max(UsageSession.last_update_at),

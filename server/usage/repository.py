@@ -999,10 +999,39 @@ async def upsert_sessions_and_buckets(
     )
 
 
+_I64_MAX = "9223372036854775807"
+
+
+def wrapping_add(a: str, b: str) -> str:
+    """a + b of two BIGINT expressions modulo 2**64 (signed, bit for bit the unsigned sum),
+    in BIGINT arithmetic only: byte counters are unsigned 64-bit stored bit for bit, and a
+    plain + past 2**63 - 1 fails the statement on PostgreSQL (and turns into a float on
+    SQLite), which would hold back every batch adding to that bucket. Nested CASEs: SQL
+    does not promise to evaluate AND's operands in order, and `max - b` overflows for a
+    negative b."""
+    return (
+        f"CASE WHEN {b} > 0 THEN CASE WHEN {a} > {_I64_MAX} - {b}"
+        f" THEN ({a} - {_I64_MAX} - 1) + ({b} - {_I64_MAX} - 1) ELSE {a} + {b} END"
+        f" WHEN {b} < 0 THEN CASE WHEN {a} < -{_I64_MAX} - 1 - {b}"
+        f" THEN ({a} + {_I64_MAX} + 1) + ({b} + {_I64_MAX} + 1) ELSE {a} + {b} END"
+        f" ELSE {a} END"
+    )
+
+
+def wrapping_sum(x: str) -> str:
+    """sum(x) of a BIGINT column modulo 2**64, as wrapping_add: the high and low 32 bits
+    are summed apart (neither sum can overflow) and joined with a wrapping add."""
+    high = f"(CAST(sum({x} >> 32) AS BIGINT) << 32)"
+    low = f"CAST(sum({x} & 4294967295) AS BIGINT)"
+    return wrapping_add(high, low)
+
+
 _BUCKET_ADD = (
-    "upload_bytes = {t}.upload_bytes + excluded.upload_bytes,"
-    " download_bytes = {t}.download_bytes + excluded.download_bytes,"
-    " session_time_s = {t}.session_time_s + excluded.session_time_s"
+    "upload_bytes = "
+    + wrapping_add("{t}.upload_bytes", "excluded.upload_bytes")
+    + ", download_bytes = "
+    + wrapping_add("{t}.download_bytes", "excluded.download_bytes")
+    + ", session_time_s = {t}.session_time_s + excluded.session_time_s"
 )
 
 
@@ -1019,7 +1048,8 @@ def _attributed_deltas(hour: str, moved: str | None = None) -> str:
 # `j`: a batch's deltas with their instance's subscription (sub) and key (n, a, g).
 _ATTRIBUTED = (
     "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
-    " download_bytes, session_time_s) SELECT {t}, sub, hour, sum(ib), sum(ob), sum(ss)"
+    " download_bytes, session_time_s) SELECT {t}, sub, hour,"
+    f" {wrapping_sum('ib')}, {wrapping_sum('ob')}, sum(ss)"
     " FROM ({deltas}) AS d WHERE true GROUP BY sub, hour ORDER BY sub, hour"
     " ON CONFLICT (tenant_id, subscription_id, hour) DO UPDATE SET "
     + _BUCKET_ADD.format(t="usage_buckets")
@@ -1027,7 +1057,8 @@ _ATTRIBUTED = (
 _UNATTRIBUTED = (
     "INSERT INTO usage_unattributed_buckets (tenant_id, nas_key, acct_session_id, generation,"
     " hour, upload_bytes, download_bytes, session_time_s)"
-    " SELECT {t}, n, a, g, {hour}, sum(ib), sum(ob), sum(ss) FROM j WHERE sub IS NULL"
+    " SELECT {t}, n, a, g, {hour},"
+    f" {wrapping_sum('ib')}, {wrapping_sum('ob')}, sum(ss) FROM j WHERE sub IS NULL"
     " GROUP BY n, a, g, hour_us ORDER BY n, a, g, hour_us"
     " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation, hour) DO UPDATE SET "
     + _BUCKET_ADD.format(t="usage_unattributed_buckets")
@@ -1240,8 +1271,9 @@ async def reattribute(
     )
     moved = (
         "INSERT INTO usage_buckets (tenant_id, subscription_id, hour, upload_bytes,"
-        " download_bytes, session_time_s) SELECT :t, m.sub, m.hour, sum(m.up), sum(m.down),"
-        f" sum(m.secs) FROM (SELECT (SELECT s.subscription_id {owner.format(x='u')}) AS sub,"
+        " download_bytes, session_time_s) SELECT :t, m.sub, m.hour,"
+        f" {wrapping_sum('m.up')}, {wrapping_sum('m.down')}, sum(m.secs)"
+        f" FROM (SELECT (SELECT s.subscription_id {owner.format(x='u')}) AS sub,"
         " u.hour, u.upload_bytes AS up, u.download_bytes AS down, u.session_time_s AS secs"
         f" FROM usage_unattributed_buckets u WHERE u.tenant_id = {t}{on_nas('u')}) m"
         " WHERE m.sub IS NOT NULL GROUP BY m.sub, m.hour"

@@ -1098,3 +1098,32 @@ def test_write_shards_setting_is_read_when_set_and_defaults_to_two(
     assert servicer.write_shards_setting() == 2
     monkeypatch.setenv(servicer.WRITE_SHARDS_ENV, "4")
     assert servicer.write_shards_setting() == 4
+
+
+async def test_buckets_add_modulo_2_64_when_counters_pass_2_63(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    """Counters are unsigned 64-bit; a bucket whose total passes 2**63 - 1 bytes (a NAS
+    reporting Gigawords past 2**31, even as garbage) used to fail every batch adding to it
+    on PostgreSQL (`bigint out of range`), so the collector resent it for ever. Totals add
+    modulo 2**64, as the counters themselves are kept."""
+    top = 1 << 63
+    sub = await subscribe(channel, usage.tenant, user_name="alice")
+    acks = await usage.send_each(
+        form,
+        Rec(INTERIM, t=600, session_time=600, inp=top - 1, out=1),
+        Rec(INTERIM, t=1200, session_time=1200, inp=top + 5, out=2),  # same hour
+        Rec(INTERIM, sid="s2", t=1200, session_time=1200, inp=top, out=3),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3
+    # Both sessions' counts in one batch, and in one unattributed identity.
+    ack = await usage.send(
+        form,
+        Rec(INTERIM, sid="u1", user="who", t=600, session_time=600, inp=top + 1, out=top),
+        Rec(INTERIM, sid="u2", user="who", t=600, session_time=600, inp=top + 2, out=top),
+    )
+    assert counts(ack) == (2, 0, 0, 0)
+    assert (await usage.session()).input_bytes == top + 5
+    up, down = await bucket_totals(server, usage.tenant.tenant_id, sub)
+    assert (up % (1 << 64), down) == ((top + 5 + top) % (1 << 64), 5)
+    assert await usage.unattributed_bytes() == (3, 0)  # (2**64 + 3, 2**64) modulo 2**64
