@@ -1,6 +1,7 @@
-//! Classic pcap reader: RADIUS accounting requests (UDP to 1813/1646) over IPv4/IPv6, with
-//! IPv4 and IPv6 fragments reassembled.
+//! Capture reader: RADIUS accounting requests (UDP to 1813/1646) over IPv4/IPv6, from classic
+//! pcap and pcapng files, with IPv4 and IPv6 fragments reassembled.
 
+mod ng;
 mod reassembly;
 
 use std::fmt;
@@ -21,17 +22,49 @@ pub struct Datagram {
 /// Why a capture could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PcapError {
-    /// Not a classic pcap file (pcapng is not supported).
+    /// Neither a classic pcap nor a pcapng file.
     Magic,
-    /// A link type this reader does not decode.
+    /// A classic pcap of a link type this reader does not decode.
     LinkType(u32),
+    /// A pcapng block that breaks the format, at its byte offset.
+    Block { at: usize, reason: String },
+    /// A pcapng packet (at its block's offset) on an interface of a link type this reader
+    /// does not decode.
+    InterfaceLinkType {
+        at: usize,
+        interface: u32,
+        link_type: u32,
+    },
+    /// An accounting request completed by a pcapng Simple Packet Block, which has no time.
+    Untimed { at: usize },
+    /// A pcapng packet whose time is outside what a 64-bit count of microseconds holds.
+    Time { at: usize },
 }
 
 impl fmt::Display for PcapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Magic => write!(f, "pcap: not a classic pcap file"),
+            Self::Magic => write!(f, "pcap: not a classic pcap or pcapng file"),
             Self::LinkType(t) => write!(f, "pcap: unsupported link type {t}"),
+            Self::Block { at, reason } => write!(f, "pcapng: block at byte {at}: {reason}"),
+            Self::InterfaceLinkType {
+                at,
+                interface,
+                link_type,
+            } => write!(
+                f,
+                "pcapng: the packet at byte {at} is on interface {interface}, of link type \
+                 {link_type}, which this reader does not decode"
+            ),
+            Self::Untimed { at } => write!(
+                f,
+                "pcapng: the Simple Packet Block at byte {at} holds an accounting request, and \
+                 such a block has no capture time (its arrival cannot be known)"
+            ),
+            Self::Time { at } => write!(
+                f,
+                "pcapng: the packet at byte {at} has a capture time out of range"
+            ),
         }
     }
 }
@@ -65,19 +98,21 @@ fn u32be(b: &[u8], at: usize) -> Option<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     pub datagrams: Vec<Datagram>,
-    /// Byte offset of a last record cut short (a capture killed mid-write), if
+    /// Byte offset of a last record or block cut short (a capture killed mid-write), if
     /// any: the datagrams are those of every complete record before it.
     pub truncated_at: Option<usize>,
     /// Fragmented datagrams that may hold accounting requests and were not reassembled.
     pub incomplete: Incomplete,
 }
 
-/// Reads the accounting requests of every complete record of a capture, in capture order (a fragmented one where its last fragment is), and says where
+/// Reads the accounting requests of every complete record of a classic pcap or pcapng
+/// capture, in capture order (a fragmented one where its last fragment is), and says where
 /// a record cut short ends it (nothing after it is read) and which datagrams could not be
 /// reassembled.
 ///
 /// # Errors
-/// [`PcapError`] for a bad header or an unknown link type.
+/// [`PcapError`] for a bad header, an unknown link type, a malformed pcapng block, or an
+/// accounting request without a capture time.
 pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
     read_capture_within(data, MEMORY_BYTES)
 }
@@ -91,7 +126,11 @@ pub fn read_capture_within(data: &[u8], limit_bytes: usize) -> Result<Capture, P
         datagrams: Vec::new(),
         reassembly: Reassembler::new(limit_bytes),
     };
-    let truncated_at = classic(data, &mut reader)?;
+    let truncated_at = if data.starts_with(&ng::MAGIC) {
+        ng::read(data, &mut reader)?
+    } else {
+        classic(data, &mut reader)?
+    };
     Ok(Capture {
         datagrams: reader.datagrams,
         truncated_at,
@@ -127,7 +166,7 @@ fn classic(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError>
         let Some((time_us, frame)) = record(data, pos, &u32at, nanos) else {
             return Ok(Some(pos));
         };
-        reader.packet(linktype, frame, time_us);
+        reader.packet(linktype, frame, Some(time_us), pos)?;
         pos += 16 + frame.len();
     }
     Ok(None)
@@ -151,31 +190,39 @@ fn record<'a>(
     ))
 }
 
-/// What the records feed: the requests found so far, and the fragments waiting for the rest
-/// of their datagram.
+/// What the records of either format feed: the requests found so far, and the fragments
+/// waiting for the rest of their datagram.
 struct Reader {
     datagrams: Vec<Datagram>,
     reassembly: Reassembler,
 }
 
 impl Reader {
-    /// Takes one captured frame.
-    fn packet(&mut self, link_type: u32, frame: &[u8], time_us: i64) {
+    /// Takes one captured frame (`at`: its record's offset; no time: a Simple Packet Block).
+    fn packet(
+        &mut self,
+        link_type: u32,
+        frame: &[u8],
+        time_us: Option<i64>,
+        at: usize,
+    ) -> Result<(), PcapError> {
         let Some(ip) = network_layer(link_type, frame) else {
-            return;
+            return Ok(());
         };
         let found = match ip.first().map(|b| b >> 4) {
-            Some(4) => self.ipv4(ip, Some(time_us)),
-            Some(6) => self.ipv6(ip, Some(time_us)),
+            Some(4) => self.ipv4(ip, time_us),
+            Some(6) => self.ipv6(ip, time_us),
             _ => None,
         };
         if let Some((source, payload)) = found {
+            let time_us = time_us.ok_or(PcapError::Untimed { at })?;
             self.datagrams.push(Datagram {
                 payload,
                 source,
                 time_us,
             });
         }
+        Ok(())
     }
 
     fn ipv4(&mut self, ip: &[u8], time_us: Option<i64>) -> Option<(String, Vec<u8>)> {

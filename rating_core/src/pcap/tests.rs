@@ -550,20 +550,411 @@ proptest! {
     }
 }
 
+// --- pcapng -----------------------------------------------------------------------------
+
+/// One Ethernet frame carrying `ip`.
+fn ethernet_frame(ip: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame
+}
+
+#[test]
+fn pcapng_is_read_in_either_byte_order() {
+    for little in [true, false] {
+        let mut ng = Ng::new(little);
+        ng.interface(101, 0, &[]);
+        ng.enhanced(0, ticks(T0), &datagram(NAS, b"one"));
+        ng.block(5, &[0; 16]); // interface statistics: skipped
+        ng.enhanced(0, ticks(T0 + 250), &datagram([192, 0, 2, 9], b"two"));
+        let read = parsed(&ng.out);
+        assert_eq!(
+            payloads(&read),
+            [b"one".to_vec(), b"two".to_vec()],
+            "{little}"
+        );
+        assert_eq!(times(&read), [T0, T0 + 250]);
+        assert_eq!(read.datagrams[1].source, "192.0.2.9");
+        assert_eq!(read.truncated_at, None);
+    }
+}
+
+#[test]
+fn pcapng_times_follow_each_interface_resolution_and_offset() {
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[(9, vec![9])]); // nanoseconds
+    ng.interface(
+        101,
+        0,
+        &[(9, vec![0x80 + 20]), (14, 1000_i64.to_le_bytes().to_vec())],
+    );
+    ng.interface(101, 0, &[(9, vec![0])]); // seconds
+    let ns = 1_700_000_000_123_456_789_u64;
+    ng.enhanced(0, ns, &datagram(NAS, b"ns"));
+    // 2^-20 s: 1,700,000,000.5 s is 1,700,000,000 × 2^20 + 2^19 ticks; plus 1000 s.
+    ng.enhanced(
+        1,
+        (1_700_000_000_u64 << 20) + (1 << 19),
+        &datagram(NAS, b"binary"),
+    );
+    ng.enhanced(2, 1_700_000_000, &datagram(NAS, b"seconds"));
+    let read = parsed(&ng.out);
+    assert_eq!(
+        times(&read),
+        [
+            1_700_000_000_123_456,
+            1_700_001_000_500_000,
+            1_700_000_000_000_000
+        ]
+    );
+}
+
+#[test]
+fn pcapng_big_endian_offset_and_extreme_resolutions_do_not_overflow() {
+    let mut ng = Ng::new(false);
+    ng.interface(101, 0, &[(14, (-5_i64).to_be_bytes().to_vec())]);
+    ng.interface(101, 0, &[(9, vec![0x7f])]); // 10^-127 s: every time is 0
+    ng.interface(101, 0, &[(9, vec![0xff])]); // 2^-127 s
+    ng.enhanced(0, ticks(T0), &datagram(NAS, b"a"));
+    ng.enhanced(1, u64::MAX, &datagram(NAS, b"b"));
+    ng.enhanced(2, u64::MAX, &datagram(NAS, b"c"));
+    assert_eq!(times(&parsed(&ng.out)), [T0 - 5_000_000, 0, 0]);
+    // Microseconds past what an i64 holds: refused, naming the block.
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[]);
+    let at = ng.enhanced(0, u64::MAX, &datagram(NAS, b"far"));
+    assert_eq!(read_capture(&ng.out), Err(PcapError::Time { at }));
+}
+
+#[test]
+fn pcapng_interfaces_keep_their_own_link_types() {
+    let mut ng = Ng::new(true);
+    ng.interface(1, 65535, &[]); // Ethernet
+    ng.interface(101, 65535, &[]); // raw IP
+    ng.interface(147, 65535, &[]); // a link type not decoded, with no packet: harmless
+    ng.enhanced(0, ticks(T0), &ethernet_frame(&datagram(NAS, b"ether")));
+    ng.enhanced(1, ticks(T0 + 1), &datagram(NAS, b"raw"));
+    ng.obsolete(
+        0,
+        ticks(T0 + 2),
+        &ethernet_frame(&datagram(NAS, b"old block")),
+    );
+    let read = parsed(&ng.out);
+    assert_eq!(
+        payloads(&read),
+        [b"ether".to_vec(), b"raw".to_vec(), b"old block".to_vec()]
+    );
+    assert_eq!(times(&read), [T0, T0 + 1, T0 + 2]);
+    // A packet on the interface whose link type is not decoded is refused.
+    let at = ng.enhanced(2, ticks(T0 + 3), &datagram(NAS, b"?"));
+    assert_eq!(
+        read_capture(&ng.out),
+        Err(PcapError::InterfaceLinkType {
+            at,
+            interface: 2,
+            link_type: 147
+        })
+    );
+}
+
+#[test]
+fn pcapng_sections_each_have_their_byte_order_and_interfaces() {
+    let mut ng = Ng::new(true);
+    ng.interface(1, 0, &[]);
+    ng.enhanced(0, ticks(T0), &ethernet_frame(&datagram(NAS, b"first")));
+    ng.section(false);
+    ng.interface(101, 0, &[(9, vec![9])]);
+    ng.enhanced(0, ticks(T0) * 1000, &datagram(NAS, b"second"));
+    let read = parsed(&ng.out);
+    assert_eq!(payloads(&read), [b"first".to_vec(), b"second".to_vec()]);
+    assert_eq!(times(&read), [T0, T0]);
+    // Interfaces do not carry over into a new section.
+    ng.section(true);
+    let at = ng.enhanced(0, ticks(T0), &datagram(NAS, b"third"));
+    assert!(matches!(read_capture(&ng.out), Err(PcapError::Block { at: a, .. }) if a == at));
+}
+
+#[test]
+fn pcapng_simple_packet_with_a_request_is_refused_and_others_are_skipped() {
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[]);
+    ng.enhanced(0, ticks(T0), &datagram(NAS, b"timed"));
+    ng.simple(&ipv4(NAS, 1, 0, UDP, &udp(53, b"dns")));
+    let read = parsed(&ng.out);
+    assert_eq!(payloads(&read), [b"timed".to_vec()]);
+    let at = ng.simple(&datagram(NAS, b"untimed"));
+    assert_eq!(read_capture(&ng.out), Err(PcapError::Untimed { at }));
+}
+
+#[test]
+fn pcapng_simple_packet_fragment_takes_the_time_of_the_fragment_that_completes_it() {
+    let body = udp(1813, &payload(3000));
+    let frags = fragments(7, &body, &[1480]);
+    let mut ng = Ng::new(false);
+    ng.interface(101, 0, &[]);
+    ng.simple(&frags[0]);
+    ng.enhanced(0, ticks(T0 + 9), &frags[1]);
+    let read = parsed(&ng.out);
+    assert_eq!(payloads(&read), [payload(3000)]);
+    assert_eq!(times(&read), [T0 + 9]);
+}
+
+#[test]
+fn pcapng_simple_packet_is_cut_to_the_interface_snaplen() {
+    let mut ng = Ng::new(true);
+    ng.interface(101, 27, &[]);
+    // 38 octets, 27 captured: cut inside the UDP header, so no request (and no refusal).
+    ng.simple(&datagram(NAS, b"0123456789"));
+    assert_eq!(parsed(&ng.out).datagrams, []);
+    let mut ng = Ng::new(true);
+    ng.interface(101, 30, &[]);
+    // 30 captured: a UDP header to port 1813 and 2 octets, sent as today for a frame cut
+    // by the snaplen, so it needs a time.
+    let at = ng.simple(&datagram(NAS, b"0123456789"));
+    assert_eq!(read_capture(&ng.out), Err(PcapError::Untimed { at }));
+}
+
+#[test]
+fn pcapng_unknown_blocks_are_skipped_by_their_length() {
+    let mut ng = Ng::new(true);
+    ng.block(0x0bad, b"custom block, copied");
+    ng.interface(101, 0, &[(2, b"eth0".to_vec()), (12, b"Linux".to_vec())]);
+    ng.block(4, &[0, 0, 0, 0]); // name resolution
+    ng.block(0x4000_0bad, &[1; 40]);
+    ng.block(10, &[2; 7]); // decryption secrets
+    ng.enhanced(0, ticks(T0), &datagram(NAS, b"after them"));
+    assert_eq!(payloads(&parsed(&ng.out)), [b"after them".to_vec()]);
+}
+
+#[test]
+fn pcapng_block_cut_short_ends_the_capture_as_truncated() {
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[]);
+    ng.enhanced(0, ticks(T0), &datagram(NAS, b"one"));
+    let second = ng.enhanced(0, ticks(T0 + 1), &datagram(NAS, b"two"));
+    let data = ng.out.clone();
+    for end in [data.len() - 1, second + 20, second + 6, second + 1] {
+        let read = parsed(&data[..end]);
+        assert_eq!(payloads(&read), [b"one".to_vec()], "{end}");
+        assert_eq!(read.truncated_at, Some(second));
+    }
+    assert_eq!(parsed(&data[..second]).truncated_at, None);
+    // A section header cut before its byte-order magic, first or later.
+    assert_eq!(parsed(&data[..10]).truncated_at, Some(0));
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[]);
+    let at = ng.section(false);
+    assert_eq!(parsed(&ng.out[..at + 9]).truncated_at, Some(at));
+}
+
+#[test]
+fn pcapng_malformed_blocks_are_refused_naming_them() {
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[]);
+    let at = ng.out.len();
+    ng.enhanced(0, ticks(T0), &datagram(NAS, b"one"));
+    let block_error = |data: &[u8]| match read_capture(data) {
+        Err(PcapError::Block { at, reason }) => Some((at, reason)),
+        _ => None,
+    };
+    // A length that is not a multiple of 4, one under 12, a closing length that differs.
+    for (offset, value) in [(4, 61_u32), (4, 8), (ng.out.len() - 4 - at, 64)] {
+        let mut data = ng.out.clone();
+        data[at + offset..at + offset + 4].copy_from_slice(&value.to_le_bytes());
+        assert_eq!(
+            block_error(&data).map(|e| e.0),
+            Some(at),
+            "{offset} {value}"
+        );
+    }
+    // A captured length past the block.
+    let mut data = ng.out.clone();
+    data[at + 20..at + 24].copy_from_slice(&500_u32.to_le_bytes());
+    assert_eq!(block_error(&data).map(|e| e.0), Some(at));
+    // An if_tsresol of two bytes.
+    let mut bad = Ng::new(true);
+    let idb = bad.interface(101, 0, &[(9, vec![6, 6])]);
+    assert_eq!(block_error(&bad.out).map(|e| e.0), Some(idb));
+    // Another major version.
+    let mut data = Ng::new(true).out;
+    data[12] = 2;
+    assert!(block_error(&data).is_some_and(|e| e.1.contains("version 2.0")));
+    // A first section with an unknown byte-order magic is not pcapng at all.
+    let mut data = Ng::new(true).out;
+    data[8] = 0;
+    assert_eq!(read_capture(&data), Err(PcapError::Magic));
+}
+
+/// A pcapng file written block by block in one byte order.
+struct Ng {
+    little: bool,
+    out: Vec<u8>,
+}
+
+impl Ng {
+    fn new(little: bool) -> Self {
+        let mut ng = Self {
+            little,
+            out: Vec::new(),
+        };
+        ng.section(little);
+        ng
+    }
+
+    fn u16(&self, v: u16) -> [u8; 2] {
+        if self.little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
+    }
+
+    fn u32(&self, v: u32) -> [u8; 4] {
+        if self.little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
+    }
+
+    /// Appends a block of this type; the body is padded to 32 bits. Returns its offset.
+    fn block(&mut self, kind: u32, body: &[u8]) -> usize {
+        let at = self.out.len();
+        let mut body = body.to_vec();
+        body.resize(body.len().next_multiple_of(4), 0);
+        let length = self.u32(body.len() as u32 + 12);
+        let kind = self.u32(kind);
+        self.out.extend(kind);
+        self.out.extend(length);
+        self.out.extend(body);
+        self.out.extend(length);
+        at
+    }
+
+    /// Starts a new section in the given byte order (with an `shb_userappl` option).
+    fn section(&mut self, little: bool) -> usize {
+        self.little = little;
+        let mut body = self.u32(0x1a2b_3c4d).to_vec();
+        body.extend(self.u16(1));
+        body.extend(self.u16(0));
+        body.extend([0xff; 8]); // section length unknown
+        body.extend(self.option(4, b"tests"));
+        body.extend([0; 4]);
+        self.block(0x0a0d_0d0a, &body)
+    }
+
+    fn option(&self, code: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = self.u16(code).to_vec();
+        out.extend(self.u16(value.len() as u16));
+        out.extend(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    /// An interface; `options` are (code, value) pairs.
+    fn interface(&mut self, link_type: u16, snaplen: u32, options: &[(u16, Vec<u8>)]) -> usize {
+        let mut body = self.u16(link_type).to_vec();
+        body.extend([0, 0]);
+        body.extend(self.u32(snaplen));
+        for (code, value) in options {
+            body.extend(self.option(*code, value));
+        }
+        if !options.is_empty() {
+            body.extend([0; 4]);
+        }
+        self.block(1, &body)
+    }
+
+    fn enhanced(&mut self, interface: u32, ticks: u64, frame: &[u8]) -> usize {
+        let mut body = self.u32(interface).to_vec();
+        body.extend(self.u32((ticks >> 32) as u32));
+        body.extend(self.u32(ticks as u32));
+        body.extend(self.u32(frame.len() as u32));
+        body.extend(self.u32(frame.len() as u32));
+        body.extend(frame);
+        body.resize(body.len().next_multiple_of(4), 0);
+        body.extend(self.option(1, b"a comment"));
+        body.extend([0; 4]);
+        self.block(6, &body)
+    }
+
+    fn obsolete(&mut self, interface: u16, ticks: u64, frame: &[u8]) -> usize {
+        let mut body = self.u16(interface).to_vec();
+        body.extend(self.u16(0));
+        body.extend(self.u32((ticks >> 32) as u32));
+        body.extend(self.u32(ticks as u32));
+        body.extend(self.u32(frame.len() as u32));
+        body.extend(self.u32(frame.len() as u32));
+        body.extend(frame);
+        self.block(2, &body)
+    }
+
+    fn simple(&mut self, frame: &[u8]) -> usize {
+        let mut body = self.u32(frame.len() as u32).to_vec();
+        body.extend(frame);
+        self.block(3, &body)
+    }
+}
+
+fn ticks(us: i64) -> u64 {
+    us as u64
+}
+
+#[test]
+fn pcapng_with_fragments_over_two_interfaces() {
+    // The capture a BNG's collector writes: Ethernet and Linux cooked, IPv4 and IPv6.
+    let v4 = fragments(21, &udp(1813, &payload(4096)), &[1480, 2960]);
+    let v6 = fragments6(22, UDP, &udp(1813, &payload(3500)), &[1448, 2896]);
+    let cooked = |ip: &[u8]| {
+        let mut frame = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x86, 0xdd];
+        frame.extend(ip);
+        frame
+    };
+    for little in [true, false] {
+        let mut ng = Ng::new(little);
+        ng.interface(1, 262_144, &[(9, vec![9])]);
+        ng.interface(113, 262_144, &[]);
+        let ns = ticks(T0) * 1000;
+        ng.enhanced(0, ns, &ethernet_frame(&v4[0]));
+        ng.enhanced(1, ticks(T0 + 1), &cooked(&v6[2]));
+        ng.enhanced(0, ns + 2000, &ethernet_frame(&v4[2]));
+        ng.enhanced(1, ticks(T0 + 3), &cooked(&v6[0]));
+        ng.enhanced(0, ns + 4000, &ethernet_frame(&v4[1]));
+        ng.enhanced(1, ticks(T0 + 5), &cooked(&v6[1]));
+        let read = parsed(&ng.out);
+        assert_eq!(payloads(&read), [payload(4096), payload(3500)]);
+        assert_eq!(times(&read), [T0 + 4, T0 + 5]);
+        assert_eq!(read.datagrams[1].source, "2001:db8::1");
+    }
+}
+
 proptest! {
     #[test]
     fn damaged_captures_never_panic(
+        little in any::<bool>(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..12),
         cut in any::<prop::sample::Index>(),
     ) {
         let v4 = fragments(21, &udp(1813, &payload(3000)), &[1480]);
         let v6 = fragments6(22, 60, &[&extension(UDP, 0)[..], &udp(1813, &payload(2000))[..]].concat(), &[1448]);
-        let mut data = classic(&timed(&[v4[0].clone(), v6[1].clone(), v4[1].clone(), v6[0].clone()], &[0, 1, 2, 3]));
+        let mut ng = Ng::new(little);
+        ng.interface(101, 0, &[(9, vec![9])]);
+        ng.interface(1, 0, &[]);
+        for f in v4.iter().chain(&v6) {
+            ng.enhanced(0, 1, f);
+            ng.enhanced(1, 2, &ethernet_frame(f));
+            ng.simple(f);
+        }
+        let mut data = ng.out;
         for (at, byte) in edits {
             let i = at.index(data.len());
             data[i] = byte;
         }
         data.truncate(cut.index(data.len() + 1));
         let _ = read_capture_within(&data, 8192);
+        let mut classic_data = classic(&timed(&[v4[0].clone(), v6[1].clone(), v4[1].clone()], &[0, 1, 2]));
+        let i = cut.index(classic_data.len());
+        classic_data[i] ^= 0x55;
+        let _ = read_capture(&classic_data);
     }
 }
