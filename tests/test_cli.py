@@ -190,7 +190,7 @@ def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
             "rating quarantine purge: --since and --until are for listing",
         ),
         (["replay", "missing.pcap", "--secret", "s"], 1, "missing.pcap: No such file"),
-        (["replay", "junk.bin", "--secret", "s"], 1, "neither a classic pcap nor"),
+        (["replay", "junk.bin", "--secret", "s"], 1, "neither a pcap or pcapng capture nor"),
         (["replay", "junk.bin", "--format", "pcap", "--secret", "s"], 1, "not a classic pcap"),
         (["replay", "junk.bin", "--batch-size", "0"], 2, "--batch-size: must be at least 1"),
         (["sessions", "--target", "127.0.0.1:{closed}"], 1, "rating sessions: UNAVAILABLE"),

@@ -1,30 +1,70 @@
-//! Classic pcap reader: RADIUS accounting requests (UDP to 1813/1646) over IPv4/IPv6.
+//! Capture reader: RADIUS accounting requests (UDP to 1813/1646) over IPv4/IPv6, from classic
+//! pcap and pcapng files, with IPv4 and IPv6 fragments reassembled.
+
+mod ng;
+mod reassembly;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use reassembly::{Fragment, Key, Reassembler};
+pub use reassembly::{Incomplete, MEMORY_BYTES, TIMEOUT_US};
 
 /// One captured RADIUS accounting datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
     pub payload: Vec<u8>,
     pub source: String,
+    /// Capture time; for a reassembled datagram, that of the fragment that completed it.
     pub time_us: i64,
 }
 
 /// Why a capture could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PcapError {
-    /// Not a classic pcap file (pcapng is not supported).
+    /// Neither a classic pcap nor a pcapng file.
     Magic,
-    /// A link type this reader does not decode.
+    /// A classic pcap of a link type this reader does not decode.
     LinkType(u32),
+    /// A pcapng block that breaks the format, at its byte offset.
+    Block { at: usize, reason: String },
+    /// A pcapng packet (at its block's offset) on an interface of a link type this reader
+    /// does not decode.
+    InterfaceLinkType {
+        at: usize,
+        interface: u32,
+        link_type: u32,
+    },
+    /// An accounting request completed by a pcapng Simple Packet Block, which has no time.
+    Untimed { at: usize },
+    /// A pcapng packet whose time is outside what a 64-bit count of microseconds holds.
+    Time { at: usize },
 }
 
 impl fmt::Display for PcapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Magic => write!(f, "pcap: not a classic pcap file"),
+            Self::Magic => write!(f, "pcap: not a classic pcap or pcapng file"),
             Self::LinkType(t) => write!(f, "pcap: unsupported link type {t}"),
+            Self::Block { at, reason } => write!(f, "pcapng: block at byte {at}: {reason}"),
+            Self::InterfaceLinkType {
+                at,
+                interface,
+                link_type,
+            } => write!(
+                f,
+                "pcapng: the packet at byte {at} is on interface {interface}, of link type \
+                 {link_type}, which this reader does not decode"
+            ),
+            Self::Untimed { at } => write!(
+                f,
+                "pcapng: the Simple Packet Block at byte {at} holds an accounting request, and \
+                 such a block has no capture time (its arrival cannot be known)"
+            ),
+            Self::Time { at } => write!(
+                f,
+                "pcapng: the packet at byte {at} has a capture time out of range"
+            ),
         }
     }
 }
@@ -32,6 +72,13 @@ impl fmt::Display for PcapError {
 impl std::error::Error for PcapError {}
 
 const ACCOUNTING_PORTS: [u16; 2] = [1813, 1646];
+const UDP: u8 = 17;
+const IPV6_FRAGMENT: u8 = 44;
+/// IPv6 extension headers with the standard length format (8-octet units after the first
+/// 8): Hop-by-Hop, Routing, Destination Options, Mobility, HIP, Shim6, experimental.
+const IPV6_EXTENSIONS: [u8; 8] = [0, 43, 60, 135, 139, 140, 253, 254];
+/// IPv6 Authentication Header, whose length counts 4-octet units after the first 8.
+const IPV6_AH: u8 = 51;
 
 /// Ethernet, null/loop, raw IP (12, 14, 101, 228, 229), Linux cooked v1 and v2.
 const LINK_TYPES: [u32; 10] = [0, 1, 12, 14, 101, 108, 113, 228, 229, 276];
@@ -40,21 +87,59 @@ fn u16be(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// The accounting requests of a capture, and where it stops short.
+fn u32be(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// The accounting requests of a capture, where it stops short, and the fragmented
+/// datagrams that could not be put back together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     pub datagrams: Vec<Datagram>,
-    /// Byte offset of a last record cut short (a capture killed mid-write), if any: the
-    /// datagrams are those of every complete record before it.
+    /// Byte offset of a last record or block cut short (a capture killed mid-write), if
+    /// any: the datagrams are those of every complete record before it.
     pub truncated_at: Option<usize>,
+    /// Fragmented datagrams that may hold accounting requests and were not reassembled.
+    pub incomplete: Incomplete,
 }
 
-/// Reads the accounting requests of every complete record of a capture, in capture order,
-/// and says where a record cut short ends it (nothing after it is read).
+/// Reads the accounting requests of every complete record of a classic pcap or pcapng
+/// capture, in capture order (a fragmented one where its last fragment is), and says where
+/// a record cut short ends it (nothing after it is read) and which datagrams could not be
+/// reassembled.
 ///
 /// # Errors
-/// [`PcapError`] for a bad header or an unknown link type.
+/// [`PcapError`] for a bad header, an unknown link type, a malformed pcapng block, or an
+/// accounting request without a capture time.
 pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
+    read_capture_within(data, MEMORY_BYTES)
+}
+
+/// [`read_capture`] with pending fragments holding at most `limit_bytes`.
+///
+/// # Errors
+/// As [`read_capture`].
+pub fn read_capture_within(data: &[u8], limit_bytes: usize) -> Result<Capture, PcapError> {
+    let mut reader = Reader {
+        datagrams: Vec::new(),
+        reassembly: Reassembler::new(limit_bytes),
+    };
+    let truncated_at = if data.starts_with(&ng::MAGIC) {
+        ng::read(data, &mut reader)?
+    } else {
+        classic(data, &mut reader)?
+    };
+    Ok(Capture {
+        datagrams: reader.datagrams,
+        truncated_at,
+        incomplete: reader.reassembly.finish(),
+    })
+}
+
+/// A classic pcap's records; the offset of a last record cut short, if any.
+fn classic(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError> {
     let header = data.get(..24).ok_or(PcapError::Magic)?;
     let magic = [header[0], header[1], header[2], header[3]];
     let (le, nanos) = match magic {
@@ -76,36 +161,15 @@ pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
     if !LINK_TYPES.contains(&linktype) {
         return Err(PcapError::LinkType(linktype));
     }
-    let mut datagrams = Vec::new();
     let mut pos = 24;
     while pos < data.len() {
         let Some((time_us, frame)) = record(data, pos, &u32at, nanos) else {
-            return Ok(Capture {
-                datagrams,
-                truncated_at: Some(pos),
-            });
+            return Ok(Some(pos));
         };
+        reader.packet(linktype, frame, Some(time_us), pos)?;
         pos += 16 + frame.len();
-        let ip = match linktype {
-            1 => ethernet(frame),
-            0 | 108 => frame.get(4..),
-            101 | 228 | 229 | 12 | 14 => Some(frame),
-            113 => frame.get(16..),
-            276 => frame.get(20..),
-            _ => None, // refused above
-        };
-        if let Some((source, payload)) = ip.and_then(udp_to_accounting) {
-            datagrams.push(Datagram {
-                payload: payload.to_vec(),
-                source,
-                time_us,
-            });
-        }
     }
-    Ok(Capture {
-        datagrams,
-        truncated_at: None,
-    })
+    Ok(None)
 }
 
 /// The capture time (µs) and frame of the record at `pos`; None when the file ends inside it.
@@ -126,6 +190,147 @@ fn record<'a>(
     ))
 }
 
+/// What the records of either format feed: the requests found so far, and the fragments
+/// waiting for the rest of their datagram.
+struct Reader {
+    datagrams: Vec<Datagram>,
+    reassembly: Reassembler,
+}
+
+impl Reader {
+    /// Takes one captured frame (`at`: its record's offset; no time: a Simple Packet Block).
+    fn packet(
+        &mut self,
+        link_type: u32,
+        frame: &[u8],
+        time_us: Option<i64>,
+        at: usize,
+    ) -> Result<(), PcapError> {
+        let Some(ip) = network_layer(link_type, frame) else {
+            return Ok(());
+        };
+        let found = match ip.first().map(|b| b >> 4) {
+            Some(4) => self.ipv4(ip, time_us),
+            Some(6) => self.ipv6(ip, time_us),
+            _ => None,
+        };
+        if let Some((source, payload)) = found {
+            let time_us = time_us.ok_or(PcapError::Untimed { at })?;
+            self.datagrams.push(Datagram {
+                payload,
+                source,
+                time_us,
+            });
+        }
+        Ok(())
+    }
+
+    fn ipv4(&mut self, ip: &[u8], time_us: Option<i64>) -> Option<(String, Vec<u8>)> {
+        let ihl = usize::from(ip.first()? & 0x0f) * 4;
+        let total = usize::from(u16be(ip, 2)?);
+        let frag = u16be(ip, 6)?;
+        if *ip.get(9)? != UDP || ihl < 20 {
+            return None;
+        }
+        let source: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+        let body = ip.get(ihl..total.min(ip.len()))?;
+        let address = Ipv4Addr::from(source).to_string();
+        let (offset, more) = (usize::from(frag & 0x1fff) * 8, frag & 0x2000 != 0);
+        if offset == 0 && !more {
+            return Some((address, accounting(body)?.to_vec()));
+        }
+        let destination: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+        let fragment = Fragment {
+            key: Key {
+                v6: false,
+                source: widen(source),
+                destination: widen(destination),
+                protocol: UDP,
+                id: u32::from(u16be(ip, 4)?),
+            },
+            offset,
+            more,
+            length: total - ihl,
+            bytes: body,
+            first_header: UDP,
+            accounting: if offset == 0 {
+                u16be(body, 2).map(|port| ACCOUNTING_PORTS.contains(&port))
+            } else {
+                None
+            },
+        };
+        let (_, whole) = self.reassembly.add(&fragment, time_us)?;
+        Some((address, accounting(&whole)?.to_vec()))
+    }
+
+    fn ipv6(&mut self, ip: &[u8], time_us: Option<i64>) -> Option<(String, Vec<u8>)> {
+        let length = usize::from(u16be(ip, 4)?);
+        let source: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+        let body = ip.get(40..(40 + length).min(ip.len()))?;
+        let address = Ipv6Addr::from(source).to_string();
+        let at = match headers(*ip.get(6)?, body) {
+            Chain::Udp(udp) => return Some((address, accounting(udp)?.to_vec())),
+            Chain::Fragment(at) => at,
+            Chain::Other | Chain::Short => return None,
+        };
+        let header = body.get(at..at + 8)?;
+        let next = *header.first()?;
+        let field = u16be(header, 2)?;
+        let (offset, more) = (usize::from(field & 0xfff8), field & 1 != 0);
+        let bytes = body.get(at + 8..)?;
+        if offset == 0 && !more {
+            // An atomic fragment (RFC 6946): a whole datagram.
+            return match headers(next, bytes) {
+                Chain::Udp(udp) => Some((address, accounting(udp)?.to_vec())),
+                _ => None,
+            };
+        }
+        if next != UDP && next != IPV6_AH && !IPV6_EXTENSIONS.contains(&next) {
+            return None; // TCP, ICMPv6, ESP, ...: never an accounting request
+        }
+        let fragment = Fragment {
+            key: Key {
+                v6: true,
+                source,
+                destination: ip.get(24..40)?.try_into().ok()?,
+                protocol: 0,
+                id: u32be(header, 4)?,
+            },
+            offset,
+            more,
+            length: length.checked_sub(at + 8)?,
+            bytes,
+            first_header: next,
+            accounting: if offset == 0 {
+                match headers(next, bytes) {
+                    Chain::Udp(udp) => u16be(udp, 2).map(|port| ACCOUNTING_PORTS.contains(&port)),
+                    Chain::Fragment(_) | Chain::Other => Some(false),
+                    Chain::Short => None,
+                }
+            } else {
+                None
+            },
+        };
+        let (first, whole) = self.reassembly.add(&fragment, time_us)?;
+        match headers(first, &whole) {
+            Chain::Udp(udp) => Some((address, accounting(udp)?.to_vec())),
+            _ => None,
+        }
+    }
+}
+
+/// The IP packet inside a frame of the link type (one of [`LINK_TYPES`]).
+fn network_layer(link_type: u32, frame: &[u8]) -> Option<&[u8]> {
+    match link_type {
+        1 => ethernet(frame),
+        0 | 108 => frame.get(4..),
+        101 | 228 | 229 | 12 | 14 => Some(frame),
+        113 => frame.get(16..),
+        276 => frame.get(20..),
+        _ => None,
+    }
+}
+
 fn ethernet(frame: &[u8]) -> Option<&[u8]> {
     let mut at = 12;
     let mut ty = u16be(frame, at)?;
@@ -136,122 +341,55 @@ fn ethernet(frame: &[u8]) -> Option<&[u8]> {
     frame.get(at + 2..)
 }
 
-fn udp_to_accounting(ip: &[u8]) -> Option<(String, &[u8])> {
-    let version = ip.first()? >> 4;
-    let (source, udp) = match version {
-        4 => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let total = usize::from(u16be(ip, 2)?);
-            let frag = u16be(ip, 6)?;
-            if *ip.get(9)? != 17 || frag & 0x3fff != 0 || ihl < 20 {
-                return None;
+fn widen(v4: [u8; 4]) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..4].copy_from_slice(&v4);
+    out
+}
+
+/// Where a chain of IPv6 headers leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chain<'a> {
+    /// A UDP header and what follows it.
+    Udp(&'a [u8]),
+    /// A Fragment header, at this offset.
+    Fragment(usize),
+    /// Another protocol (or ESP, or No Next Header).
+    Other,
+    /// The bytes end inside the chain.
+    Short,
+}
+
+/// Walks the IPv6 headers in `bytes`, the first of them of type `next`.
+fn headers(mut next: u8, bytes: &[u8]) -> Chain<'_> {
+    let mut at = 0;
+    loop {
+        let units = match next {
+            UDP => return bytes.get(at..).map_or(Chain::Short, Chain::Udp),
+            IPV6_FRAGMENT => return Chain::Fragment(at),
+            IPV6_AH => bytes.get(at + 1).map(|&n| (usize::from(n) + 2) * 4),
+            n if IPV6_EXTENSIONS.contains(&n) => {
+                bytes.get(at + 1).map(|&n| (usize::from(n) + 1) * 8)
             }
-            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            (
-                Ipv4Addr::from(src).to_string(),
-                ip.get(ihl..total.min(ip.len()))?,
-            )
-        }
-        6 => {
-            if *ip.get(6)? != 17 {
-                return None;
-            }
-            let len = usize::from(u16be(ip, 4)?);
-            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            (
-                Ipv6Addr::from(src).to_string(),
-                ip.get(40..(40 + len).min(ip.len()))?,
-            )
-        }
-        _ => return None,
-    };
+            _ => return Chain::Other,
+        };
+        let (Some(length), Some(&following)) = (units, bytes.get(at)) else {
+            return Chain::Short;
+        };
+        next = following;
+        at += length;
+    }
+}
+
+/// The RADIUS payload of a UDP datagram to an accounting port.
+fn accounting(udp: &[u8]) -> Option<&[u8]> {
     let dport = u16be(udp, 2)?;
     let ulen = usize::from(u16be(udp, 4)?);
     if !ACCOUNTING_PORTS.contains(&dport) || ulen < 8 {
         return None;
     }
-    Some((source, udp.get(8..ulen.min(udp.len()))?))
+    udp.get(8..ulen.min(udp.len()))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn datagram(source: [u8; 4], payload: &[u8]) -> Vec<u8> {
-        let udp_len = 8 + payload.len() as u16;
-        let mut ip = vec![0x45, 0];
-        ip.extend((20 + udp_len).to_be_bytes());
-        ip.extend([0, 0, 0, 0, 64, 17, 0, 0]);
-        ip.extend(source);
-        ip.extend([192, 0, 2, 254]);
-        ip.extend(40000_u16.to_be_bytes());
-        ip.extend(1813_u16.to_be_bytes());
-        ip.extend(udp_len.to_be_bytes());
-        ip.extend([0, 0]);
-        ip.extend(payload);
-        ip
-    }
-
-    /// A little-endian, microsecond, raw-IP capture of one datagram per payload.
-    fn capture(payloads: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for word in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, 101] {
-            out.extend(word.to_le_bytes());
-        }
-        for (i, payload) in payloads.iter().enumerate() {
-            let frame = datagram([192, 0, 2, 1], payload);
-            let len = frame.len() as u32;
-            for word in [1_700_000_000 + i as u32, 250, len, len] {
-                out.extend(word.to_le_bytes());
-            }
-            out.extend(frame);
-        }
-        out
-    }
-
-    #[test]
-    fn complete_capture_reads_every_datagram() {
-        let data = capture(&[b"one", b"two"]);
-        let read = read_capture(&data);
-        let payloads: Vec<&[u8]> = read
-            .as_ref()
-            .map(|c| c.datagrams.iter().map(|d| d.payload.as_slice()).collect())
-            .unwrap_or_default();
-        assert_eq!(payloads, [b"one".as_slice(), b"two".as_slice()]);
-        assert_eq!(read.map(|c| c.truncated_at), Ok(None));
-    }
-
-    #[test]
-    fn truncated_record_keeps_the_complete_ones_before_it() {
-        let data = capture(&[b"one", b"two"]);
-        let second = 24 + 16 + datagram([192, 0, 2, 1], b"one").len();
-        // Cut inside the second record's body, inside its header, and right after the first.
-        for end in [data.len() - 1, second + 7, second + 1] {
-            let read = read_capture(&data[..end]);
-            assert_eq!(
-                read.as_ref().map(|c| (c.datagrams.len(), c.truncated_at)),
-                Ok((1, Some(second)))
-            );
-        }
-        assert_eq!(
-            read_capture(&data[..second]).map(|c| (c.datagrams.len(), c.truncated_at)),
-            Ok((1, None))
-        );
-    }
-
-    #[test]
-    fn unknown_link_type_is_refused_when_the_capture_has_no_record() {
-        let mut data = capture(&[]);
-        data[20] = 7;
-        assert_eq!(read_capture(&data), Err(PcapError::LinkType(7)));
-    }
-
-    #[test]
-    fn header_that_is_not_pcap_is_refused() {
-        assert_eq!(
-            read_capture(b"not a capture at all, no"),
-            Err(PcapError::Magic)
-        );
-        assert_eq!(read_capture(&[0xd4, 0xc3, 0xb2]), Err(PcapError::Magic));
-    }
-}
+mod tests;

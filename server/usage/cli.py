@@ -39,16 +39,18 @@ def add_commands(subparsers: Any) -> None:
     )
     add_client_arguments(replay)
     replay.add_argument(
-        "file", type=Path, help="classic pcap (UDP 1813/1646) or FreeRADIUS detail file"
+        "file",
+        type=Path,
+        help="pcap or pcapng capture (UDP 1813/1646) or FreeRADIUS detail file",
     )
     replay.add_argument(
         "--format",
         choices=("auto", "pcap", "detail"),
         default="auto",
-        help="file format (auto: pcap by its magic number, else detail)",
+        help="file format (auto: pcap or pcapng by its magic number, else detail)",
     )
     replay.add_argument(
-        "--secret", help="shared secret of every source address (required for a pcap)"
+        "--secret", help="shared secret of every source address (required for a capture)"
     )
     replay.add_argument(
         "--detail-tz",
@@ -227,31 +229,45 @@ def parse_instant(text: str) -> dt.datetime:
         ) from None
 
 
-PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-
-
-PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+PCAP_MAGICS = (
+    b"\xd4\xc3\xb2\xa1",
+    b"\xa1\xb2\xc3\xd4",
+    b"\x4d\x3c\xb2\xa1",
+    b"\xa1\xb2\x3c\x4d",
+    b"\x0a\x0d\x0d\x0a",  # pcapng: a Section Header Block, the same in either byte order
+)
 
 
 def is_pcap(data: bytes) -> bool:
+    """Whether the bytes start as a classic pcap or a pcapng capture."""
     return data[:4] in PCAP_MAGICS
 
 
 def not_detail(data: bytes) -> str | None:
-    """Why bytes that are not a classic pcap cannot be a detail file either, or None."""
-    if data[:4] == PCAPNG_MAGIC:
-        return "a pcapng capture: only classic pcap is read (editcap -F pcap converts it)"
+    """Why bytes that are not a capture cannot be a detail file either, or None."""
     if b"\0" in data[:65536]:
-        return "neither a classic pcap nor a FreeRADIUS detail file (text)"
+        return "neither a pcap or pcapng capture nor a FreeRADIUS detail file (text)"
     return None
 
 
-def pcap_entries(data: bytes) -> tuple[list[usage_pb2.AccountingEntry], list[str], int | None]:
-    """Raw entries of the complete records, in capture order with the capture time as arrival;
-    their source addresses; the byte offset of a last record cut short, or None."""
+# How `rating replay` names the reasons a fragmented datagram was not reassembled.
+INCOMPLETE_REASONS = {
+    "missing": "missing a fragment",
+    "conflicting": "with conflicting fragments",
+    "evicted": "over the reassembly memory limit",
+}
+
+
+def pcap_entries(
+    data: bytes,
+) -> tuple[list[usage_pb2.AccountingEntry], list[str], int | None, dict[str, int]]:
+    """Raw entries of the complete records, in capture order with the capture time as arrival
+    (a fragmented request's is that of the fragment that completed it); their source
+    addresses; the byte offset of a last record cut short, or None; the fragmented datagrams
+    that could not be reassembled, by reason."""
     import rating_core as core
 
-    packets, sources, times, truncated_at = core.read_pcap(data)
+    packets, sources, times, truncated_at, incomplete = core.read_pcap(data)
     entries = [
         usage_pb2.AccountingEntry(
             raw=usage_pb2.RawAccountingPacket(
@@ -260,7 +276,7 @@ def pcap_entries(data: bytes) -> tuple[list[usage_pb2.AccountingEntry], list[str
         )
         for packet, source, t in zip(packets, sources, times, strict=True)
     ]
-    return entries, list(sources), truncated_at
+    return entries, list(sources), truncated_at, incomplete
 
 
 def batches_of(
@@ -309,18 +325,32 @@ async def replay(
     batch_size: int = DEFAULT_BATCH,
     progress: Any = None,
 ) -> dict[str, int]:
-    """Sets the secret of every source address of a pcap, then streams the capture.
+    """Sets the secret of every source address of a pcap or pcapng capture, then streams it.
 
     Only the secret is written: a client registered before keeps its NAS key, and its NAS
     its policy (a new client's NAS key is its address, with the default policy). A last
     record cut short (a capture killed mid-write) is reported on `progress` and counted as
-    `truncated`; every complete record before it is sent.
+    `truncated`; every complete record before it is sent. Fragmented datagrams that may hold
+    requests and could not be reassembled are reported and counted as
+    `incomplete_datagrams`.
     """
-    entries, sources, truncated_at = pcap_entries(data)
+    entries, sources, truncated_at, incomplete = pcap_entries(data)
     if truncated_at is not None and progress is not None:
         print(
             f"the capture ends inside the record at byte {truncated_at} (cut short while being"
             f" written): that record is not sent, the {len(entries)} requests before it are",
+            file=progress,
+        )
+    unassembled = sum(incomplete.values())
+    if unassembled and progress is not None:
+        reasons = ", ".join(
+            f"{incomplete[key]} {text}"
+            for key, text in INCOMPLETE_REASONS.items()
+            if incomplete[key]
+        )
+        print(
+            f"{unassembled} fragmented datagram{'s' if unassembled > 1 else ''} that may hold"
+            f" accounting requests could not be reassembled ({reasons}): not sent",
             file=progress,
         )
     secret_only = FieldMask(paths=["secret"])
@@ -333,6 +363,7 @@ async def replay(
         )
     summary = await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
     summary["truncated"] = int(truncated_at is not None)
+    summary["incomplete_datagrams"] = unassembled
     return summary
 
 
@@ -420,7 +451,8 @@ async def replay_command(args: argparse.Namespace) -> int:
                 summary = await replay(
                     stub, metadata, data, args.secret, args.batch_size, sys.stderr
                 )
-            except RatingError as error:  # not a classic pcap, or an unknown link type
+            except RatingError as error:  # not a capture, a malformed block, a link type
+                # not decoded, a request without a capture time
                 raise SystemExit(f"rating replay: {args.file}: {error}") from None
         else:
             summary = await replay_detail(stub, metadata, data, zone, args.batch_size, sys.stderr)
@@ -428,9 +460,11 @@ async def replay_command(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    # Rejected detail records and a truncated pcap record were not stored, and a later run
-    # will not store them either: the operator has to look at them.
-    return 1 if summary.get("rejected") or summary.get("truncated") else 0
+    # Rejected detail records, a truncated capture record and fragmented datagrams not
+    # reassembled were not stored, and a later run will not store them either: the operator
+    # has to look at them.
+    unstored = ("rejected", "truncated", "incomplete_datagrams")
+    return 1 if any(summary.get(name) for name in unstored) else 0
 
 
 def _iso(ts: Timestamp, present: bool) -> str | None:

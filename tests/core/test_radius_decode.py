@@ -125,8 +125,9 @@ def test_malformed_packet_is_quarantined_with_reason_when_sent_raw(
 
 @pytest.mark.skipif(not PCAP.exists(), reason="shared capture not present")
 def test_pcap_totals_match_source_when_replayed_raw() -> None:
-    packets, sources, times, truncated_at = rc.read_pcap(PCAP.read_bytes())
+    packets, sources, times, truncated_at, incomplete = rc.read_pcap(PCAP.read_bytes())
     assert truncated_at is None
+    assert incomplete == {"missing": 0, "conflicting": 0, "evicted": 0}
     assert len(packets) == 179
     assert set(sources) == {"192.168.123.1"}
     engine = rc.Engine()
@@ -150,7 +151,7 @@ def test_pcap_totals_match_source_when_replayed_raw() -> None:
 
 @pytest.mark.skipif(not PCAP.exists(), reason="shared capture not present")
 def test_pcap_replay_counts_nothing_twice_when_every_packet_is_retransmitted() -> None:
-    packets, sources, times, _ = rc.read_pcap(PCAP.read_bytes())
+    packets, sources, times, _, _ = rc.read_pcap(PCAP.read_bytes())
     engine = rc.Engine()
     engine.set_secret("192.168.123.1", b"secret")
     entries = [raw_entry(p, s, int(t)) for p, s, t in zip(packets, sources, times, strict=True)]

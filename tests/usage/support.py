@@ -327,3 +327,38 @@ def pcap(recs: Sequence[Rec], secret: str = SECRET) -> bytes:
         )
         out += frame
     return out
+
+
+def ipv4_fragments(ip: bytes, size: int, ident: int) -> list[bytes]:
+    """An IPv4 datagram cut into fragments of `size` data octets (a multiple of 8), each with
+    the identification `ident`, in order."""
+    ihl = (ip[0] & 0x0F) * 4
+    header, data = ip[:ihl], ip[ihl:]
+    out = []
+    for offset in range(0, len(data), size):
+        part = data[offset : offset + size]
+        flags = 0x2000 if offset + size < len(data) else 0  # More Fragments
+        head = bytearray(header)
+        head[2:8] = struct.pack(">HHH", ihl + len(part), ident, flags | offset // 8)
+        out.append(bytes(head) + part)
+    return out
+
+
+def _pcapng_block(kind: int, body: bytes, order: str) -> bytes:
+    body += bytes(-len(body) % 4)
+    length = struct.pack(order + "I", len(body) + 12)
+    return struct.pack(order + "I", kind) + length + body + length
+
+
+def pcapng(frames: Sequence[tuple[int, bytes]], link_type: int = 101, order: str = "<") -> bytes:
+    """A pcapng capture (what Wireshark and dumpcap write) of (capture time in µs, frame): one
+    section in the byte order `order` ("<" or ">"), one interface with nanosecond times,
+    Enhanced Packet Blocks."""
+    out = _pcapng_block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1), order)
+    tsresol = struct.pack(order + "HHB3x", 9, 1, 9) + bytes(4)  # if_tsresol 10^-9, end
+    out += _pcapng_block(1, struct.pack(order + "HHI", link_type, 0, 0) + tsresol, order)
+    for us, frame in frames:
+        ns = us * 1000
+        head = struct.pack(order + "5I", 0, ns >> 32, ns & 0xFFFFFFFF, len(frame), len(frame))
+        out += _pcapng_block(6, head + frame, order)
+    return out

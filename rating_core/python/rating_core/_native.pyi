@@ -57,13 +57,18 @@ def accounting_response(request: bytes, secret: bytes) -> bytes:
 
 def read_pcap(
     data: bytes,
-) -> tuple[list[bytes], list[str], npt.NDArray[np.int64], int | None]:
-    """RADIUS accounting requests (UDP to port 1813 or 1646) of a pcap file.
+) -> tuple[list[bytes], list[str], npt.NDArray[np.int64], int | None, dict[str, int]]:
+    """RADIUS accounting requests (UDP to port 1813 or 1646) of a classic pcap or pcapng file.
 
-    Returns (packets, source addresses, capture times in µs, truncated_at), in capture order,
-    from every complete record; truncated_at is the byte offset of a last record the file
-    ends inside (a capture killed mid-write), else None. Raises RatingError for a file that
-    is not a classic pcap or a link type it does not decode.
+    Returns (packets, source addresses, capture times in µs, truncated_at, incomplete), in
+    capture order, from every complete record; IPv4 and IPv6 fragments are reassembled, and
+    a reassembled request is placed (and timed) by the fragment that completed it.
+    truncated_at is the byte offset of a last record or block the file ends inside (a capture
+    killed mid-write), else None. incomplete counts the fragmented datagrams that may hold
+    requests and were not reassembled: {"missing": a fragment never came (60 s or the end of
+    the capture), "conflicting": fragments disagree, "evicted": over the reassembly memory
+    limit}. Raises RatingError for a file that is neither format, a link type it does not
+    decode, a malformed pcapng block, or a request in a Simple Packet Block (no time).
     """
 
 @final

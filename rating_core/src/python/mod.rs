@@ -151,10 +151,12 @@ type PcapColumns<'py> = (
     Vec<String>,
     Bound<'py, PyArray1<i64>>,
     Option<usize>,
+    Bound<'py, PyDict>,
 );
 
-/// RADIUS accounting requests of a pcap file's complete records: (packets, sources, capture
-/// times in µs, byte offset of a last record cut short or None).
+/// RADIUS accounting requests of a pcap or pcapng file's complete records: (packets,
+/// sources, capture times in µs, byte offset of a last record cut short or None, counts of
+/// fragmented datagrams not reassembled by reason).
 #[pyfunction]
 fn read_pcap<'py>(py: Python<'py>, data: &[u8]) -> PyResult<PcapColumns<'py>> {
     let capture = py.detach(|| pcap::read_capture(data))?;
@@ -162,11 +164,16 @@ fn read_pcap<'py>(py: Python<'py>, data: &[u8]) -> PyResult<PcapColumns<'py>> {
     let packets = grams.iter().map(|g| PyBytes::new(py, &g.payload)).collect();
     let times: Vec<i64> = grams.iter().map(|g| g.time_us).collect();
     let sources = grams.into_iter().map(|g| g.source).collect();
+    let incomplete = PyDict::new(py);
+    incomplete.set_item("missing", capture.incomplete.missing)?;
+    incomplete.set_item("conflicting", capture.incomplete.conflicting)?;
+    incomplete.set_item("evicted", capture.incomplete.evicted)?;
     Ok((
         packets,
         sources,
         PyArray1::from_vec(py, times),
         capture.truncated_at,
+        incomplete,
     ))
 }
 
