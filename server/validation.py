@@ -130,13 +130,12 @@ def format_decimal(value: Decimal) -> str:
         return format(value.normalize(), "f")
 
 
-def limit_length(field: str, value: str, max_chars: int, *, octets: bool = False) -> str:
-    """Refuses text its column cannot hold: longer than `max_chars` characters (UTF-8
-    octets when `octets`, as RADIUS counts), or holding NUL, which PostgreSQL text refuses."""
-    size = len(value.encode()) if octets else len(value)
-    if size > max_chars:
-        what = "octets" if octets else "characters"
-        raise InvalidArgumentError(field, f"longer than {max_chars} {what} ({size})")
+def limit_length(field: str, value: str, max_chars: int) -> str:
+    """Refuses text its column cannot hold: longer than `max_chars` characters, or holding
+    NUL, which PostgreSQL text refuses. (RADIUS text of 253 octets is stored in at most 253
+    characters, each invalid octet as U+FFFD: a column counts characters.)"""
+    if len(value) > max_chars:
+        raise InvalidArgumentError(field, f"longer than {max_chars} characters ({len(value)})")
     if "\x00" in value:
         raise InvalidArgumentError(field, "must not contain NUL characters")
     return value

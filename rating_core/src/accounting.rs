@@ -204,23 +204,50 @@ struct Strings {
     garbage: usize,
 }
 
+/// `Session::sid_len` of an id of `LONG_SID` bytes or more: its length is the two bytes
+/// (little-endian) before its text. A session id is at most 253 octets, but its text is
+/// longer when it is not UTF-8 (each invalid octet is U+FFFD, three bytes): up to
+/// `MAX_SID_TEXT`.
+const LONG_SID: u8 = u8::MAX;
+/// The longest session id text: 253 octets, each stored as U+FFFD.
+pub const MAX_SID_TEXT: usize = 3 * 253;
+
 impl Strings {
     fn store(&mut self, sid: &[u8]) -> (u32, u8) {
         let off = self.data.len() as u32;
-        let v = &sid[..sid.len().min(usize::from(u8::MAX))];
-        self.data.extend_from_slice(v);
-        (off, v.len() as u8)
+        let sid = &sid[..sid.len().min(MAX_SID_TEXT)];
+        if sid.len() < usize::from(LONG_SID) {
+            self.data.extend_from_slice(sid);
+            return (off, sid.len() as u8);
+        }
+        self.data
+            .extend_from_slice(&(sid.len() as u16).to_le_bytes());
+        self.data.extend_from_slice(sid);
+        (off, LONG_SID)
+    }
+
+    /// Where `s`'s id is in `data`: (start of its text, length of its text, bytes it
+    /// takes with its length prefix).
+    fn span(&self, s: &Session) -> (usize, usize, usize) {
+        let start = s.str_off as usize;
+        if s.sid_len < LONG_SID {
+            let n = usize::from(s.sid_len);
+            return (start, n, n);
+        }
+        let n = self
+            .data
+            .get(start..start + 2)
+            .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+        (start + 2, n, n + 2)
     }
 
     fn sid<'a>(&'a self, s: &Session) -> &'a [u8] {
-        let start = s.str_off as usize;
-        self.data
-            .get(start..start + usize::from(s.sid_len))
-            .unwrap_or_default()
+        let (start, n, _) = self.span(s);
+        self.data.get(start..start + n).unwrap_or_default()
     }
 
     fn release(&mut self, s: &Session) {
-        self.garbage += usize::from(s.sid_len);
+        self.garbage += self.span(s).2;
     }
 }
 
@@ -986,7 +1013,7 @@ impl Engine {
             let start = s.str_off as usize;
             let bytes = text
                 .data
-                .get(start..start + usize::from(s.sid_len))
+                .get(start..start + text.span(s).2)
                 .unwrap_or_default();
             s.str_off = data.len() as u32;
             data.extend_from_slice(bytes);
@@ -1029,7 +1056,7 @@ impl Engine {
     /// engine holds (a recalled old generation), so that the first instance of an id along
     /// its chain stays its newest. `None` when the engine already holds that generation.
     fn insert_stored(&mut self, mut s: Session, sid: &[u8]) -> Option<u32> {
-        let sid = &sid[..sid.len().min(usize::from(u8::MAX))];
+        let sid = &sid[..sid.len().min(MAX_SID_TEXT)];
         let tag = sid_tag(s.nas, sid);
         // The last instance of the id with a newer generation: `s` goes right after it.
         let mut above = NONE;
@@ -1314,13 +1341,10 @@ impl Engine {
         t.check()?;
         // Identity text (user, calling station, framed IP, IPv6 prefixes) stays in the
         // database: not loaded.
-        if t.acct_session_id
-            .iter()
-            .any(|v| v.len() > usize::from(u8::MAX))
-        {
-            return Err(EngineError::Columns(
-                "text longer than 255 bytes (RADIUS attributes hold 253)".into(),
-            ));
+        if t.acct_session_id.iter().any(|v| v.len() > MAX_SID_TEXT) {
+            return Err(EngineError::Columns(format!(
+                "acct_session_id longer than {MAX_SID_TEXT} bytes (253 octets, each U+FFFD)"
+            )));
         }
         Ok(())
     }

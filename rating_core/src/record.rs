@@ -776,6 +776,10 @@ fn from_raw<'a>(
     } else {
         NasId::Text(raw.source_address)
     };
+    if a.status_type == Some(0) {
+        // (0 below stands for "no Acct-Status-Type".)
+        return Err("unknown Acct-Status-Type 0".into());
+    }
     Ok(Fields {
         status: a.status_type.unwrap_or(0),
         sid: a.acct_session_id.unwrap_or_default(),

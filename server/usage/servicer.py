@@ -204,7 +204,7 @@ class UsageServicer:
             unit=limit_length("unit", require("unit", request.unit), UNIT_MAX),
             occurred_at=occurred_at,
             subscription_id=optional_id("subscription_id", request.subscription_id),
-            radius_user_name=limit_length("radius_user_name", user_name, RADIUS_TEXT, octets=True),
+            radius_user_name=limit_length("radius_user_name", user_name, RADIUS_TEXT),
             source=source or usage_pb2.USAGE_SOURCE_API,
         )
         if subject == "subscription_id" and metered.subscription_id is None:
@@ -227,8 +227,8 @@ class UsageServicer:
     ) -> usage_pb2.ListSessionsResponse:
         where = queries.SessionFilter(
             subscription_id=optional_id("subscription_id", request.subscription_id),
-            user_name=limit_length("user_name", request.user_name, RADIUS_TEXT, octets=True),
-            nas_key=limit_length("nas_key", request.nas_key, RADIUS_TEXT, octets=True),
+            user_name=limit_length("user_name", request.user_name, RADIUS_TEXT),
+            nas_key=limit_length("nas_key", request.nas_key, RADIUS_TEXT),
             open_only=request.open_only,
         )
         rows, token = await queries.list_sessions(
@@ -249,8 +249,7 @@ class UsageServicer:
         client = service.NasClientSpec(
             source_address=address,
             secret=None if keep_secret else request.secret.encode(),
-            nas_key=limit_length("nas_key", request.nas_key.strip(), RADIUS_TEXT, octets=True)
-            or address,
+            nas_key=limit_length("nas_key", request.nas_key.strip(), RADIUS_TEXT) or address,
             swap_direction=request.swap_direction,
             infer_wrap=request.infer_wrap,
             interim_interval_s=request.interim_interval_s,

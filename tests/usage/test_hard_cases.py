@@ -914,8 +914,12 @@ async def test_raw_packet_is_quarantined_with_reason_when_framing_is_broken(
 
 @pytest.mark.parametrize(
     ("status", "reason"),
-    [(None, "missing Acct-Status-Type"), (15, "unknown Acct-Status-Type 15")],
-    ids=["missing-status", "unknown-status"],
+    [
+        (None, "missing Acct-Status-Type"),
+        (0, "unknown Acct-Status-Type 0"),
+        (15, "unknown Acct-Status-Type 15"),
+    ],
+    ids=["missing-status", "status-0", "unknown-status"],
 )
 async def test_raw_packet_is_quarantined_with_reason_when_status_type_is_missing_or_unknown(
     usage: Usage, status: int | None, reason: str
@@ -1318,3 +1322,29 @@ async def test_second_stop_with_a_later_session_time_moves_the_stop_to_it(
     (s,) = await usage.sessions()
     assert (s.input_bytes, s.output_bytes, s.session_time_s) == (170, 160, 660)
     assert utc(s.stop_at) == utc(s.last_update_at) == at(660)
+
+
+@pytest.mark.parametrize("one_batch", [True, False], ids=["one-batch", "two-batches"])
+async def test_binary_session_ids_whose_text_passes_255_bytes_stay_two_sessions(
+    usage: Usage, replica: Usage, one_batch: bool
+) -> None:
+    """A binary Acct-Session-Id of 91 octets is 91 characters of text (U+FFFD per invalid
+    octet), 271 bytes: two ids that differ in their last octet are two sessions, in the
+    engine, in the database, after a sweep and on a replica that loads them."""
+    a, b = b"\xff" * 90 + b"A", b"\xff" * 90 + b"B"
+    first = raw_with_sid(Rec(INTERIM, t=600, session_time=600, inp=1_000_000, out=2), a)
+    second = raw_with_sid(Rec(INTERIM, t=600, session_time=600, inp=5_000, out=7), b)
+    if one_batch:
+        acks = [await usage.send_raw(first, second)]
+    else:
+        acks = [await usage.send_raw(first), await usage.send_raw(second)]
+    assert sum(ack.accepted for ack in acks) == 2
+    assert await usage.sweep(at(600 + 3 * 600 + 301)) == 2  # both stale, each closed once
+    later = Rec(STOP, t=700, session_time=700, inp=1_000_100, out=3, cause=1)
+    assert counts(await replica.send_raw(raw_with_sid(later, a))) == (1, 0, 0, 0)
+    by_sid = {s.acct_session_id: s for s in await replica.sessions()}
+    text_a, text_b = "\ufffd" * 90 + "A", "\ufffd" * 90 + "B"
+    assert set(by_sid) == {text_a, text_b}
+    assert (by_sid[text_a].input_bytes, by_sid[text_a].generation) == (1_000_100, 1)
+    assert (by_sid[text_b].input_bytes, by_sid[text_b].generation) == (5_000, 1)
+    assert "late_stop" in by_sid[text_a].flags
