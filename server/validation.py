@@ -9,7 +9,7 @@ import ipaddress
 import json
 import re
 import uuid
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import Decimal, localcontext
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -91,6 +91,15 @@ def format_amount(units: int, scale: int) -> str:
     return rating_core.format_units(units, scale)
 
 
+# A decimal as the API writes it: ASCII digits, an optional fraction and exponent. Python's
+# Decimal() also takes underscores, non-ASCII digits, "Infinity" and "NaN": refused here.
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE]([+-]?[0-9]+))?")
+# Long enough for any value of a NUMERIC(30, 9) column with room for zeros around it; a
+# longer text, or a larger exponent, could only be a huge run of zeros to expand.
+MAX_DECIMAL_CHARS = 100
+MAX_DECIMAL_EXPONENT = 100
+
+
 def parse_decimal(
     field: str,
     text: str,
@@ -101,13 +110,25 @@ def parse_decimal(
 ) -> Decimal:
     """An exact decimal with at most `places` fractional digits (trailing zeros aside) and,
     when given, at most `integer_digits` before the point (a NUMERIC(p, s) column holds
-    p - s); never rounded."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise InvalidArgumentError(field, f"not a decimal number: {text!r}") from None
-    if not value.is_finite():
-        raise InvalidArgumentError(field, f"not a finite number: {text!r}")
+    p - s); never rounded. The text is `[+-]digits[.digits][(e|E)[+-]digits]` in ASCII
+    (surrounding white space aside), at most MAX_DECIMAL_CHARS long, with an exponent of at
+    most MAX_DECIMAL_EXPONENT either way; the value comes back normalised: no trailing
+    zeros, no exponent, zero unsigned."""
+    if len(text) > MAX_DECIMAL_CHARS:
+        raise InvalidArgumentError(
+            field, f"longer than {MAX_DECIMAL_CHARS} characters ({len(text)})"
+        )
+    match = _DECIMAL.fullmatch(text.strip())
+    if match is None:
+        raise InvalidArgumentError(
+            field, f"not a decimal number ([+-]digits[.digits][e[+-]digits]): {text!r}"
+        )
+    if match.group(1) is not None and abs(int(match.group(1))) > MAX_DECIMAL_EXPONENT:
+        raise InvalidArgumentError(
+            field,
+            f"exponent out of range (-{MAX_DECIMAL_EXPONENT} to {MAX_DECIMAL_EXPONENT}): {text!r}",
+        )
+    value = Decimal(match.group())
     _, digits, exp = value.as_tuple()
     # Digit arithmetic, not quantize(): that raises past the context's 28 digits.
     extra = -places - int(exp)
@@ -119,7 +140,8 @@ def parse_decimal(
         )
     if value < 0 and not allow_negative:
         raise InvalidArgumentError(field, "must not be negative")
-    return value
+    # At most MAX_DECIMAL_CHARS digits and a bounded exponent: the plain text is short.
+    return Decimal(format_decimal(value)) if value else Decimal(0)
 
 
 def format_decimal(value: Decimal) -> str:

@@ -480,8 +480,10 @@ class RecordUsageRequest(_message.Message):
     """Required when usage_type is CUSTOM, refused otherwise; at most 120 characters."""
     quantity: _builtins.str
     """Decimal string, non-negative, e.g. "1048576" bytes or "12.5" minutes: at most 21
-    digits before the point and 9 after (never rounded). DATA and SMS must come to whole
-    bytes and messages.
+    digits before the point and 9 after (never rounded; trailing zeros do not count).
+    Written [+-]digits[.digits][e[+-]digits] in ASCII, at most 100 characters, exponent
+    -100 to 100. Stored normalised: "100.000" and "1E+2" are the same quantity. DATA and
+    SMS must come to whole bytes and messages.
     """
     unit: _builtins.str
     """The units each usage type takes (case-sensitive):
