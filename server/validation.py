@@ -292,13 +292,61 @@ def encode_page_token(cursor: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
 
 
+# Far longer than any token the server hands out (at most two RADIUS texts of 253 octets,
+# each under 1,600 characters once JSON-escaped, then base64): a longer one is not ours.
+MAX_PAGE_TOKEN_CHARS = 16384
+# Longer than any stored text a token resumes after (RADIUS text, ids, units).
+MAX_PAGE_TOKEN_TEXT = 1024
+I64_MAX = 2**63 - 1
+
+
+def malformed_page_token() -> InvalidArgumentError:
+    return InvalidArgumentError("page_token", "malformed page token")
+
+
 def decode_page_token(token: str) -> dict[str, Any] | None:
+    """The fields of a page token, None without one. A token comes back from the client,
+    so read its fields with token_text, token_int and token_time: each refuses what the
+    server never writes (wrong types, out-of-range numbers, naive times, NUL) as
+    INVALID_ARGUMENT naming page_token, before it can reach a query."""
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise malformed_page_token()
     try:
         cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError):
-        raise InvalidArgumentError("page_token", "malformed page token") from None
+    except (ValueError, TypeError, RecursionError):
+        raise malformed_page_token() from None
     if not isinstance(cursor, dict):
-        raise InvalidArgumentError("page_token", "malformed page token")
+        raise malformed_page_token()
     return cursor
+
+
+def token_text(value: object) -> str:
+    """A text field of a page token: a string a text column could hold (no NUL, no lone
+    surrogate), at most MAX_PAGE_TOKEN_TEXT characters."""
+    if not isinstance(value, str) or len(value) > MAX_PAGE_TOKEN_TEXT or "\x00" in value:
+        raise malformed_page_token()
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise malformed_page_token() from None
+    return value
+
+
+def token_int(value: object, *, high: int = I64_MAX) -> int:
+    """An integer field of a page token, from 0 to `high` (its column's largest value)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise malformed_page_token()
+    return value
+
+
+def token_time(value: object) -> dt.datetime:
+    """A time field of a page token: ISO 8601 with an offset, as an aware UTC datetime."""
+    try:
+        at = dt.datetime.fromisoformat(token_text(value))
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("naive")
+        return at.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise malformed_page_token() from None
