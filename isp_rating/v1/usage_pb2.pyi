@@ -473,7 +473,8 @@ class RecordUsageRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Exactly once per key within a tenant; a replay returns the original result.
-    At most 200 characters.
+    Opaque and compared exactly (" k " and "k" are two keys); required, at most 200
+    characters, no NUL.
     """
     usage_type: Global___UsageType.ValueType
     custom_type: _builtins.str

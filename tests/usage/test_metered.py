@@ -252,6 +252,33 @@ async def test_negative_zero_is_replayed_when_it_was_stored_with_its_sign(
     )
 
 
+async def test_idempotency_key_is_compared_exactly_when_it_has_surrounding_white_space(
+    usage: Usage, server: RunningServer
+) -> None:
+    plain = await usage.stub.RecordUsage(request(idempotency_key="k"), metadata=usage.metadata)
+    # A key stored as it came is found by it, as before.
+    replay = await usage.stub.RecordUsage(request(idempotency_key="k"), metadata=usage.metadata)
+    assert (replay.usage_id, replay.replayed) == (plain.usage_id, True)
+    # Keys are opaque: " k " is another key, with a request of its own.
+    padded = await usage.stub.RecordUsage(
+        request(idempotency_key=" k ", quantity="13"), metadata=usage.metadata
+    )
+    assert not padded.replayed
+    assert padded.usage_id != plain.usage_id
+    again = await usage.stub.RecordUsage(
+        request(idempotency_key=" k ", quantity="13"), metadata=usage.metadata
+    )
+    assert (again.usage_id, again.replayed) == (padded.usage_id, True)
+    blank = await usage.stub.RecordUsage(request(idempotency_key="  "), metadata=usage.metadata)
+    assert not blank.replayed
+    assert sorted(await event_subscriptions(server, usage)) == ["  ", " k ", "k"]
+    await expect_status(
+        usage.stub.RecordUsage(request(idempotency_key=""), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "idempotency_key:",
+    )
+
+
 @pytest.mark.parametrize("bad", BAD_TIMESTAMPS)
 async def test_sweep_is_invalid_argument_naming_as_of_when_it_is_out_of_range(
     usage: Usage, bad: Timestamp
