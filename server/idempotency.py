@@ -12,9 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.accounts.models import IdempotentResult
 from server.db.database import Database
-from server.errors import InvalidArgumentError
+from server.validation import limit_length
 
 Response = TypeVar("Response", bound=Message)
+
+REQUEST_ID_MAX = 200  # idempotent_results.request_id is VARCHAR(200)
 
 
 async def run_once(
@@ -31,8 +33,9 @@ async def run_once(
     crash either finds both or neither. Two concurrent first attempts race on the primary
     key: the loser rolls back and returns the winner's response.
     """
-    if len(request_id) > 200:
-        raise InvalidArgumentError("request_id", "at most 200 characters")
+    # Opaque: compared exactly, white space included (docs/decisions.md); NUL is refused
+    # because PostgreSQL text cannot hold it.
+    limit_length("request_id", request_id, REQUEST_ID_MAX)
     if not request_id:
         async with db.transaction() as session:
             return await work(session)

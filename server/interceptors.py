@@ -40,13 +40,26 @@ ERROR_CODES: tuple[tuple[type[DomainError], grpc.StatusCode], ...] = (
 # Failures of the database or the network below it: the client may retry.
 _UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, OSError)
 
+# A status message travels in the trailers, percent-encoded (up to 12 bytes a character),
+# and a client drops trailers past 8-16 KiB as RESOURCE_EXHAUSTED. A message quoting a
+# long value is cut after this many characters: they hold the field and the reason.
+MESSAGE_CHARS = 300
+
+
+def bounded(message: str) -> str:
+    """A client-facing message of at most MESSAGE_CHARS characters, then "…" and the length
+    of the whole when it was longer."""
+    if len(message) <= MESSAGE_CHARS:
+        return message
+    return f"{message[:MESSAGE_CHARS]}… ({len(message)} characters)"
+
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-facing message of an exception."""
     if isinstance(error, DomainError):
         for kind, code in ERROR_CODES:
             if isinstance(error, kind):
-                return code, error.message
+                return code, bounded(error.message)
     if isinstance(error, NotImplementedError):
         # The generated servicer bases raise it for services that are not built yet.
         return grpc.StatusCode.UNIMPLEMENTED, "not implemented yet"

@@ -9,7 +9,7 @@ import ipaddress
 import json
 import re
 import uuid
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import Decimal, localcontext
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -91,6 +91,15 @@ def format_amount(units: int, scale: int) -> str:
     return rating_core.format_units(units, scale)
 
 
+# A decimal as the API writes it: ASCII digits, an optional fraction and exponent. Python's
+# Decimal() also takes underscores, non-ASCII digits, "Infinity" and "NaN": refused here.
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE]([+-]?[0-9]+))?")
+# Long enough for any value of a NUMERIC(30, 9) column with room for zeros around it; a
+# longer text, or a larger exponent, could only be a huge run of zeros to expand.
+MAX_DECIMAL_CHARS = 100
+MAX_DECIMAL_EXPONENT = 100
+
+
 def parse_decimal(
     field: str,
     text: str,
@@ -101,13 +110,25 @@ def parse_decimal(
 ) -> Decimal:
     """An exact decimal with at most `places` fractional digits (trailing zeros aside) and,
     when given, at most `integer_digits` before the point (a NUMERIC(p, s) column holds
-    p - s); never rounded."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise InvalidArgumentError(field, f"not a decimal number: {text!r}") from None
-    if not value.is_finite():
-        raise InvalidArgumentError(field, f"not a finite number: {text!r}")
+    p - s); never rounded. The text is `[+-]digits[.digits][(e|E)[+-]digits]` in ASCII
+    (surrounding white space aside), at most MAX_DECIMAL_CHARS long, with an exponent of at
+    most MAX_DECIMAL_EXPONENT either way; the value comes back normalised: no trailing
+    zeros, no exponent, zero unsigned."""
+    if len(text) > MAX_DECIMAL_CHARS:
+        raise InvalidArgumentError(
+            field, f"longer than {MAX_DECIMAL_CHARS} characters ({len(text)})"
+        )
+    match = _DECIMAL.fullmatch(text.strip())
+    if match is None:
+        raise InvalidArgumentError(
+            field, f"not a decimal number ([+-]digits[.digits][e[+-]digits]): {text!r}"
+        )
+    if match.group(1) is not None and abs(int(match.group(1))) > MAX_DECIMAL_EXPONENT:
+        raise InvalidArgumentError(
+            field,
+            f"exponent out of range (-{MAX_DECIMAL_EXPONENT} to {MAX_DECIMAL_EXPONENT}): {text!r}",
+        )
+    value = Decimal(match.group())
     _, digits, exp = value.as_tuple()
     # Digit arithmetic, not quantize(): that raises past the context's 28 digits.
     extra = -places - int(exp)
@@ -119,7 +140,8 @@ def parse_decimal(
         )
     if value < 0 and not allow_negative:
         raise InvalidArgumentError(field, "must not be negative")
-    return value
+    # At most MAX_DECIMAL_CHARS digits and a bounded exponent: the plain text is short.
+    return Decimal(format_decimal(value)) if value else Decimal(0)
 
 
 def format_decimal(value: Decimal) -> str:
@@ -269,13 +291,61 @@ def encode_page_token(cursor: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
 
 
+# Far longer than any token the server hands out (at most two RADIUS texts of 253 octets,
+# each under 1,600 characters once JSON-escaped, then base64): a longer one is not ours.
+MAX_PAGE_TOKEN_CHARS = 16384
+# Longer than any stored text a token resumes after (RADIUS text, ids, units).
+MAX_PAGE_TOKEN_TEXT = 1024
+I64_MAX = 2**63 - 1
+
+
+def malformed_page_token() -> InvalidArgumentError:
+    return InvalidArgumentError("page_token", "malformed page token")
+
+
 def decode_page_token(token: str) -> dict[str, Any] | None:
+    """The fields of a page token, None without one. A token comes back from the client,
+    so read its fields with token_text, token_int and token_time: each refuses what the
+    server never writes (wrong types, out-of-range numbers, naive times, NUL) as
+    INVALID_ARGUMENT naming page_token, before it can reach a query."""
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise malformed_page_token()
     try:
         cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError):
-        raise InvalidArgumentError("page_token", "malformed page token") from None
+    except (ValueError, TypeError, RecursionError):
+        raise malformed_page_token() from None
     if not isinstance(cursor, dict):
-        raise InvalidArgumentError("page_token", "malformed page token")
+        raise malformed_page_token()
     return cursor
+
+
+def token_text(value: object) -> str:
+    """A text field of a page token: a string a text column could hold (no NUL, no lone
+    surrogate), at most MAX_PAGE_TOKEN_TEXT characters."""
+    if not isinstance(value, str) or len(value) > MAX_PAGE_TOKEN_TEXT or "\x00" in value:
+        raise malformed_page_token()
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise malformed_page_token() from None
+    return value
+
+
+def token_int(value: object, *, high: int = I64_MAX) -> int:
+    """An integer field of a page token, from 0 to `high` (its column's largest value)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise malformed_page_token()
+    return value
+
+
+def token_time(value: object) -> dt.datetime:
+    """A time field of a page token: ISO 8601 with an offset, as an aware UTC datetime."""
+    try:
+        at = dt.datetime.fromisoformat(token_text(value))
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("naive")
+        return at.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise malformed_page_token() from None

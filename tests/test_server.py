@@ -1,8 +1,11 @@
-"""The server as a whole: health, reflection, unimplemented services, shutdown, TLS."""
+"""The server as a whole: health, reflection, unimplemented services, bounded error
+messages, shutdown, TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -12,7 +15,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from isp_rating.v1 import accounts_pb2 as pb
-from isp_rating.v1 import accounts_pb2_grpc, dunning_pb2, dunning_pb2_grpc
+from isp_rating.v1 import (
+    accounts_pb2_grpc,
+    dunning_pb2,
+    dunning_pb2_grpc,
+    revenue_pb2,
+    revenue_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from server.app import build_app
 from server.settings import Settings
 from tests.conftest import Backend, RunningServer, TenantCtx, new_tenant
@@ -59,6 +70,74 @@ async def test_service_not_built_yet_answers_unimplemented_after_auth(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await dunning.ListCampaigns(dunning_pb2.ListCampaignsRequest(), metadata=tenant.metadata)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+Call = Callable[[grpc.aio.Channel, TenantCtx, str], Awaitable[object]]
+
+
+def _long_session_id(value: str) -> str:
+    """A well-formed session id whose NAS key is `value`: unknown, so NOT_FOUND."""
+    return base64.urlsafe_b64encode(f"{value}\x1fsid\x1f1".encode()).decode().rstrip("=")
+
+
+# RPCs of three services whose errors quote the value they were given.
+QUOTING_CALLS: dict[str, tuple[Call, grpc.StatusCode, str]] = {
+    "GetSession id": (
+        lambda chan, tenant, value: usage_pb2_grpc.UsageServiceStub(chan).GetSession(
+            usage_pb2.GetSessionRequest(id=value), metadata=tenant.metadata
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "id:",
+    ),
+    "GetSession unknown id": (
+        lambda chan, tenant, value: usage_pb2_grpc.UsageServiceStub(chan).GetSession(
+            usage_pb2.GetSessionRequest(id=_long_session_id(value)), metadata=tenant.metadata
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "session ",
+    ),
+    "UpsertNasClient source_address": (
+        lambda chan, tenant, value: usage_pb2_grpc.UsageServiceStub(chan).UpsertNasClient(
+            usage_pb2.UpsertNasClientRequest(source_address=value, secret="s"),
+            metadata=tenant.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "source_address:",
+    ),
+    "GetCustomer id": (
+        lambda chan, tenant, value: accounts_pb2_grpc.AccountServiceStub(chan).GetCustomer(
+            pb.GetCustomerRequest(id=value), metadata=tenant.metadata
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "id:",
+    ),
+    "GetBillingAccount customer_id": (
+        lambda chan, tenant, value: revenue_pb2_grpc.RevenueServiceStub(chan).GetBillingAccount(
+            revenue_pb2.GetBillingAccountRequest(customer_id=value), metadata=tenant.metadata
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "customer_id:",
+    ),
+}
+
+
+@pytest.mark.parametrize("value", ["A" * 20_000, "é" * 5_000], ids=["ascii", "non-ascii"])
+@pytest.mark.parametrize("rpc", QUOTING_CALLS.values(), ids=QUOTING_CALLS.keys())
+async def test_error_message_quotes_a_bounded_part_when_the_value_is_long(
+    channel: grpc.aio.Channel,
+    tenant: TenantCtx,
+    rpc: tuple[Call, grpc.StatusCode, str],
+    value: str,
+) -> None:
+    call, code, field = rpc
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(channel, tenant, value)
+    details = caught.value.details() or ""
+    # Not RESOURCE_EXHAUSTED ("Stream removed"): the client took the trailers.
+    assert caught.value.code() == code, details
+    assert details.startswith(field), details
+    assert len(details) < 400
+    assert details.endswith(" characters)")
 
 
 async def test_shutdown_reports_not_serving_then_finishes_in_flight_calls(

@@ -453,7 +453,10 @@ class CreateCustomerRequest(_message.Message):
     CUSTOMER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency: a retry with the same request_id returns the first result."""
+    """Idempotency: a retry with the same request_id returns the first result. Opaque and
+    compared exactly (white space included); at most 200 characters, no NUL. The same
+    holds for the request_id of every Create*/Record*/Open* request.
+    """
     @_builtins.property
     def customer(self) -> Global___Customer: ...
     def __init__(

@@ -473,15 +473,18 @@ class RecordUsageRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Exactly once per key within a tenant; a replay returns the original result.
-    At most 200 characters.
+    Opaque and compared exactly (" k " and "k" are two keys); required, at most 200
+    characters, no NUL.
     """
     usage_type: Global___UsageType.ValueType
     custom_type: _builtins.str
     """Required when usage_type is CUSTOM, refused otherwise; at most 120 characters."""
     quantity: _builtins.str
     """Decimal string, non-negative, e.g. "1048576" bytes or "12.5" minutes: at most 21
-    digits before the point and 9 after (never rounded). DATA and SMS must come to whole
-    bytes and messages.
+    digits before the point and 9 after (never rounded; trailing zeros do not count).
+    Written [+-]digits[.digits][e[+-]digits] in ASCII, at most 100 characters, exponent
+    -100 to 100. Stored normalised: "100.000" and "1E+2" are the same quantity. DATA and
+    SMS must come to whole bytes and messages.
     """
     unit: _builtins.str
     """The units each usage type takes (case-sensitive):

@@ -32,6 +32,7 @@ from server.validation import (
     parse_time_zone,
     require,
     timestamp_or_none,
+    token_text,
 )
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -46,7 +47,7 @@ identity_hooks: list[IdentityHook] = []
 
 def _after(token: str) -> uuid.UUID | None:
     cursor = decode_page_token(token)
-    return None if cursor is None else parse_id("page_token", str(cursor.get("after", "")))
+    return None if cursor is None else parse_id("page_token", token_text(cursor.get("after", "")))
 
 
 def _next_token(rows: list[Any], limit: int) -> str:

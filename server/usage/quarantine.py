@@ -14,11 +14,19 @@ from server.db.database import Database
 from server.errors import InvalidArgumentError
 from server.usage.models import QuarantinedEntry
 from server.usage.queries import keyset_page
-from server.validation import decode_page_token
+from server.validation import (
+    decode_page_token,
+    malformed_page_token,
+    token_int,
+    token_text,
+    token_time,
+)
 
 # Rows one purge transaction deletes: a flood's backlog goes in many short transactions,
 # so ingest (on SQLite, behind the single writer lock) is never held up for long.
 PURGE_CHUNK = 10_000
+# entry_index is an INTEGER column.
+INT_MAX = 2**31 - 1
 
 # Newest first; the digest (the key) makes the order total, so a page token is a place.
 _ORDER = (
@@ -35,17 +43,15 @@ def _after(token: str) -> tuple[Any, ...] | None:
     if cursor is None:
         return None
     try:
-        received = dt.datetime.fromisoformat(cursor["r"])
-        if received.tzinfo is None:
-            raise ValueError("naive")
-        return (
-            literal(received, UTCDateTime()),
-            literal(str(cursor["b"])),
-            literal(int(cursor["i"])),
-            literal(bytes.fromhex(cursor["d"]), LargeBinary()),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise InvalidArgumentError("page_token", "malformed page token") from None
+        digest = bytes.fromhex(token_text(cursor.get("d")))
+    except ValueError:
+        raise malformed_page_token() from None
+    return (
+        literal(token_time(cursor.get("r")), UTCDateTime()),
+        literal(token_text(cursor.get("b"))),
+        literal(token_int(cursor.get("i"), high=INT_MAX)),
+        literal(digest, LargeBinary()),
+    )
 
 
 async def list_quarantined(

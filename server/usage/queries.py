@@ -28,9 +28,17 @@ from server.usage.models import (
     UsageNas,
     UsageSession,
 )
-from server.validation import decode_page_token, encode_page_token
+from server.validation import (
+    decode_page_token,
+    encode_page_token,
+    malformed_page_token,
+    token_int,
+    token_text,
+    token_time,
+)
 
 U64 = (1 << 64) - 1
+SMALLINT_MAX = 2**15 - 1
 Row = TypeVar("Row")
 
 
@@ -122,11 +130,12 @@ async def list_sessions(
         query = query.where(UsageSession.open.is_(True))
     cursor = decode_page_token(token)
     if cursor is not None:
-        try:
-            start = dt.datetime.fromisoformat(cursor["s"])
-            after = (start, str(cursor["n"]), str(cursor["a"]), int(cursor["g"]))
-        except (KeyError, TypeError, ValueError):
-            raise InvalidArgumentError("page_token", "malformed page token") from None
+        after = (
+            token_time(cursor.get("s")),
+            token_text(cursor.get("n")),
+            token_text(cursor.get("a")),
+            token_int(cursor.get("g")),
+        )
         query = query.where(
             tuple_(*order)
             < tuple_(
@@ -263,14 +272,11 @@ async def _unattributed_sessions(
         .limit(limit + 1)
     )
     if cursor is not None:
-        try:
-            # A token from before the prefixes were listed resumes with empty ones.
-            after = (
-                *(str(cursor[k]) for k in ("u", "c", "f")),
-                *(str(cursor.get(k, "")) for k in ("p", "d")),
-            )
-        except (KeyError, TypeError):
-            raise InvalidArgumentError("page_token", "malformed page token") from None
+        # A token from before the prefixes were listed resumes with empty ones.
+        after = (
+            *(token_text(cursor.get(k)) for k in ("u", "c", "f")),
+            *(token_text(cursor.get(k, "")) for k in ("p", "d")),
+        )
         query = query.where(tuple_(*key) > tuple_(*(literal(v) for v in after)))
     async with db.read() as session:
         rows = (await session.execute(query)).all()
@@ -323,11 +329,15 @@ async def _sum_quantities(
 def _metered_cursor(value: Any) -> MeteredKey | None:
     if value is None:
         return None
-    try:
-        user, usage_type, custom_type, unit = value
-        return (str(user), int(usage_type), str(custom_type), str(unit))
-    except (TypeError, ValueError):
-        raise InvalidArgumentError("page_token", "malformed page token") from None
+    if not isinstance(value, list) or len(value) != 4:
+        raise malformed_page_token()
+    user, usage_type, custom_type, unit = value
+    return (
+        token_text(user),
+        token_int(usage_type, high=SMALLINT_MAX),
+        token_text(custom_type),
+        token_text(unit),
+    )
 
 
 async def _unattributed_metered(
@@ -419,11 +429,7 @@ async def list_nas(
         query = query.where(skew.c.anomalies > 0)
     cursor = decode_page_token(token)
     if cursor is not None:
-        try:
-            after = str(cursor["k"])
-        except (KeyError, TypeError):
-            raise InvalidArgumentError("page_token", "malformed page token") from None
-        query = query.where(UsageNas.nas_key > after)
+        query = query.where(UsageNas.nas_key > token_text(cursor.get("k")))
     query = query.order_by(UsageNas.nas_key).limit(limit + 1)
     async with db.read() as session:
         rows = (await session.execute(query)).all()

@@ -697,12 +697,22 @@ class MeteredUsage:
     source: int
 
     def digest(self) -> bytes:
+        return self._digest(format_decimal(self.quantity))
+
+    def digests(self) -> tuple[bytes, ...]:
+        """The digest, and any other a first attempt of this request may have stored: a
+        negative zero quantity kept its sign ("-0") before quantities were normalised."""
+        if self.quantity:
+            return (self.digest(),)
+        return (self.digest(), self._digest("-0"))
+
+    def _digest(self, quantity: str) -> bytes:
         canonical = "\x1f".join(
             [
                 self.idempotency_key,
                 str(self.usage_type),
                 self.custom_type,
-                format_decimal(self.quantity),
+                quantity,
                 self.unit,
                 self.occurred_at.astimezone(dt.UTC).isoformat(),
                 str(self.subscription_id or ""),
@@ -729,7 +739,7 @@ async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) 
         await repo.begin_write(session)
         found = await _usage_event(session, tenant_id, usage.idempotency_key)
         if found is not None:
-            return _replay(found, digest)
+            return _replay(found, usage)
         subscription_id = usage.subscription_id
         if subscription_id is not None:
             if await session.get(Subscription, (tenant_id, subscription_id)) is None:
@@ -768,7 +778,7 @@ async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) 
             found = await _usage_event(session, tenant_id, usage.idempotency_key)
             if found is None:  # pragma: no cover - the conflicting row is committed
                 raise FailedPreconditionError("idempotency_key: concurrent request; retry")
-            return _replay(found, digest)
+            return _replay(found, usage)
         return RecordedUsage(usage_id, subscription_id, replayed=False)
 
 
@@ -782,7 +792,7 @@ async def _usage_event(session: AsyncSession, tenant_id: uuid.UUID, key: str) ->
     ).scalar()
 
 
-def _replay(found: UsageEvent, digest: bytes) -> RecordedUsage:
-    if bytes(found.request_digest) != digest:
+def _replay(found: UsageEvent, usage: MeteredUsage) -> RecordedUsage:
+    if bytes(found.request_digest) not in usage.digests():
         raise FailedPreconditionError("idempotency_key: already used for a different request")
     return RecordedUsage(found.id, found.subscription_id, replayed=True)

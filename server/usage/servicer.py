@@ -184,7 +184,10 @@ class UsageServicer:
         if subject is None:
             raise InvalidArgumentError("subject", "subscription_id or radius_user_name is required")
         source = parse_enum("source", request.source, usage_pb2.UsageSource, allow_unspecified=True)
-        key = require("idempotency_key", request.idempotency_key)
+        # Opaque: compared exactly, white space included (docs/decisions.md).
+        key = request.idempotency_key
+        if not key:
+            raise InvalidArgumentError("idempotency_key", "is required")
         quantity = parse_decimal(
             "quantity",
             require("quantity", request.quantity),

@@ -123,6 +123,33 @@ async def test_create_customer_returns_the_first_result_when_request_id_repeats(
     assert [c.id for c in listed.customers] == [first.id]
 
 
+async def test_request_id_is_compared_exactly_when_it_has_surrounding_white_space(
+    accounts: accounts_pb2_grpc.AccountServiceStub, tenant: TenantCtx
+) -> None:
+    ids = []
+    for request_id in ("req-2", " req-2 ", "req-2", " req-2 "):
+        created = await accounts.CreateCustomer(
+            pb.CreateCustomerRequest(customer=pb.Customer(name="Ada"), request_id=request_id),
+            metadata=tenant.metadata,
+        )
+        ids.append(created.id)
+    assert ids[0] != ids[1]
+    assert ids[2:] == ids[:2]
+
+
+@pytest.mark.parametrize("request_id", ["r\x00", "r" * 201], ids=["NUL", "201 characters"])
+async def test_create_customer_names_request_id_when_the_database_cannot_hold_it(
+    accounts: accounts_pb2_grpc.AccountServiceStub, tenant: TenantCtx, request_id: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await accounts.CreateCustomer(
+            pb.CreateCustomerRequest(customer=pb.Customer(name="Ada"), request_id=request_id),
+            metadata=tenant.metadata,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("request_id:")
+
+
 async def test_create_customer_is_refused_when_account_number_is_taken(
     accounts: accounts_pb2_grpc.AccountServiceStub, tenant: TenantCtx
 ) -> None:

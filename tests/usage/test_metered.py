@@ -3,13 +3,15 @@ usage of an unknown identity listed as unattributed, then attributed when it is 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
+from sqlalchemy import String, select, type_coerce, update
 
 from isp_rating.v1 import usage_pb2 as pb
 from server.usage.models import UsageEvent
@@ -58,6 +60,20 @@ def custom(**changes: Any) -> dict[str, Any]:
         ({"quantity": "12345678901234567890.1234567891"}, "quantity"),  # past 28 digits
         ({"quantity": "NaN"}, "quantity"),
         ({"quantity": "Infinity"}, "quantity"),
+        # Only ASCII [+-]digits[.digits][e[+-]digits]: Python's Decimal() takes all of these.
+        ({"quantity": "1_000"}, "quantity"),
+        ({"quantity": "\u0661\u0662\u0663"}, "quantity"),  # Arabic-Indic digits
+        ({"quantity": "\uff11\uff12"}, "quantity"),  # fullwidth digits
+        ({"quantity": ".5"}, "quantity"),
+        ({"quantity": "5."}, "quantity"),
+        ({"quantity": "sNaN"}, "quantity"),
+        ({"quantity": "1 000"}, "quantity"),
+        # Bounded before anything is built: they were zeros to expand into huge texts.
+        ({"quantity": "1." + "0" * 16384}, "quantity"),
+        ({"quantity": "0e-16384"}, "quantity"),
+        ({"quantity": "0E-1000000"}, "quantity"),
+        ({"quantity": "0e-999999999999999999"}, "quantity"),
+        ({"quantity": "0E+101"}, "quantity"),
         ({"occurred_at": BAD_TIMESTAMPS[0]}, "occurred_at"),
         ({"occurred_at": BAD_TIMESTAMPS[1]}, "occurred_at"),
         ({"occurred_at": BAD_TIMESTAMPS[2]}, "occurred_at"),
@@ -92,6 +108,9 @@ async def test_record_usage_is_invalid_argument_naming_the_field_when_it_does_no
         custom(unit="requests", quantity="0.000000001"),
         {"quantity": "999999999999999999999.999999999"},
         {"quantity": "12.500000000000"},  # trailing zeros are not precision
+        {"quantity": "1." + "0" * 98},  # 100 characters
+        {"quantity": "0e-100"},
+        {"quantity": "+12.5"},
         {"usage_type": pb.USAGE_TYPE_VOICE, "unit": "seconds", "quantity": "0.25"},
         {"usage_type": pb.USAGE_TYPE_DATA, "unit": "GB", "quantity": "1.5"},
         {"usage_type": pb.USAGE_TYPE_DATA, "unit": "KiB", "quantity": "0.5"},
@@ -119,6 +138,144 @@ async def test_reused_key_is_failed_precondition_when_quantity_differs_in_its_la
         usage.stub.RecordUsage(again, metadata=usage.metadata),
         grpc.StatusCode.FAILED_PRECONDITION,
         "idempotency_key",
+    )
+
+
+async def stored_quantity(server: RunningServer, usage: Usage, key: str) -> Any:
+    """The quantity of an event as its column holds it: text on SQLite, NUMERIC on
+    PostgreSQL."""
+    async with server.db.read() as session:
+        found = await session.execute(
+            select(type_coerce(UsageEvent.quantity, String())).where(
+                UsageEvent.tenant_id == usage.tenant.tenant_id, UsageEvent.idempotency_key == key
+            )
+        )
+        return found.scalar_one()
+
+
+@pytest.mark.parametrize(
+    ("quantity", "normalised"),
+    [
+        ("100.000", "100"),
+        ("1E+2", "100"),
+        ("-0", "0"),
+        ("-0.000", "0"),
+        ("0e-50", "0"),
+        ("1." + "0" * 98, "1"),
+        ("+0012.50", "12.5"),
+        ("1.5E-8", "0.000000015"),
+    ],
+)
+async def test_quantity_is_stored_normalised_when_written_with_zeros_a_sign_or_an_exponent(
+    usage: Usage, server: RunningServer, quantity: str, normalised: str
+) -> None:
+    key = uuid.uuid4().hex
+    await usage.stub.RecordUsage(
+        request(idempotency_key=key, quantity=quantity), metadata=usage.metadata
+    )
+    stored = await stored_quantity(server, usage, key)
+    if server.db.dialect == "sqlite":
+        assert stored == normalised  # the text itself
+    else:
+        assert stored == Decimal(normalised)
+
+
+def legacy_digest(req: pb.RecordUsageRequest, quantity: str) -> bytes:
+    """RecordUsage's request digest as servers have always stored it (changing it would
+    make every retry of an earlier request a conflict)."""
+    canonical = "\x1f".join(
+        [
+            req.idempotency_key,
+            str(req.usage_type),
+            req.custom_type,
+            quantity,
+            req.unit,
+            utc(req.occurred_at).isoformat(),
+            req.subscription_id,
+            req.radius_user_name,
+            str(req.source or pb.USAGE_SOURCE_API),
+        ]
+    )
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+async def stored_digest(server: RunningServer, usage: Usage, key: str) -> bytes:
+    async with server.db.read() as session:
+        found = await session.execute(
+            select(UsageEvent.request_digest).where(
+                UsageEvent.tenant_id == usage.tenant.tenant_id, UsageEvent.idempotency_key == key
+            )
+        )
+        return bytes(found.scalar_one())
+
+
+async def test_request_digest_is_unchanged_when_quantity_is_written_another_way(
+    usage: Usage, server: RunningServer
+) -> None:
+    first = request(quantity="100.000")
+    recorded = await usage.stub.RecordUsage(first, metadata=usage.metadata)
+    assert await stored_digest(server, usage, first.idempotency_key) == legacy_digest(first, "100")
+    for spelling in ("1E+2", "100", "0100.0", "10e1"):
+        again = pb.RecordUsageRequest()
+        again.CopyFrom(first)
+        again.quantity = spelling
+        replay = await usage.stub.RecordUsage(again, metadata=usage.metadata)
+        assert (replay.usage_id, replay.replayed) == (recorded.usage_id, True)
+
+
+async def test_negative_zero_is_replayed_when_it_was_stored_with_its_sign(
+    usage: Usage, server: RunningServer
+) -> None:
+    first = request(quantity="-0")
+    recorded = await usage.stub.RecordUsage(first, metadata=usage.metadata)
+    # As a server that kept the sign stored it: quantity "-0" and its digest.
+    async with server.db.transaction() as session:
+        await session.execute(
+            update(UsageEvent)
+            .where(
+                UsageEvent.tenant_id == usage.tenant.tenant_id,
+                UsageEvent.idempotency_key == first.idempotency_key,
+            )
+            .values(request_digest=legacy_digest(first, "-0"), quantity=Decimal("-0"))
+        )
+    for spelling in ("-0", "0", "0.000"):
+        again = pb.RecordUsageRequest()
+        again.CopyFrom(first)
+        again.quantity = spelling
+        replay = await usage.stub.RecordUsage(again, metadata=usage.metadata)
+        assert (replay.usage_id, replay.replayed) == (recorded.usage_id, True)
+    again.quantity = "1"
+    await expect_status(
+        usage.stub.RecordUsage(again, metadata=usage.metadata),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "idempotency_key",
+    )
+
+
+async def test_idempotency_key_is_compared_exactly_when_it_has_surrounding_white_space(
+    usage: Usage, server: RunningServer
+) -> None:
+    plain = await usage.stub.RecordUsage(request(idempotency_key="k"), metadata=usage.metadata)
+    # A key stored as it came is found by it, as before.
+    replay = await usage.stub.RecordUsage(request(idempotency_key="k"), metadata=usage.metadata)
+    assert (replay.usage_id, replay.replayed) == (plain.usage_id, True)
+    # Keys are opaque: " k " is another key, with a request of its own.
+    padded = await usage.stub.RecordUsage(
+        request(idempotency_key=" k ", quantity="13"), metadata=usage.metadata
+    )
+    assert not padded.replayed
+    assert padded.usage_id != plain.usage_id
+    again = await usage.stub.RecordUsage(
+        request(idempotency_key=" k ", quantity="13"), metadata=usage.metadata
+    )
+    assert (again.usage_id, again.replayed) == (padded.usage_id, True)
+    blank = await usage.stub.RecordUsage(request(idempotency_key="  "), metadata=usage.metadata)
+    assert not blank.replayed
+    assert sorted(await event_subscriptions(server, usage)) == ["  ", " k ", "k"]
+    await expect_status(
+        usage.stub.RecordUsage(request(idempotency_key=""), metadata=usage.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "idempotency_key:",
     )
 
 
