@@ -321,7 +321,9 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         lines = []
         for i, line in enumerate(invoice.lines):
             where = f"invoice.lines[{i}]"
-            quantity = parse_decimal(f"{where}.quantity", line.quantity or "1", places=6)
+            quantity = parse_decimal(
+                f"{where}.quantity", line.quantity or "1", places=6, integer_digits=14
+            )
             line_currency, unit_micro = parse_money(
                 f"{where}.unit_price", line.unit_price, unit_price=True, allow_negative=True
             )

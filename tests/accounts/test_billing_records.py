@@ -308,3 +308,21 @@ async def test_dispute_is_listed_open_until_resolved(accounts: Stub, tenant: Ten
         pb.ListDisputesRequest(customer_id=customer_id, open_only=True), metadata=tenant.metadata
     )
     assert list(still_open.disputes) == []
+
+
+@pytest.mark.parametrize("quantity", ["1e25", "1000000000000000", "-1.5e15"])
+async def test_invoice_line_quantity_too_large_for_its_column_is_invalid(
+    accounts: Stub, tenant: TenantCtx, quantity: str
+) -> None:
+    """A line quantity is NUMERIC(20, 6): at most 14 digits before the point."""
+    customer_id = await make_customer(accounts, tenant)
+    line = pb.InvoiceLine(
+        description="Overage",
+        quantity=quantity,
+        unit_price=Money(currency_code="GBP", amount="1.00"),
+    )
+    invoice = pb.Invoice(number="INV-9", customer_id=customer_id, currency_code="GBP", lines=[line])
+    await expect_invalid(
+        accounts.CreateInvoice(pb.CreateInvoiceRequest(invoice=invoice), metadata=tenant.metadata),
+        "invoice.lines[0].quantity",
+    )
