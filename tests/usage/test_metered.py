@@ -50,7 +50,7 @@ def custom(**changes: Any) -> dict[str, Any]:
         (custom(custom_type="c" * 121), "custom_type"),
         ({"custom_type": "api-calls"}, "custom_type"),
         ({"radius_user_name": "u" * 254}, "radius_user_name"),
-        ({"radius_user_name": "é" * 127}, "radius_user_name"),  # 127 characters, 254 octets
+        ({"radius_user_name": "é" * 254}, "radius_user_name"),  # 254 characters
         ({"radius_user_name": "u" * 256}, "radius_user_name"),
         ({"quantity": "1" + "0" * 25}, "quantity"),
         ({"quantity": "1e25"}, "quantity"),
@@ -103,7 +103,9 @@ async def test_record_usage_is_invalid_argument_naming_the_field_when_it_does_no
     [
         {"idempotency_key": "k" * 200},
         {"radius_user_name": "u" * 253},
-        {"radius_user_name": "é" * 126},  # 252 octets
+        # 253 characters: what a session's User-Name of 253 octets can be as stored text
+        # (each invalid octet U+FFFD), and what the column holds.
+        {"radius_user_name": "é" * 253},
         custom(unit="u" * 64, custom_type="c" * 120),
         custom(unit="requests", quantity="0.000000001"),
         {"quantity": "999999999999999999999.999999999"},
