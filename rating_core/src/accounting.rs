@@ -683,6 +683,33 @@ impl Touched {
         r as i32
     }
 
+    /// Identity for the projection: the first value of the call for each field (the
+    /// projection keeps the first it ever got, e.g. a User-Name after a lost Start).
+    fn merge_identity(&mut self, row: i32, r: &Record, p: Input<'_>) {
+        let text = &mut self.text[row as usize];
+        for ((have, new), total) in text
+            .iter_mut()
+            .zip([
+                r.user,
+                r.calling,
+                r.framed,
+                r.framed_prefix,
+                r.delegated_prefix,
+            ])
+            .zip(&mut self.text_bytes)
+        {
+            if have.is_empty() && !new.is_empty() {
+                let bytes = p.text(new);
+                *have = record::Span {
+                    off: self.text_buf.len() as u32,
+                    len: bytes.len() as u32,
+                };
+                self.text_buf.extend_from_slice(bytes);
+                *total += bytes.len();
+            }
+        }
+    }
+
     fn lookup(&self, slot: u32, tag: u32) -> i32 {
         if self.rows.get(tag as usize) == Some(&slot) {
             tag as i32
@@ -1181,17 +1208,17 @@ impl Engine {
     }
 
     /// Gives the engine the NAS's latest accepted Accounting-On/Offs from the ledger
-    /// (content key, status type, event time; oldest first), after [`Engine::load_sessions`]:
-    /// a record of a session that started before one of them, applied later, finds its
-    /// session already over (see `apply`), as on the engine that applied the On/Off. Only the
-    /// last [`ONOFF_MEMORY`] are kept. Whether each was timed by its arrival is not stored:
-    /// a copy of one, timed by its own arrival in another second, is not recognised.
-    pub fn recall_onoffs(&mut self, nas_key: &str, onoffs: &[([u8; 16], u8, i64)]) {
+    /// (content key, status type, event time, whether it was timed by its arrival; oldest
+    /// first), after [`Engine::load_sessions`]: a record of a session that started before one
+    /// of them, applied later, finds its session already over (see `apply`), and a copy of
+    /// one timed by its own arrival in another second is a repeat, as on the engine that
+    /// applied the On/Off. Only the last [`ONOFF_MEMORY`] are kept.
+    pub fn recall_onoffs(&mut self, nas_key: &str, onoffs: &[([u8; 16], u8, i64, bool)]) {
         let id = self.intern_nas(nas_key);
         let recent = &mut self.nas[id as usize].last_onoff;
         recent.clear();
         let skip = onoffs.len().saturating_sub(ONOFF_MEMORY);
-        recent.extend(onoffs[skip..].iter().map(|&(k, s, e)| (k, s, e, false)));
+        recent.extend_from_slice(&onoffs[skip..]);
     }
 
     /// The engine's id of each batch NAS it may have forgotten instances of; `None` when
@@ -1657,8 +1684,16 @@ impl Engine {
                 // is not that instance's own Start (delayed or retransmitted): the id was
                 // reused, by a NAS that rebooted (its Accounting-On may still be on its way)
                 // or lost the Stop.
+                // Unless the instance has no session time yet and the Start is within the
+                // tolerance of its start: then it may be a copy of its own Start (timed by
+                // its arrival, through another collector's clock) or follow an Interim sent
+                // at session time 0, and a second generation would split one session.
+                let copy_possible = c.session_time == 0
+                    && r.event_us.abs_diff(c.start_us) <= gap.unsigned_abs()
+                    && (c.state == STATE_OPEN || end_unknown(c));
                 let reused = r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
-                    && r.event_us > c.last_update_us;
+                    && r.event_us > c.last_update_us
+                    && !copy_possible;
                 if r.status == STATUS_START {
                     if c.state == STATE_OPEN {
                         match implied {
@@ -1678,7 +1713,8 @@ impl Engine {
                     } else if reused
                         || (r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
                             && r.event_us > c.start_us
-                            && r.event_us >= c.stop_us)
+                            && r.event_us >= c.stop_us
+                            && !copy_possible)
                     {
                         // A NAS may reuse the id in the very second the old one stopped; a
                         // Start at the closed instance's own start (rounded: a retransmit
@@ -1902,6 +1938,22 @@ impl Engine {
             t => t,
         };
         if time.is_some_and(|st| st < self.sessions[slot as usize].session_time) {
+            // No usage and no state; but a name it carries still fills an empty identity
+            // field (a NAS that names the user only in its Start, delivered late).
+            if [
+                r.user,
+                r.calling,
+                r.framed,
+                r.framed_prefix,
+                r.delegated_prefix,
+            ]
+            .iter()
+            .any(|f| !f.is_empty())
+            {
+                let s = &mut self.sessions[slot as usize];
+                let row = t.row(slot, s, self.nas[s.nas as usize].key.len());
+                t.merge_identity(row, r, p);
+            }
             return OUTCOME_LATE;
         }
         let (total_in, total_out) = self.totals(slot);
@@ -1953,30 +2005,7 @@ impl Engine {
         }
         s.flags |= new_flags as u16;
         let row = t.row(slot, s, self.nas[s.nas as usize].key.len());
-        // Identity for the projection: the first value of the call for each field (the
-        // projection keeps the first it ever got, e.g. a User-Name after a lost Start).
-        let text = &mut t.text[row as usize];
-        for ((have, new), total) in text
-            .iter_mut()
-            .zip([
-                r.user,
-                r.calling,
-                r.framed,
-                r.framed_prefix,
-                r.delegated_prefix,
-            ])
-            .zip(&mut t.text_bytes)
-        {
-            if have.is_empty() && !new.is_empty() {
-                let bytes = p.text(new);
-                *have = record::Span {
-                    off: t.text_buf.len() as u32,
-                    len: bytes.len() as u32,
-                };
-                t.text_buf.extend_from_slice(bytes);
-                *total += bytes.len();
-            }
-        }
+        t.merge_identity(row, r, p);
         self.set_totals(
             slot,
             (total_in.saturating_add(din), total_out.saturating_add(dout)),

@@ -23,6 +23,8 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import rating_core as core
+from isp_rating.v1 import usage_pb2
 from server.db import pgarrays
 
 US = 1_000_000
@@ -510,19 +512,42 @@ def session_arrays(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
 
 async def recent_onoffs(
     session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, limit: int
-) -> list[tuple[bytes, int, int]]:
+) -> list[tuple[bytes, int, int, bool]]:
     """The NAS's last `limit` accepted Accounting-On/Offs in the order they were applied,
-    oldest first: (content key, status type, event time µs), for Engine.recall_onoffs."""
+    oldest first: (content key, status type, event time µs, timed by its arrival), for
+    Engine.recall_onoffs."""
     pg = _pg(session)
     rows = await session.execute(
         text(
-            f"SELECT content_key, status_type, {us_sql(pg, 'event_at')} FROM usage_ledger"
-            " WHERE tenant_id = :t AND nas_key = :k AND status_type IN (7, 8) AND status = 1"
+            f"SELECT content_key, status_type, {us_sql(pg, 'event_at')}, entry_bytes"
+            " FROM usage_ledger WHERE tenant_id = :t AND nas_key = :k"
+            " AND status_type IN (7, 8) AND status = 1"
             " ORDER BY nas_seq DESC, entry_index DESC LIMIT :n"
         ),
         {"t": tenant_param(session, tenant_id), "k": nas_key, "n": limit},
     )
-    return [(bytes(key), int(status), int(event)) for key, status, event in reversed(rows.all())]
+    return [
+        (bytes(key), int(status), int(event), timed_by_arrival(bytes(entry), int(event)))
+        for key, status, event, entry in reversed(rows.all())
+    ]
+
+
+def timed_by_arrival(entry: bytes, event_us: int) -> bool:
+    """Whether a ledger entry's event time was its arrival - Acct-Delay-Time: it had no
+    Event-Timestamp, or one the engine did not trust (skewed; the event time then differs
+    from it by more than the tolerance). A trusted one is the event time itself."""
+    message = usage_pb2.AccountingEntry.FromString(entry)
+    if message.HasField("decoded"):
+        record = message.decoded
+        if not record.HasField("event_timestamp"):
+            return True
+        ts = record.event_timestamp
+        return ts.seconds * 1_000_000 + ts.nanos // 1000 != event_us
+    try:
+        seconds = core.decode_radius(message.raw.packet, None).get("event_timestamp")
+    except (core.RatingError, ValueError):
+        return True
+    return not isinstance(seconds, int) or seconds * 1_000_000 != event_us
 
 
 async def live_session_rows(

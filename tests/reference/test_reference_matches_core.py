@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rating_core as rc
+from server.usage.repository import timed_by_arrival
 from tests.reference.accounting_wire import Rec, batch, decoded_entry
 from tests.reference.usage_reference import US, Policy, Reference
 
@@ -437,7 +438,7 @@ def test_reloading_from_the_database_changes_nothing_when_every_batch_starts_fre
     ledger_a: set[bytes] = set()
     ledger_b: set[bytes] = set()
     # The replica's ledger of accepted Accounting-On/Offs per NAS, oldest first.
-    onoffs: dict[str, list[tuple[bytes, int, int]]] = {}
+    onoffs: dict[str, list[tuple[bytes, int, int, bool]]] = {}
     for lo, hi in itertools.pairwise(bounds):
         data = batch([decoded_entry(r) for r in recs[lo:hi]])
         for e, ledger, rows, fresh in (
@@ -466,8 +467,10 @@ def test_reloading_from_the_database_changes_nothing_when_every_batch_starts_fre
                     accepted = int(result.outcome[i]) == rc.OUTCOME_ACCEPTED
                     if accepted and int(result.status_type[i]) in (7, 8):
                         nas = result.nas_keys[int(result.nas_index[i])]
+                        event = int(result.event_us[i])
+                        entry = decoded_entry(recs[lo + i])
                         onoffs.setdefault(nas, []).append((
                             result.content_key[i].tobytes(), int(result.status_type[i]),
-                            int(result.event_us[i]),
+                            event, timed_by_arrival(entry, event),
                         ))  # fmt: skip
     assert db == steady_rows

@@ -261,12 +261,7 @@ class Reference:
         def owns(s: Session) -> bool:
             assert implied is not None
             distance = abs(s.start_us - implied)
-            # Closed as stale (swept or superseded), a session may have gone on: no known end.
-            end_unknown = (
-                s.state == CLOSED_NO_STOP
-                and s.flags & (STALE_CLOSED | NAS_REBOOT_CLOSED) == STALE_CLOSED
-            )
-            ended_before = s.state != OPEN and not end_unknown and implied > s.stop_us
+            ended_before = s.state != OPEN and not self.end_unknown(s) and implied > s.stop_us
             # Closed by a reboot, it ended by the first On/Off after its start.
             reboot = min((e for e in self.reboots.get(n.nas, []) if e > s.start_us), default=None)
             if s.state == CLOSED_NO_STOP and s.flags & NAS_REBOOT_CLOSED and reboot is not None:
@@ -285,8 +280,15 @@ class Reference:
         if n.status == START:
             # Not the instance's own Start (more than 2 s from its start, after its last
             # update, or at/after its stop): the id was reused.
+            # Unless it may be a copy of the instance's own Start: no session time yet, within
+            # the tolerance, and open or closed as stale.
             own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
-            after_last = not own_start and n.event_us > cur.last_update_us
+            copy_possible = (
+                cur.session_time == 0
+                and abs(n.event_us - cur.start_us) <= gap
+                and (cur.state == OPEN or self.end_unknown(cur))
+            )
+            after_last = not own_start and n.event_us > cur.last_update_us and not copy_possible
             if cur.state == OPEN:
                 if implied is not None and implied > cur.start_us + gap:
                     return ("create", None, {"lost_start": False, "gap": True, "close": cur})
@@ -294,7 +296,7 @@ class Reference:
                     return ("create", None, {"lost_start": False, "gap": False, "close": cur})
             else:
                 reused = cur.start_us < n.event_us and n.event_us >= cur.stop_us
-                if after_last or (not own_start and reused):
+                if after_last or (not own_start and reused and not copy_possible):
                     return ("create", None, {"lost_start": False, "gap": False, "close": None})
             if far_before:
                 # A Start long before the latest instance began: an older session's.
@@ -314,6 +316,14 @@ class Reference:
         if (cur.state != OPEN and implied > cur.stop_us) or far_before:
             return ("create", None, {"lost_start": True, "gap": False, "close": None})
         return ("late", cur, {})
+
+    @staticmethod
+    def end_unknown(s: Session) -> bool:
+        """Closed as stale (swept or superseded), a session may have gone on: no known end."""
+        return (
+            s.state == CLOSED_NO_STOP
+            and s.flags & (STALE_CLOSED | NAS_REBOOT_CLOSED) == STALE_CLOSED
+        )
 
     def create(
         self, n: Norm, chain: list[Session], *, lost_start: bool, gap: bool, close: Session | None
@@ -349,6 +359,10 @@ class Reference:
         # A Start is at session time 0 whether or not it says so.
         time = 0 if n.session_time is None and n.status == START else n.session_time
         if time is not None and time < s.session_time:
+            # No usage and no state, but a name it carries fills an empty identity field.
+            s.user = s.user or n.user
+            s.calling = s.calling or n.calling
+            s.framed = s.framed or n.framed
             return "late"
         time_up = n.session_time is not None and n.session_time > s.session_time
         policy = self.policy(n.nas)

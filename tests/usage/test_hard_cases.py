@@ -1348,3 +1348,59 @@ async def test_binary_session_ids_whose_text_passes_255_bytes_stay_two_sessions(
     assert (by_sid[text_a].input_bytes, by_sid[text_a].generation) == (1_000_100, 1)
     assert (by_sid[text_b].input_bytes, by_sid[text_b].generation) == (5_000, 1)
     assert "late_stop" in by_sid[text_a].flags
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        # A Start resent unchanged 5 s later by a NAS without Event-Timestamp (RFC 5080 lets a
+        # retransmit keep its Acct-Delay-Time), so timed 5 s after the original.
+        Rec(START, t=5, event=False),
+        # An Interim at session time 0 right at the start, then the Start 3 s later.
+        Rec(INTERIM, t=0, session_time=0, inp=0, out=0),
+    ],
+    ids=["start-resent-timed-by-arrival", "interim-at-session-time-0"],
+)
+async def test_start_a_few_seconds_off_a_session_with_no_session_time_is_the_same_session(
+    usage: Usage, form: str, first: Rec
+) -> None:
+    """Such a Start may be the session's own: a second generation would split its later
+    updates between two instances whose starts are seconds apart, and count them twice."""
+    start = Rec(START, t=0, event=False) if first.status == START else Rec(START, t=3)
+    await usage.send_each(form, *((start, first) if first.status == START else (first, start)))
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=600, session_time=600, inp=100, out=100, event=False),
+        # 3 s of network delay the NAS did not count in Acct-Delay-Time.
+        Rec(INTERIM, t=1203, session_time=1200, inp=300, out=300, event=False),
+        Rec(STOP, t=1500, session_time=1500, inp=400, out=400, cause=1, event=False),
+    )
+    (s,) = await usage.sessions()
+    assert (s.input_bytes, s.output_bytes, s.state) == (400, 400, STOPPED)
+
+
+async def test_a_late_start_still_names_the_user_of_its_session(usage: Usage, form: str) -> None:
+    """An Interim without User-Name came first (a lost Start so far); the delayed Start,
+    late for usage, names the user: the session is theirs, in either order."""
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=600, session_time=600, inp=100, out=200, user=""),
+        Rec(START, t=0, delay=700),
+    )
+    (s,) = await usage.sessions()
+    assert (s.user_name, s.input_bytes) == ("alice", 100)
+
+
+async def test_copy_of_an_accounting_on_timed_by_arrival_is_a_repeat_on_a_replica(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    """A NAS without Event-Timestamp: its On is timed by arrival, and the copy through
+    another collector lands 2 s later. The replica that gets the copy did not apply the On:
+    it recalls from the ledger that the On was timed by arrival, so the copy is a repeat
+    and does not close the session that started in between."""
+    on = Rec(ON, sid="", user="", t=100, event=False)
+    await usage.send_each(form, on, Rec(START, sid="b", t=101, event=False))
+    ack = await replica.send(form, on.but(arrival_extra_s=2))
+    assert counts(ack) == (0, 1, 0, 0)
+    (b,) = await replica.sessions()
+    assert (b.state, list(b.flags)) == (pb.SESSION_STATE_OPEN, [])

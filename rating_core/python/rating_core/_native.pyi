@@ -211,10 +211,11 @@ class Engine:
         unknown), which bounds what unmatched_sessions asks for.
         """
 
-    def recall_onoffs(self, nas_key: str, onoffs: list[tuple[bytes, int, int]]) -> None:
+    def recall_onoffs(self, nas_key: str, onoffs: list[tuple[bytes, int, int, bool]]) -> None:
         """After load_sessions: the NAS's latest accepted Accounting-On/Offs from the ledger,
-        oldest first, as (content key, status type, event time µs); the last 8 are kept. A
-        session found later that started before one of them is closed by it."""
+        oldest first, as (content key, status type, event time µs, timed by its arrival);
+        the last 8 are kept. A session found later that started before one of them is
+        closed by it, and a copy of one timed by its arrival within 2 s is a repeat."""
 
     def unknown_sessions(self, prepared: PreparedBatch) -> list[tuple[str, str]]:
         """(nas_key, acct_session_id) of the batch's session records the engine holds no

@@ -708,17 +708,17 @@ impl PyEngine {
     }
 
     /// The NAS's latest accepted Accounting-On/Offs, oldest first: `(content key (16
-    /// bytes), status type, event time µs)`.
-    fn recall_onoffs(&self, nas_key: &str, onoffs: Vec<(Vec<u8>, u8, i64)>) -> PyResult<()> {
+    /// bytes), status type, event time µs, timed by its arrival)`.
+    fn recall_onoffs(&self, nas_key: &str, onoffs: Vec<(Vec<u8>, u8, i64, bool)>) -> PyResult<()> {
         let mut rows = Vec::with_capacity(onoffs.len());
-        for (key, status, event_us) in onoffs {
+        for (key, status, event_us, by_arrival) in onoffs {
             let key: [u8; 16] = key.as_slice().try_into().map_err(|_| {
                 PyValueError::new_err(format!(
                     "onoffs: a content key has 16 bytes, not {}",
                     key.len()
                 ))
             })?;
-            rows.push((key, status, event_us));
+            rows.push((key, status, event_us, by_arrival));
         }
         self.lock()?.recall_onoffs(nas_key, &rows);
         Ok(())
