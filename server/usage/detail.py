@@ -80,6 +80,10 @@ TERMINATE_CAUSES = {
         ],
         start=1,
     )
+} | {
+    # FreeRADIUS's dictionary.rfc3580 names 21 and 22 so.
+    "port-reinit": 21,
+    "port-disabled": 22,
 }
 
 # Where the packet came from, most trusted first (FreeRADIUS writes these itself).
@@ -135,6 +139,13 @@ def text(value: str) -> str:
         raise DetailValueError("not UTF-8 text") from None
 
 
+def radius_text(value: str) -> str:
+    """A RADIUS text attribute (octets: FreeRADIUS writes those that are not printable as
+    octal escapes): each invalid UTF-8 sequence becomes U+FFFD, as the engine stores the
+    same attribute of a raw packet, rather than the record, and its usage, being refused."""
+    return unquote(value).decode(errors="replace")
+
+
 def u32(value: str) -> int:
     token = unquote(value).decode(errors="replace")
     if not token.isascii() or not token.isdigit():
@@ -156,6 +167,17 @@ def enum(names: dict[str, int]) -> Callable[[str], int]:
             raise DetailValueError(f"unknown value {token!r}") from None
 
     return read
+
+
+def terminate_cause(value: str) -> int | None:
+    """Acct-Terminate-Cause; a name no dictionary here knows (a server's own dictionary)
+    is left out rather than the Stop and its final counters refused: it is not usage."""
+    try:
+        return enum(TERMINATE_CAUSES)(value)
+    except DetailValueError:
+        if unquote(value).decode(errors="replace").isdigit():
+            raise  # a number that does not fit 32 bits
+        return None
 
 
 def ipv4(value: str) -> str:
@@ -204,13 +226,13 @@ def event_timestamp(value: str) -> int | None:
 # Attribute (lower case) -> (AccountingRecord field, reader). Class repeats; others not.
 FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "acct-status-type": ("status_type", enum(STATUS_TYPES)),
-    "acct-session-id": ("acct_session_id", text),
-    "user-name": ("user_name", text),
+    "acct-session-id": ("acct_session_id", radius_text),
+    "user-name": ("user_name", radius_text),
     "nas-ip-address": ("nas_ip_address", ipv4),
     "nas-ipv6-address": ("nas_ipv6_address", ipv6),
-    "nas-identifier": ("nas_identifier", text),
+    "nas-identifier": ("nas_identifier", radius_text),
     "nas-port": ("nas_port", u32),
-    "nas-port-id": ("nas_port_id", text),
+    "nas-port-id": ("nas_port_id", radius_text),
     "acct-input-octets": ("input_octets", u32),
     "acct-input-gigawords": ("input_gigawords", u32),
     "acct-output-octets": ("output_octets", u32),
@@ -218,11 +240,11 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "acct-session-time": ("session_time_s", u32),
     "event-timestamp": ("event_timestamp", event_timestamp),
     "acct-delay-time": ("delay_time_s", u32),
-    "acct-terminate-cause": ("terminate_cause", enum(TERMINATE_CAUSES)),
+    "acct-terminate-cause": ("terminate_cause", terminate_cause),
     "framed-ip-address": ("framed_ip_address", ipv4),
     "framed-ipv6-prefix": ("framed_ipv6_prefix", ipv6_prefix),
     "delegated-ipv6-prefix": ("delegated_ipv6_prefix", ipv6_prefix),
-    "calling-station-id": ("calling_station_id", text),
+    "calling-station-id": ("calling_station_id", radius_text),
     "timestamp": ("timestamp", u32),
     **dict.fromkeys(SOURCE_ATTRIBUTES, ("source", ip_any)),
 }
@@ -284,6 +306,8 @@ def _record(header: str, body: list[tuple[int, str]], zone: dt.tzinfo) -> Any:
             read = reader(value)
         except DetailValueError as error:
             raise DetailValueError(f"line {number}: {name}: {error}") from None
+        if read is None:  # a value left out (a local-time date, an unknown cause name)
+            continue
         if target == "source":
             sources.setdefault(key, read)
             continue
