@@ -258,6 +258,21 @@ async def begin_write(session: AsyncSession) -> None:
         await session.execute(text("UPDATE usage_nas SET seq = seq WHERE 1 = 0"))
 
 
+async def lock_tenant_nas(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """PostgreSQL: locks every NAS row of the tenant, in the key order batches, sweeps and
+    rebuilds take them, so a statement over the tenant's sessions (a re-attribution) waits
+    for the batches writing them instead of deadlocking with them, and a batch written
+    meanwhile is seen by it. (SQLite's writer lock already serializes them.)"""
+    if _pg(session):
+        await session.execute(
+            text(
+                "SELECT 1 FROM usage_nas WHERE tenant_id = :t"
+                ' ORDER BY nas_key COLLATE "C" FOR UPDATE'
+            ),
+            {"t": tenant_param(session, tenant_id)},
+        )
+
+
 async def lock_nas(
     session: AsyncSession, tenant_id: uuid.UUID, nas_keys: Sequence[str]
 ) -> dict[str, NasState]:

@@ -675,8 +675,15 @@ async def reattribute(tenant_id: uuid.UUID, session: AsyncSession) -> int:
     `radius_user_name` that now matches take it too. Returns the number of sessions and
     metered events attributed. ListUnattributedUsage also runs it first, so a race with
     ingest or RecordUsage is settled lazily.
+
+    It takes the tenant's NAS locks first, as batches do: on PostgreSQL its update of the
+    sessions would otherwise deadlock with a batch writing them, and a batch that commits
+    while the identity is being registered would be missed. Each session is attributed by
+    the identities registered when the first one matching it was (as a rebuild does): a
+    session a race left unattributed keeps the subscription it would have had.
     """
-    sessions = await repo.reattribute(session, tenant_id)
+    await repo.lock_tenant_nas(session, tenant_id)
+    sessions = await repo.reattribute(session, tenant_id, as_first_registered=True)
     events = await repo.attribute_events(session, tenant_id)
     return sessions + events
 

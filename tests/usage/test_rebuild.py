@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 import grpc
 from sqlalchemy import select
 
+from server.accounts.models import RadiusIdentity
 from server.usage.models import UnattributedBucket, UsageAnomaly, UsageBucket, UsageSession
 from server.usage.rebuild import rebuild
 from tests.conftest import RunningServer
@@ -222,4 +224,29 @@ async def test_rebuild_attributes_each_session_as_it_was_attributed_when_identit
 
     await rebuild(server.db, usage.tenant.tenant_id)
 
+    assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
+async def test_a_session_a_registration_race_left_unattributed_keeps_its_first_subscription(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    """On PostgreSQL a batch can commit while an identity matching it is being registered:
+    neither sees the other, and the session is left unattributed (emulated here by an
+    identity row written without the registration's re-attribution). The next
+    re-attribution (the next registration) gives it the subscription of the identity
+    registered first, not the one registered since, which outranks it: as a rebuild does."""
+    mac = "02-00-00-00-00-07"
+    await usage.send("decoded", Rec(INTERIM, sid="s1", user="dora", calling=mac, t=600,
+                                    session_time=600, inp=5, out=6))  # fmt: skip
+    by_mac = await subscribe(channel, usage.tenant)  # no identity yet
+    async with server.db.transaction() as session:
+        session.add(RadiusIdentity(
+            tenant_id=usage.tenant.tenant_id, kind=2, value="02:00:00:00:00:07",
+            subscription_id=uuid.UUID(by_mac), created_at=dt.datetime.now(dt.UTC),
+        ))  # fmt: skip
+    assert (await usage.session("s1")).subscription_id == ""  # the race
+    await subscribe(channel, usage.tenant, user_name="dora")  # outranks the MAC
+    assert (await usage.session("s1")).subscription_id == by_mac
+    before = await snapshot(server, usage.tenant.tenant_id)
+    await rebuild(server.db, usage.tenant.tenant_id)
     assert await snapshot(server, usage.tenant.tenant_id) == before
