@@ -1,12 +1,14 @@
 //! Capture reader: RADIUS accounting requests (UDP to 1813/1646) over IPv4/IPv6, from classic
 //! pcap and pcapng files, with IPv4 and IPv6 fragments reassembled.
 
+mod link;
 mod ng;
 mod reassembly;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use link::{network_layer, LINK_TYPES};
 use reassembly::{Fragment, Key, Reassembler};
 pub use reassembly::{Incomplete, MEMORY_BYTES, TIMEOUT_US};
 
@@ -79,9 +81,6 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_EXTENSIONS: [u8; 8] = [0, 43, 60, 135, 139, 140, 253, 254];
 /// IPv6 Authentication Header, whose length counts 4-octet units after the first 8.
 const IPV6_AH: u8 = 51;
-
-/// Ethernet, null/loop, raw IP (12, 14, 101, 228, 229), Linux cooked v1 and v2.
-const LINK_TYPES: [u32; 10] = [0, 1, 12, 14, 101, 108, 113, 228, 229, 276];
 
 fn u16be(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
@@ -317,28 +316,6 @@ impl Reader {
             _ => None,
         }
     }
-}
-
-/// The IP packet inside a frame of the link type (one of [`LINK_TYPES`]).
-fn network_layer(link_type: u32, frame: &[u8]) -> Option<&[u8]> {
-    match link_type {
-        1 => ethernet(frame),
-        0 | 108 => frame.get(4..),
-        101 | 228 | 229 | 12 | 14 => Some(frame),
-        113 => frame.get(16..),
-        276 => frame.get(20..),
-        _ => None,
-    }
-}
-
-fn ethernet(frame: &[u8]) -> Option<&[u8]> {
-    let mut at = 12;
-    let mut ty = u16be(frame, at)?;
-    while ty == 0x8100 || ty == 0x88a8 {
-        at += 4;
-        ty = u16be(frame, at)?;
-    }
-    frame.get(at + 2..)
 }
 
 fn widen(v4: [u8; 4]) -> [u8; 16] {

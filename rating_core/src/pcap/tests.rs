@@ -100,8 +100,13 @@ fn payload(len: usize) -> Vec<u8> {
 
 /// A little-endian, microsecond, raw-IP classic capture of (seconds after T0, frame).
 fn classic(frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    classic_of(101, frames)
+}
+
+/// A little-endian, microsecond classic capture of the link type.
+fn classic_of(link_type: u32, frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
-    for word in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, 101] {
+    for word in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, link_type] {
         out.extend(word.to_le_bytes());
     }
     for (at, frame) in frames {
@@ -203,6 +208,137 @@ fn other_ports_and_protocols_are_skipped() {
     let read = parsed(&classic(&frames));
     assert_eq!(payloads(&read), [b"radius".to_vec(), b"old port".to_vec()]);
     assert_eq!(read.incomplete, Incomplete::default());
+}
+
+// --- link layers ------------------------------------------------------------------------
+
+/// An Ethernet frame: the VLAN tags (TPID, VLAN id), then the ethertype and the payload.
+fn tagged(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    for (tpid, vid) in tags {
+        frame.extend(tpid.to_be_bytes());
+        frame.extend(vid.to_be_bytes());
+    }
+    frame.extend(ethertype.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// An MPLS label stack of these labels (the last one the bottom of the stack), then `ip`.
+fn labelled(labels: &[u32], ip: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, label) in labels.iter().enumerate() {
+        let bottom = u32::from(i + 1 == labels.len());
+        out.extend(((label << 12) | (bottom << 8) | 64).to_be_bytes());
+    }
+    out.extend(ip);
+    out
+}
+
+/// A Linux cooked (SLL) frame of the protocol; `rest` follows the 16-octet header.
+fn cooked(protocol: u16, rest: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+    frame.extend(protocol.to_be_bytes());
+    frame.extend(rest);
+    frame
+}
+
+/// A Linux cooked v2 (SLL2) frame of the protocol; `rest` follows the 20-octet header.
+fn cooked2(protocol: u16, rest: &[u8]) -> Vec<u8> {
+    let mut frame = protocol.to_be_bytes().to_vec();
+    frame.extend([0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+    frame.extend(rest);
+    frame
+}
+
+/// A VLAN tag's remaining 4 octets (VLAN id, inner ethertype) and what follows.
+fn tag(vid: u16, ethertype: u16, rest: &[u8]) -> Vec<u8> {
+    let mut out = vid.to_be_bytes().to_vec();
+    out.extend(ethertype.to_be_bytes());
+    out.extend(rest);
+    out
+}
+
+#[test]
+fn ethernet_requests_are_read_behind_any_vlan_tag_and_mpls_labels() {
+    let v4 = |text: &[u8]| datagram(NAS, text);
+    let v6 = |text: &[u8]| ipv6(UDP, &udp(1813, text));
+    let frames = vec![
+        (0, tagged(&[(0x8100, 10)], 0x0800, &v4(b"802.1Q"))),
+        (
+            1,
+            tagged(&[(0x88a8, 10), (0x8100, 20)], 0x0800, &v4(b"802.1ad")),
+        ),
+        (
+            2,
+            tagged(&[(0x9100, 10), (0x8100, 20)], 0x0800, &v4(b"9100")),
+        ),
+        (3, tagged(&[(0x9100, 10)], 0x86dd, &v6(b"9100 alone"))),
+        (4, tagged(&[], 0x8847, &labelled(&[100, 200], &v4(b"mpls")))),
+        (
+            5,
+            tagged(&[(0x8100, 7)], 0x8848, &labelled(&[16], &v6(b"mpls6"))),
+        ),
+        // An Ethernet pseudowire's control word (first nibble 0) is not IP.
+        (6, tagged(&[], 0x8847, &labelled(&[300], &[0; 4]))),
+        // Another ethertype is not IP, even when its bytes look like it; nor is an IPv6
+        // packet under the IPv4 ethertype.
+        (7, tagged(&[], 0x0806, &v4(b"arp"))),
+        (8, tagged(&[], 0x0800, &v6(b"v6 as v4"))),
+    ];
+    let read = parsed(&classic_of(1, &frames));
+    assert_eq!(
+        payloads(&read),
+        [
+            b"802.1Q".to_vec(),
+            b"802.1ad".to_vec(),
+            b"9100".to_vec(),
+            b"9100 alone".to_vec(),
+            b"mpls".to_vec(),
+            b"mpls6".to_vec()
+        ]
+    );
+    assert_eq!(read.datagrams[3].source, "2001:db8::1");
+    // A label stack that never reaches its bottom, or a tag cut short, holds nothing.
+    let mut endless = labelled(&[1, 2], &[]);
+    endless[6] = 0;
+    let frames = vec![
+        (0, tagged(&[], 0x8847, &endless)),
+        (1, tagged(&[], 0x9100, &[0])),
+    ];
+    assert_eq!(parsed(&classic_of(1, &frames)).datagrams, []);
+}
+
+#[test]
+fn linux_cooked_frames_are_read_by_their_protocol() {
+    let v4 = datagram(NAS, b"v4");
+    let v6 = ipv6(UDP, &udp(1813, b"v6"));
+    for link_type in [113, 276] {
+        let frame = |protocol, rest: &[u8]| {
+            if link_type == 113 {
+                cooked(protocol, rest)
+            } else {
+                cooked2(protocol, rest)
+            }
+        };
+        let frames = vec![
+            (0, frame(0x0800, &v4)),
+            (1, frame(0x86dd, &v6)),
+            (2, frame(0x8100, &tag(100, 0x0800, &v4))),
+            (3, frame(0x88a8, &tag(100, 0x8100, &tag(200, 0x86dd, &v6)))),
+            (4, frame(0x9100, &tag(100, 0x0800, &v4))),
+            (5, frame(0x8847, &labelled(&[100], &v4))),
+            // Not IP by its protocol, whatever its bytes: ARP, 802.2 LLC.
+            (6, frame(0x0806, &v4)),
+            (7, frame(0x0004, &v6)),
+        ];
+        let read = parsed(&classic_of(link_type, &frames));
+        let expected: Vec<Vec<u8>> = ["v4", "v6", "v4", "v6", "v4", "v4"]
+            .iter()
+            .map(|text| text.as_bytes().to_vec())
+            .collect();
+        assert_eq!(payloads(&read), expected, "{link_type}");
+    }
 }
 
 // --- IPv4 fragments ---------------------------------------------------------------------
