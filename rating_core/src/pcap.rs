@@ -1,4 +1,4 @@
-//! Capture reader: RADIUS accounting requests (UDP to 1813/1646) over IPv4/IPv6, from classic
+//! Capture reader: RADIUS Accounting-Requests (UDP to 1813/1646) over IPv4/IPv6, from classic
 //! pcap and pcapng files, with IPv4 and IPv6 fragments reassembled.
 
 mod link;
@@ -74,6 +74,8 @@ impl fmt::Display for PcapError {
 impl std::error::Error for PcapError {}
 
 const ACCOUNTING_PORTS: [u16; 2] = [1813, 1646];
+/// The RADIUS code of an Accounting-Request, the only packets a replay sends.
+const ACCOUNTING_REQUEST: u8 = 4;
 const UDP: u8 = 17;
 const IPV6_FRAGMENT: u8 = 44;
 /// IPv6 extension headers with the standard length format (8-octet units after the first
@@ -253,7 +255,7 @@ impl Reader {
             bytes: body,
             first_header: UDP,
             accounting: if offset == 0 {
-                u16be(body, 2).map(|port| ACCOUNTING_PORTS.contains(&port))
+                shows_request(body)
             } else {
                 None
             },
@@ -302,7 +304,7 @@ impl Reader {
             first_header: next,
             accounting: if offset == 0 {
                 match headers(next, bytes) {
-                    Chain::Udp(udp) => u16be(udp, 2).map(|port| ACCOUNTING_PORTS.contains(&port)),
+                    Chain::Udp(udp) => shows_request(udp),
                     Chain::Fragment(_) | Chain::Other => Some(false),
                     Chain::Short => None,
                 }
@@ -358,14 +360,25 @@ fn headers(mut next: u8, bytes: &[u8]) -> Chain<'_> {
     }
 }
 
-/// The RADIUS payload of a UDP datagram to an accounting port.
+/// The RADIUS payload of a UDP datagram to an accounting port, when it is an
+/// Accounting-Request (its first octet, the code, is 4). An Accounting-Response to a NAS
+/// whose own port is 1813, a Status-Server, an empty datagram: none is a request.
 fn accounting(udp: &[u8]) -> Option<&[u8]> {
     let dport = u16be(udp, 2)?;
     let ulen = usize::from(u16be(udp, 4)?);
     if !ACCOUNTING_PORTS.contains(&dport) || ulen < 8 {
         return None;
     }
-    udp.get(8..ulen.min(udp.len()))
+    let payload = udp.get(8..ulen.min(udp.len()))?;
+    (payload.first() == Some(&ACCOUNTING_REQUEST)).then_some(payload)
+}
+
+/// Whether the start of a UDP datagram (a first fragment) shows an accounting request:
+/// Some(false) for another port or RADIUS code, None when too little of it is there to say.
+fn shows_request(udp: &[u8]) -> Option<bool> {
+    let port = u16be(udp, 2)?;
+    let code = udp.get(8);
+    Some(ACCOUNTING_PORTS.contains(&port) && code.is_none_or(|&c| c == ACCOUNTING_REQUEST))
 }
 
 #[cfg(test)]

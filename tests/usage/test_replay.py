@@ -235,6 +235,44 @@ async def test_replay_reports_a_request_it_could_not_reassemble_and_exits_1(
     assert session.state == pb.SESSION_STATE_OPEN
 
 
+async def test_replay_skips_accounting_responses_when_the_nas_port_is_1813(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    """A NAS that sends from port 1813 gets its Accounting-Response sent to port 1813: the
+    capture holds both, and only the request is replayed; the accounting server that sent
+    the response is not registered as a NAS client."""
+    accounting_server = "192.0.2.254"
+    frames = []
+    for n, rec in enumerate(FRAGMENTED_SESSION[:2]):
+        request = radius_packet(radius_attributes(rec))
+        response = core.accounting_response(request, SECRET.encode())
+        to_server = ipv4_udp(rec.source, request, accounting_server, source_port=1813)
+        to_nas = ipv4_udp(accounting_server, response, rec.source, source_port=1813)
+        frames += [(us_of(rec), to_server), (us_of(rec) + 1000, to_nas)]
+        assert response[0] == 5, n
+    path = tmp_path / "responses.pcapng"
+    path.write_bytes(pcapng(frames))
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out) == {
+        "records": 2,
+        "accepted": 2,
+        "duplicate": 0,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 0,
+        "incomplete_datagrams": 0,
+    }
+    assert accounting_server not in {n.nas_key for n in await usage.nas_list()}
+    async with server.db.read() as session:
+        assert accounting_server not in await repo.nas_secrets(session, usage.tenant.tenant_id)
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (5_000_000_000, 20)
+
+
 def workload(
     sessions: int = 40, interims: int = 10, per_batch: int = 20
 ) -> list[pb.StreamAccountingRequest]:

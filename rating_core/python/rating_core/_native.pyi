@@ -58,7 +58,8 @@ def accounting_response(request: bytes, secret: bytes) -> bytes:
 def read_pcap(
     data: bytes,
 ) -> tuple[list[bytes], list[str], npt.NDArray[np.int64], int | None, dict[str, int]]:
-    """RADIUS accounting requests (UDP to port 1813 or 1646) of a classic pcap or pcapng file.
+    """RADIUS Accounting-Requests (code 4, UDP to port 1813 or 1646) of a classic pcap or
+    pcapng file.
 
     Returns (packets, source addresses, capture times in µs, truncated_at, incomplete), in
     capture order, from every complete record; IPv4 and IPv6 fragments are reassembled, and

@@ -13,7 +13,8 @@
 //! [`TIMEOUT_US`] of its first fragment, or by the end of the capture, counts as missing a
 //! fragment; one whose fragments conflict counts as conflicting; one pushed out to keep the
 //! held bytes under the memory limit counts as evicted. A datagram whose first fragment
-//! shows it is not an accounting request (another protocol or port) is not counted.
+//! shows it is not an accounting request (another protocol, port or RADIUS code) is not
+//! counted.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -59,7 +60,7 @@ pub struct Fragment<'a> {
     /// Header), used when the fragment is the first one.
     pub first_header: u8,
     /// For the first fragment (offset 0): whether its headers show an accounting request
-    /// (Some(false): another protocol or port), None when they do not say.
+    /// (Some(false): another protocol, port or RADIUS code), None when they do not say.
     pub accounting: Option<bool>,
 }
 

@@ -38,7 +38,7 @@ fn ipv4(source: [u8; 4], id: u16, frag: u16, protocol: u8, body: &[u8]) -> Vec<u
 }
 
 fn datagram(source: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    ipv4(source, 0, 0, UDP, &udp(1813, payload))
+    ipv4(source, 0, 0, UDP, &udp(1813, &request(payload)))
 }
 
 /// The IPv4 fragments of `body` cut at the given offsets (multiples of 8).
@@ -94,6 +94,13 @@ fn fragments6(id: u32, next: u8, part: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// An Accounting-Request's octets as the reader returns them: its code (4), then `body`.
+fn request(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![4];
+    out.extend(body);
+    out
+}
+
 fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -137,11 +144,12 @@ fn parsed(data: &[u8]) -> Capture {
     }
 }
 
+/// The requests' octets after their code (4, Accounting-Request), as [`request`] took them.
 fn payloads(capture: &Capture) -> Vec<Vec<u8>> {
     capture
         .datagrams
         .iter()
-        .map(|d| d.payload.clone())
+        .map(|d| d.payload.strip_prefix(&[4]).unwrap_or(&d.payload).to_vec())
         .collect()
 }
 
@@ -159,7 +167,7 @@ fn complete_capture_reads_every_datagram() {
         .as_ref()
         .map(|c| c.datagrams.iter().map(|d| d.payload.as_slice()).collect())
         .unwrap_or_default();
-    assert_eq!(payloads, [b"one".as_slice(), b"two".as_slice()]);
+    assert_eq!(payloads, [b"\x04one".as_slice(), b"\x04two".as_slice()]);
     assert_eq!(read.map(|c| c.truncated_at), Ok(None));
 }
 
@@ -201,13 +209,52 @@ fn header_that_is_not_pcap_is_refused() {
 fn other_ports_and_protocols_are_skipped() {
     let frames = vec![
         (0, ipv4(NAS, 1, 0, UDP, &udp(53, b"dns"))),
-        (1, ipv4(NAS, 2, 0, 6, &udp(1813, b"tcp"))),
+        (1, ipv4(NAS, 2, 0, 6, &udp(1813, &request(b"tcp")))),
         (2, datagram(NAS, b"radius")),
-        (3, ipv4(NAS, 3, 0, UDP, &udp(1646, b"old port"))),
+        (3, ipv4(NAS, 3, 0, UDP, &udp(1646, &request(b"old port")))),
     ];
     let read = parsed(&classic(&frames));
     assert_eq!(payloads(&read), [b"radius".to_vec(), b"old port".to_vec()]);
     assert_eq!(read.incomplete, Incomplete::default());
+}
+
+#[test]
+fn only_accounting_requests_are_read_from_the_accounting_ports() {
+    // An Accounting-Response to a NAS whose own port is 1813 (or 1646), a Status-Server,
+    // a datagram without a code, and the same for IPv6: not requests.
+    let response = [5, 1, 0, 20]
+        .iter()
+        .chain(&[0; 16])
+        .copied()
+        .collect::<Vec<u8>>();
+    let frames = vec![
+        (0, datagram(NAS, b"request")),
+        (1, ipv4(SERVER, 1, 0, UDP, &udp(1813, &response))),
+        (2, ipv4(SERVER, 2, 0, UDP, &udp(1646, &response))),
+        (3, ipv4(NAS, 3, 0, UDP, &udp(1813, &[12; 20]))),
+        (4, ipv4(NAS, 4, 0, UDP, &udp(1813, &[]))),
+        (5, ipv6(UDP, &udp(1813, &response))),
+        (6, ipv6(UDP, &udp(1813, &request(b"request6")))),
+    ];
+    let read = parsed(&classic(&frames));
+    assert_eq!(payloads(&read), [b"request".to_vec(), b"request6".to_vec()]);
+    assert_eq!(read.datagrams[0].source, "192.0.2.1");
+    // Fragmented, the same: not returned when whole, not counted when a fragment is missing.
+    let mut big = vec![5];
+    big.extend(payload(3000));
+    let body = udp(1813, &big);
+    let v4 = fragments(8, &body, &[1480]);
+    let v6 = fragments6(9, UDP, &body, &[1448]);
+    let frames = timed(&[v4[0].clone(), v4[1].clone(), v6[0].clone()], &[0, 1, 2]);
+    let read = parsed(&classic(&frames));
+    assert_eq!(read.datagrams, []);
+    assert_eq!(read.incomplete, Incomplete::default());
+    // Nor does one in a Simple Packet Block, which has no time, make the file refused.
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[]);
+    ng.simple(&ipv4(SERVER, 1, 0, UDP, &udp(1813, &response)));
+    ng.enhanced(0, ticks(T0), &datagram(NAS, b"timed"));
+    assert_eq!(payloads(&parsed(&ng.out)), [b"timed".to_vec()]);
 }
 
 // --- link layers ------------------------------------------------------------------------
@@ -262,7 +309,7 @@ fn tag(vid: u16, ethertype: u16, rest: &[u8]) -> Vec<u8> {
 #[test]
 fn ethernet_requests_are_read_behind_any_vlan_tag_and_mpls_labels() {
     let v4 = |text: &[u8]| datagram(NAS, text);
-    let v6 = |text: &[u8]| ipv6(UDP, &udp(1813, text));
+    let v6 = |text: &[u8]| ipv6(UDP, &udp(1813, &request(text)));
     let frames = vec![
         (0, tagged(&[(0x8100, 10)], 0x0800, &v4(b"802.1Q"))),
         (
@@ -312,7 +359,7 @@ fn ethernet_requests_are_read_behind_any_vlan_tag_and_mpls_labels() {
 #[test]
 fn linux_cooked_frames_are_read_by_their_protocol() {
     let v4 = datagram(NAS, b"v4");
-    let v6 = ipv6(UDP, &udp(1813, b"v6"));
+    let v6 = ipv6(UDP, &udp(1813, &request(b"v6")));
     for link_type in [113, 276] {
         let frame = |protocol, rest: &[u8]| {
             if link_type == 113 {
@@ -353,7 +400,7 @@ fn timed(frags: &[Vec<u8>], order: &[usize]) -> Vec<(i64, Vec<u8>)> {
 
 #[test]
 fn ipv4_fragments_in_order_make_one_datagram_at_the_last_fragment_time() {
-    let body = udp(1813, &payload(4000));
+    let body = udp(1813, &request(&payload(4000)));
     let frags = fragments(0x1234, &body, &[1480, 2960]);
     let read = parsed(&classic(&timed(&frags, &[0, 1, 2])));
     assert_eq!(payloads(&read), [payload(4000)]);
@@ -364,7 +411,7 @@ fn ipv4_fragments_in_order_make_one_datagram_at_the_last_fragment_time() {
 
 #[test]
 fn ipv4_fragments_out_of_order_are_placed_by_the_one_that_completes_them() {
-    let body = udp(1813, &payload(4000));
+    let body = udp(1813, &request(&payload(4000)));
     let frags = fragments(9, &body, &[1480, 2960]);
     for order in [[2, 1, 0], [1, 2, 0], [0, 2, 1], [2, 0, 1]] {
         let frames = vec![
@@ -386,7 +433,7 @@ fn ipv4_fragments_out_of_order_are_placed_by_the_one_that_completes_them() {
 
 #[test]
 fn ipv4_fragments_seen_twice_make_one_datagram() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(9, &body, &[1480]);
     // Each fragment twice (a capture on two interfaces), the repeats after completion too.
     for order in [[0, 0, 1, 1], [0, 1, 0, 1], [1, 0, 1, 0]] {
@@ -398,7 +445,7 @@ fn ipv4_fragments_seen_twice_make_one_datagram() {
 
 #[test]
 fn ipv4_overlapping_fragments_agree_or_conflict() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     // A middle fragment [800, 2000) overlapping both halves with the same octets.
     let mut frags = fragments(5, &body, &[1480]);
     frags.push(ipv4(NAS, 5, MF + 100, UDP, &body[800..2000]));
@@ -421,7 +468,7 @@ fn ipv4_overlapping_fragments_agree_or_conflict() {
 
 #[test]
 fn ipv4_fragments_that_cannot_be_one_datagram_conflict() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(5, &body, &[1480]);
     let cases = [
         // Two last fragments ending in different places.
@@ -452,7 +499,7 @@ fn ipv4_fragments_that_cannot_be_one_datagram_conflict() {
 
 #[test]
 fn ipv4_fragments_never_completed_are_counted_unless_they_are_not_requests() {
-    let body = udp(1813, &payload(4000));
+    let body = udp(1813, &request(&payload(4000)));
     let frags = fragments(1, &body, &[1480, 2960]);
     let other = fragments(2, &udp(53, &payload(3000)), &[1480]);
     let tcp = ipv4(NAS, 3, MF, 6, &payload(1480));
@@ -479,8 +526,8 @@ fn ipv4_fragments_never_completed_are_counted_unless_they_are_not_requests() {
 
 #[test]
 fn ipv4_fragments_expire_after_the_timeout_and_the_identification_is_reused() {
-    let first = fragments(77, &udp(1813, &payload(3000)), &[1480]);
-    let second = fragments(77, &udp(1813, &payload(2000)), &[1480]);
+    let first = fragments(77, &udp(1813, &request(&payload(3000))), &[1480]);
+    let second = fragments(77, &udp(1813, &request(&payload(2000))), &[1480]);
     let frames = vec![
         (0, first[0].clone()),
         (61, second[0].clone()), // 61 s later: the first has expired
@@ -503,8 +550,8 @@ fn ipv4_fragments_expire_after_the_timeout_and_the_identification_is_reused() {
 
 #[test]
 fn ipv4_fragments_over_the_memory_limit_evict_the_oldest() {
-    let a = fragments(1, &udp(1813, &payload(1000)), &[504]);
-    let b = fragments(2, &udp(1813, &payload(3000)), &[1480]);
+    let a = fragments(1, &udp(1813, &request(&payload(1000))), &[504]);
+    let b = fragments(2, &udp(1813, &request(&payload(3000))), &[1480]);
     let frames = timed(
         &[a[0].clone(), b[0].clone(), b[1].clone(), a[1].clone()],
         &[0, 1, 2, 3],
@@ -532,7 +579,7 @@ fn ipv4_fragments_over_the_memory_limit_evict_the_oldest() {
 
 #[test]
 fn ipv4_fragment_cut_by_the_snaplen_leaves_its_datagram_missing() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(4, &body, &[1480]);
     let cut = frags[1][..600].to_vec();
     let read = parsed(&classic(&[(0, frags[0].clone()), (1, cut)]));
@@ -542,7 +589,7 @@ fn ipv4_fragment_cut_by_the_snaplen_leaves_its_datagram_missing() {
 
 #[test]
 fn fragments_from_other_sources_are_other_datagrams() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(4, &body, &[1480]);
     let mut elsewhere = frags[1].clone();
     elsewhere[12..16].copy_from_slice(&[192, 0, 2, 2]);
@@ -559,22 +606,25 @@ fn ipv6_extension_headers_are_walked_to_udp() {
     body.extend(extension(43, 1)); // then Routing (16 octets)
     body.extend(extension(51, 0)); // then an Authentication Header...
     body.extend([UDP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // ...of 12 octets, then UDP
-    body.extend(udp(1813, b"behind extensions"));
+    body.extend(udp(1813, &request(b"behind extensions")));
     let frames = vec![
         (0, ipv6(0, &body)),
-        (1, ipv6(UDP, &udp(1813, b"direct"))),
+        (1, ipv6(UDP, &udp(1813, &request(b"direct")))),
         (
             2,
-            ipv6(60, &[&extension(6, 0)[..], &udp(1813, b"tcp")[..]].concat()),
+            ipv6(
+                60,
+                &[&extension(6, 0)[..], &udp(1813, &request(b"tcp"))[..]].concat(),
+            ),
         ),
         (
             3,
             ipv6(
                 60,
-                &[&extension(59, 0)[..], &udp(1813, b"none")[..]].concat(),
+                &[&extension(59, 0)[..], &udp(1813, &request(b"none"))[..]].concat(),
             ),
         ),
-        (4, ipv6(50, &udp(1813, b"esp"))),
+        (4, ipv6(50, &udp(1813, &request(b"esp")))),
     ];
     let read = parsed(&classic(&frames));
     assert_eq!(
@@ -588,7 +638,7 @@ fn ipv6_extension_headers_are_walked_to_udp() {
 fn ipv6_fragments_are_reassembled_in_any_order() {
     // The fragmentable part: Destination Options, then UDP.
     let mut part = extension(UDP, 0);
-    part.extend(udp(1813, &payload(4000)));
+    part.extend(udp(1813, &request(&payload(4000))));
     let frags = fragments6(0xdead_beef, 60, &part, &[1448, 2896]);
     let orders = [
         vec![0, 1, 2],
@@ -601,7 +651,7 @@ fn ipv6_fragments_are_reassembled_in_any_order() {
         // Another datagram's fragment (another identification) in between.
         frames.push((
             9,
-            fragments6(1, UDP, &udp(1813, &payload(2000)), &[1448])[0].clone(),
+            fragments6(1, UDP, &udp(1813, &request(&payload(2000))), &[1448])[0].clone(),
         ));
         let read = parsed(&classic(&frames));
         assert_eq!(payloads(&read), [payload(4000)], "{order:?}");
@@ -612,7 +662,7 @@ fn ipv6_fragments_are_reassembled_in_any_order() {
 
 #[test]
 fn ipv6_fragment_header_after_hop_by_hop_and_atomic_fragments() {
-    let part = udp(1813, &payload(3000));
+    let part = udp(1813, &request(&payload(3000)));
     let frags: Vec<Vec<u8>> = fragments6(3, UDP, &part, &[1448])
         .into_iter()
         .map(|f| {
@@ -623,7 +673,7 @@ fn ipv6_fragment_header_after_hop_by_hop_and_atomic_fragments() {
         })
         .collect();
     let mut atomic = fragment_header(UDP, 0, false, 8);
-    atomic.extend(udp(1813, b"atomic"));
+    atomic.extend(udp(1813, &request(b"atomic")));
     let frames = vec![
         (0, frags[1].clone()),
         (1, ipv6(IPV6_FRAGMENT, &atomic)),
@@ -638,9 +688,9 @@ fn ipv6_fragments_of_other_traffic_are_not_counted() {
     // TCP is never held; UDP to another port is held but not counted when incomplete.
     let tcp = fragments6(5, 6, &payload(3000), &[1448]);
     let dns = fragments6(6, UDP, &udp(53, &payload(3000)), &[1448]);
-    let request = fragments6(7, UDP, &udp(1813, &payload(3000)), &[1448]);
+    let wanted = fragments6(7, UDP, &udp(1813, &request(&payload(3000))), &[1448]);
     let frames = timed(
-        &[tcp[0].clone(), dns[0].clone(), request[0].clone()],
+        &[tcp[0].clone(), dns[0].clone(), wanted[0].clone()],
         &[0, 1, 2],
     );
     let read = parsed(&classic(&frames));
@@ -663,7 +713,7 @@ proptest! {
         cuts in prop::collection::vec(1_usize..700, 0..8),
         order in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
     ) {
-        let body = udp(1813, &payload(len));
+        let body = udp(1813, &request(&payload(len)));
         let mut bounds: Vec<usize> = cuts.iter().map(|c| c * 8).filter(|&c| c < body.len()).collect();
         bounds.sort_unstable();
         bounds.dedup();
@@ -824,7 +874,7 @@ fn pcapng_simple_packet_with_a_request_is_refused_and_others_are_skipped() {
 
 #[test]
 fn pcapng_simple_packet_fragment_takes_the_time_of_the_fragment_that_completes_it() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(7, &body, &[1480]);
     let mut ng = Ng::new(false);
     ng.interface(101, 0, &[]);
@@ -839,7 +889,7 @@ fn pcapng_simple_packet_fragment_takes_the_time_of_the_fragment_that_completes_i
 fn pcapng_simple_packet_is_cut_to_the_interface_snaplen() {
     let mut ng = Ng::new(true);
     ng.interface(101, 27, &[]);
-    // 38 octets, 27 captured: cut inside the UDP header, so no request (and no refusal).
+    // 39 octets, 27 captured: cut inside the UDP header, so no request (and no refusal).
     ng.simple(&datagram(NAS, b"0123456789"));
     assert_eq!(parsed(&ng.out).datagrams, []);
     let mut ng = Ng::new(true);
@@ -1039,8 +1089,8 @@ fn ticks(us: i64) -> u64 {
 #[test]
 fn pcapng_with_fragments_over_two_interfaces() {
     // The capture a BNG's collector writes: Ethernet and Linux cooked, IPv4 and IPv6.
-    let v4 = fragments(21, &udp(1813, &payload(4096)), &[1480, 2960]);
-    let v6 = fragments6(22, UDP, &udp(1813, &payload(3500)), &[1448, 2896]);
+    let v4 = fragments(21, &udp(1813, &request(&payload(4096))), &[1480, 2960]);
+    let v6 = fragments6(22, UDP, &udp(1813, &request(&payload(3500))), &[1448, 2896]);
     let cooked = |ip: &[u8]| {
         let mut frame = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x86, 0xdd];
         frame.extend(ip);
@@ -1071,8 +1121,8 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..12),
         cut in any::<prop::sample::Index>(),
     ) {
-        let v4 = fragments(21, &udp(1813, &payload(3000)), &[1480]);
-        let v6 = fragments6(22, 60, &[&extension(UDP, 0)[..], &udp(1813, &payload(2000))[..]].concat(), &[1448]);
+        let v4 = fragments(21, &udp(1813, &request(&payload(3000))), &[1480]);
+        let v6 = fragments6(22, 60, &[&extension(UDP, 0)[..], &udp(1813, &request(&payload(2000)))[..]].concat(), &[1448]);
         let mut ng = Ng::new(little);
         ng.interface(101, 0, &[(9, vec![9])]);
         ng.interface(1, 0, &[]);

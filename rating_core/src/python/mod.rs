@@ -154,7 +154,7 @@ type PcapColumns<'py> = (
     Bound<'py, PyDict>,
 );
 
-/// RADIUS accounting requests of a pcap or pcapng file's complete records: (packets,
+/// RADIUS Accounting-Requests of a pcap or pcapng file's complete records: (packets,
 /// sources, capture times in µs, byte offset of a last record cut short or None, counts of
 /// fragmented datagrams not reassembled by reason).
 #[pyfunction]
