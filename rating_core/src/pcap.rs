@@ -94,22 +94,23 @@ fn u32be(b: &[u8], at: usize) -> Option<u32> {
     ))
 }
 
-/// The accounting requests of a capture, where it stops short, and the fragmented
-/// datagrams that could not be put back together.
+/// The accounting requests of a capture, where it stops short, and the datagrams that could
+/// not be read whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     pub datagrams: Vec<Datagram>,
     /// Byte offset of a last record or block cut short (a capture killed mid-write), if
     /// any: the datagrams are those of every complete record before it.
     pub truncated_at: Option<usize>,
-    /// Fragmented datagrams that may hold accounting requests and were not reassembled.
+    /// Datagrams that may hold accounting requests and were not read whole: cut short by the
+    /// capture's snaplen, or fragmented and not reassembled.
     pub incomplete: Incomplete,
 }
 
 /// Reads the accounting requests of every complete record of a classic pcap or pcapng
 /// capture, in capture order (a fragmented one where its last fragment is), and says where
-/// a record cut short ends it (nothing after it is read) and which datagrams could not be
-/// reassembled.
+/// a record cut short ends it (nothing after it is read) and how many datagrams could not be
+/// read whole.
 ///
 /// # Errors
 /// [`PcapError`] for a bad header, an unknown link type, a malformed pcapng block, or an
@@ -126,16 +127,19 @@ pub fn read_capture_within(data: &[u8], limit_bytes: usize) -> Result<Capture, P
     let mut reader = Reader {
         datagrams: Vec::new(),
         reassembly: Reassembler::new(limit_bytes),
+        cut: 0,
     };
     let truncated_at = if data.starts_with(&ng::MAGIC) {
         ng::read(data, &mut reader)?
     } else {
         classic(data, &mut reader)?
     };
+    let mut incomplete = reader.reassembly.finish();
+    incomplete.cut += reader.cut;
     Ok(Capture {
         datagrams: reader.datagrams,
         truncated_at,
-        incomplete: reader.reassembly.finish(),
+        incomplete,
     })
 }
 
@@ -164,55 +168,63 @@ fn classic(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError>
     }
     let mut pos = 24;
     while pos < data.len() {
-        let Some((time_us, frame)) = record(data, pos, &u32at, nanos) else {
+        let Some((time_us, frame, original)) = record(data, pos, &u32at, nanos) else {
             return Ok(Some(pos));
         };
-        reader.packet(linktype, frame, Some(time_us), pos)?;
+        let cut = frame.len() < original;
+        reader.packet(linktype, frame, Some(time_us), pos, cut)?;
         pos += 16 + frame.len();
     }
     Ok(None)
 }
 
-/// The capture time (µs) and frame of the record at `pos`; None when the file ends inside it.
+/// The capture time (µs), frame (as captured) and original length of the record at `pos`;
+/// None when the file ends inside it.
 fn record<'a>(
     data: &'a [u8],
     pos: usize,
     u32at: &impl Fn(&[u8], usize) -> Option<u32>,
     nanos: bool,
-) -> Option<(i64, &'a [u8])> {
+) -> Option<(i64, &'a [u8], usize)> {
     let rec = data.get(pos..pos.checked_add(16)?)?;
     let secs = i64::from(u32at(rec, 0)?);
     let frac = i64::from(u32at(rec, 4)?);
     let caplen = u32at(rec, 8)? as usize;
+    let original = u32at(rec, 12)? as usize;
     let frame = data.get(pos + 16..(pos + 16).checked_add(caplen)?)?;
     Some((
         secs * 1_000_000 + if nanos { frac / 1000 } else { frac },
         frame,
+        original,
     ))
 }
 
-/// What the records of either format feed: the requests found so far, and the fragments
-/// waiting for the rest of their datagram.
+/// What the records of either format feed: the requests found so far, the fragments
+/// waiting for the rest of their datagram, and the datagrams (not fragmented) that may
+/// hold requests and were cut short by the capture's snaplen.
 struct Reader {
     datagrams: Vec<Datagram>,
     reassembly: Reassembler,
+    cut: usize,
 }
 
 impl Reader {
-    /// Takes one captured frame (`at`: its record's offset; no time: a Simple Packet Block).
+    /// Takes one captured frame (`at`: its record's offset; no time: a Simple Packet Block;
+    /// `cut`: captured shorter than it was, by the capture's snaplen).
     fn packet(
         &mut self,
         link_type: u32,
         frame: &[u8],
         time_us: Option<i64>,
         at: usize,
+        cut: bool,
     ) -> Result<(), PcapError> {
         let Some(ip) = network_layer(link_type, frame) else {
             return Ok(());
         };
         let found = match ip.first().map(|b| b >> 4) {
-            Some(4) => self.ipv4(ip, time_us),
-            Some(6) => self.ipv6(ip, time_us),
+            Some(4) => self.ipv4(ip, time_us, cut),
+            Some(6) => self.ipv6(ip, time_us, cut),
             _ => None,
         };
         if let Some((source, payload)) = found {
@@ -226,7 +238,16 @@ impl Reader {
         Ok(())
     }
 
-    fn ipv4(&mut self, ip: &[u8], time_us: Option<i64>) -> Option<(String, Vec<u8>)> {
+    /// Counts a datagram (not a fragment) the snaplen cut short, unless what was captured of
+    /// it shows it is not an accounting request. Returns nothing to send.
+    fn cut_short(&mut self, request: Option<bool>) -> Option<(String, Vec<u8>)> {
+        if request != Some(false) {
+            self.cut += 1;
+        }
+        None
+    }
+
+    fn ipv4(&mut self, ip: &[u8], time_us: Option<i64>, cut: bool) -> Option<(String, Vec<u8>)> {
         let ihl = usize::from(ip.first()? & 0x0f) * 4;
         let total = usize::from(u16be(ip, 2)?);
         let frag = u16be(ip, 6)?;
@@ -235,9 +256,14 @@ impl Reader {
         }
         let source: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
         let body = ip.get(ihl..total.min(ip.len()))?;
+        // The snaplen ended the frame inside the datagram (not only in what follows it).
+        let cut = cut && ip.len() < total;
         let address = Ipv4Addr::from(source).to_string();
         let (offset, more) = (usize::from(frag & 0x1fff) * 8, frag & 0x2000 != 0);
         if offset == 0 && !more {
+            if cut {
+                return self.cut_short(shows_request(body));
+            }
             return Some((address, accounting(body)?.to_vec()));
         }
         let destination: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
@@ -253,6 +279,7 @@ impl Reader {
             more,
             length: total - ihl,
             bytes: body,
+            cut,
             first_header: UDP,
             accounting: if offset == 0 {
                 shows_request(body)
@@ -264,17 +291,23 @@ impl Reader {
         Some((address, accounting(&whole)?.to_vec()))
     }
 
-    fn ipv6(&mut self, ip: &[u8], time_us: Option<i64>) -> Option<(String, Vec<u8>)> {
+    fn ipv6(&mut self, ip: &[u8], time_us: Option<i64>, cut: bool) -> Option<(String, Vec<u8>)> {
         let length = usize::from(u16be(ip, 4)?);
         let source: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
         let body = ip.get(40..(40 + length).min(ip.len()))?;
+        let cut = cut && ip.len() < 40 + length;
         let address = Ipv6Addr::from(source).to_string();
         let at = match headers(*ip.get(6)?, body) {
+            Chain::Udp(udp) if cut => return self.cut_short(shows_request(udp)),
             Chain::Udp(udp) => return Some((address, accounting(udp)?.to_vec())),
             Chain::Fragment(at) => at,
+            // Cut inside its extension headers: nothing says it is not a request.
+            Chain::Short if cut => return self.cut_short(None),
             Chain::Other | Chain::Short => return None,
         };
-        let header = body.get(at..at + 8)?;
+        let Some(header) = body.get(at..at + 8) else {
+            return if cut { self.cut_short(None) } else { None };
+        };
         let next = *header.first()?;
         let field = u16be(header, 2)?;
         let (offset, more) = (usize::from(field & 0xfff8), field & 1 != 0);
@@ -282,7 +315,9 @@ impl Reader {
         if offset == 0 && !more {
             // An atomic fragment (RFC 6946): a whole datagram.
             return match headers(next, bytes) {
+                Chain::Udp(udp) if cut => self.cut_short(shows_request(udp)),
                 Chain::Udp(udp) => Some((address, accounting(udp)?.to_vec())),
+                Chain::Short if cut => self.cut_short(None),
                 _ => None,
             };
         }
@@ -301,6 +336,7 @@ impl Reader {
             more,
             length: length.checked_sub(at + 8)?,
             bytes,
+            cut,
             first_header: next,
             accounting: if offset == 0 {
                 match headers(next, bytes) {

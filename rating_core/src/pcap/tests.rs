@@ -112,14 +112,36 @@ fn classic(frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
 
 /// A little-endian, microsecond classic capture of the link type.
 fn classic_of(link_type: u32, frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    snapped(link_type, usize::MAX, frames)
+}
+
+/// A classic capture taken with this snaplen: each record holds at most `snaplen` octets of
+/// its frame, and the frame's whole length.
+fn snapped(link_type: u32, snaplen: usize, frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    let records: Vec<(i64, Vec<u8>, usize)> = frames
+        .iter()
+        .map(|(at, frame)| (*at, frame[..frame.len().min(snaplen)].to_vec(), frame.len()))
+        .collect();
+    records_of(link_type, &records)
+}
+
+/// A little-endian, microsecond classic capture of (seconds after T0, captured octets,
+/// original length).
+fn records_of(link_type: u32, records: &[(i64, Vec<u8>, usize)]) -> Vec<u8> {
     let mut out = Vec::new();
     for word in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, link_type] {
         out.extend(word.to_le_bytes());
     }
-    for (at, frame) in frames {
+    for (at, frame, original) in records {
         let us = T0 + at * 1_000_000;
         let len = frame.len() as u32;
-        for word in [(us / 1_000_000) as u32, (us % 1_000_000) as u32, len, len] {
+        let words = [
+            (us / 1_000_000) as u32,
+            (us % 1_000_000) as u32,
+            len,
+            *original as u32,
+        ];
+        for word in words {
             out.extend(word.to_le_bytes());
         }
         out.extend(frame);
@@ -578,12 +600,74 @@ fn ipv4_fragments_over_the_memory_limit_evict_the_oldest() {
 }
 
 #[test]
-fn ipv4_fragment_cut_by_the_snaplen_leaves_its_datagram_missing() {
+fn datagrams_cut_by_the_snaplen_are_counted_not_returned() {
+    let mut response = vec![5];
+    response.extend(payload(100));
+    let frames = vec![
+        (0, datagram(NAS, b"short enough")),                 // 42 octets
+        (1, datagram(NAS, &payload(100))),                   // cut inside the request
+        (2, ipv4(NAS, 1, 0, UDP, &udp(53, &payload(100)))),  // another port
+        (3, ipv4(SERVER, 2, 0, UDP, &udp(1813, &response))), // another code
+        (4, ipv4(NAS, 3, 0, 6, &payload(100))),              // not UDP
+        (5, ipv6(UDP, &udp(1813, &request(&payload(100))))), // cut inside the request
+    ];
+    let read = parsed(&snapped(101, 60, &frames));
+    assert_eq!(payloads(&read), [b"short enough".to_vec()]);
+    assert_eq!(
+        read.incomplete,
+        Incomplete {
+            cut: 2,
+            ..Incomplete::default()
+        }
+    );
+    // Only what follows the datagram was cut (an Ethernet frame check sequence): whole.
+    let mut frame = ethernet_frame(&datagram(NAS, b"whole"));
+    let datagram_end = frame.len();
+    frame.extend([0xde, 0xad, 0xbe, 0xef]);
+    let read = parsed(&snapped(1, datagram_end, &[(0, frame)]));
+    assert_eq!(payloads(&read), [b"whole".to_vec()]);
+    assert_eq!(read.incomplete, Incomplete::default());
+}
+
+#[test]
+fn fragment_cut_by_the_snaplen_leaves_its_datagram_cut() {
     let body = udp(1813, &request(&payload(3000)));
-    let frags = fragments(4, &body, &[1480]);
-    let cut = frags[1][..600].to_vec();
-    let read = parsed(&classic(&[(0, frags[0].clone()), (1, cut)]));
+    let frags = fragments(4, &body, &[1480]); // 1500 and 1541 octets
+    let frames = timed(&frags, &[0, 1]);
+    let read = parsed(&snapped(101, 1500, &frames));
     assert_eq!(read.datagrams, []);
+    assert_eq!(
+        read.incomplete,
+        Incomplete {
+            cut: 1,
+            ..Incomplete::default()
+        }
+    );
+    // Every fragment cut (the first one too, after its UDP header): counted once.
+    assert_eq!(parsed(&snapped(101, 100, &frames)).incomplete.cut, 1);
+    // The same over IPv6; and a datagram whose first fragment shows another port.
+    let v6 = fragments6(5, UDP, &body, &[1448]);
+    let dns = fragments(6, &udp(53, &payload(3000)), &[1480]);
+    let frames = timed(
+        &[v6[0].clone(), v6[1].clone(), dns[0].clone(), dns[1].clone()],
+        &[0, 1, 2, 3],
+    );
+    assert_eq!(parsed(&snapped(101, 1000, &frames)).incomplete.cut, 1);
+    // A cut fragment also captured whole (on another interface) completes its datagram.
+    let records = vec![
+        (0, frags[0].clone(), frags[0].len()),
+        (1, frags[1][..600].to_vec(), frags[1].len()),
+        (2, frags[1].clone(), frags[1].len()),
+    ];
+    let read = parsed(&records_of(101, &records));
+    assert_eq!(payloads(&read), [payload(3000)]);
+    assert_eq!(read.incomplete, Incomplete::default());
+    // A frame shorter than its IP header says, but not cut by the capture, is malformed: its
+    // datagram is missing a fragment, as before.
+    let read = parsed(&classic(&[
+        (0, frags[0].clone()),
+        (1, frags[1][..600].to_vec()),
+    ]));
     assert_eq!(read.incomplete.missing, 1);
 }
 
@@ -886,18 +970,24 @@ fn pcapng_simple_packet_fragment_takes_the_time_of_the_fragment_that_completes_i
 }
 
 #[test]
-fn pcapng_simple_packet_is_cut_to_the_interface_snaplen() {
-    let mut ng = Ng::new(true);
-    ng.interface(101, 27, &[]);
-    // 39 octets, 27 captured: cut inside the UDP header, so no request (and no refusal).
-    ng.simple(&datagram(NAS, b"0123456789"));
-    assert_eq!(parsed(&ng.out).datagrams, []);
+fn pcapng_packets_cut_by_the_snaplen_are_counted_not_returned() {
+    // A Simple Packet Block is cut to its interface's snaplen: 39 octets, 30 captured (its
+    // UDP header to 1813 and 2 octets). Counted, so it needs no time: no refusal.
     let mut ng = Ng::new(true);
     ng.interface(101, 30, &[]);
-    // 30 captured: a UDP header to port 1813 and 2 octets, sent as today for a frame cut
-    // by the snaplen, so it needs a time.
-    let at = ng.simple(&datagram(NAS, b"0123456789"));
-    assert_eq!(read_capture(&ng.out), Err(PcapError::Untimed { at }));
+    ng.simple(&datagram(NAS, b"0123456789"));
+    let read = parsed(&ng.out);
+    assert_eq!(read.datagrams, []);
+    assert_eq!(read.incomplete.cut, 1);
+    // An Enhanced (or obsolete) Packet Block says its original length.
+    let mut ng = Ng::new(false);
+    ng.interface(1, 0, &[]);
+    let frame = ethernet_frame(&datagram(NAS, &payload(200)));
+    ng.enhanced_cut(0, ticks(T0), &frame[..100], frame.len());
+    ng.enhanced(0, ticks(T0 + 1), &ethernet_frame(&datagram(NAS, b"whole")));
+    let read = parsed(&ng.out);
+    assert_eq!(payloads(&read), [b"whole".to_vec()]);
+    assert_eq!(read.incomplete.cut, 1);
 }
 
 #[test]
@@ -1052,11 +1142,16 @@ impl Ng {
     }
 
     fn enhanced(&mut self, interface: u32, ticks: u64, frame: &[u8]) -> usize {
+        self.enhanced_cut(interface, ticks, frame, frame.len())
+    }
+
+    /// An Enhanced Packet Block of a frame of `original` octets, `frame` captured.
+    fn enhanced_cut(&mut self, interface: u32, ticks: u64, frame: &[u8], original: usize) -> usize {
         let mut body = self.u32(interface).to_vec();
         body.extend(self.u32((ticks >> 32) as u32));
         body.extend(self.u32(ticks as u32));
         body.extend(self.u32(frame.len() as u32));
-        body.extend(self.u32(frame.len() as u32));
+        body.extend(self.u32(original as u32));
         body.extend(frame);
         body.resize(body.len().next_multiple_of(4), 0);
         body.extend(self.option(1, b"a comment"));
