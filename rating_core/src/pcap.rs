@@ -42,6 +42,8 @@ pub enum PcapError {
     Untimed { at: usize },
     /// A pcapng packet whose time is outside what a 64-bit count of microseconds holds.
     Time { at: usize },
+    /// A classic pcap record that breaks the format, at its byte offset.
+    Record { at: usize, reason: String },
 }
 
 impl fmt::Display for PcapError {
@@ -68,6 +70,7 @@ impl fmt::Display for PcapError {
                 f,
                 "pcapng: the packet at byte {at} has a capture time out of range"
             ),
+            Self::Record { at, reason } => write!(f, "pcap: record at byte {at}: {reason}"),
         }
     }
 }
@@ -114,7 +117,8 @@ pub struct Capture {
 /// read whole.
 ///
 /// # Errors
-/// [`PcapError`] for a bad header, an unknown link type, a malformed pcapng block, or an
+/// [`PcapError`] for a bad header, an unknown link type, a malformed pcapng block or
+/// classic record (a fraction of a second out of range), a pcapng time out of range, or an
 /// accounting request without a capture time.
 pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
     read_capture_within(data, MEMORY_BYTES)

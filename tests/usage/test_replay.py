@@ -287,6 +287,27 @@ async def test_replay_reports_requests_cut_by_the_snaplen_and_exits_1(
     assert session.state == pb.SESSION_STATE_OPEN
 
 
+async def test_replay_refuses_a_pcap_whose_record_time_has_a_fraction_past_a_second(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    start = FRAGMENTED_SESSION[0]
+    data = bytearray(pcap([start, start.but(source="192.0.2.78")]))
+    data[24 + 4 : 24 + 8] = struct.pack("<I", 0xFFFFFFFF)  # the first record's microseconds
+    path = tmp_path / "fraction.pcap"
+    path.write_bytes(data)
+    code, err = await rating_fails(
+        "replay", str(path), "--secret", SECRET, "--target", server.target, key=usage.tenant.key
+    )
+    assert (code, err.strip()) == (
+        1,
+        f"rating replay: {path}: pcap: record at byte 24: its fraction of a second is"
+        " 4294967295 microseconds, not under 1000000",
+    )
+    async with server.db.read() as session:
+        assert "192.0.2.78" not in await repo.nas_secrets(session, usage.tenant.tenant_id)
+    assert await usage.sessions() == []
+
+
 async def test_replay_skips_accounting_responses_when_the_nas_port_is_1813(
     usage: Usage, tmp_path: Path, server: RunningServer
 ) -> None:

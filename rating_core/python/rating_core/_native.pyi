@@ -71,7 +71,8 @@ def read_pcap(
     reassembly memory limit}, and "cut": the datagram or one of its fragments was cut short
     by the capture's snaplen (captured length under the original length). Raises RatingError
     for a file that is neither format, a link type it does not decode, a malformed pcapng
-    block, or a request in a Simple Packet Block (no time).
+    block, a classic record whose fraction of a second is not under a second, or a request
+    in a Simple Packet Block (no time).
     """
 
 @final

@@ -28,10 +28,27 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
         return Err(PcapError::LinkType(linktype));
     }
     let mut pos = 24;
+    let (per_second, unit) = if nanos {
+        (1_000_000_000, "nanoseconds")
+    } else {
+        (1_000_000, "microseconds")
+    };
     while pos < data.len() {
-        let Some((time_us, frame, original)) = record(data, pos, &u32at, nanos) else {
+        let Some((secs, fraction, frame, original)) = record(data, pos, &u32at) else {
             return Ok(Some(pos));
         };
+        // A fraction past a second is no time a writer meant: carrying it into the seconds
+        // would move the arrival (by up to 4,294 s), which rating and clock-skew checks use.
+        if fraction >= per_second {
+            return Err(PcapError::Record {
+                at: pos,
+                reason: format!(
+                    "its fraction of a second is {fraction} {unit}, not under {per_second}"
+                ),
+            });
+        }
+        let time_us =
+            i64::from(secs) * 1_000_000 + i64::from(if nanos { fraction / 1000 } else { fraction });
         let cut = frame.len() < original;
         reader.packet(linktype, frame, Some(time_us), pos, cut)?;
         pos += 16 + frame.len();
@@ -39,23 +56,16 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
     Ok(None)
 }
 
-/// The capture time (µs), frame (as captured) and original length of the record at `pos`;
-/// None when the file ends inside it.
+/// The capture time (seconds and their fraction, as written), frame (as captured) and
+/// original length of the record at `pos`; None when the file ends inside it.
 fn record<'a>(
     data: &'a [u8],
     pos: usize,
     u32at: &impl Fn(&[u8], usize) -> Option<u32>,
-    nanos: bool,
-) -> Option<(i64, &'a [u8], usize)> {
+) -> Option<(u32, u32, &'a [u8], usize)> {
     let rec = data.get(pos..pos.checked_add(16)?)?;
-    let secs = i64::from(u32at(rec, 0)?);
-    let frac = i64::from(u32at(rec, 4)?);
     let caplen = u32at(rec, 8)? as usize;
     let original = u32at(rec, 12)? as usize;
     let frame = data.get(pos + 16..(pos + 16).checked_add(caplen)?)?;
-    Some((
-        secs * 1_000_000 + if nanos { frac / 1000 } else { frac },
-        frame,
-        original,
-    ))
+    Some((u32at(rec, 0)?, u32at(rec, 4)?, frame, original))
 }

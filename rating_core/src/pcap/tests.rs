@@ -228,6 +228,43 @@ fn header_that_is_not_pcap_is_refused() {
 }
 
 #[test]
+fn classic_time_fraction_out_of_range_is_refused_naming_the_record() {
+    let data = capture(&[b"one", b"two"]);
+    let second = 24 + 16 + datagram(NAS, b"one").len();
+    let with_fraction = |data: &[u8], fraction: u32| {
+        let mut out = data.to_vec();
+        out[second + 4..second + 8].copy_from_slice(&fraction.to_le_bytes());
+        out
+    };
+    let refusal = |data: &[u8]| match read_capture(data) {
+        Err(error @ PcapError::Record { .. }) => Some(error.to_string()),
+        _ => None,
+    };
+    // Microseconds: up to 999,999; 1,000,000 or more is not a fraction of a second.
+    let read = parsed(&with_fraction(&data, 999_999));
+    assert_eq!(times(&read), [T0, T0 + 1_999_999]);
+    for fraction in [1_000_000, u32::MAX] {
+        assert_eq!(
+            refusal(&with_fraction(&data, fraction)),
+            Some(format!(
+                "pcap: record at byte {second}: its fraction of a second is {fraction} \
+                 microseconds, not under 1000000"
+            )),
+        );
+    }
+    // Nanoseconds (another magic number): up to 999,999,999.
+    let mut nanos = data.clone();
+    nanos[..4].copy_from_slice(&0xa1b2_3c4d_u32.to_le_bytes());
+    let read = parsed(&with_fraction(&nanos, 999_999_999));
+    assert_eq!(times(&read), [T0, T0 + 1_999_999]);
+    let refused = refusal(&with_fraction(&nanos, 1_000_000_000));
+    assert!(refused.is_some_and(|m| m.contains("1000000000 nanoseconds, not under")));
+    // A last record cut short is not read: its time does not matter.
+    let cut = with_fraction(&data, u32::MAX);
+    assert_eq!(parsed(&cut[..cut.len() - 1]).truncated_at, Some(second));
+}
+
+#[test]
 fn other_ports_and_protocols_are_skipped() {
     let frames = vec![
         (0, ipv4(NAS, 1, 0, UDP, &udp(53, b"dns"))),
