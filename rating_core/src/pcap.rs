@@ -1,12 +1,15 @@
-//! Capture reader: RADIUS accounting requests (UDP to 1813/1646) over IPv4/IPv6, from classic
+//! Capture reader: RADIUS Accounting-Requests (UDP to 1813/1646) over IPv4/IPv6, from classic
 //! pcap and pcapng files, with IPv4 and IPv6 fragments reassembled.
 
+mod classic;
+mod link;
 mod ng;
 mod reassembly;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use link::{network_layer, LINK_TYPES};
 use reassembly::{Fragment, Key, Reassembler};
 pub use reassembly::{Incomplete, MEMORY_BYTES, TIMEOUT_US};
 
@@ -39,6 +42,8 @@ pub enum PcapError {
     Untimed { at: usize },
     /// A pcapng packet whose time is outside what a 64-bit count of microseconds holds.
     Time { at: usize },
+    /// A classic pcap record that breaks the format, at its byte offset.
+    Record { at: usize, reason: String },
 }
 
 impl fmt::Display for PcapError {
@@ -65,6 +70,7 @@ impl fmt::Display for PcapError {
                 f,
                 "pcapng: the packet at byte {at} has a capture time out of range"
             ),
+            Self::Record { at, reason } => write!(f, "pcap: record at byte {at}: {reason}"),
         }
     }
 }
@@ -72,6 +78,8 @@ impl fmt::Display for PcapError {
 impl std::error::Error for PcapError {}
 
 const ACCOUNTING_PORTS: [u16; 2] = [1813, 1646];
+/// The RADIUS code of an Accounting-Request, the only packets a replay sends.
+const ACCOUNTING_REQUEST: u8 = 4;
 const UDP: u8 = 17;
 const IPV6_FRAGMENT: u8 = 44;
 /// IPv6 extension headers with the standard length format (8-octet units after the first
@@ -79,9 +87,6 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_EXTENSIONS: [u8; 8] = [0, 43, 60, 135, 139, 140, 253, 254];
 /// IPv6 Authentication Header, whose length counts 4-octet units after the first 8.
 const IPV6_AH: u8 = 51;
-
-/// Ethernet, null/loop, raw IP (12, 14, 101, 228, 229), Linux cooked v1 and v2.
-const LINK_TYPES: [u32; 10] = [0, 1, 12, 14, 101, 108, 113, 228, 229, 276];
 
 fn u16be(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
@@ -93,25 +98,27 @@ fn u32be(b: &[u8], at: usize) -> Option<u32> {
     ))
 }
 
-/// The accounting requests of a capture, where it stops short, and the fragmented
-/// datagrams that could not be put back together.
+/// The accounting requests of a capture, where it stops short, and the datagrams that could
+/// not be read whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     pub datagrams: Vec<Datagram>,
     /// Byte offset of a last record or block cut short (a capture killed mid-write), if
     /// any: the datagrams are those of every complete record before it.
     pub truncated_at: Option<usize>,
-    /// Fragmented datagrams that may hold accounting requests and were not reassembled.
+    /// Datagrams that may hold accounting requests and were not read whole: cut short by the
+    /// capture's snaplen, or fragmented and not reassembled.
     pub incomplete: Incomplete,
 }
 
 /// Reads the accounting requests of every complete record of a classic pcap or pcapng
 /// capture, in capture order (a fragmented one where its last fragment is), and says where
-/// a record cut short ends it (nothing after it is read) and which datagrams could not be
-/// reassembled.
+/// a record cut short ends it (nothing after it is read) and how many datagrams could not be
+/// read whole.
 ///
 /// # Errors
-/// [`PcapError`] for a bad header, an unknown link type, a malformed pcapng block, or an
+/// [`PcapError`] for a bad header, an unknown link type, a malformed pcapng block or
+/// classic record (a fraction of a second out of range), a pcapng time out of range, or an
 /// accounting request without a capture time.
 pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
     read_capture_within(data, MEMORY_BYTES)
@@ -125,93 +132,48 @@ pub fn read_capture_within(data: &[u8], limit_bytes: usize) -> Result<Capture, P
     let mut reader = Reader {
         datagrams: Vec::new(),
         reassembly: Reassembler::new(limit_bytes),
+        cut: 0,
     };
     let truncated_at = if data.starts_with(&ng::MAGIC) {
         ng::read(data, &mut reader)?
     } else {
-        classic(data, &mut reader)?
+        classic::read(data, &mut reader)?
     };
+    let mut incomplete = reader.reassembly.finish();
+    incomplete.cut += reader.cut;
     Ok(Capture {
         datagrams: reader.datagrams,
         truncated_at,
-        incomplete: reader.reassembly.finish(),
+        incomplete,
     })
 }
 
-/// A classic pcap's records; the offset of a last record cut short, if any.
-fn classic(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError> {
-    let header = data.get(..24).ok_or(PcapError::Magic)?;
-    let magic = [header[0], header[1], header[2], header[3]];
-    let (le, nanos) = match magic {
-        [0xd4, 0xc3, 0xb2, 0xa1] => (true, false),
-        [0xa1, 0xb2, 0xc3, 0xd4] => (false, false),
-        [0x4d, 0x3c, 0xb2, 0xa1] => (true, true),
-        [0xa1, 0xb2, 0x3c, 0x4d] => (false, true),
-        _ => return Err(PcapError::Magic),
-    };
-    let u32at = |b: &[u8], at: usize| -> Option<u32> {
-        let a: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-        Some(if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        })
-    };
-    let linktype = u32at(header, 20).ok_or(PcapError::Magic)? & 0x0fff_ffff;
-    if !LINK_TYPES.contains(&linktype) {
-        return Err(PcapError::LinkType(linktype));
-    }
-    let mut pos = 24;
-    while pos < data.len() {
-        let Some((time_us, frame)) = record(data, pos, &u32at, nanos) else {
-            return Ok(Some(pos));
-        };
-        reader.packet(linktype, frame, Some(time_us), pos)?;
-        pos += 16 + frame.len();
-    }
-    Ok(None)
-}
-
-/// The capture time (µs) and frame of the record at `pos`; None when the file ends inside it.
-fn record<'a>(
-    data: &'a [u8],
-    pos: usize,
-    u32at: &impl Fn(&[u8], usize) -> Option<u32>,
-    nanos: bool,
-) -> Option<(i64, &'a [u8])> {
-    let rec = data.get(pos..pos.checked_add(16)?)?;
-    let secs = i64::from(u32at(rec, 0)?);
-    let frac = i64::from(u32at(rec, 4)?);
-    let caplen = u32at(rec, 8)? as usize;
-    let frame = data.get(pos + 16..(pos + 16).checked_add(caplen)?)?;
-    Some((
-        secs * 1_000_000 + if nanos { frac / 1000 } else { frac },
-        frame,
-    ))
-}
-
-/// What the records of either format feed: the requests found so far, and the fragments
-/// waiting for the rest of their datagram.
+/// What the records of either format feed: the requests found so far, the fragments
+/// waiting for the rest of their datagram, and the datagrams (not fragmented) that may
+/// hold requests and were cut short by the capture's snaplen.
 struct Reader {
     datagrams: Vec<Datagram>,
     reassembly: Reassembler,
+    cut: usize,
 }
 
 impl Reader {
-    /// Takes one captured frame (`at`: its record's offset; no time: a Simple Packet Block).
+    /// Takes one captured frame (`at`: its record's offset; no time: a Simple Packet Block;
+    /// `cut`: captured shorter than it was, by the capture's snaplen).
     fn packet(
         &mut self,
         link_type: u32,
         frame: &[u8],
         time_us: Option<i64>,
         at: usize,
+        cut: bool,
     ) -> Result<(), PcapError> {
         let Some(ip) = network_layer(link_type, frame) else {
             return Ok(());
         };
         let found = match ip.first().map(|b| b >> 4) {
-            Some(4) => self.ipv4(ip, time_us),
-            Some(6) => self.ipv6(ip, time_us),
+            Some(4) => self.ipv4(ip, time_us, cut),
+            Some(6) => self.ipv6(ip, time_us, cut),
             _ => None,
         };
         if let Some((source, payload)) = found {
@@ -225,7 +187,16 @@ impl Reader {
         Ok(())
     }
 
-    fn ipv4(&mut self, ip: &[u8], time_us: Option<i64>) -> Option<(String, Vec<u8>)> {
+    /// Counts a datagram (not a fragment) the snaplen cut short, unless what was captured of
+    /// it shows it is not an accounting request. Returns nothing to send.
+    fn cut_short(&mut self, request: Option<bool>) -> Option<(String, Vec<u8>)> {
+        if request != Some(false) {
+            self.cut += 1;
+        }
+        None
+    }
+
+    fn ipv4(&mut self, ip: &[u8], time_us: Option<i64>, cut: bool) -> Option<(String, Vec<u8>)> {
         let ihl = usize::from(ip.first()? & 0x0f) * 4;
         let total = usize::from(u16be(ip, 2)?);
         let frag = u16be(ip, 6)?;
@@ -234,9 +205,14 @@ impl Reader {
         }
         let source: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
         let body = ip.get(ihl..total.min(ip.len()))?;
+        // The snaplen ended the frame inside the datagram (not only in what follows it).
+        let cut = cut && ip.len() < total;
         let address = Ipv4Addr::from(source).to_string();
         let (offset, more) = (usize::from(frag & 0x1fff) * 8, frag & 0x2000 != 0);
         if offset == 0 && !more {
+            if cut {
+                return self.cut_short(shows_request(body));
+            }
             return Some((address, accounting(body)?.to_vec()));
         }
         let destination: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
@@ -252,9 +228,10 @@ impl Reader {
             more,
             length: total - ihl,
             bytes: body,
+            cut,
             first_header: UDP,
             accounting: if offset == 0 {
-                u16be(body, 2).map(|port| ACCOUNTING_PORTS.contains(&port))
+                shows_request(body)
             } else {
                 None
             },
@@ -263,17 +240,23 @@ impl Reader {
         Some((address, accounting(&whole)?.to_vec()))
     }
 
-    fn ipv6(&mut self, ip: &[u8], time_us: Option<i64>) -> Option<(String, Vec<u8>)> {
+    fn ipv6(&mut self, ip: &[u8], time_us: Option<i64>, cut: bool) -> Option<(String, Vec<u8>)> {
         let length = usize::from(u16be(ip, 4)?);
         let source: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
         let body = ip.get(40..(40 + length).min(ip.len()))?;
+        let cut = cut && ip.len() < 40 + length;
         let address = Ipv6Addr::from(source).to_string();
         let at = match headers(*ip.get(6)?, body) {
+            Chain::Udp(udp) if cut => return self.cut_short(shows_request(udp)),
             Chain::Udp(udp) => return Some((address, accounting(udp)?.to_vec())),
             Chain::Fragment(at) => at,
+            // Cut inside its extension headers: nothing says it is not a request.
+            Chain::Short if cut => return self.cut_short(None),
             Chain::Other | Chain::Short => return None,
         };
-        let header = body.get(at..at + 8)?;
+        let Some(header) = body.get(at..at + 8) else {
+            return if cut { self.cut_short(None) } else { None };
+        };
         let next = *header.first()?;
         let field = u16be(header, 2)?;
         let (offset, more) = (usize::from(field & 0xfff8), field & 1 != 0);
@@ -281,7 +264,9 @@ impl Reader {
         if offset == 0 && !more {
             // An atomic fragment (RFC 6946): a whole datagram.
             return match headers(next, bytes) {
+                Chain::Udp(udp) if cut => self.cut_short(shows_request(udp)),
                 Chain::Udp(udp) => Some((address, accounting(udp)?.to_vec())),
+                Chain::Short if cut => self.cut_short(None),
                 _ => None,
             };
         }
@@ -300,10 +285,11 @@ impl Reader {
             more,
             length: length.checked_sub(at + 8)?,
             bytes,
+            cut,
             first_header: next,
             accounting: if offset == 0 {
                 match headers(next, bytes) {
-                    Chain::Udp(udp) => u16be(udp, 2).map(|port| ACCOUNTING_PORTS.contains(&port)),
+                    Chain::Udp(udp) => shows_request(udp),
                     Chain::Fragment(_) | Chain::Other => Some(false),
                     Chain::Short => None,
                 }
@@ -317,28 +303,6 @@ impl Reader {
             _ => None,
         }
     }
-}
-
-/// The IP packet inside a frame of the link type (one of [`LINK_TYPES`]).
-fn network_layer(link_type: u32, frame: &[u8]) -> Option<&[u8]> {
-    match link_type {
-        1 => ethernet(frame),
-        0 | 108 => frame.get(4..),
-        101 | 228 | 229 | 12 | 14 => Some(frame),
-        113 => frame.get(16..),
-        276 => frame.get(20..),
-        _ => None,
-    }
-}
-
-fn ethernet(frame: &[u8]) -> Option<&[u8]> {
-    let mut at = 12;
-    let mut ty = u16be(frame, at)?;
-    while ty == 0x8100 || ty == 0x88a8 {
-        at += 4;
-        ty = u16be(frame, at)?;
-    }
-    frame.get(at + 2..)
 }
 
 fn widen(v4: [u8; 4]) -> [u8; 16] {
@@ -381,14 +345,25 @@ fn headers(mut next: u8, bytes: &[u8]) -> Chain<'_> {
     }
 }
 
-/// The RADIUS payload of a UDP datagram to an accounting port.
+/// The RADIUS payload of a UDP datagram to an accounting port, when it is an
+/// Accounting-Request (its first octet, the code, is 4). An Accounting-Response to a NAS
+/// whose own port is 1813, a Status-Server, an empty datagram: none is a request.
 fn accounting(udp: &[u8]) -> Option<&[u8]> {
     let dport = u16be(udp, 2)?;
     let ulen = usize::from(u16be(udp, 4)?);
     if !ACCOUNTING_PORTS.contains(&dport) || ulen < 8 {
         return None;
     }
-    udp.get(8..ulen.min(udp.len()))
+    let payload = udp.get(8..ulen.min(udp.len()))?;
+    (payload.first() == Some(&ACCOUNTING_REQUEST)).then_some(payload)
+}
+
+/// Whether the start of a UDP datagram (a first fragment) shows an accounting request:
+/// Some(false) for another port or RADIUS code, None when too little of it is there to say.
+fn shows_request(udp: &[u8]) -> Option<bool> {
+    let port = u16be(udp, 2)?;
+    let code = udp.get(8);
+    Some(ACCOUNTING_PORTS.contains(&port) && code.is_none_or(|&c| c == ACCOUNTING_REQUEST))
 }
 
 #[cfg(test)]

@@ -263,8 +263,9 @@ def pcap_entries(
 ) -> tuple[list[usage_pb2.AccountingEntry], list[str], int | None, dict[str, int]]:
     """Raw entries of the complete records, in capture order with the capture time as arrival
     (a fragmented request's is that of the fragment that completed it); their source
-    addresses; the byte offset of a last record cut short, or None; the fragmented datagrams
-    that could not be reassembled, by reason."""
+    addresses; the byte offset of a last record cut short, or None; the datagrams that may
+    hold requests and were not read whole, by reason (`cut` by the snaplen, or a fragmented
+    one not reassembled: INCOMPLETE_REASONS)."""
     import rating_core as core
 
     packets, sources, times, truncated_at, incomplete = core.read_pcap(data)
@@ -330,9 +331,9 @@ async def replay(
     Only the secret is written: a client registered before keeps its NAS key, and its NAS
     its policy (a new client's NAS key is its address, with the default policy). A last
     record cut short (a capture killed mid-write) is reported on `progress` and counted as
-    `truncated`; every complete record before it is sent. Fragmented datagrams that may hold
-    requests and could not be reassembled are reported and counted as
-    `incomplete_datagrams`.
+    `truncated`; every complete record before it is sent. Datagrams that may hold requests
+    and were cut short by the capture's snaplen, or fragmented and could not be reassembled,
+    are not sent: they are reported and counted as `incomplete_datagrams`.
     """
     entries, sources, truncated_at, incomplete = pcap_entries(data)
     if truncated_at is not None and progress is not None:
@@ -341,7 +342,14 @@ async def replay(
             f" written): that record is not sent, the {len(entries)} requests before it are",
             file=progress,
         )
-    unassembled = sum(incomplete.values())
+    cut = incomplete["cut"]
+    if cut and progress is not None:
+        print(
+            f"{cut} datagram{'s' if cut > 1 else ''} that may hold accounting requests"
+            f" {'were' if cut > 1 else 'was'} cut short by the capture's snaplen: not sent",
+            file=progress,
+        )
+    unassembled = sum(incomplete[key] for key in INCOMPLETE_REASONS)
     if unassembled and progress is not None:
         reasons = ", ".join(
             f"{incomplete[key]} {text}"
@@ -363,7 +371,9 @@ async def replay(
         )
     summary = await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
     summary["truncated"] = int(truncated_at is not None)
-    summary["incomplete_datagrams"] = unassembled
+    # One count for every datagram that may hold a request and was not sent: the same
+    # consequence whatever the reason, which stderr gives.
+    summary["incomplete_datagrams"] = cut + unassembled
     return summary
 
 

@@ -127,7 +127,7 @@ def test_malformed_packet_is_quarantined_with_reason_when_sent_raw(
 def test_pcap_totals_match_source_when_replayed_raw() -> None:
     packets, sources, times, truncated_at, incomplete = rc.read_pcap(PCAP.read_bytes())
     assert truncated_at is None
-    assert incomplete == {"missing": 0, "conflicting": 0, "evicted": 0}
+    assert incomplete == {"missing": 0, "conflicting": 0, "evicted": 0, "cut": 0}
     assert len(packets) == 179
     assert set(sources) == {"192.168.123.1"}
     engine = rc.Engine()

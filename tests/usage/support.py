@@ -296,9 +296,11 @@ def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
 
 
-def ipv4_udp(source: str, payload: bytes, destination: str = "192.0.2.254") -> bytes:
+def ipv4_udp(
+    source: str, payload: bytes, destination: str = "192.0.2.254", source_port: int = 40000
+) -> bytes:
     """An IPv4 datagram to UDP port 1813 (no checksums: the pcap reader ignores them)."""
-    udp = struct.pack(">HHHH", 40000, 1813, 8 + len(payload), 0) + payload
+    udp = struct.pack(">HHHH", source_port, 1813, 8 + len(payload), 0) + payload
     header = struct.pack(
         ">BBHHHBBH4s4s",
         0x45,

@@ -139,7 +139,7 @@ def test_capture_reads_the_same_requests_when_rewritten_as_fragmented_pcapng() -
     assert sources == expected[1]
     assert times.tolist() == expected[2].tolist()
     assert truncated_at is None
-    assert incomplete == {"missing": 0, "conflicting": 0, "evicted": 0}
+    assert incomplete == {"missing": 0, "conflicting": 0, "evicted": 0, "cut": 0}
 
 
 def big_request(rec: Rec) -> bytes:
@@ -233,6 +233,117 @@ async def test_replay_reports_a_request_it_could_not_reassemble_and_exits_1(
     session = await usage.session()
     assert (session.input_bytes, session.output_bytes) == (5_000_000_000, 20)
     assert session.state == pb.SESSION_STATE_OPEN
+
+
+def snapped_pcap(frames: list[tuple[int, bytes]], snaplen: int) -> bytes:
+    """A raw-IP classic pcap of (capture time in µs, IP packet) taken with this snaplen: each
+    record holds at most `snaplen` octets of its packet, and the packet's length."""
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, 101)
+    for us, frame in frames:
+        kept = frame[:snaplen]
+        out += struct.pack("<IIII", us // 1_000_000, us % 1_000_000, len(kept), len(frame))
+        out += kept
+    return out
+
+
+async def test_replay_reports_requests_cut_by_the_snaplen_and_exits_1(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    start, interim, _ = FRAGMENTED_SESSION
+    elsewhere = interim.but(source="192.0.2.77", sid="sess-2")
+    frames = [
+        (us_of(rec), ipv4_udp(rec.source, radius_packet(radius_attributes(rec))))
+        for rec in (start, interim, elsewhere)
+    ]
+    snaplen = 100  # the Start fits; the Interims (over 100 octets) are cut
+    assert len(frames[0][1]) <= snaplen < min(len(frames[1][1]), len(frames[2][1]))
+    path = tmp_path / "snapped.pcap"
+    path.write_bytes(snapped_pcap(frames, snaplen))
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    # Exit 1: requests of the file were not stored, nor will a later run store them.
+    assert code == 1, err
+    assert json.loads(out) == {
+        "records": 1,
+        "accepted": 1,
+        "duplicate": 0,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 0,
+        "incomplete_datagrams": 2,
+    }
+    assert (
+        "2 datagrams that may hold accounting requests were cut short by the capture's"
+        " snaplen: not sent"
+    ) in err
+    assert "Traceback" not in err
+    # Nothing was sent from the address only a cut request came from.
+    async with server.db.read() as session:
+        assert "192.0.2.77" not in await repo.nas_secrets(session, usage.tenant.tenant_id)
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (0, 0)
+    assert session.state == pb.SESSION_STATE_OPEN
+
+
+async def test_replay_refuses_a_pcap_whose_record_time_has_a_fraction_past_a_second(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    start = FRAGMENTED_SESSION[0]
+    data = bytearray(pcap([start, start.but(source="192.0.2.78")]))
+    data[24 + 4 : 24 + 8] = struct.pack("<I", 0xFFFFFFFF)  # the first record's microseconds
+    path = tmp_path / "fraction.pcap"
+    path.write_bytes(data)
+    code, err = await rating_fails(
+        "replay", str(path), "--secret", SECRET, "--target", server.target, key=usage.tenant.key
+    )
+    assert (code, err.strip()) == (
+        1,
+        f"rating replay: {path}: pcap: record at byte 24: its fraction of a second is"
+        " 4294967295 microseconds, not under 1000000",
+    )
+    async with server.db.read() as session:
+        assert "192.0.2.78" not in await repo.nas_secrets(session, usage.tenant.tenant_id)
+    assert await usage.sessions() == []
+
+
+async def test_replay_skips_accounting_responses_when_the_nas_port_is_1813(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    """A NAS that sends from port 1813 gets its Accounting-Response sent to port 1813: the
+    capture holds both, and only the request is replayed; the accounting server that sent
+    the response is not registered as a NAS client."""
+    accounting_server = "192.0.2.254"
+    frames = []
+    for n, rec in enumerate(FRAGMENTED_SESSION[:2]):
+        request = radius_packet(radius_attributes(rec))
+        response = core.accounting_response(request, SECRET.encode())
+        to_server = ipv4_udp(rec.source, request, accounting_server, source_port=1813)
+        to_nas = ipv4_udp(accounting_server, response, rec.source, source_port=1813)
+        frames += [(us_of(rec), to_server), (us_of(rec) + 1000, to_nas)]
+        assert response[0] == 5, n
+    path = tmp_path / "responses.pcapng"
+    path.write_bytes(pcapng(frames))
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out) == {
+        "records": 2,
+        "accepted": 2,
+        "duplicate": 0,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 0,
+        "incomplete_datagrams": 0,
+    }
+    assert accounting_server not in {n.nas_key for n in await usage.nas_list()}
+    async with server.db.read() as session:
+        assert accounting_server not in await repo.nas_secrets(session, usage.tenant.tenant_id)
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (5_000_000_000, 20)
 
 
 def workload(

@@ -58,17 +58,21 @@ def accounting_response(request: bytes, secret: bytes) -> bytes:
 def read_pcap(
     data: bytes,
 ) -> tuple[list[bytes], list[str], npt.NDArray[np.int64], int | None, dict[str, int]]:
-    """RADIUS accounting requests (UDP to port 1813 or 1646) of a classic pcap or pcapng file.
+    """RADIUS Accounting-Requests (code 4, UDP to port 1813 or 1646) of a classic pcap or
+    pcapng file.
 
     Returns (packets, source addresses, capture times in µs, truncated_at, incomplete), in
     capture order, from every complete record; IPv4 and IPv6 fragments are reassembled, and
     a reassembled request is placed (and timed) by the fragment that completed it.
     truncated_at is the byte offset of a last record or block the file ends inside (a capture
-    killed mid-write), else None. incomplete counts the fragmented datagrams that may hold
-    requests and were not reassembled: {"missing": a fragment never came (60 s or the end of
-    the capture), "conflicting": fragments disagree, "evicted": over the reassembly memory
-    limit}. Raises RatingError for a file that is neither format, a link type it does not
-    decode, a malformed pcapng block, or a request in a Simple Packet Block (no time).
+    killed mid-write), else None. incomplete counts the datagrams that may hold requests and
+    are not returned: fragmented ones not reassembled, {"missing": a fragment never came (60 s
+    or the end of the capture), "conflicting": fragments disagree, "evicted": over the
+    reassembly memory limit}, and "cut": the datagram or one of its fragments was cut short
+    by the capture's snaplen (captured length under the original length). Raises RatingError
+    for a file that is neither format, a link type it does not decode, a malformed pcapng
+    block, a classic record whose fraction of a second is not under a second, or a request
+    in a Simple Packet Block (no time).
     """
 
 @final

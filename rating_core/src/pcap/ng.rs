@@ -103,7 +103,8 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
             INTERFACE => interfaces.push(interface(body, order, pos)?),
             ENHANCED_PACKET | PACKET => {
                 // EPB: interface (32 bits); PB: interface (16), drops count (16). Then the
-                // timestamp's high and low words, captured and original lengths.
+                // timestamp's high and low words, captured and original lengths (captured
+                // under original: cut by the snaplen).
                 let id = if kind == PACKET {
                     order.u16(body, 0).map(u32::from)
                 } else {
@@ -114,8 +115,10 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
                     order.u32(body, 4),
                     order.u32(body, 8),
                     order.u32(body, 12),
+                    order.u32(body, 16),
                 );
-                let (Some(id), Some(high), Some(low), Some(captured)) = fields else {
+                let (Some(id), Some(high), Some(low), Some(captured), Some(original)) = fields
+                else {
                     return Err(malformed(pos, "packet block shorter than its fields"));
                 };
                 let frame = body
@@ -124,7 +127,8 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
                 let face = described(&interfaces, id, pos)?;
                 let ticks = (u64::from(high) << 32) | u64::from(low);
                 let time_us = face.time_us(ticks).ok_or(PcapError::Time { at: pos })?;
-                reader.packet(face.link_type, frame, Some(time_us), pos)?;
+                let cut = captured < original;
+                reader.packet(face.link_type, frame, Some(time_us), pos, cut)?;
             }
             SIMPLE_PACKET => {
                 // Interface 0; captured length = min(original length, snaplen, the block).
@@ -137,7 +141,8 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
                     captured = captured.min(face.snaplen as usize);
                 }
                 let frame = body.get(4..4 + captured).unwrap_or_default();
-                reader.packet(face.link_type, frame, None, pos)?;
+                let cut = captured < original as usize;
+                reader.packet(face.link_type, frame, None, pos, cut)?;
             }
             _ => {} // statistics, name resolution, custom, ...: nothing to replay
         }

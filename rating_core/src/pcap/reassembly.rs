@@ -11,9 +11,11 @@
 //!
 //! Nothing is dropped without being counted: a datagram that is not completed within
 //! [`TIMEOUT_US`] of its first fragment, or by the end of the capture, counts as missing a
-//! fragment; one whose fragments conflict counts as conflicting; one pushed out to keep the
-//! held bytes under the memory limit counts as evicted. A datagram whose first fragment
-//! shows it is not an accounting request (another protocol or port) is not counted.
+//! fragment, or as cut when the capture's snaplen cut one of its fragments short; one whose
+//! fragments conflict counts as conflicting; one pushed out to keep the held bytes under the
+//! memory limit counts as evicted. A datagram whose first fragment
+//! shows it is not an accounting request (another protocol, port or RADIUS code) is not
+//! counted.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -53,32 +55,37 @@ pub struct Fragment<'a> {
     pub more: bool,
     /// Length of its data by its IP header.
     pub length: usize,
-    /// Its data as captured: shorter than `length` when the capture's snaplen cut it.
+    /// Its data as captured: shorter than `length` when the capture's snaplen cut it, or when
+    /// the packet is malformed.
     pub bytes: &'a [u8],
+    /// The capture's snaplen cut it short.
+    pub cut: bool,
     /// The first header of the datagram's data (IPv4 protocol, IPv6 Fragment header's Next
     /// Header), used when the fragment is the first one.
     pub first_header: u8,
     /// For the first fragment (offset 0): whether its headers show an accounting request
-    /// (Some(false): another protocol or port), None when they do not say.
+    /// (Some(false): another protocol, port or RADIUS code), None when they do not say.
     pub accounting: Option<bool>,
 }
 
 /// Datagrams that were not reassembled, by reason; each counted once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Incomplete {
-    /// A fragment never arrived (by the timeout or the end of the capture), or was cut
-    /// short by the capture's snaplen.
+    /// A fragment never arrived (by the timeout or the end of the capture).
     pub missing: usize,
     /// Fragments disagree (overlaps with other octets, two lengths, past the maximum size).
     pub conflicting: usize,
     /// Dropped, oldest first, to keep the pending bytes under the memory limit.
     pub evicted: usize,
+    /// Cut short by the capture's snaplen: a fragment of it (counted here instead of as
+    /// missing), or the datagram itself when it was not fragmented (counted by the reader).
+    pub cut: usize,
 }
 
 impl Incomplete {
     #[must_use]
     pub fn total(&self) -> usize {
-        self.missing + self.conflicting + self.evicted
+        self.missing + self.conflicting + self.evicted + self.cut
     }
 }
 
@@ -104,6 +111,8 @@ struct Pending {
     end: Option<usize>,
     first_header: Option<u8>,
     accounting: Option<bool>,
+    /// A fragment of it was cut short by the capture's snaplen.
+    cut: bool,
 }
 
 impl Pending {
@@ -270,10 +279,12 @@ impl Reassembler {
             end: None,
             first_header: None,
             accounting: None,
+            cut: false,
         }
     }
 
     fn take(p: &mut Pending, f: &Fragment<'_>, whole: &mut Option<(u8, Vec<u8>)>) {
+        p.cut |= f.cut;
         if f.offset == 0 {
             p.first_header = Some(f.first_header);
             if f.accounting.is_some() {
@@ -337,6 +348,7 @@ impl Reassembler {
         match (p.state, why) {
             (State::Done, _) => {}
             (State::Conflicting, _) => self.incomplete.conflicting += 1,
+            (State::Collecting, Leaving::Expired) if p.cut => self.incomplete.cut += 1,
             (State::Collecting, Leaving::Expired) => self.incomplete.missing += 1,
             (State::Collecting, Leaving::Evicted) => self.incomplete.evicted += 1,
         }

@@ -38,7 +38,7 @@ fn ipv4(source: [u8; 4], id: u16, frag: u16, protocol: u8, body: &[u8]) -> Vec<u
 }
 
 fn datagram(source: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    ipv4(source, 0, 0, UDP, &udp(1813, payload))
+    ipv4(source, 0, 0, UDP, &udp(1813, &request(payload)))
 }
 
 /// The IPv4 fragments of `body` cut at the given offsets (multiples of 8).
@@ -94,20 +94,54 @@ fn fragments6(id: u32, next: u8, part: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// An Accounting-Request's octets as the reader returns them: its code (4), then `body`.
+fn request(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![4];
+    out.extend(body);
+    out
+}
+
 fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
 
 /// A little-endian, microsecond, raw-IP classic capture of (seconds after T0, frame).
 fn classic(frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    classic_of(101, frames)
+}
+
+/// A little-endian, microsecond classic capture of the link type.
+fn classic_of(link_type: u32, frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    snapped(link_type, usize::MAX, frames)
+}
+
+/// A classic capture taken with this snaplen: each record holds at most `snaplen` octets of
+/// its frame, and the frame's whole length.
+fn snapped(link_type: u32, snaplen: usize, frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    let records: Vec<(i64, Vec<u8>, usize)> = frames
+        .iter()
+        .map(|(at, frame)| (*at, frame[..frame.len().min(snaplen)].to_vec(), frame.len()))
+        .collect();
+    records_of(link_type, &records)
+}
+
+/// A little-endian, microsecond classic capture of (seconds after T0, captured octets,
+/// original length).
+fn records_of(link_type: u32, records: &[(i64, Vec<u8>, usize)]) -> Vec<u8> {
     let mut out = Vec::new();
-    for word in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, 101] {
+    for word in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, link_type] {
         out.extend(word.to_le_bytes());
     }
-    for (at, frame) in frames {
+    for (at, frame, original) in records {
         let us = T0 + at * 1_000_000;
         let len = frame.len() as u32;
-        for word in [(us / 1_000_000) as u32, (us % 1_000_000) as u32, len, len] {
+        let words = [
+            (us / 1_000_000) as u32,
+            (us % 1_000_000) as u32,
+            len,
+            *original as u32,
+        ];
+        for word in words {
             out.extend(word.to_le_bytes());
         }
         out.extend(frame);
@@ -132,11 +166,12 @@ fn parsed(data: &[u8]) -> Capture {
     }
 }
 
+/// The requests' octets after their code (4, Accounting-Request), as [`request`] took them.
 fn payloads(capture: &Capture) -> Vec<Vec<u8>> {
     capture
         .datagrams
         .iter()
-        .map(|d| d.payload.clone())
+        .map(|d| d.payload.strip_prefix(&[4]).unwrap_or(&d.payload).to_vec())
         .collect()
 }
 
@@ -154,7 +189,7 @@ fn complete_capture_reads_every_datagram() {
         .as_ref()
         .map(|c| c.datagrams.iter().map(|d| d.payload.as_slice()).collect())
         .unwrap_or_default();
-    assert_eq!(payloads, [b"one".as_slice(), b"two".as_slice()]);
+    assert_eq!(payloads, [b"\x04one".as_slice(), b"\x04two".as_slice()]);
     assert_eq!(read.map(|c| c.truncated_at), Ok(None));
 }
 
@@ -193,16 +228,223 @@ fn header_that_is_not_pcap_is_refused() {
 }
 
 #[test]
+fn classic_time_fraction_out_of_range_is_refused_naming_the_record() {
+    let data = capture(&[b"one", b"two"]);
+    let second = 24 + 16 + datagram(NAS, b"one").len();
+    let with_fraction = |data: &[u8], fraction: u32| {
+        let mut out = data.to_vec();
+        out[second + 4..second + 8].copy_from_slice(&fraction.to_le_bytes());
+        out
+    };
+    let refusal = |data: &[u8]| match read_capture(data) {
+        Err(error @ PcapError::Record { .. }) => Some(error.to_string()),
+        _ => None,
+    };
+    // Microseconds: up to 999,999; 1,000,000 or more is not a fraction of a second.
+    let read = parsed(&with_fraction(&data, 999_999));
+    assert_eq!(times(&read), [T0, T0 + 1_999_999]);
+    for fraction in [1_000_000, u32::MAX] {
+        assert_eq!(
+            refusal(&with_fraction(&data, fraction)),
+            Some(format!(
+                "pcap: record at byte {second}: its fraction of a second is {fraction} \
+                 microseconds, not under 1000000"
+            )),
+        );
+    }
+    // Nanoseconds (another magic number): up to 999,999,999.
+    let mut nanos = data.clone();
+    nanos[..4].copy_from_slice(&0xa1b2_3c4d_u32.to_le_bytes());
+    let read = parsed(&with_fraction(&nanos, 999_999_999));
+    assert_eq!(times(&read), [T0, T0 + 1_999_999]);
+    let refused = refusal(&with_fraction(&nanos, 1_000_000_000));
+    assert!(refused.is_some_and(|m| m.contains("1000000000 nanoseconds, not under")));
+    // A last record cut short is not read: its time does not matter.
+    let cut = with_fraction(&data, u32::MAX);
+    assert_eq!(parsed(&cut[..cut.len() - 1]).truncated_at, Some(second));
+}
+
+#[test]
 fn other_ports_and_protocols_are_skipped() {
     let frames = vec![
         (0, ipv4(NAS, 1, 0, UDP, &udp(53, b"dns"))),
-        (1, ipv4(NAS, 2, 0, 6, &udp(1813, b"tcp"))),
+        (1, ipv4(NAS, 2, 0, 6, &udp(1813, &request(b"tcp")))),
         (2, datagram(NAS, b"radius")),
-        (3, ipv4(NAS, 3, 0, UDP, &udp(1646, b"old port"))),
+        (3, ipv4(NAS, 3, 0, UDP, &udp(1646, &request(b"old port")))),
     ];
     let read = parsed(&classic(&frames));
     assert_eq!(payloads(&read), [b"radius".to_vec(), b"old port".to_vec()]);
     assert_eq!(read.incomplete, Incomplete::default());
+}
+
+#[test]
+fn only_accounting_requests_are_read_from_the_accounting_ports() {
+    // An Accounting-Response to a NAS whose own port is 1813 (or 1646), a Status-Server,
+    // a datagram without a code, and the same for IPv6: not requests.
+    let response = [5, 1, 0, 20]
+        .iter()
+        .chain(&[0; 16])
+        .copied()
+        .collect::<Vec<u8>>();
+    let frames = vec![
+        (0, datagram(NAS, b"request")),
+        (1, ipv4(SERVER, 1, 0, UDP, &udp(1813, &response))),
+        (2, ipv4(SERVER, 2, 0, UDP, &udp(1646, &response))),
+        (3, ipv4(NAS, 3, 0, UDP, &udp(1813, &[12; 20]))),
+        (4, ipv4(NAS, 4, 0, UDP, &udp(1813, &[]))),
+        (5, ipv6(UDP, &udp(1813, &response))),
+        (6, ipv6(UDP, &udp(1813, &request(b"request6")))),
+    ];
+    let read = parsed(&classic(&frames));
+    assert_eq!(payloads(&read), [b"request".to_vec(), b"request6".to_vec()]);
+    assert_eq!(read.datagrams[0].source, "192.0.2.1");
+    // Fragmented, the same: not returned when whole, not counted when a fragment is missing.
+    let mut big = vec![5];
+    big.extend(payload(3000));
+    let body = udp(1813, &big);
+    let v4 = fragments(8, &body, &[1480]);
+    let v6 = fragments6(9, UDP, &body, &[1448]);
+    let frames = timed(&[v4[0].clone(), v4[1].clone(), v6[0].clone()], &[0, 1, 2]);
+    let read = parsed(&classic(&frames));
+    assert_eq!(read.datagrams, []);
+    assert_eq!(read.incomplete, Incomplete::default());
+    // Nor does one in a Simple Packet Block, which has no time, make the file refused.
+    let mut ng = Ng::new(true);
+    ng.interface(101, 0, &[]);
+    ng.simple(&ipv4(SERVER, 1, 0, UDP, &udp(1813, &response)));
+    ng.enhanced(0, ticks(T0), &datagram(NAS, b"timed"));
+    assert_eq!(payloads(&parsed(&ng.out)), [b"timed".to_vec()]);
+}
+
+// --- link layers ------------------------------------------------------------------------
+
+/// An Ethernet frame: the VLAN tags (TPID, VLAN id), then the ethertype and the payload.
+fn tagged(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    for (tpid, vid) in tags {
+        frame.extend(tpid.to_be_bytes());
+        frame.extend(vid.to_be_bytes());
+    }
+    frame.extend(ethertype.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// An MPLS label stack of these labels (the last one the bottom of the stack), then `ip`.
+fn labelled(labels: &[u32], ip: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, label) in labels.iter().enumerate() {
+        let bottom = u32::from(i + 1 == labels.len());
+        out.extend(((label << 12) | (bottom << 8) | 64).to_be_bytes());
+    }
+    out.extend(ip);
+    out
+}
+
+/// A Linux cooked (SLL) frame of the protocol; `rest` follows the 16-octet header.
+fn cooked(protocol: u16, rest: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+    frame.extend(protocol.to_be_bytes());
+    frame.extend(rest);
+    frame
+}
+
+/// A Linux cooked v2 (SLL2) frame of the protocol; `rest` follows the 20-octet header.
+fn cooked2(protocol: u16, rest: &[u8]) -> Vec<u8> {
+    let mut frame = protocol.to_be_bytes().to_vec();
+    frame.extend([0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+    frame.extend(rest);
+    frame
+}
+
+/// A VLAN tag's remaining 4 octets (VLAN id, inner ethertype) and what follows.
+fn tag(vid: u16, ethertype: u16, rest: &[u8]) -> Vec<u8> {
+    let mut out = vid.to_be_bytes().to_vec();
+    out.extend(ethertype.to_be_bytes());
+    out.extend(rest);
+    out
+}
+
+#[test]
+fn ethernet_requests_are_read_behind_any_vlan_tag_and_mpls_labels() {
+    let v4 = |text: &[u8]| datagram(NAS, text);
+    let v6 = |text: &[u8]| ipv6(UDP, &udp(1813, &request(text)));
+    let frames = vec![
+        (0, tagged(&[(0x8100, 10)], 0x0800, &v4(b"802.1Q"))),
+        (
+            1,
+            tagged(&[(0x88a8, 10), (0x8100, 20)], 0x0800, &v4(b"802.1ad")),
+        ),
+        (
+            2,
+            tagged(&[(0x9100, 10), (0x8100, 20)], 0x0800, &v4(b"9100")),
+        ),
+        (3, tagged(&[(0x9100, 10)], 0x86dd, &v6(b"9100 alone"))),
+        (4, tagged(&[], 0x8847, &labelled(&[100, 200], &v4(b"mpls")))),
+        (
+            5,
+            tagged(&[(0x8100, 7)], 0x8848, &labelled(&[16], &v6(b"mpls6"))),
+        ),
+        // An Ethernet pseudowire's control word (first nibble 0) is not IP.
+        (6, tagged(&[], 0x8847, &labelled(&[300], &[0; 4]))),
+        // Another ethertype is not IP, even when its bytes look like it; nor is an IPv6
+        // packet under the IPv4 ethertype.
+        (7, tagged(&[], 0x0806, &v4(b"arp"))),
+        (8, tagged(&[], 0x0800, &v6(b"v6 as v4"))),
+    ];
+    let read = parsed(&classic_of(1, &frames));
+    assert_eq!(
+        payloads(&read),
+        [
+            b"802.1Q".to_vec(),
+            b"802.1ad".to_vec(),
+            b"9100".to_vec(),
+            b"9100 alone".to_vec(),
+            b"mpls".to_vec(),
+            b"mpls6".to_vec()
+        ]
+    );
+    assert_eq!(read.datagrams[3].source, "2001:db8::1");
+    // A label stack that never reaches its bottom, or a tag cut short, holds nothing.
+    let mut endless = labelled(&[1, 2], &[]);
+    endless[6] = 0;
+    let frames = vec![
+        (0, tagged(&[], 0x8847, &endless)),
+        (1, tagged(&[], 0x9100, &[0])),
+    ];
+    assert_eq!(parsed(&classic_of(1, &frames)).datagrams, []);
+}
+
+#[test]
+fn linux_cooked_frames_are_read_by_their_protocol() {
+    let v4 = datagram(NAS, b"v4");
+    let v6 = ipv6(UDP, &udp(1813, &request(b"v6")));
+    for link_type in [113, 276] {
+        let frame = |protocol, rest: &[u8]| {
+            if link_type == 113 {
+                cooked(protocol, rest)
+            } else {
+                cooked2(protocol, rest)
+            }
+        };
+        let frames = vec![
+            (0, frame(0x0800, &v4)),
+            (1, frame(0x86dd, &v6)),
+            (2, frame(0x8100, &tag(100, 0x0800, &v4))),
+            (3, frame(0x88a8, &tag(100, 0x8100, &tag(200, 0x86dd, &v6)))),
+            (4, frame(0x9100, &tag(100, 0x0800, &v4))),
+            (5, frame(0x8847, &labelled(&[100], &v4))),
+            // Not IP by its protocol, whatever its bytes: ARP, 802.2 LLC.
+            (6, frame(0x0806, &v4)),
+            (7, frame(0x0004, &v6)),
+        ];
+        let read = parsed(&classic_of(link_type, &frames));
+        let expected: Vec<Vec<u8>> = ["v4", "v6", "v4", "v6", "v4", "v4"]
+            .iter()
+            .map(|text| text.as_bytes().to_vec())
+            .collect();
+        assert_eq!(payloads(&read), expected, "{link_type}");
+    }
 }
 
 // --- IPv4 fragments ---------------------------------------------------------------------
@@ -217,7 +459,7 @@ fn timed(frags: &[Vec<u8>], order: &[usize]) -> Vec<(i64, Vec<u8>)> {
 
 #[test]
 fn ipv4_fragments_in_order_make_one_datagram_at_the_last_fragment_time() {
-    let body = udp(1813, &payload(4000));
+    let body = udp(1813, &request(&payload(4000)));
     let frags = fragments(0x1234, &body, &[1480, 2960]);
     let read = parsed(&classic(&timed(&frags, &[0, 1, 2])));
     assert_eq!(payloads(&read), [payload(4000)]);
@@ -228,7 +470,7 @@ fn ipv4_fragments_in_order_make_one_datagram_at_the_last_fragment_time() {
 
 #[test]
 fn ipv4_fragments_out_of_order_are_placed_by_the_one_that_completes_them() {
-    let body = udp(1813, &payload(4000));
+    let body = udp(1813, &request(&payload(4000)));
     let frags = fragments(9, &body, &[1480, 2960]);
     for order in [[2, 1, 0], [1, 2, 0], [0, 2, 1], [2, 0, 1]] {
         let frames = vec![
@@ -250,7 +492,7 @@ fn ipv4_fragments_out_of_order_are_placed_by_the_one_that_completes_them() {
 
 #[test]
 fn ipv4_fragments_seen_twice_make_one_datagram() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(9, &body, &[1480]);
     // Each fragment twice (a capture on two interfaces), the repeats after completion too.
     for order in [[0, 0, 1, 1], [0, 1, 0, 1], [1, 0, 1, 0]] {
@@ -262,7 +504,7 @@ fn ipv4_fragments_seen_twice_make_one_datagram() {
 
 #[test]
 fn ipv4_overlapping_fragments_agree_or_conflict() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     // A middle fragment [800, 2000) overlapping both halves with the same octets.
     let mut frags = fragments(5, &body, &[1480]);
     frags.push(ipv4(NAS, 5, MF + 100, UDP, &body[800..2000]));
@@ -285,7 +527,7 @@ fn ipv4_overlapping_fragments_agree_or_conflict() {
 
 #[test]
 fn ipv4_fragments_that_cannot_be_one_datagram_conflict() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(5, &body, &[1480]);
     let cases = [
         // Two last fragments ending in different places.
@@ -316,7 +558,7 @@ fn ipv4_fragments_that_cannot_be_one_datagram_conflict() {
 
 #[test]
 fn ipv4_fragments_never_completed_are_counted_unless_they_are_not_requests() {
-    let body = udp(1813, &payload(4000));
+    let body = udp(1813, &request(&payload(4000)));
     let frags = fragments(1, &body, &[1480, 2960]);
     let other = fragments(2, &udp(53, &payload(3000)), &[1480]);
     let tcp = ipv4(NAS, 3, MF, 6, &payload(1480));
@@ -343,8 +585,8 @@ fn ipv4_fragments_never_completed_are_counted_unless_they_are_not_requests() {
 
 #[test]
 fn ipv4_fragments_expire_after_the_timeout_and_the_identification_is_reused() {
-    let first = fragments(77, &udp(1813, &payload(3000)), &[1480]);
-    let second = fragments(77, &udp(1813, &payload(2000)), &[1480]);
+    let first = fragments(77, &udp(1813, &request(&payload(3000))), &[1480]);
+    let second = fragments(77, &udp(1813, &request(&payload(2000))), &[1480]);
     let frames = vec![
         (0, first[0].clone()),
         (61, second[0].clone()), // 61 s later: the first has expired
@@ -367,8 +609,8 @@ fn ipv4_fragments_expire_after_the_timeout_and_the_identification_is_reused() {
 
 #[test]
 fn ipv4_fragments_over_the_memory_limit_evict_the_oldest() {
-    let a = fragments(1, &udp(1813, &payload(1000)), &[504]);
-    let b = fragments(2, &udp(1813, &payload(3000)), &[1480]);
+    let a = fragments(1, &udp(1813, &request(&payload(1000))), &[504]);
+    let b = fragments(2, &udp(1813, &request(&payload(3000))), &[1480]);
     let frames = timed(
         &[a[0].clone(), b[0].clone(), b[1].clone(), a[1].clone()],
         &[0, 1, 2, 3],
@@ -395,18 +637,80 @@ fn ipv4_fragments_over_the_memory_limit_evict_the_oldest() {
 }
 
 #[test]
-fn ipv4_fragment_cut_by_the_snaplen_leaves_its_datagram_missing() {
-    let body = udp(1813, &payload(3000));
-    let frags = fragments(4, &body, &[1480]);
-    let cut = frags[1][..600].to_vec();
-    let read = parsed(&classic(&[(0, frags[0].clone()), (1, cut)]));
+fn datagrams_cut_by_the_snaplen_are_counted_not_returned() {
+    let mut response = vec![5];
+    response.extend(payload(100));
+    let frames = vec![
+        (0, datagram(NAS, b"short enough")),                 // 42 octets
+        (1, datagram(NAS, &payload(100))),                   // cut inside the request
+        (2, ipv4(NAS, 1, 0, UDP, &udp(53, &payload(100)))),  // another port
+        (3, ipv4(SERVER, 2, 0, UDP, &udp(1813, &response))), // another code
+        (4, ipv4(NAS, 3, 0, 6, &payload(100))),              // not UDP
+        (5, ipv6(UDP, &udp(1813, &request(&payload(100))))), // cut inside the request
+    ];
+    let read = parsed(&snapped(101, 60, &frames));
+    assert_eq!(payloads(&read), [b"short enough".to_vec()]);
+    assert_eq!(
+        read.incomplete,
+        Incomplete {
+            cut: 2,
+            ..Incomplete::default()
+        }
+    );
+    // Only what follows the datagram was cut (an Ethernet frame check sequence): whole.
+    let mut frame = ethernet_frame(&datagram(NAS, b"whole"));
+    let datagram_end = frame.len();
+    frame.extend([0xde, 0xad, 0xbe, 0xef]);
+    let read = parsed(&snapped(1, datagram_end, &[(0, frame)]));
+    assert_eq!(payloads(&read), [b"whole".to_vec()]);
+    assert_eq!(read.incomplete, Incomplete::default());
+}
+
+#[test]
+fn fragment_cut_by_the_snaplen_leaves_its_datagram_cut() {
+    let body = udp(1813, &request(&payload(3000)));
+    let frags = fragments(4, &body, &[1480]); // 1500 and 1541 octets
+    let frames = timed(&frags, &[0, 1]);
+    let read = parsed(&snapped(101, 1500, &frames));
     assert_eq!(read.datagrams, []);
+    assert_eq!(
+        read.incomplete,
+        Incomplete {
+            cut: 1,
+            ..Incomplete::default()
+        }
+    );
+    // Every fragment cut (the first one too, after its UDP header): counted once.
+    assert_eq!(parsed(&snapped(101, 100, &frames)).incomplete.cut, 1);
+    // The same over IPv6; and a datagram whose first fragment shows another port.
+    let v6 = fragments6(5, UDP, &body, &[1448]);
+    let dns = fragments(6, &udp(53, &payload(3000)), &[1480]);
+    let frames = timed(
+        &[v6[0].clone(), v6[1].clone(), dns[0].clone(), dns[1].clone()],
+        &[0, 1, 2, 3],
+    );
+    assert_eq!(parsed(&snapped(101, 1000, &frames)).incomplete.cut, 1);
+    // A cut fragment also captured whole (on another interface) completes its datagram.
+    let records = vec![
+        (0, frags[0].clone(), frags[0].len()),
+        (1, frags[1][..600].to_vec(), frags[1].len()),
+        (2, frags[1].clone(), frags[1].len()),
+    ];
+    let read = parsed(&records_of(101, &records));
+    assert_eq!(payloads(&read), [payload(3000)]);
+    assert_eq!(read.incomplete, Incomplete::default());
+    // A frame shorter than its IP header says, but not cut by the capture, is malformed: its
+    // datagram is missing a fragment, as before.
+    let read = parsed(&classic(&[
+        (0, frags[0].clone()),
+        (1, frags[1][..600].to_vec()),
+    ]));
     assert_eq!(read.incomplete.missing, 1);
 }
 
 #[test]
 fn fragments_from_other_sources_are_other_datagrams() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(4, &body, &[1480]);
     let mut elsewhere = frags[1].clone();
     elsewhere[12..16].copy_from_slice(&[192, 0, 2, 2]);
@@ -423,22 +727,25 @@ fn ipv6_extension_headers_are_walked_to_udp() {
     body.extend(extension(43, 1)); // then Routing (16 octets)
     body.extend(extension(51, 0)); // then an Authentication Header...
     body.extend([UDP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // ...of 12 octets, then UDP
-    body.extend(udp(1813, b"behind extensions"));
+    body.extend(udp(1813, &request(b"behind extensions")));
     let frames = vec![
         (0, ipv6(0, &body)),
-        (1, ipv6(UDP, &udp(1813, b"direct"))),
+        (1, ipv6(UDP, &udp(1813, &request(b"direct")))),
         (
             2,
-            ipv6(60, &[&extension(6, 0)[..], &udp(1813, b"tcp")[..]].concat()),
+            ipv6(
+                60,
+                &[&extension(6, 0)[..], &udp(1813, &request(b"tcp"))[..]].concat(),
+            ),
         ),
         (
             3,
             ipv6(
                 60,
-                &[&extension(59, 0)[..], &udp(1813, b"none")[..]].concat(),
+                &[&extension(59, 0)[..], &udp(1813, &request(b"none"))[..]].concat(),
             ),
         ),
-        (4, ipv6(50, &udp(1813, b"esp"))),
+        (4, ipv6(50, &udp(1813, &request(b"esp")))),
     ];
     let read = parsed(&classic(&frames));
     assert_eq!(
@@ -452,7 +759,7 @@ fn ipv6_extension_headers_are_walked_to_udp() {
 fn ipv6_fragments_are_reassembled_in_any_order() {
     // The fragmentable part: Destination Options, then UDP.
     let mut part = extension(UDP, 0);
-    part.extend(udp(1813, &payload(4000)));
+    part.extend(udp(1813, &request(&payload(4000))));
     let frags = fragments6(0xdead_beef, 60, &part, &[1448, 2896]);
     let orders = [
         vec![0, 1, 2],
@@ -465,7 +772,7 @@ fn ipv6_fragments_are_reassembled_in_any_order() {
         // Another datagram's fragment (another identification) in between.
         frames.push((
             9,
-            fragments6(1, UDP, &udp(1813, &payload(2000)), &[1448])[0].clone(),
+            fragments6(1, UDP, &udp(1813, &request(&payload(2000))), &[1448])[0].clone(),
         ));
         let read = parsed(&classic(&frames));
         assert_eq!(payloads(&read), [payload(4000)], "{order:?}");
@@ -476,7 +783,7 @@ fn ipv6_fragments_are_reassembled_in_any_order() {
 
 #[test]
 fn ipv6_fragment_header_after_hop_by_hop_and_atomic_fragments() {
-    let part = udp(1813, &payload(3000));
+    let part = udp(1813, &request(&payload(3000)));
     let frags: Vec<Vec<u8>> = fragments6(3, UDP, &part, &[1448])
         .into_iter()
         .map(|f| {
@@ -487,7 +794,7 @@ fn ipv6_fragment_header_after_hop_by_hop_and_atomic_fragments() {
         })
         .collect();
     let mut atomic = fragment_header(UDP, 0, false, 8);
-    atomic.extend(udp(1813, b"atomic"));
+    atomic.extend(udp(1813, &request(b"atomic")));
     let frames = vec![
         (0, frags[1].clone()),
         (1, ipv6(IPV6_FRAGMENT, &atomic)),
@@ -502,9 +809,9 @@ fn ipv6_fragments_of_other_traffic_are_not_counted() {
     // TCP is never held; UDP to another port is held but not counted when incomplete.
     let tcp = fragments6(5, 6, &payload(3000), &[1448]);
     let dns = fragments6(6, UDP, &udp(53, &payload(3000)), &[1448]);
-    let request = fragments6(7, UDP, &udp(1813, &payload(3000)), &[1448]);
+    let wanted = fragments6(7, UDP, &udp(1813, &request(&payload(3000))), &[1448]);
     let frames = timed(
-        &[tcp[0].clone(), dns[0].clone(), request[0].clone()],
+        &[tcp[0].clone(), dns[0].clone(), wanted[0].clone()],
         &[0, 1, 2],
     );
     let read = parsed(&classic(&frames));
@@ -527,7 +834,7 @@ proptest! {
         cuts in prop::collection::vec(1_usize..700, 0..8),
         order in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
     ) {
-        let body = udp(1813, &payload(len));
+        let body = udp(1813, &request(&payload(len)));
         let mut bounds: Vec<usize> = cuts.iter().map(|c| c * 8).filter(|&c| c < body.len()).collect();
         bounds.sort_unstable();
         bounds.dedup();
@@ -688,7 +995,7 @@ fn pcapng_simple_packet_with_a_request_is_refused_and_others_are_skipped() {
 
 #[test]
 fn pcapng_simple_packet_fragment_takes_the_time_of_the_fragment_that_completes_it() {
-    let body = udp(1813, &payload(3000));
+    let body = udp(1813, &request(&payload(3000)));
     let frags = fragments(7, &body, &[1480]);
     let mut ng = Ng::new(false);
     ng.interface(101, 0, &[]);
@@ -700,18 +1007,24 @@ fn pcapng_simple_packet_fragment_takes_the_time_of_the_fragment_that_completes_i
 }
 
 #[test]
-fn pcapng_simple_packet_is_cut_to_the_interface_snaplen() {
-    let mut ng = Ng::new(true);
-    ng.interface(101, 27, &[]);
-    // 38 octets, 27 captured: cut inside the UDP header, so no request (and no refusal).
-    ng.simple(&datagram(NAS, b"0123456789"));
-    assert_eq!(parsed(&ng.out).datagrams, []);
+fn pcapng_packets_cut_by_the_snaplen_are_counted_not_returned() {
+    // A Simple Packet Block is cut to its interface's snaplen: 39 octets, 30 captured (its
+    // UDP header to 1813 and 2 octets). Counted, so it needs no time: no refusal.
     let mut ng = Ng::new(true);
     ng.interface(101, 30, &[]);
-    // 30 captured: a UDP header to port 1813 and 2 octets, sent as today for a frame cut
-    // by the snaplen, so it needs a time.
-    let at = ng.simple(&datagram(NAS, b"0123456789"));
-    assert_eq!(read_capture(&ng.out), Err(PcapError::Untimed { at }));
+    ng.simple(&datagram(NAS, b"0123456789"));
+    let read = parsed(&ng.out);
+    assert_eq!(read.datagrams, []);
+    assert_eq!(read.incomplete.cut, 1);
+    // An Enhanced (or obsolete) Packet Block says its original length.
+    let mut ng = Ng::new(false);
+    ng.interface(1, 0, &[]);
+    let frame = ethernet_frame(&datagram(NAS, &payload(200)));
+    ng.enhanced_cut(0, ticks(T0), &frame[..100], frame.len());
+    ng.enhanced(0, ticks(T0 + 1), &ethernet_frame(&datagram(NAS, b"whole")));
+    let read = parsed(&ng.out);
+    assert_eq!(payloads(&read), [b"whole".to_vec()]);
+    assert_eq!(read.incomplete.cut, 1);
 }
 
 #[test]
@@ -866,11 +1179,16 @@ impl Ng {
     }
 
     fn enhanced(&mut self, interface: u32, ticks: u64, frame: &[u8]) -> usize {
+        self.enhanced_cut(interface, ticks, frame, frame.len())
+    }
+
+    /// An Enhanced Packet Block of a frame of `original` octets, `frame` captured.
+    fn enhanced_cut(&mut self, interface: u32, ticks: u64, frame: &[u8], original: usize) -> usize {
         let mut body = self.u32(interface).to_vec();
         body.extend(self.u32((ticks >> 32) as u32));
         body.extend(self.u32(ticks as u32));
         body.extend(self.u32(frame.len() as u32));
-        body.extend(self.u32(frame.len() as u32));
+        body.extend(self.u32(original as u32));
         body.extend(frame);
         body.resize(body.len().next_multiple_of(4), 0);
         body.extend(self.option(1, b"a comment"));
@@ -903,8 +1221,8 @@ fn ticks(us: i64) -> u64 {
 #[test]
 fn pcapng_with_fragments_over_two_interfaces() {
     // The capture a BNG's collector writes: Ethernet and Linux cooked, IPv4 and IPv6.
-    let v4 = fragments(21, &udp(1813, &payload(4096)), &[1480, 2960]);
-    let v6 = fragments6(22, UDP, &udp(1813, &payload(3500)), &[1448, 2896]);
+    let v4 = fragments(21, &udp(1813, &request(&payload(4096))), &[1480, 2960]);
+    let v6 = fragments6(22, UDP, &udp(1813, &request(&payload(3500))), &[1448, 2896]);
     let cooked = |ip: &[u8]| {
         let mut frame = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x86, 0xdd];
         frame.extend(ip);
@@ -935,8 +1253,8 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..12),
         cut in any::<prop::sample::Index>(),
     ) {
-        let v4 = fragments(21, &udp(1813, &payload(3000)), &[1480]);
-        let v6 = fragments6(22, 60, &[&extension(UDP, 0)[..], &udp(1813, &payload(2000))[..]].concat(), &[1448]);
+        let v4 = fragments(21, &udp(1813, &request(&payload(3000))), &[1480]);
+        let v6 = fragments6(22, 60, &[&extension(UDP, 0)[..], &udp(1813, &request(&payload(2000)))[..]].concat(), &[1448]);
         let mut ng = Ng::new(little);
         ng.interface(101, 0, &[(9, vec![9])]);
         ng.interface(1, 0, &[]);

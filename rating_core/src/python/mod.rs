@@ -154,9 +154,9 @@ type PcapColumns<'py> = (
     Bound<'py, PyDict>,
 );
 
-/// RADIUS accounting requests of a pcap or pcapng file's complete records: (packets,
+/// RADIUS Accounting-Requests of a pcap or pcapng file's complete records: (packets,
 /// sources, capture times in µs, byte offset of a last record cut short or None, counts of
-/// fragmented datagrams not reassembled by reason).
+/// datagrams that may hold requests and were not read whole, by reason).
 #[pyfunction]
 fn read_pcap<'py>(py: Python<'py>, data: &[u8]) -> PyResult<PcapColumns<'py>> {
     let capture = py.detach(|| pcap::read_capture(data))?;
@@ -168,6 +168,7 @@ fn read_pcap<'py>(py: Python<'py>, data: &[u8]) -> PyResult<PcapColumns<'py>> {
     incomplete.set_item("missing", capture.incomplete.missing)?;
     incomplete.set_item("conflicting", capture.incomplete.conflicting)?;
     incomplete.set_item("evicted", capture.incomplete.evicted)?;
+    incomplete.set_item("cut", capture.incomplete.cut)?;
     Ok((
         packets,
         sources,
