@@ -361,20 +361,47 @@ async def replay(
             f" accounting requests could not be reassembled ({reasons}): not sent",
             file=progress,
         )
-    secret_only = FieldMask(paths=["secret"])
-    for address in sorted(set(sources)):
-        await stub.UpsertNasClient(
-            usage_pb2.UpsertNasClientRequest(
-                source_address=address, secret=secret, update_mask=secret_only
-            ),
-            metadata=metadata,
-        )
+    await set_secrets(stub, metadata, sorted(set(sources)), secret, progress)
     summary = await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
     summary["truncated"] = int(truncated_at is not None)
     # One count for every datagram that may hold a request and was not sent: the same
     # consequence whatever the reason, which stderr gives.
     summary["incomplete_datagrams"] = cut + unassembled
     return summary
+
+
+SECRETS_IN_FLIGHT = 16
+
+
+async def set_secrets(
+    stub: usage_pb2_grpc.UsageServiceAsyncStub,
+    metadata: tuple[tuple[str, str], ...],
+    addresses: list[str],
+    secret: str,
+    progress: Any = None,
+) -> None:
+    """Sets `secret` for each source address (only the secret: UpsertNasClient's mask), a
+    few calls at a time; a capture of thousands of sources reports its progress."""
+    secret_only = FieldMask(paths=["secret"])
+    if progress is not None and len(addresses) > SECRETS_IN_FLIGHT:
+        print(f"setting the secret of {len(addresses)} source addresses", file=progress)
+    pending = iter(addresses)
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for address in pending:
+            await stub.UpsertNasClient(
+                usage_pb2.UpsertNasClientRequest(
+                    source_address=address, secret=secret, update_mask=secret_only
+                ),
+                metadata=metadata,
+            )
+            done += 1
+            if progress is not None and done % 1000 == 0:
+                print(f"  {done}/{len(addresses)} source addresses", file=progress)
+
+    await asyncio.gather(*(worker() for _ in range(min(SECRETS_IN_FLIGHT, len(addresses)))))
 
 
 async def replay_detail(

@@ -346,6 +346,32 @@ async def test_replay_skips_accounting_responses_when_the_nas_port_is_1813(
     assert (session.input_bytes, session.output_bytes) == (5_000_000_000, 20)
 
 
+async def test_replay_sets_the_secret_of_every_source_of_a_capture_with_many(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    """A capture of many NASes: every source gets the secret (some at a time, with
+    progress on stderr) before its requests are sent, and each NAS's request is stored."""
+    sources = [f"198.51.100.{n}" for n in range(1, 41)]
+    recs = [
+        Rec(INTERIM, sid=f"s{n}", nas="", t=600, session_time=600, inp=n + 1, out=1,
+            source=source)
+        for n, source in enumerate(sources)
+    ]  # fmt: skip
+    path = tmp_path / "many.pcap"
+    path.write_bytes(pcap(recs))
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["accepted"] == len(sources)
+    assert "setting the secret of 40 source addresses" in err
+    async with server.db.read() as session:
+        assert set(sources) <= set(await repo.nas_secrets(session, usage.tenant.tenant_id))
+    inputs = sorted(s.input_bytes for s in await usage.sessions())
+    assert inputs == list(range(1, 41))
+
+
 def workload(
     sessions: int = 40, interims: int = 10, per_batch: int = 20
 ) -> list[pb.StreamAccountingRequest]:
