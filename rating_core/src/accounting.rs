@@ -685,9 +685,11 @@ impl Touched {
 
     /// Identity for the projection: the first value of the call for each field (the
     /// projection keeps the first it ever got, e.g. a User-Name after a lost Start).
+    /// A User-Name or Calling-Station-Id of white space only names nobody: it is left out,
+    /// so a later record's name fills the field.
     fn merge_identity(&mut self, row: i32, r: &Record, p: Input<'_>) {
         let text = &mut self.text[row as usize];
-        for ((have, new), total) in text
+        for (field, ((have, new), total)) in text
             .iter_mut()
             .zip([
                 r.user,
@@ -697,9 +699,13 @@ impl Touched {
                 r.delegated_prefix,
             ])
             .zip(&mut self.text_bytes)
+            .enumerate()
         {
             if have.is_empty() && !new.is_empty() {
                 let bytes = p.text(new);
+                if field < 2 && bytes.iter().all(|b| b" \t\n\r\x0b\x0c".contains(b)) {
+                    continue;
+                }
                 *have = record::Span {
                     off: self.text_buf.len() as u32,
                     len: bytes.len() as u32,

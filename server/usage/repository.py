@@ -173,6 +173,10 @@ def first_registration_sql(
     return f"(SELECT min(x.t) FROM ({union}) x)"
 
 
+# What Python's str.strip() removes of ASCII, as registration strips identities.
+_BLANKS = " \t\n\r\x0b\x0c"
+
+
 def _identity_lookups(
     tenant: str,
     what: str,
@@ -185,10 +189,10 @@ def _identity_lookups(
 ) -> list[str]:
     """attribution_sql's five steps in order, each a subquery selecting `what` from the
     matching radius_identities rows `r` (with the extra `condition`). A User-Name or
-    Calling-Station-Id is matched without surrounding spaces (identities are registered
-    without them: a subscriber who typed a PPPoE user name with a trailing space is still
-    theirs)."""
-    user, calling = f"trim({user})", f"trim({calling})"
+    Calling-Station-Id is matched without surrounding white space (identities are
+    registered without it: a subscriber who typed a PPPoE user name with a trailing space
+    is still theirs)."""
+    user, calling = f"trim({user}, '{_BLANKS}')", f"trim({calling}, '{_BLANKS}')"
     bare = f"replace(replace(replace({calling}, '-', ''), ':', ''), '.', '')"
     mac = "lower(" + " || ':' || ".join(f"substr({bare}, {i}, 2)" for i in (1, 3, 5, 7, 9, 11))
     mac += ")"

@@ -360,8 +360,8 @@ class Reference:
         time = 0 if n.session_time is None and n.status == START else n.session_time
         if time is not None and time < s.session_time:
             # No usage and no state, but a name it carries fills an empty identity field.
-            s.user = s.user or n.user
-            s.calling = s.calling or n.calling
+            s.user = s.user or named(n.user)
+            s.calling = s.calling or named(n.calling)
             s.framed = s.framed or n.framed
             return "late"
         time_up = n.session_time is not None and n.session_time > s.session_time
@@ -392,8 +392,8 @@ class Reference:
             s.flags |= STOP_RECEIVED
         elif stop and time_up:  # resent with more session time: it went on until then
             s.stop_us = max(s.stop_us, n.event_us)
-        s.user = s.user or n.user
-        s.calling = s.calling or n.calling
+        s.user = s.user or named(n.user)
+        s.calling = s.calling or named(n.calling)
         s.framed = s.framed or n.framed
         if d_in or d_out or d_secs:
             hour = n.event_us // HOUR_US * HOUR_US
@@ -416,6 +416,12 @@ class Reference:
 
     def sessions(self) -> dict[tuple[str, str, int], Session]:
         return {(s.nas, s.sid, s.generation): s for c in self.chains.values() for s in c}
+
+
+def named(text: str) -> str:
+    """A User-Name or Calling-Station-Id as identity: one of white space only names
+    nobody (it is left empty, so a later record's name fills it)."""
+    return text if text.strip(" \t\n\r\x0b\x0c") else ""
 
 
 def direction(

@@ -911,9 +911,34 @@ async def test_identities_match_user_names_and_stations_sent_with_surrounding_sp
     sessions = {s.acct_session_id: s for s in await usage.sessions()}
     assert {k: s.subscription_id for k, s in sessions.items()} == {"s1": bob, "s2": station}
     assert sessions["s1"].user_name == "bob "  # stored as sent
+    # A tab, as a space: what registration strips, matching ignores.
+    await usage.send(form, Rec(INTERIM, sid="s3", user="bob\t", t=600, session_time=600,
+                               inp=4, out=40))  # fmt: skip
+    assert (await usage.session("s3")).subscription_id == bob
     tenant = usage.tenant.tenant_id
-    assert await bucket_totals(server, tenant, bob) == (1, 10)
+    assert await bucket_totals(server, tenant, bob) == (5, 50)
     assert await bucket_totals(server, tenant, station) == (2, 20)
+
+
+async def test_a_user_name_of_white_space_only_leaves_the_name_to_a_later_record(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    """A Start whose User-Name is only spaces names nobody: the Interim that names the user
+    (in the same batch or a later one) attributes the session."""
+    carol = await subscribe(channel, usage.tenant, user_name="carol")
+    await usage.send(
+        form,
+        Rec(START, sid="s1", user="   ", t=0),
+        Rec(INTERIM, sid="s1", user="carol", t=600, session_time=600, inp=1, out=2),
+    )
+    await usage.send(form, Rec(START, sid="s2", user="  ", t=0))
+    await usage.send(form, Rec(INTERIM, sid="s2", user="carol", t=600, session_time=600,
+                               inp=3, out=4))  # fmt: skip
+    sessions = {s.acct_session_id: s for s in await usage.sessions()}
+    assert {k: (s.user_name, s.subscription_id) for k, s in sessions.items()} == {
+        "s1": ("carol", carol), "s2": ("carol", carol)
+    }  # fmt: skip
+    assert await bucket_totals(server, usage.tenant.tenant_id, carol) == (4, 6)
 
 
 async def test_user_name_wins_then_calling_station_then_static_ip_when_several_match(
