@@ -5,13 +5,16 @@ mod classic;
 mod link;
 mod ng;
 mod reassembly;
+mod window;
 
 use std::fmt;
+use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use link::{network_layer, LINK_TYPES};
 use reassembly::{Fragment, Key, Reassembler};
 pub use reassembly::{Incomplete, MEMORY_BYTES, TIMEOUT_US};
+use window::Window;
 
 /// One captured RADIUS accounting datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub enum PcapError {
     Time { at: usize },
     /// A classic pcap record that breaks the format, at its byte offset.
     Record { at: usize, reason: String },
+    /// The file could not be read (or ended before the length it had when opened).
+    Io(String),
 }
 
 impl fmt::Display for PcapError {
@@ -71,6 +76,7 @@ impl fmt::Display for PcapError {
                 "pcapng: the packet at byte {at} has a capture time out of range"
             ),
             Self::Record { at, reason } => write!(f, "pcap: record at byte {at}: {reason}"),
+            Self::Io(reason) => write!(f, "pcap: {reason}"),
         }
     }
 }
@@ -129,23 +135,162 @@ pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
 /// # Errors
 /// As [`read_capture`].
 pub fn read_capture_within(data: &[u8], limit_bytes: usize) -> Result<Capture, PcapError> {
-    let mut reader = Reader {
-        datagrams: Vec::new(),
-        reassembly: Reassembler::new(limit_bytes),
-        cut: 0,
-    };
-    let truncated_at = if data.starts_with(&ng::MAGIC) {
-        ng::read(data, &mut reader)?
-    } else {
-        classic::read(data, &mut reader)?
-    };
-    let mut incomplete = reader.reassembly.finish();
-    incomplete.cut += reader.cut;
+    let mut stream = CaptureStream::within(data, data.len(), limit_bytes)?;
+    let datagrams = stream.next_chunk(usize::MAX)?;
     Ok(Capture {
-        datagrams: reader.datagrams,
-        truncated_at,
-        incomplete,
+        datagrams,
+        truncated_at: stream.truncated_at(),
+        incomplete: stream.incomplete(),
     })
+}
+
+/// The format of the records being read.
+enum Format {
+    Classic(classic::Header),
+    Ng(ng::Blocks),
+}
+
+/// A capture read a chunk of requests at a time, in the order and with the outcome of
+/// [`read_capture`]: the source is read forwards through a window (the record being read
+/// and what follows it, 1 MiB at a time), and the fragments waiting for the rest of their
+/// datagram are held as [`read_capture`] holds them (at most [`MEMORY_BYTES`]), so its memory
+/// does not grow with the capture.
+pub struct CaptureStream<R> {
+    input: Window<R>,
+    format: Format,
+    /// Offset of the next record or block.
+    pos: usize,
+    reader: Reader,
+    /// Set when the capture has been read to its end (or to a record cut short).
+    done: Option<Done>,
+}
+
+/// How a capture read to its end ended.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    truncated_at: Option<usize>,
+    incomplete: Incomplete,
+}
+
+impl<R: Read> CaptureStream<R> {
+    /// Starts reading the first `len` bytes of `source` (a capture's length when opened;
+    /// what is appended later is not read), checking the file header.
+    ///
+    /// # Errors
+    /// [`PcapError::Magic`], [`PcapError::LinkType`] for a classic header, or
+    /// [`PcapError::Io`].
+    pub fn new(source: R, len: usize) -> Result<Self, PcapError> {
+        Self::within(source, len, MEMORY_BYTES)
+    }
+
+    /// [`CaptureStream::new`] with pending fragments holding at most `limit_bytes`.
+    ///
+    /// # Errors
+    /// As [`CaptureStream::new`].
+    pub fn within(source: R, len: usize, limit_bytes: usize) -> Result<Self, PcapError> {
+        Self::windowed(source, len, limit_bytes, window::READ_BYTES)
+    }
+
+    /// [`CaptureStream::within`] reading `read_bytes` at a time (tests read a few at a time).
+    fn windowed(
+        source: R,
+        len: usize,
+        limit_bytes: usize,
+        read_bytes: usize,
+    ) -> Result<Self, PcapError> {
+        let mut input = Window::new(source, len, read_bytes);
+        let (format, pos) = if input.get(0, 4)? == Some(ng::MAGIC.as_slice()) {
+            (Format::Ng(ng::Blocks::new()), 0)
+        } else {
+            let header = classic::Header::read(&mut input)?;
+            (Format::Classic(header), classic::FIRST_RECORD)
+        };
+        Ok(Self {
+            input,
+            format,
+            pos,
+            reader: Reader {
+                datagrams: Vec::new(),
+                reassembly: Some(Reassembler::new(limit_bytes)),
+                cut: 0,
+            },
+            done: None,
+        })
+    }
+
+    /// The next requests in capture order: at least one and at most `max` (and at least one
+    /// whatever `max`), or none once the capture has been read to its end or to a record
+    /// cut short.
+    ///
+    /// # Errors
+    /// As [`read_capture`], and [`PcapError::Io`] when the file cannot be read. The stream
+    /// ends at an error: the requests of the records before it were returned by earlier
+    /// calls.
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Datagram>, PcapError> {
+        while self.done.is_none() && self.reader.datagrams.len() < max.max(1) {
+            match self.step() {
+                Ok(true) => {}
+                Ok(false) => self.finish(None),
+                Err(error) => {
+                    self.finish(None);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(std::mem::take(&mut self.reader.datagrams))
+    }
+
+    /// Reads one record or block; false at the end of the capture (or at a record it ends
+    /// inside, whose offset is kept).
+    fn step(&mut self) -> Result<bool, PcapError> {
+        if self.input.ends_at(self.pos) {
+            return Ok(false);
+        }
+        self.input.release(self.pos);
+        let next = match &mut self.format {
+            Format::Classic(header) => header.record(&mut self.input, self.pos, &mut self.reader),
+            Format::Ng(blocks) => blocks.block(&mut self.input, self.pos, &mut self.reader),
+        }?;
+        if let Some(next) = next {
+            self.pos = next;
+            return Ok(true);
+        }
+        self.finish(Some(self.pos));
+        Ok(false)
+    }
+
+    fn finish(&mut self, truncated_at: Option<usize>) {
+        if self.done.is_some() {
+            return;
+        }
+        let mut incomplete = self
+            .reader
+            .reassembly
+            .take()
+            .map(Reassembler::finish)
+            .unwrap_or_default();
+        incomplete.cut += self.reader.cut;
+        self.done = Some(Done {
+            truncated_at,
+            incomplete,
+        });
+    }
+
+    /// Whether the capture has been read to its end (or stopped at an error).
+    pub fn is_done(&self) -> bool {
+        self.done.is_some()
+    }
+
+    /// Byte offset of a last record or block cut short, once the stream has ended there.
+    pub fn truncated_at(&self) -> Option<usize> {
+        self.done.and_then(|d| d.truncated_at)
+    }
+
+    /// The datagrams that may hold requests and were not read whole, once the stream has
+    /// ended (nothing before: fragments still pending may complete).
+    pub fn incomplete(&self) -> Incomplete {
+        self.done.map(|d| d.incomplete).unwrap_or_default()
+    }
 }
 
 /// What the records of either format feed: the requests found so far, the fragments
@@ -153,7 +298,8 @@ pub fn read_capture_within(data: &[u8], limit_bytes: usize) -> Result<Capture, P
 /// hold requests and were cut short by the capture's snaplen.
 struct Reader {
     datagrams: Vec<Datagram>,
-    reassembly: Reassembler,
+    /// Taken when the capture ends, to count what it still holds.
+    reassembly: Option<Reassembler>,
     cut: usize,
 }
 
@@ -236,7 +382,7 @@ impl Reader {
                 None
             },
         };
-        let (_, whole) = self.reassembly.add(&fragment, time_us)?;
+        let (_, whole) = self.reassembly.as_mut()?.add(&fragment, time_us)?;
         Some((address, accounting(&whole)?.to_vec()))
     }
 
@@ -297,7 +443,7 @@ impl Reader {
                 None
             },
         };
-        let (first, whole) = self.reassembly.add(&fragment, time_us)?;
+        let (first, whole) = self.reassembly.as_mut()?.add(&fragment, time_us)?;
         match headers(first, &whole) {
             Chain::Udp(udp) => Some((address, accounting(udp)?.to_vec())),
             _ => None,

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import zoneinfo
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,16 @@ def is_pcap(data: bytes) -> bool:
     return data[:4] in PCAP_MAGICS
 
 
+# The bytes read to tell a capture from a detail file (not_detail looks at no more).
+HEAD_BYTES = 65536
+
+
+def read_head(path: Path) -> bytes:
+    """The first HEAD_BYTES of a file (a capture is not read whole)."""
+    with path.open("rb") as file:
+        return file.read(HEAD_BYTES)
+
+
 def not_detail(data: bytes) -> str | None:
     """Why bytes that are not a capture cannot be a detail file either, or None."""
     if b"\0" in data[:65536]:
@@ -258,18 +268,11 @@ INCOMPLETE_REASONS = {
 }
 
 
-def pcap_entries(
-    data: bytes,
-) -> tuple[list[usage_pb2.AccountingEntry], list[str], int | None, dict[str, int]]:
-    """Raw entries of the complete records, in capture order with the capture time as arrival
-    (a fragmented request's is that of the fragment that completed it); their source
-    addresses; the byte offset of a last record cut short, or None; the datagrams that may
-    hold requests and were not read whole, by reason (`cut` by the snaplen, or a fragmented
-    one not reassembled: INCOMPLETE_REASONS)."""
-    import rating_core as core
-
-    packets, sources, times, truncated_at, incomplete = core.read_pcap(data)
-    entries = [
+def raw_entries(
+    packets: Sequence[bytes], sources: Sequence[str], times: Sequence[int]
+) -> list[usage_pb2.AccountingEntry]:
+    """Raw entries of captured requests, with their capture times (µs) as arrival."""
+    return [
         usage_pb2.AccountingEntry(
             raw=usage_pb2.RawAccountingPacket(
                 packet=packet, source_address=source, arrival_time=_timestamp_us(int(t))
@@ -277,7 +280,6 @@ def pcap_entries(
         )
         for packet, source, t in zip(packets, sources, times, strict=True)
     ]
-    return entries, list(sources), truncated_at, incomplete
 
 
 def batches_of(
@@ -293,19 +295,70 @@ def batches_of(
     ]
 
 
+class CaptureChangedError(Exception):
+    """The capture read while streaming was not the one scanned before (rewritten, or
+    unreadable): part of it may have been sent."""
+
+
+async def capture_batches(
+    path: Path, length: int, size: int, scanned: int
+) -> AsyncIterator[usage_pb2.StreamAccountingRequest]:
+    """The capture's requests as batches of `size` (ids as batches_of gives them), read a
+    chunk at a time with the GIL released: the memory held is a window of the file, the
+    fragments being reassembled and one batch, whatever the file's size. Raises
+    CaptureChangedError, after the batches before it, when the read fails or finds more
+    requests than the scan."""
+    import rating_core as core
+
+    size = max(1, size)
+    index = sent = 0
+    try:
+        reader = await asyncio.to_thread(core.CaptureReader, path, length)
+        while chunk := await asyncio.to_thread(reader.next_chunk, size):
+            packets, sources, times = chunk
+            sent += len(packets)
+            if sent > scanned:
+                break
+            yield usage_pb2.StreamAccountingRequest(
+                batch_id=f"replay-{index}", entries=raw_entries(packets, sources, times.tolist())
+            )
+            index += 1
+    except (OSError, core.RatingError) as error:
+        raise CaptureChangedError(
+            f"reading the capture again after {sent} requests: {error}"
+        ) from None
+    if sent != scanned:
+        raise CaptureChangedError(
+            f"the capture changed since it was scanned: {sent} requests read again, not {scanned}"
+        )
+
+
 async def stream_batches(
     stub: usage_pb2_grpc.UsageServiceAsyncStub,
     metadata: tuple[tuple[str, str], ...],
-    batches: Sequence[usage_pb2.StreamAccountingRequest],
+    batches: Iterable[usage_pb2.StreamAccountingRequest]
+    | AsyncIterable[usage_pb2.StreamAccountingRequest],
     progress: Any = None,
+    *,
+    records: int,
+    total: int,
 ) -> dict[str, int]:
-    """Streams the batches; sums the acks (each one sent after its batch committed)."""
-    summary = {"records": sum(len(b.entries) for b in batches)}
-    summary |= {"accepted": 0, "duplicate": 0, "late": 0, "quarantined": 0}
+    """Streams the batches (`total` of them, holding `records` entries); sums the acks (each
+    one sent after its batch committed). An error raised by the batches is raised once the
+    call has ended on the batches before it."""
+    summary = {"records": records, "accepted": 0, "duplicate": 0, "late": 0, "quarantined": 0}
+    failure: list[Exception] = []
 
     async def requests() -> AsyncIterator[usage_pb2.StreamAccountingRequest]:
-        for batch in batches:
-            yield batch
+        try:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield batch
+            else:
+                for batch in batches:
+                    yield batch
+        except CaptureChangedError as error:
+            failure.append(error)
 
     call = stub.StreamAccounting(requests(), metadata=metadata)
     done = 0
@@ -314,19 +367,29 @@ async def stream_batches(
             summary[name] += getattr(ack, name)
         done += 1
         if progress is not None:
-            print(f"batch {done}/{len(batches)}: {ack.batch_id}", file=progress)
+            print(f"batch {done}/{total}: {ack.batch_id}", file=progress)
+    if failure:
+        raise failure[0]
     return summary
 
 
 async def replay(
     stub: usage_pb2_grpc.UsageServiceAsyncStub,
     metadata: tuple[tuple[str, str], ...],
-    data: bytes,
+    path: Path,
     secret: str,
     batch_size: int = DEFAULT_BATCH,
     progress: Any = None,
 ) -> dict[str, int]:
     """Sets the secret of every source address of a pcap or pcapng capture, then streams it.
+
+    The capture is read twice, a chunk at a time (its memory does not grow with the file):
+    a scan reads all of it, keeping only the count and distinct sources of its requests, so
+    that a file the reader refuses (RatingError) is refused before anything is sent, and
+    the truncation and incomplete datagrams are known; then the secrets are set, and the
+    requests are read again and streamed batch by batch. Only the bytes the file had when
+    scanned are read again; a second read that differs raises CaptureChangedError after the
+    batches before the difference were stored.
 
     Only the secret is written: a client registered before keeps its NAS key, and its NAS
     its policy (a new client's NAS key is its address, with the default policy). A last
@@ -335,11 +398,15 @@ async def replay(
     and were cut short by the capture's snaplen, or fragmented and could not be reassembled,
     are not sent: they are reported and counted as `incomplete_datagrams`.
     """
-    entries, sources, truncated_at, incomplete = pcap_entries(data)
+    import rating_core as core
+
+    scan = await asyncio.to_thread(core.CaptureReader, path)
+    count, sources = await asyncio.to_thread(scan.scan)
+    truncated_at, incomplete = scan.truncated_at, scan.incomplete
     if truncated_at is not None and progress is not None:
         print(
             f"the capture ends inside the record at byte {truncated_at} (cut short while being"
-            f" written): that record is not sent, the {len(entries)} requests before it are",
+            f" written): that record is not sent, the {count} requests before it are",
             file=progress,
         )
     cut = incomplete["cut"]
@@ -361,8 +428,12 @@ async def replay(
             f" accounting requests could not be reassembled ({reasons}): not sent",
             file=progress,
         )
-    await set_secrets(stub, metadata, sorted(set(sources)), secret, progress)
-    summary = await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
+    await set_secrets(stub, metadata, sources, secret, progress)
+    size = max(1, batch_size)
+    batches = capture_batches(path, scan.length, size, count)
+    summary = await stream_batches(
+        stub, metadata, batches, progress, records=count, total=-(-count // size)
+    )
     summary["truncated"] = int(truncated_at is not None)
     # One count for every datagram that may hold a request and was not sent: the same
     # consequence whatever the reason, which stderr gives.
@@ -425,7 +496,10 @@ async def replay_detail(
     if parsed.incomplete and progress is not None:
         print("last record has no closing blank line yet: not sent", file=progress)
     entries = [usage_pb2.AccountingEntry(decoded=r) for r in parsed.records]
-    summary = await stream_batches(stub, metadata, batches_of(entries, batch_size), progress)
+    batches = batches_of(entries, batch_size)
+    summary = await stream_batches(
+        stub, metadata, batches, progress, records=len(entries), total=len(batches)
+    )
     summary["records"] += len(parsed.rejected)
     summary["rejected"] = len(parsed.rejected)
     summary["incomplete"] = int(parsed.incomplete)
@@ -468,11 +542,11 @@ async def replay_command(args: argparse.Namespace) -> int:
     from rating_core import RatingError
 
     try:
-        data = await asyncio.to_thread(args.file.read_bytes)
+        head = await asyncio.to_thread(read_head, args.file)
     except OSError as error:
         raise SystemExit(f"rating replay: {args.file}: {error.strerror or error}") from None
-    pcap = args.format == "pcap" or (args.format == "auto" and is_pcap(data))
-    if args.format == "auto" and not pcap and (why := not_detail(data)):
+    pcap = args.format == "pcap" or (args.format == "auto" and is_pcap(head))
+    if args.format == "auto" and not pcap and (why := not_detail(head)):
         raise SystemExit(f"rating replay: {args.file}: {why}; --format names the format")
     if pcap and not args.secret:
         raise SystemExit("rating replay: --secret is required for a pcap")
@@ -486,12 +560,21 @@ async def replay_command(args: argparse.Namespace) -> int:
         if pcap:
             try:
                 summary = await replay(
-                    stub, metadata, data, args.secret, args.batch_size, sys.stderr
+                    stub, metadata, args.file, args.secret, args.batch_size, sys.stderr
                 )
             except RatingError as error:  # not a capture, a malformed block, a link type
-                # not decoded, a request without a capture time
+                # not decoded, a request without a capture time: found by the scan, before
+                # anything is sent
                 raise SystemExit(f"rating replay: {args.file}: {error}") from None
+            except OSError as error:
+                raise SystemExit(f"rating replay: {args.file}: {error.strerror or error}") from None
+            except CaptureChangedError as error:  # the batches before it were stored
+                raise SystemExit(f"rating replay: {args.file}: {error}; replay it again") from None
         else:
+            try:
+                data = await asyncio.to_thread(args.file.read_bytes)
+            except OSError as error:
+                raise SystemExit(f"rating replay: {args.file}: {error.strerror or error}") from None
             summary = await replay_detail(stub, metadata, data, zone, args.batch_size, sys.stderr)
     if args.json:
         print(json.dumps(summary))

@@ -287,6 +287,94 @@ async def test_replay_reports_requests_cut_by_the_snaplen_and_exits_1(
     assert session.state == pb.SESSION_STATE_OPEN
 
 
+async def test_replay_streams_a_capture_a_batch_at_a_time_when_run_from_the_cli(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    # More requests than a batch, and a fragmented one completed across a batch boundary:
+    # the CLI reads the capture a chunk (one batch) at a time, after a scan.
+    start, interim, stop = FRAGMENTED_SESSION
+    other = [Rec(START, source="192.0.2.79", sid=f"s-{i}", t=600, session_time=0) for i in range(4)]
+    frames = [(us_of(start), ipv4_udp(start.source, radius_packet(radius_attributes(start))))]
+    parts = mtu_fragments(interim, 1)
+    frames += [(us_of(interim), parts[0])]
+    frames += [(us_of(r), ipv4_udp(r.source, radius_packet(radius_attributes(r)))) for r in other]
+    frames += [(us_of(interim) + i, f) for i, f in enumerate(parts[1:], 1)]
+    frames += [(us_of(stop) + i, f) for i, f in enumerate(mtu_fragments(stop, 2))]
+    path = tmp_path / "streamed.pcapng"
+    path.write_bytes(pcapng(frames))
+    reader = core.CaptureReader(path)
+    chunks = []
+    while chunk := reader.next_chunk(2):
+        chunks.append(chunk)
+    whole = core.read_pcap(path.read_bytes())
+    assert [len(c[0]) for c in chunks] == [2, 2, 2, 1]
+    assert [p for c in chunks for p in c[0]] == whole[0]
+    assert [s for c in chunks for s in c[1]] == whole[1]
+    assert [int(t) for c in chunks for t in c[2]] == whole[2].tolist()
+    assert (reader.done, reader.truncated_at, reader.incomplete) == (True, None, whole[4])
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--batch-size", "2",
+        "--target", server.target, key=usage.tenant.key,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out) == {
+        "records": 7,
+        "accepted": 7,
+        "duplicate": 0,
+        "late": 0,
+        "quarantined": 0,
+        "truncated": 0,
+        "incomplete_datagrams": 0,
+    }
+    assert [line for line in err.splitlines() if line.startswith("batch ")] == [
+        f"batch {i + 1}/4: replay-{i}" for i in range(4)
+    ]
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (6_000_000_000, 40)
+    assert session.state == pb.SESSION_STATE_CLOSED
+
+
+async def test_replay_refuses_a_capture_whose_error_follows_requests_before_sending_any(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    # The scan reads the whole file before a secret is set or a request sent.
+    start, interim, _ = FRAGMENTED_SESSION
+    data = bytearray(pcap([start.but(source="192.0.2.80"), interim]))
+    second = 24 + 16 + struct.unpack_from("<I", data, 24 + 8)[0]
+    data[second + 4 : second + 8] = struct.pack("<I", 1_000_000)
+    path = tmp_path / "late-error.pcap"
+    path.write_bytes(data)
+    code, err = await rating_fails(
+        "replay", str(path), "--secret", SECRET, "--target", server.target, key=usage.tenant.key
+    )
+    assert (code, err.strip()) == (
+        1,
+        f"rating replay: {path}: pcap: record at byte {second}: its fraction of a second is"
+        " 1000000 microseconds, not under 1000000",
+    )
+    async with server.db.read() as session:
+        assert "192.0.2.80" not in await repo.nas_secrets(session, usage.tenant.tenant_id)
+    assert await usage.sessions() == []
+
+
+async def test_capture_batches_fail_after_the_batches_before_when_the_capture_changed(
+    tmp_path: Path,
+) -> None:
+    start, interim, stop = FRAGMENTED_SESSION
+    path = tmp_path / "changed.pcap"
+    path.write_bytes(pcap([start, interim, stop]))
+    length = path.stat().st_size
+    sent = [b async for b in cli.capture_batches(path, length, 2, 3)]
+    assert [(b.batch_id, len(b.entries)) for b in sent] == [("replay-0", 2), ("replay-1", 1)]
+    batches = cli.capture_batches(path, length, 2, 2)  # scanned 2: a third appeared
+    assert (await anext(batches)).batch_id == "replay-0"
+    with pytest.raises(cli.CaptureChangedError, match="3 requests read again, not 2"):
+        await anext(batches)
+    path.write_bytes(pcap([start])[:30])  # shorter than when it was scanned
+    with pytest.raises(cli.CaptureChangedError, match="0 requests read again, not 3"):
+        [b async for b in cli.capture_batches(path, length, 2, 3)]
+
+
 async def test_replay_refuses_a_pcap_whose_record_time_has_a_fraction_past_a_second(
     usage: Usage, tmp_path: Path, server: RunningServer
 ) -> None:
@@ -652,7 +740,7 @@ async def test_nas_set_changes_only_the_options_given_when_run_from_the_cli(
 
 @pytest.mark.parametrize("nas_key", ["bng-1", ""], ids=["nas-identifier", "address"])
 async def test_replay_keeps_client_and_policy_when_the_nas_was_configured_before(
-    usage: Usage, nas_key: str
+    usage: Usage, nas_key: str, tmp_path: Path
 ) -> None:
     source = "192.0.2.1"
     await usage.register_nas(
@@ -662,7 +750,9 @@ async def test_replay_keeps_client_and_policy_when_the_nas_was_configured_before
         Rec(START, nas=nas_key, source=source, t=0, session_time=0),
         Rec(INTERIM, nas=nas_key, source=source, t=600, session_time=600, inp=10, out=20),
     ]
-    summary = await cli.replay(usage.stub, usage.metadata, pcap(recs, "testing123"), "testing123")
+    path = tmp_path / "configured.pcap"
+    path.write_bytes(pcap(recs, "testing123"))
+    summary = await cli.replay(usage.stub, usage.metadata, path, "testing123")
     # The new secret was set (the packets verified), nothing else changed.
     assert (summary["accepted"], summary["quarantined"]) == (2, 0)
     nases = {n.nas_key: n for n in await usage.nas_list()}
@@ -682,8 +772,9 @@ async def test_replay_sends_the_complete_records_when_the_capture_ends_inside_on
         Rec(INTERIM, t=1200, session_time=1200, inp=30, out=40),
     ]
     data = pcap(recs)
-    cut = data[:-5]  # a capture killed while writing its last record
-    summary = await cli.replay(usage.stub, usage.metadata, cut, SECRET)
+    killed = tmp_path / "killed.pcap"
+    killed.write_bytes(data[:-5])  # a capture killed while writing its last record
+    summary = await cli.replay(usage.stub, usage.metadata, killed, SECRET)
     assert (summary["accepted"], summary["truncated"]) == (2, 1)
     assert (await usage.session()).input_bytes == 10
     path = tmp_path / "cut.pcap"

@@ -3,6 +3,7 @@
 See docs/accounting-engine.md for the protocol between the engine and the usage service.
 """
 
+from os import PathLike
 from typing import Self, final
 
 import numpy as np
@@ -15,6 +16,7 @@ __all__ = [
     "OUTCOME_LATE",
     "OUTCOME_QUARANTINED",
     "ApplyResult",
+    "CaptureReader",
     "Engine",
     "NasPolicy",
     "PreparedBatch",
@@ -74,6 +76,45 @@ def read_pcap(
     block, a classic record whose fraction of a second is not under a second, or a request
     in a Simple Packet Block (no time).
     """
+
+@final
+class CaptureReader:
+    """A classic pcap or pcapng file read a chunk of requests at a time, in the order and
+    with the outcome of read_pcap, holding a 1 MiB window of the file and the fragments
+    waiting for the rest of their datagram (at most 64 MiB), whatever the file's size.
+
+    Only the length the file has when opened (or `length`, if less) is read. Opening
+    raises OSError when the file cannot be opened and RatingError for a bad header (as
+    read_pcap); the reads raise RatingError as read_pcap does, or when the file can no
+    longer be read, and the reader ends there.
+    """
+
+    def __new__(cls, path: str | PathLike[str], length: int | None = None) -> Self: ...
+    @property
+    def length(self) -> int:
+        """The bytes of the file that are read."""
+
+    def next_chunk(
+        self, max_requests: int
+    ) -> tuple[list[bytes], list[str], npt.NDArray[np.int64]] | None:
+        """The next requests (packets, source addresses, capture times in µs): at least one
+        and at most max_requests; None once the capture has been read to its end."""
+
+    def scan(self) -> tuple[int, list[str]]:
+        """Reads the rest of the capture keeping only how many requests it holds and their
+        distinct source addresses, sorted."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the capture has been read to its end (or to an error)."""
+
+    @property
+    def truncated_at(self) -> int | None:
+        """Once done: the byte offset of a last record cut short, else None."""
+
+    @property
+    def incomplete(self) -> dict[str, int]:
+        """Once done: the datagrams not read whole, by reason (as read_pcap's)."""
 
 @final
 class NasPolicy:

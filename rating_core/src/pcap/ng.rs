@@ -2,6 +2,9 @@
 //! interfaces (link type, snaplen, time resolution and offset), and the packets of Enhanced,
 //! Simple and (obsolete) Packet Blocks. Other blocks are skipped by their length.
 
+use std::io::Read;
+
+use super::window::Window;
 use super::{PcapError, Reader, LINK_TYPES};
 
 /// The Section Header Block's type, the same in either byte order.
@@ -86,21 +89,40 @@ fn malformed(at: usize, reason: impl Into<String>) -> PcapError {
     }
 }
 
-/// Reads every block into `reader`; the offset of a last block cut short, if any.
-pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError> {
-    let mut order = Order { little: true };
-    let mut interfaces: Vec<Interface> = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let Some((kind, body)) = block(data, pos, &mut order)? else {
-            return Ok(Some(pos));
+/// The state a pcapng file's blocks are read with: the byte order and interfaces of the
+/// current section.
+#[derive(Debug, Clone)]
+pub struct Blocks {
+    order: Order,
+    interfaces: Vec<Interface>,
+}
+
+impl Blocks {
+    pub fn new() -> Self {
+        Self {
+            order: Order { little: true },
+            interfaces: Vec::new(),
+        }
+    }
+
+    /// Reads the block at `pos` into `reader`: the offset of the next one, or None when the
+    /// file ends inside it.
+    pub fn block<R: Read>(
+        &mut self,
+        input: &mut Window<R>,
+        pos: usize,
+        reader: &mut Reader,
+    ) -> Result<Option<usize>, PcapError> {
+        let Some((kind, body)) = block(input, pos, &mut self.order)? else {
+            return Ok(None);
         };
+        let order = self.order;
         match kind {
             SECTION => {
                 section(body, order, pos)?;
-                interfaces.clear();
+                self.interfaces.clear();
             }
-            INTERFACE => interfaces.push(interface(body, order, pos)?),
+            INTERFACE => self.interfaces.push(interface(body, order, pos)?),
             ENHANCED_PACKET | PACKET => {
                 // EPB: interface (32 bits); PB: interface (16), drops count (16). Then the
                 // timestamp's high and low words, captured and original lengths (captured
@@ -124,7 +146,7 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
                 let frame = body
                     .get(20..20 + captured as usize)
                     .ok_or_else(|| malformed(pos, "captured length runs past the block"))?;
-                let face = described(&interfaces, id, pos)?;
+                let face = described(&self.interfaces, id, pos)?;
                 let ticks = (u64::from(high) << 32) | u64::from(low);
                 let time_us = face.time_us(ticks).ok_or(PcapError::Time { at: pos })?;
                 let cut = captured < original;
@@ -132,7 +154,7 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
             }
             SIMPLE_PACKET => {
                 // Interface 0; captured length = min(original length, snaplen, the block).
-                let face = described(&interfaces, 0, pos)?;
+                let face = described(&self.interfaces, 0, pos)?;
                 let original = order
                     .u32(body, 0)
                     .ok_or_else(|| malformed(pos, "simple packet block without its length"))?;
@@ -146,20 +168,19 @@ pub fn read(data: &[u8], reader: &mut Reader) -> Result<Option<usize>, PcapError
             }
             _ => {} // statistics, name resolution, custom, ...: nothing to replay
         }
-        pos += body.len() + 12;
+        Ok(Some(pos + body.len() + 12))
     }
-    Ok(None)
 }
 
 /// The type and body (between the two length fields) of the block at `pos`, reading a
 /// Section Header Block's byte order into `order`; None when the file ends inside it.
-fn block<'a>(
-    data: &'a [u8],
+fn block<'a, R: Read>(
+    input: &'a mut Window<R>,
     pos: usize,
     order: &mut Order,
 ) -> Result<Option<(u32, &'a [u8])>, PcapError> {
-    if data.get(pos..pos + 4) == Some(MAGIC.as_slice()) {
-        let Some(magic) = data.get(pos + 8..pos + 12) else {
+    if input.get(pos, 4)? == Some(MAGIC.as_slice()) {
+        let Some(magic) = input.get(pos + 8, 4)? else {
             return Ok(None);
         };
         order.little = match magic {
@@ -174,7 +195,10 @@ fn block<'a>(
             }
         };
     }
-    let (Some(kind), Some(length)) = (order.u32(data, pos), order.u32(data, pos + 4)) else {
+    let Some(head) = input.get(pos, 8)? else {
+        return Ok(None);
+    };
+    let (Some(kind), Some(length)) = (order.u32(head, 0), order.u32(head, 4)) else {
         return Ok(None);
     };
     let length = length as usize;
@@ -184,7 +208,7 @@ fn block<'a>(
             format!("block length {length} is not a multiple of 4 of at least 12"),
         ));
     }
-    let Some(block) = data.get(pos..pos.saturating_add(length)) else {
+    let Some(block) = input.get(pos, length)? else {
         return Ok(None);
     };
     if order.u32(block, length - 4) != Some(length as u32) {

@@ -1276,3 +1276,138 @@ proptest! {
         let _ = read_capture(&classic_data);
     }
 }
+
+// --- read a chunk at a time ---------------------------------------------------------------
+
+/// A source that gives at most `step` bytes per read, as a pipe or a slow disk may.
+struct Dribble<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Dribble<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// The chunks a stream gave, where it ended cut short, and what it could not read whole.
+type Chunked = (Vec<Vec<Datagram>>, Option<usize>, Incomplete);
+
+/// The chunks of `data` read `max` requests at a time through a window refilled `window`
+/// bytes (from reads of at most `step`) at a time; the truncation offset and the counts.
+fn chunked(data: &[u8], max: usize, window: usize, step: usize) -> Result<Chunked, PcapError> {
+    let source = Dribble { data, step };
+    let mut stream = CaptureStream::windowed(source, data.len(), MEMORY_BYTES, window)?;
+    let mut chunks = Vec::new();
+    loop {
+        let chunk = stream.next_chunk(max)?;
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    assert!(stream.is_done());
+    Ok((chunks, stream.truncated_at(), stream.incomplete()))
+}
+
+/// Asserts that every way of reading `data` a chunk at a time gives [`read_capture`]'s
+/// requests, in its order, and its truncation and counts (or its error).
+fn assert_chunks_equal_whole(data: &[u8]) {
+    let whole = read_capture(data);
+    for max in [1, 2, 3, 7, usize::MAX] {
+        for (window, step) in [(1, 1), (5, 3), (64, 7), (1500, 1 << 20), (1 << 20, 1 << 20)] {
+            let read = chunked(data, max, window, step);
+            let label = format!("max {max}, window {window}, step {step}");
+            match (&whole, read) {
+                (Ok(whole), Ok((chunks, truncated_at, incomplete))) => {
+                    assert!(
+                        chunks.iter().all(|c| !c.is_empty() && c.len() <= max),
+                        "{label}"
+                    );
+                    assert_eq!(chunks.concat(), whole.datagrams, "{label}");
+                    assert_eq!(truncated_at, whole.truncated_at, "{label}");
+                    assert_eq!(incomplete, whole.incomplete, "{label}");
+                }
+                (Err(whole), Err(error)) => assert_eq!(&error, whole, "{label}"),
+                (whole, read) => unreachable!("{label}: {whole:?} but {read:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn chunks_concatenated_equal_the_whole_read_across_fragment_reassembly() {
+    // Fragments of two datagrams interleaved with whole ones, out of order, so that the
+    // reassembly spans chunk boundaries; a datagram missing a fragment; a cut last record.
+    let a = fragments(31, &udp(1813, &request(&payload(4000))), &[1480, 2960]);
+    let b = fragments(32, &udp(1813, &request(&payload(3000))), &[1480]);
+    let lost = fragments(33, &udp(1813, &request(&payload(2000))), &[1480]);
+    let frames = vec![
+        (0, a[1].clone()),
+        (1, datagram(NAS, b"one")),
+        (2, b[0].clone()),
+        (3, a[0].clone()),
+        (4, lost[0].clone()),
+        (5, datagram(NAS, b"two")),
+        (6, datagram([192, 0, 2, 2], b"three")),
+        (7, b[1].clone()),
+        (8, a[2].clone()),
+        (9, datagram(NAS, b"four")),
+    ];
+    let data = classic(&frames);
+    let read = parsed(&data);
+    assert_eq!(read.datagrams.len(), 6);
+    assert_eq!(read.incomplete.missing, 1);
+    assert_chunks_equal_whole(&data);
+    let last = data.len() - 16 - datagram(NAS, b"four").len();
+    for end in [data.len() - 1, last + 5, last] {
+        assert_chunks_equal_whole(&data[..end]);
+    }
+}
+
+#[test]
+fn chunks_concatenated_equal_the_whole_read_of_pcapng_sections_and_errors() {
+    let v4 = fragments(21, &udp(1813, &request(&payload(4096))), &[1480, 2960]);
+    for little in [true, false] {
+        let mut ng = Ng::new(little);
+        ng.interface(1, 262_144, &[(9, vec![9])]);
+        let ns = ticks(T0) * 1000;
+        ng.enhanced(0, ns, &ethernet_frame(&v4[0]));
+        ng.enhanced(0, ns + 1000, &ethernet_frame(&datagram(NAS, b"one")));
+        ng.enhanced(0, ns + 2000, &ethernet_frame(&v4[2]));
+        ng.section(!little);
+        ng.little = !little;
+        ng.interface(101, 0, &[]);
+        ng.enhanced(0, ticks(T0 + 3), &v4[1]); // completes the datagram of the first section
+        ng.enhanced(0, ticks(T0 + 4), &datagram(NAS, b"two"));
+        assert_eq!(parsed(&ng.out).datagrams.len(), 3);
+        assert_chunks_equal_whole(&ng.out);
+        assert_chunks_equal_whole(&ng.out[..ng.out.len() - 3]);
+        // An error after requests: the chunks before it, then the error.
+        let at = ng.simple(&datagram(NAS, b"untimed"));
+        assert_eq!(read_capture(&ng.out), Err(PcapError::Untimed { at }));
+        assert_chunks_equal_whole(&ng.out);
+    }
+}
+
+#[test]
+fn a_stream_stops_with_an_error_when_the_file_is_shorter_than_when_opened() {
+    let data = capture(&[b"one", b"two"]);
+    let mut stream = CaptureStream::new(&data[..data.len() - 2], data.len())
+        .and_then(|mut s| s.next_chunk(usize::MAX).map(|c| (c.len(), s.is_done())));
+    assert!(
+        matches!(&stream, Err(PcapError::Io(reason)) if reason.contains("shorter")),
+        "{stream:?}"
+    );
+    stream = CaptureStream::new(data.as_slice(), data.len() - 2)
+        .and_then(|mut s| s.next_chunk(usize::MAX).map(|c| (c.len(), s.is_done())));
+    assert_eq!(
+        stream,
+        Ok((1, true)),
+        "what was appended after opening is not read"
+    );
+}

@@ -1,5 +1,8 @@
 //! The `PyO3` layer: conversions and the one error mapping, nothing else.
 
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use numpy::{Element, PyArray1, PyReadonlyArray1};
@@ -154,28 +157,135 @@ type PcapColumns<'py> = (
     Bound<'py, PyDict>,
 );
 
+type PcapChunk<'py> = (
+    Vec<Bound<'py, PyBytes>>,
+    Vec<String>,
+    Bound<'py, PyArray1<i64>>,
+);
+
+/// (packets, sources, capture times in µs) of datagrams, in their order.
+fn datagram_columns(py: Python<'_>, grams: Vec<pcap::Datagram>) -> PcapChunk<'_> {
+    let packets = grams.iter().map(|g| PyBytes::new(py, &g.payload)).collect();
+    let times: Vec<i64> = grams.iter().map(|g| g.time_us).collect();
+    let sources = grams.into_iter().map(|g| g.source).collect();
+    (packets, sources, PyArray1::from_vec(py, times))
+}
+
+fn incomplete_dict(py: Python<'_>, incomplete: pcap::Incomplete) -> PyResult<Bound<'_, PyDict>> {
+    let counts = PyDict::new(py);
+    counts.set_item("missing", incomplete.missing)?;
+    counts.set_item("conflicting", incomplete.conflicting)?;
+    counts.set_item("evicted", incomplete.evicted)?;
+    counts.set_item("cut", incomplete.cut)?;
+    Ok(counts)
+}
+
 /// RADIUS Accounting-Requests of a pcap or pcapng file's complete records: (packets,
 /// sources, capture times in µs, byte offset of a last record cut short or None, counts of
 /// datagrams that may hold requests and were not read whole, by reason).
 #[pyfunction]
 fn read_pcap<'py>(py: Python<'py>, data: &[u8]) -> PyResult<PcapColumns<'py>> {
     let capture = py.detach(|| pcap::read_capture(data))?;
-    let grams = capture.datagrams;
-    let packets = grams.iter().map(|g| PyBytes::new(py, &g.payload)).collect();
-    let times: Vec<i64> = grams.iter().map(|g| g.time_us).collect();
-    let sources = grams.into_iter().map(|g| g.source).collect();
-    let incomplete = PyDict::new(py);
-    incomplete.set_item("missing", capture.incomplete.missing)?;
-    incomplete.set_item("conflicting", capture.incomplete.conflicting)?;
-    incomplete.set_item("evicted", capture.incomplete.evicted)?;
-    incomplete.set_item("cut", capture.incomplete.cut)?;
+    let (packets, sources, times) = datagram_columns(py, capture.datagrams);
     Ok((
         packets,
         sources,
-        PyArray1::from_vec(py, times),
+        times,
         capture.truncated_at,
-        incomplete,
+        incomplete_dict(py, capture.incomplete)?,
     ))
+}
+
+/// A capture file read a chunk of requests at a time (`pcap::CaptureStream`).
+#[pyclass(frozen, module = "rating_core._native")]
+struct CaptureReader {
+    inner: Mutex<pcap::CaptureStream<File>>,
+    length: usize,
+}
+
+impl CaptureReader {
+    /// The one way the stream is read: with the GIL released and the stream locked.
+    fn detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut pcap::CaptureStream<File>) -> Result<T, PcapError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| -> PyResult<T> {
+            let mut stream = self
+                .inner
+                .lock()
+                .map_err(|_| RatingError::new_err("capture reader poisoned"))?;
+            Ok(f(&mut stream)?)
+        })
+    }
+}
+
+#[pymethods]
+impl CaptureReader {
+    #[new]
+    #[pyo3(signature = (path, length=None))]
+    fn new(py: Python<'_>, path: PathBuf, length: Option<u64>) -> PyResult<Self> {
+        let (stream, length) = py.detach(move || -> PyResult<_> {
+            let file = File::open(path)?;
+            let size = file.metadata()?.len();
+            let length = usize::try_from(length.map_or(size, |l| l.min(size)))
+                .map_err(|_| RatingError::new_err("pcap: the file is too large to address"))?;
+            Ok((pcap::CaptureStream::new(file, length)?, length))
+        })?;
+        Ok(Self {
+            inner: Mutex::new(stream),
+            length,
+        })
+    }
+
+    /// The bytes of the file that are read: its length when opened, or `length` if less.
+    #[getter]
+    fn length(&self) -> usize {
+        self.length
+    }
+
+    /// The next requests (at least one, at most `max_requests`), or None at the end.
+    fn next_chunk<'py>(
+        &self,
+        py: Python<'py>,
+        max_requests: usize,
+    ) -> PyResult<Option<PcapChunk<'py>>> {
+        let grams = self.detached(py, |s| s.next_chunk(max_requests))?;
+        Ok((!grams.is_empty()).then(|| datagram_columns(py, grams)))
+    }
+
+    /// Reads the rest of the capture keeping only its requests' count and distinct sources.
+    fn scan(&self, py: Python<'_>) -> PyResult<(usize, Vec<String>)> {
+        self.detached(py, |stream| {
+            let mut sources = BTreeSet::new();
+            let mut count = 0;
+            loop {
+                let chunk = stream.next_chunk(4096)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                count += chunk.len();
+                sources.extend(chunk.into_iter().map(|g| g.source));
+            }
+            Ok((count, sources.into_iter().collect()))
+        })
+    }
+
+    #[getter]
+    fn done(&self, py: Python<'_>) -> PyResult<bool> {
+        self.detached(py, |s| Ok(s.is_done()))
+    }
+
+    #[getter]
+    fn truncated_at(&self, py: Python<'_>) -> PyResult<Option<usize>> {
+        self.detached(py, |s| Ok(s.truncated_at()))
+    }
+
+    #[getter]
+    fn incomplete<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let counts = self.detached(py, |s| Ok(s.incomplete()))?;
+        incomplete_dict(py, counts)
+    }
 }
 
 #[pyclass(frozen, name = "NasPolicy", module = "rating_core._native")]
@@ -818,5 +928,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SessionColumns>()?;
     m.add_class::<ApplyResult>()?;
     m.add_class::<PyEngine>()?;
+    m.add_class::<CaptureReader>()?;
     Ok(())
 }
