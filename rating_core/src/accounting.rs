@@ -691,13 +691,7 @@ impl Touched {
         let text = &mut self.text[row as usize];
         for (field, ((have, new), total)) in text
             .iter_mut()
-            .zip([
-                r.user,
-                r.calling,
-                r.framed,
-                r.framed_prefix,
-                r.delegated_prefix,
-            ])
+            .zip(r.identity())
             .zip(&mut self.text_bytes)
             .enumerate()
         {
@@ -1649,12 +1643,8 @@ impl Engine {
 
     /// The start time a record implies (event − session time; a Start is at time 0).
     fn implied_start(r: &Record) -> Option<i64> {
-        // A Start is at session time 0 whether or not it says so (most omit the attribute).
-        let time = match r.session_time() {
-            None if r.status == STATUS_START => Some(0),
-            t => t,
-        };
-        time.map(|st| r.event_us.saturating_sub(i64::from(st) * US))
+        r.time_in_session()
+            .map(|st| r.event_us.saturating_sub(i64::from(st) * US))
     }
 
     /// Which instance a session record belongs to (docs/accounting-engine.md), and the
@@ -1937,25 +1927,14 @@ impl Engine {
         p: Input<'_>,
         t: &mut Touched,
     ) -> u8 {
-        // A Start is at session time 0 whether or not it says so: after an update with a
-        // session time it is older than what we have.
-        let time = match r.session_time() {
-            None if r.status == STATUS_START => Some(0),
-            t => t,
-        };
-        if time.is_some_and(|st| st < self.sessions[slot as usize].session_time) {
+        // (A Start is at session time 0: after an update with a session time it is older
+        // than what we have.)
+        if r.time_in_session()
+            .is_some_and(|st| st < self.sessions[slot as usize].session_time)
+        {
             // No usage and no state; but a name it carries still fills an empty identity
             // field (a NAS that names the user only in its Start, delivered late).
-            if [
-                r.user,
-                r.calling,
-                r.framed,
-                r.framed_prefix,
-                r.delegated_prefix,
-            ]
-            .iter()
-            .any(|f| !f.is_empty())
-            {
+            if r.identity().iter().any(|f| !f.is_empty()) {
                 let s = &mut self.sessions[slot as usize];
                 let row = t.row(slot, s, self.nas[s.nas as usize].key.len());
                 t.merge_identity(row, r, p);

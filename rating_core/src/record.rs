@@ -107,6 +107,27 @@ impl Record {
     pub fn session_time(&self) -> Option<u32> {
         self.opt(HAS_TIME, self.session_time)
     }
+    /// The session time a record stands at: a Start is at 0 whether or not it says so
+    /// (most omit the attribute).
+    #[must_use]
+    pub fn time_in_session(&self) -> Option<u32> {
+        match self.session_time() {
+            None if self.status == STATUS_START => Some(0),
+            t => t,
+        }
+    }
+    /// The identity texts it carries: User-Name, Calling-Station-Id, Framed-IP-Address,
+    /// Framed-IPv6-Prefix, Delegated-IPv6-Prefix.
+    #[must_use]
+    pub fn identity(&self) -> [Span; 5] {
+        [
+            self.user,
+            self.calling,
+            self.framed,
+            self.framed_prefix,
+            self.delegated_prefix,
+        ]
+    }
     #[must_use]
     pub fn terminate_cause(&self) -> Option<u32> {
         self.opt(HAS_CAUSE, self.terminate_cause)

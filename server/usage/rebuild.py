@@ -28,7 +28,6 @@ from server.usage.service import policy_of, recall_sessions, wrap_entries, write
 from server.usage.writes import Projection
 
 PAGE = 20_000
-MIN_US = 0  # 1970-01-01: before any identity was registered
 _PROJECTIONS = ("usage_sessions", "usage_buckets", "usage_unattributed_buckets", "usage_anomalies")
 
 
@@ -86,7 +85,7 @@ async def _rebuild_tenant(
     # Each batch was attributed by the identities registered when it was received; a
     # session none of them matched was attributed live when the first identity matching it
     # was registered (that registration's re-attribution), by the identities of then.
-    await repo.reattribute(session, tenant_id, as_first_registered=True)
+    await repo.reattribute(session, tenant_id)
     # A new sequence makes every replica's engine reload these NASes from the projections.
     await session.execute(
         text("UPDATE usage_nas SET seq = seq + 1 WHERE tenant_id = :t"), {"t": tenant}
@@ -142,14 +141,14 @@ async def _replay_nas(
     # When the last batch replayed was received: what a sweep's session writes attribute
     # by (a sweep brings no identity, and a matching one registered since that batch
     # re-attributed the session when it was registered: the final reattribute).
-    received = [MIN_US]
+    received = 0  # 1970-01-01: before any identity was registered
 
     async def sweep_through(seq: int | None) -> None:
         while sweeps and (seq is None or sweeps[0][0] < seq):
             after_seq, as_of_us = sweeps.pop(0)
             policies.apply(engine, after_seq)
             swept = Projection.of(engine.sweep(as_of_us), empty)
-            await write_projections(session, tenant_id, swept, received[0])
+            await write_projections(session, tenant_id, swept, received)
             report["sweeps"] += 1
 
     group: list[bytes] = []
@@ -157,19 +156,16 @@ async def _replay_nas(
     group_key: tuple[int, int] | None = None
 
     async def flush() -> None:
+        nonlocal received
         if group and group_key is not None:
             policies.apply(engine, group_key[0] - 1)
             if bisect.bisect_right(registrations, group_key[1]) > bisect.bisect_right(
-                registrations, received[0]
+                registrations, received
             ):
                 # Identities registered since the last batch re-attributed this NAS's
                 # unattributed sessions when they were registered.
                 await repo.reattribute(
-                    session,
-                    tenant_id,
-                    as_first_registered=True,
-                    registered_by_us=group_key[1],
-                    nas_key=nas_key,
+                    session, tenant_id, registered_by_us=group_key[1], nas_key=nas_key
                 )
             prepared = engine.prepare(wrap_entries(group), group_key[1])
             # The rebuilt rows so far are the stored instances the live engine recalls.
@@ -178,8 +174,8 @@ async def _replay_nas(
             # Anomalies name the entry's index in the batch it originally came in.
             mapping = np.array(indices, dtype=np.int64)
             # Attributed by the identities registered when the batch was received.
-            received[0] = group_key[1]
-            await write_projections(session, tenant_id, Projection.of(result, mapping), received[0])
+            received = group_key[1]
+            await write_projections(session, tenant_id, Projection.of(result, mapping), received)
             report["entries"] += len(group)
             group.clear()
             indices.clear()

@@ -1270,29 +1270,28 @@ async def reattribute(
     session: AsyncSession,
     tenant_id: uuid.UUID,
     *,
-    as_first_registered: bool = False,
     registered_by_us: int | None = None,
     nas_key: str | None = None,
 ) -> int:
     """Attributes unattributed sessions whose identity now matches a subscription and moves
-    their unattributed buckets to the subscription's; returns sessions changed.
+    their unattributed buckets to the subscription's; returns sessions changed. Each is
+    attributed by the identities registered when the first of its matching ones was (what
+    that registration's re-attribution did, or would have done had a race not hidden the
+    session from it).
 
-    A rebuild replays the registrations' own re-attributions: with `as_first_registered`,
-    each session is attributed by the identities registered when the first of its matching
-    ones was (as that registration's re-attribution did), only if that was by
-    `registered_by_us` (when given), and only on `nas_key` (when given)."""
+    A rebuild replays the registrations' re-attributions with the sessions whose first
+    matching identity was registered by `registered_by_us`, on `nas_key` alone."""
     t = ":t"
     params: dict[str, Any] = {"t": tenant_param(session, tenant_id)}
     pg = _pg(session)
     columns = [f"usage_sessions.{c}" for c in IDENTITY_COLUMNS]
     first = first_registration_sql(t, *columns)
-    as_of = first if as_first_registered else None
-    current = attribution_sql(t, *columns, as_of=as_of)
+    current = attribution_sql(t, *columns, as_of=first)
     where = ""
     if nas_key is not None:
         where += " AND usage_sessions.nas_key = :k"
         params["k"] = nas_key
-    if as_first_registered and registered_by_us is not None:
+    if registered_by_us is not None:
         where += f" AND {first} <= {ts_sql(pg, ':by')}"
         params["by"] = registered_by_us
     updated = await session.execute(

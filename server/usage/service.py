@@ -683,7 +683,7 @@ async def reattribute(tenant_id: uuid.UUID, session: AsyncSession) -> int:
     session a race left unattributed keeps the subscription it would have had.
     """
     await repo.lock_tenant_nas(session, tenant_id)
-    sessions = await repo.reattribute(session, tenant_id, as_first_registered=True)
+    sessions = await repo.reattribute(session, tenant_id)
     events = await repo.attribute_events(session, tenant_id)
     return sessions + events
 
