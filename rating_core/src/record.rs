@@ -830,6 +830,22 @@ fn nas_is_empty(id: NasId<'_>) -> bool {
     matches!(id, NasId::Text(t) if t.is_empty())
 }
 
+/// The registered Acct-Status-Types (RFC 2866, RFC 2867) that are not session or NAS
+/// accounting: tunnel records and Failed. They are quarantined like unknown ones, under
+/// their name.
+fn status_name(status: u32) -> Option<&'static str> {
+    Some(match status {
+        9 => "Tunnel-Start",
+        10 => "Tunnel-Stop",
+        11 => "Tunnel-Reject",
+        12 => "Tunnel-Link-Start",
+        13 => "Tunnel-Link-Stop",
+        14 => "Tunnel-Link-Reject",
+        15 => "Failed",
+        _ => return None,
+    })
+}
+
 /// Decodes and validates a serialized `StreamAccountingRequest`.
 ///
 /// # Errors
@@ -945,7 +961,12 @@ fn prepare_one<'a>(
     let status = match f.status {
         0 => return Err("missing Acct-Status-Type".into()),
         1 | 2 | 3 | 7 | 8 => f.status as u8,
-        s => return Err(format!("unknown Acct-Status-Type {s}")),
+        s => {
+            return Err(match status_name(s) {
+                Some(name) => format!("Acct-Status-Type {s} ({name}) is not session accounting"),
+                None => format!("unknown Acct-Status-Type {s}"),
+            })
+        }
     };
     let is_session = matches!(status, STATUS_START | STATUS_STOP | STATUS_INTERIM);
     if is_session && f.sid.is_empty() {

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import zoneinfo
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,9 @@ def not_detail(data: bytes) -> str | None:
     return None
 
 
+# The reason the server quarantines a packet signed with another secret under.
+BAD_AUTHENTICATOR = "radius: bad Request Authenticator"
+
 # How `rating replay` names the reasons a fragmented datagram was not reassembled.
 INCOMPLETE_REASONS = {
     "missing": "missing a fragment",
@@ -362,15 +366,27 @@ async def stream_batches(
 
     call = stub.StreamAccounting(requests(), metadata=metadata)
     done = 0
+    reasons: Counter[str] = Counter()
     async for ack in call:
         for name in ("accepted", "duplicate", "late", "quarantined"):
             summary[name] += getattr(ack, name)
+        reasons.update(q.reason for q in ack.quarantined_records)
         done += 1
         if progress is not None:
             print(f"batch {done}/{total}: {ack.batch_id}", file=progress)
+    if progress is not None:
+        report_quarantine(reasons, progress)
     if failure:
         raise failure[0]
     return summary
+
+
+def report_quarantine(reasons: Counter[str], out: Any) -> None:
+    """One stderr line per quarantine reason, most frequent first: kept by the server
+    (`rating quarantine` lists them), not counted as usage."""
+    for reason, count in reasons.most_common():
+        hint = "; is --secret right?" if reason.startswith(BAD_AUTHENTICATOR) else ""
+        print(f"quarantined {count}: {reason}{hint}", file=out)
 
 
 async def replay(

@@ -104,7 +104,8 @@ def _packet(attrs: bytes) -> bytes:
     [
         (radius_attr(44, b"s1") + radius_attr(42, b"\x00\x01"), "wrong length"),
         (radius_attr(44, b"s1") + radius_int(42, 5), "missing Acct-Status-Type"),
-        (radius_int(40, 9) + radius_attr(44, b"s1"), "unknown Acct-Status-Type 9"),
+        (radius_int(40, 9) + radius_attr(44, b"s1"), "Acct-Status-Type 9 (Tunnel-Start) is not"),
+        (radius_int(40, 4) + radius_attr(44, b"s1"), "unknown Acct-Status-Type 4"),
         (radius_int(40, 3) + radius_attr(44, b"s1") + b"\x2a\x01", "bad length"),
         (radius_int(40, 3) + radius_attr(44, b"s1") + b"\x2a\x09\x00\x00", "bad length"),
         (radius_int(40, 3) + radius_int(42, 1) + radius_int(42, 2), "repeated"),

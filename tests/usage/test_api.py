@@ -131,7 +131,7 @@ async def test_each_recorded_raw_entry_is_answered_and_a_quarantined_one_is_not(
         (newer, SECRET),  # a retransmit (a new identifier): duplicate
         (older, SECRET),  # late
         (older, "wrong"),  # bad authenticator
-        (Rec(9, t=600), SECRET),  # unknown Acct-Status-Type
+        (Rec(9, t=600), SECRET),  # Tunnel-Start: not session accounting
     ]
     packets = [radius_packet(radius_attributes(rec), secret) for rec, secret in sent]
     items = [decoded(Rec(INTERIM, sid="other", t=600, session_time=600, inp=1, out=1))]

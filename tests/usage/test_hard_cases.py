@@ -917,9 +917,12 @@ async def test_raw_packet_is_quarantined_with_reason_when_framing_is_broken(
     [
         (None, "missing Acct-Status-Type"),
         (0, "unknown Acct-Status-Type 0"),
-        (15, "unknown Acct-Status-Type 15"),
+        (6, "unknown Acct-Status-Type 6"),
+        (16, "unknown Acct-Status-Type 16"),
+        (9, "Acct-Status-Type 9 (Tunnel-Start) is not session accounting"),
+        (15, "Acct-Status-Type 15 (Failed) is not session accounting"),
     ],
-    ids=["missing-status", "status-0", "unknown-status"],
+    ids=["missing-status", "status-0", "unassigned-6", "unknown-16", "tunnel-start", "failed"],
 )
 async def test_raw_packet_is_quarantined_with_reason_when_status_type_is_missing_or_unknown(
     usage: Usage, status: int | None, reason: str

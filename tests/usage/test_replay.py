@@ -334,6 +334,28 @@ async def test_replay_streams_a_capture_a_batch_at_a_time_when_run_from_the_cli(
     assert session.state == pb.SESSION_STATE_CLOSED
 
 
+async def test_replay_reports_quarantined_requests_by_reason_when_the_secret_is_wrong(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    good = Rec(START, source="192.0.2.80", sid="signed", t=600, session_time=0)
+    others = [
+        Rec(START, source="192.0.2.80", sid=f"x{i}", t=610 + i, session_time=0) for i in (1, 2)
+    ]
+    path = tmp_path / "two-secrets.pcap"
+    # The second capture's header (24 octets) left out: one file, two secrets.
+    path.write_bytes(pcap([good]) + pcap(others, secret="another")[24:])
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    # The quarantined requests are kept by the server (a later run with the right secret
+    # stores them), so the exit is 0; stderr says why they were not counted.
+    assert code == 0, err
+    assert json.loads(out)["quarantined"] == 2
+    assert "quarantined 2: radius: bad Request Authenticator; is --secret right?" in err
+    assert (await usage.session(sid="signed")).state == pb.SESSION_STATE_OPEN
+
+
 async def test_replay_refuses_a_capture_whose_error_follows_requests_before_sending_any(
     usage: Usage, tmp_path: Path, server: RunningServer
 ) -> None:
