@@ -112,7 +112,13 @@ def tenant_param(session: AsyncSession, tenant_id: uuid.UUID) -> Any:
 def ts_sql(pg: bool, expr: str) -> str:
     """SQL turning integer microseconds into the stored form of a UTCDateTime."""
     if pg:
-        return f"(TIMESTAMPTZ 'epoch' + ({expr}) * INTERVAL '1 microsecond')"
+        # interval * bigint multiplies in float8, exact only to 2^53 µs (the year 2255):
+        # whole seconds and the microseconds apart are each exact up to 9999-12-31.
+        us = f"({expr})::bigint"
+        return (
+            f"(TIMESTAMPTZ 'epoch' + ({us} / 1000000) * INTERVAL '1 second'"
+            f" + ({us} % 1000000) * INTERVAL '1 microsecond')"
+        )
     # SQLAlchemy's SQLite DATETIME text, so that ORM reads and text ordering both work.
     return (
         f"(strftime('%Y-%m-%d %H:%M:%S', ({expr}) / 1000000, 'unixepoch')"

@@ -404,6 +404,27 @@ async def test_raw_packet_is_quarantined_when_its_arrival_time_is_out_of_range(
     assert (await usage.session()).input_bytes == 1
 
 
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(32_503_680_000, 1_000), (253_402_300_799, 999_999_000)],
+    ids=["year-3000-plus-1us", "last-microsecond-of-9999"],
+)
+async def test_times_at_the_far_end_of_the_range_are_stored_to_the_microsecond(
+    usage: Usage, seconds: int, nanos: int
+) -> None:
+    # Past 2^53 µs (the year 2255) PostgreSQL's interval arithmetic in float8 rounded: the
+    # last microsecond of 9999 became the year 10000, which no read could decode after.
+    arrival = Timestamp(seconds=seconds, nanos=nanos)
+    (start,) = entries("decoded", [Rec(START, event=False)])
+    start.decoded.arrival_time.CopyFrom(arrival)
+    (ack,) = await usage.stream(batch([start]))
+    assert counts(ack) == (1, 0, 0, 0)
+    (listed,) = await usage.sessions()
+    got = await usage.stub.GetSession(pb.GetSessionRequest(id=listed.id), metadata=usage.metadata)
+    for session in (listed, got):
+        assert (session.start_at, session.last_update_at) == (arrival, arrival)
+
+
 async def test_raw_packet_is_quarantined_with_reason_when_counter_has_wrong_length(
     usage: Usage,
 ) -> None:
