@@ -163,6 +163,16 @@ def limit_length(field: str, value: str, max_chars: int) -> str:
     return value
 
 
+I32_MAX = 2**31 - 1
+
+
+def at_most_i32(field: str, value: int) -> int:
+    """A uint32 the database keeps in an INTEGER column (signed on both databases)."""
+    if value > I32_MAX:
+        raise InvalidArgumentError(field, f"must be at most {I32_MAX} ({value})")
+    return value
+
+
 def parse_mac(field: str, value: str) -> str:
     """Any common MAC notation to canonical lower-case colon form."""
     digits = _MAC_SEPARATORS.sub("", value.strip())

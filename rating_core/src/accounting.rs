@@ -124,12 +124,15 @@ impl Default for NasPolicy {
 }
 
 impl NasPolicy {
-    /// No update for longer than this closes a session as stale.
+    /// No update for longer than this closes a session as stale. Saturates: a policy
+    /// whose threshold is past the range of time (k and the interval near 2^32) never
+    /// closes a session, where the product wrapped negative and closed every one.
     #[must_use]
     pub fn stale_after_us(&self) -> i64 {
-        (i64::from(self.stale_multiplier) * i64::from(self.interim_interval_s)
-            + i64::from(self.grace_s))
-            * US
+        i64::from(self.stale_multiplier)
+            .saturating_mul(i64::from(self.interim_interval_s))
+            .saturating_add(i64::from(self.grace_s))
+            .saturating_mul(US)
     }
     fn gap_us(&self) -> i64 {
         i64::from(self.clock_skew_tolerance_s) * US

@@ -37,6 +37,7 @@ from server.usage.models import (
 )
 from server.usage.repository import POLICY_COLUMNS
 from server.validation import (
+    at_most_i32,
     format_decimal,
     limit_length,
     optional_id,
@@ -255,10 +256,12 @@ class UsageServicer:
             nas_key=limit_length("nas_key", request.nas_key.strip(), RADIUS_TEXT) or address,
             swap_direction=request.swap_direction,
             infer_wrap=request.infer_wrap,
-            interim_interval_s=request.interim_interval_s,
-            stale_multiplier=request.stale_multiplier,
-            grace_s=request.grace_s,
-            clock_skew_tolerance_s=request.clock_skew_tolerance_s,
+            interim_interval_s=at_most_i32("interim_interval_s", request.interim_interval_s),
+            stale_multiplier=at_most_i32("stale_multiplier", request.stale_multiplier),
+            grace_s=at_most_i32("grace_s", request.grace_s),
+            clock_skew_tolerance_s=at_most_i32(
+                "clock_skew_tolerance_s", request.clock_skew_tolerance_s
+            ),
             fields=fields,
         )
         saved = await self.usage.upsert_nas_client(principal().tenant_id, client)

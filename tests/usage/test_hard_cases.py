@@ -807,6 +807,34 @@ async def test_stale_sweep_follows_the_nas_policy_when_it_sets_its_own_interval(
     assert utc(session.stop_at) == at(600)
 
 
+async def test_stale_sweep_never_closes_a_session_when_the_threshold_is_past_the_range_of_time(
+    usage: Usage, form: str
+) -> None:
+    # (k x interval + grace) in microseconds is past 2^63: it wrapped negative, and every
+    # session of the NAS was closed as stale at once.
+    top = 2**31 - 1
+    await usage.register_nas(
+        nas_key="nas-1", interim_interval_s=top, stale_multiplier=top, grace_s=top
+    )
+    await usage.send(form, Rec(INTERIM, t=600, session_time=600, inp=1, out=1))
+    assert await usage.sweep(at(600 + 3_600)) == 0
+    assert (await usage.session()).state == pb.SESSION_STATE_OPEN
+
+
+@pytest.mark.parametrize(
+    "field", ["interim_interval_s", "stale_multiplier", "grace_s", "clock_skew_tolerance_s"]
+)
+async def test_nas_policy_past_the_stored_range_is_invalid_argument_naming_the_field(
+    usage: Usage, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await usage.register_nas(nas_key="nas-1", **{field: 2**31})
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(f"{field}: must be at most 2147483647")
+    # Nothing was written: the NAS keeps the defaults.
+    assert "nas-1" not in [n.nas_key for n in await usage.nas_list()]
+
+
 async def test_accounting_on_with_skewed_clock_flags_its_nas(
     usage: Usage, server: RunningServer, form: str
 ) -> None:
