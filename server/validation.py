@@ -111,14 +111,14 @@ def parse_decimal(
     """An exact decimal with at most `places` fractional digits (trailing zeros aside) and,
     when given, at most `integer_digits` before the point (a NUMERIC(p, s) column holds
     p - s); never rounded. The text is `[+-]digits[.digits][(e|E)[+-]digits]` in ASCII
-    (surrounding white space aside), at most MAX_DECIMAL_CHARS long, with an exponent of at
+    (nothing around it, white space neither), at most MAX_DECIMAL_CHARS long, with an exponent of at
     most MAX_DECIMAL_EXPONENT either way; the value comes back normalised: no trailing
     zeros, no exponent, zero unsigned."""
     if len(text) > MAX_DECIMAL_CHARS:
         raise InvalidArgumentError(
             field, f"longer than {MAX_DECIMAL_CHARS} characters ({len(text)})"
         )
-    match = _DECIMAL.fullmatch(text.strip())
+    match = _DECIMAL.fullmatch(text)
     if match is None:
         raise InvalidArgumentError(
             field, f"not a decimal number ([+-]digits[.digits][e[+-]digits]): {text!r}"
@@ -161,6 +161,21 @@ def limit_length(field: str, value: str, max_chars: int) -> str:
     if "\x00" in value:
         raise InvalidArgumentError(field, "must not contain NUL characters")
     return value
+
+
+RADIUS_OCTETS = 253  # the most an attribute's value holds
+
+
+def radius_text(field: str, value: str) -> str:
+    """Refuses text no RADIUS attribute can carry: over 253 octets in UTF-8, counting each
+    U+FFFD as one (the engine decodes an octet that is not UTF-8 to it), or holding NUL,
+    which PostgreSQL text refuses."""
+    octets = len(value.encode()) - 2 * value.count("\ufffd")
+    if octets > RADIUS_OCTETS:
+        raise InvalidArgumentError(
+            field, f"longer than a RADIUS attribute allows ({RADIUS_OCTETS} octets): {octets}"
+        )
+    return limit_length(field, value, RADIUS_OCTETS)
 
 
 I32_MAX = 2**31 - 1

@@ -31,6 +31,7 @@ from server.validation import (
     parse_mac,
     parse_money,
     parse_static_ip,
+    radius_text,
     require,
     to_timestamp,
 )
@@ -290,7 +291,7 @@ def radius_identities(message: accounts_pb2.Subscription, field: str) -> list[Id
     for i, identity in enumerate(message.radius_identities):
         where = f"{field}.radius_identities[{i}]"
         kind = parse_enum(f"{where}.kind", identity.kind, accounts_pb2.RadiusIdentityKind)
-        value = require(f"{where}.value", identity.value)
+        value = radius_text(f"{where}.value", require(f"{where}.value", identity.value))
         if kind == accounts_pb2.RADIUS_IDENTITY_KIND_STATIC_IP:
             value = parse_static_ip(f"{where}.value", value)
         elif kind == accounts_pb2.RADIUS_IDENTITY_KIND_CALLING_STATION_ID:

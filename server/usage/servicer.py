@@ -30,7 +30,6 @@ from server.usage.models import (
     IDEMPOTENCY_KEY_MAX,
     QUANTITY_PRECISION,
     QUANTITY_SCALE,
-    RADIUS_TEXT,
     UNIT_MAX,
     QuarantinedEntry,
     UsageSession,
@@ -45,6 +44,7 @@ from server.validation import (
     parse_decimal,
     parse_enum,
     parse_ip,
+    radius_text,
     require,
     required_timestamp,
     timestamp_or_none,
@@ -189,9 +189,11 @@ class UsageServicer:
         key = request.idempotency_key
         if not key:
             raise InvalidArgumentError("idempotency_key", "is required")
+        if not request.quantity:
+            raise InvalidArgumentError("quantity", "is required")
         quantity = parse_decimal(
             "quantity",
-            require("quantity", request.quantity),
+            request.quantity,  # as sent: white space around it is refused
             places=QUANTITY_SCALE,
             integer_digits=QUANTITY_PRECISION - QUANTITY_SCALE,
         )
@@ -208,7 +210,7 @@ class UsageServicer:
             unit=limit_length("unit", require("unit", request.unit), UNIT_MAX),
             occurred_at=occurred_at,
             subscription_id=optional_id("subscription_id", request.subscription_id),
-            radius_user_name=limit_length("radius_user_name", user_name, RADIUS_TEXT),
+            radius_user_name=radius_text("radius_user_name", user_name),
             source=source or usage_pb2.USAGE_SOURCE_API,
         )
         if subject == "subscription_id" and metered.subscription_id is None:
@@ -231,8 +233,8 @@ class UsageServicer:
     ) -> usage_pb2.ListSessionsResponse:
         where = queries.SessionFilter(
             subscription_id=optional_id("subscription_id", request.subscription_id),
-            user_name=limit_length("user_name", request.user_name, RADIUS_TEXT),
-            nas_key=limit_length("nas_key", request.nas_key, RADIUS_TEXT),
+            user_name=radius_text("user_name", request.user_name),
+            nas_key=radius_text("nas_key", request.nas_key),
             open_only=request.open_only,
         )
         rows, token = await queries.list_sessions(
@@ -253,7 +255,7 @@ class UsageServicer:
         client = service.NasClientSpec(
             source_address=address,
             secret=None if keep_secret else request.secret.encode(),
-            nas_key=limit_length("nas_key", request.nas_key.strip(), RADIUS_TEXT) or address,
+            nas_key=radius_text("nas_key", request.nas_key.strip()) or address,
             swap_direction=request.swap_direction,
             infer_wrap=request.infer_wrap,
             interim_interval_s=at_most_i32("interim_interval_s", request.interim_interval_s),

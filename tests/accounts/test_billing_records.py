@@ -187,6 +187,43 @@ async def test_subscription_is_refused_and_nothing_written_when_identity_is_take
 
 
 @pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        (pb.RADIUS_IDENTITY_KIND_USER_NAME, "\u00e9" * 127),  # 254 octets of UTF-8
+        (pb.RADIUS_IDENTITY_KIND_CALLING_STATION_ID, "c" * 254),
+        (pb.RADIUS_IDENTITY_KIND_USER_NAME, "nul\x00inside"),
+    ],
+    ids=["user-name-254-octets", "calling-station-254", "nul"],
+)
+async def test_subscription_is_refused_naming_the_identity_no_radius_attribute_can_carry(
+    accounts: Stub, tenant: TenantCtx, kind: int, value: str
+) -> None:
+    customer_id = await make_customer(accounts, tenant)
+    plan = await accounts.CreatePlan(
+        pb.CreatePlanRequest(plan=fibre_plan()), metadata=tenant.metadata
+    )
+    identities = [
+        pb.RadiusIdentity(kind=pb.RADIUS_IDENTITY_KIND_USER_NAME, value="fits@isp"),
+        pb.RadiusIdentity(kind=kind, value=value),  # type: ignore[arg-type]
+    ]
+    await expect_invalid(
+        accounts.CreateSubscription(
+            pb.CreateSubscriptionRequest(
+                subscription=pb.Subscription(
+                    customer_id=customer_id, plan_id=plan.id, radius_identities=identities
+                )
+            ),
+            metadata=tenant.metadata,
+        ),
+        "subscription.radius_identities[1].value",
+    )
+    listed = await accounts.ListSubscriptions(
+        pb.ListSubscriptionsRequest(customer_id=customer_id), metadata=tenant.metadata
+    )
+    assert len(listed.subscriptions) == 0
+
+
+@pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"customer_id": "00000000-0000-4000-8000-000000000000"}, "subscription.customer_id"),

@@ -68,6 +68,14 @@ def custom(**changes: Any) -> dict[str, Any]:
         ({"quantity": "5."}, "quantity"),
         ({"quantity": "sNaN"}, "quantity"),
         ({"quantity": "1 000"}, "quantity"),
+        # Nothing around the number either (Decimal() strips any Unicode white space).
+        ({"quantity": " 5"}, "quantity"),
+        ({"quantity": "5 "}, "quantity"),
+        ({"quantity": "\t5\n"}, "quantity"),
+        ({"quantity": "\u20035"}, "quantity"),  # em space
+        ({"quantity": "5\xa0"}, "quantity"),  # no-break space
+        # 254 octets of UTF-8: more than a RADIUS attribute (and so a session) can carry.
+        ({"radius_user_name": "\u00e9" * 127}, "radius_user_name"),
         # Bounded before anything is built: they were zeros to expand into huge texts.
         ({"quantity": "1." + "0" * 16384}, "quantity"),
         ({"quantity": "0e-16384"}, "quantity"),
@@ -103,9 +111,10 @@ async def test_record_usage_is_invalid_argument_naming_the_field_when_it_does_no
     [
         {"idempotency_key": "k" * 200},
         {"radius_user_name": "u" * 253},
-        # 253 characters: what a session's User-Name of 253 octets can be as stored text
-        # (each invalid octet U+FFFD), and what the column holds.
-        {"radius_user_name": "é" * 253},
+        # A User-Name of 253 octets that are not UTF-8, as a session stores it (each one
+        # U+FFFD), and 253 octets of UTF-8.
+        {"radius_user_name": "\ufffd" * 253},
+        {"radius_user_name": "\u00e9" * 126 + "u"},
         custom(unit="u" * 64, custom_type="c" * 120),
         custom(unit="requests", quantity="0.000000001"),
         {"quantity": "999999999999999999999.999999999"},
