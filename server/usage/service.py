@@ -702,18 +702,22 @@ class MeteredUsage:
     subscription_id: uuid.UUID | None
     radius_user_name: str
     source: int
+    # occurred_at's nanoseconds past its microsecond: not stored (times are kept to the
+    # microsecond), but part of the request an idempotency key stands for.
+    occurred_ns: int = 0
 
     def digest(self) -> bytes:
-        return self._digest(format_decimal(self.quantity))
+        return self._digest(format_decimal(self.quantity), self.occurred_ns)
 
     def digests(self) -> tuple[bytes, ...]:
         """The digest, and any other a first attempt of this request may have stored: a
         negative zero quantity kept its sign ("-0") before quantities were normalised."""
         if self.quantity:
             return (self.digest(),)
-        return (self.digest(), self._digest("-0"))
+        return (self.digest(), self._digest("-0", self.occurred_ns))
 
-    def _digest(self, quantity: str) -> bytes:
+    def _digest(self, quantity: str, occurred_ns: int) -> bytes:
+        occurred = self.occurred_at.astimezone(dt.UTC).isoformat()
         canonical = "\x1f".join(
             [
                 self.idempotency_key,
@@ -721,7 +725,7 @@ class MeteredUsage:
                 self.custom_type,
                 quantity,
                 self.unit,
-                self.occurred_at.astimezone(dt.UTC).isoformat(),
+                occurred + (f"+{occurred_ns}ns" if occurred_ns else ""),
                 str(self.subscription_id or ""),
                 self.radius_user_name,
                 str(self.source),

@@ -209,6 +209,7 @@ class UsageServicer:
             quantity=quantity,
             unit=limit_length("unit", require("unit", request.unit), UNIT_MAX),
             occurred_at=occurred_at,
+            occurred_ns=request.occurred_at.nanos % 1000,
             subscription_id=optional_id("subscription_id", request.subscription_id),
             radius_user_name=radius_text("radius_user_name", user_name),
             source=source or usage_pb2.USAGE_SOURCE_API,

@@ -152,6 +152,24 @@ async def test_reused_key_is_failed_precondition_when_quantity_differs_in_its_la
     )
 
 
+async def test_reused_key_is_failed_precondition_when_occurred_at_differs_below_a_microsecond(
+    usage: Usage,
+) -> None:
+    # Times are stored to the microsecond; the request a key stands for is compared whole.
+    first = request(occurred_at=Timestamp(seconds=1_700_000_000, nanos=123_456_100))
+    recorded = await usage.stub.RecordUsage(first, metadata=usage.metadata)
+    same = await usage.stub.RecordUsage(first, metadata=usage.metadata)
+    assert (same.usage_id, same.replayed) == (recorded.usage_id, True)
+    again = pb.RecordUsageRequest()
+    again.CopyFrom(first)
+    again.occurred_at.nanos = 123_456_900
+    await expect_status(
+        usage.stub.RecordUsage(again, metadata=usage.metadata),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "idempotency_key",
+    )
+
+
 async def stored_quantity(server: RunningServer, usage: Usage, key: str) -> Any:
     """The quantity of an event as its column holds it: text on SQLite, NUMERIC on
     PostgreSQL."""
