@@ -558,7 +558,7 @@ fn an_accounting_response_answers_each_authenticated_raw_entry_only() {
     // not recorded, so not answered (RFC 2866 section 4.1).
     let mut unknown_status = golden.clone();
     assert_eq!(&unknown_status[20..26], [40, 6, 0, 0, 0, 3]);
-    unknown_status[25] = 9;
+    unknown_status[25] = 16;
     sign(&mut unknown_status, b"testing123");
     let mut engine = Engine::new(NasPolicy::default());
     engine.set_secret("192.0.2.1", b"testing123");
@@ -586,7 +586,7 @@ fn an_accounting_response_answers_each_authenticated_raw_entry_only() {
     assert_eq!(quarantined.len(), 3);
     assert_eq!(quarantined[0].0, 2);
     assert_eq!(quarantined[1].0, 3);
-    assert_eq!(quarantined[2], (4, "unknown Acct-Status-Type 9"));
+    assert_eq!(quarantined[2], (4, "unknown Acct-Status-Type 16"));
     let answered: Vec<(u32, Vec<u8>)> = p.responses.iter().map(|(i, r)| (*i, r.to_vec())).collect();
     assert_eq!(answered, [(0, answer.clone()), (5, answer)]);
 }
