@@ -1307,42 +1307,49 @@ impl Engine {
                 None => continue,
                 Some(t) => t,
             };
-            let implied = r.event_us.saturating_sub(i64::from(time) * US);
             let gap = n.policy.gap_us();
-            if implied.saturating_sub(gap) > n.omitted_start_max {
-                continue; // every instance that could take it is held
-            }
             let sid = input.text(r.sid);
-            let Some(head) = self.find_head(sid_tag(nas, sid), nas, sid) else {
-                continue;
-            };
-            let reach = self.chain_match(head, sid, implied, gap).map_or(gap, |m| {
-                self.sessions[m as usize]
-                    .start_us
-                    .abs_diff(implied)
-                    .try_into()
-                    .unwrap_or(gap)
-            });
-            if reach == 0 {
-                // Generations of an id start strictly later one after the other: none ties.
-                continue;
-            }
-            let lo = implied.saturating_sub(reach);
-            let hi = implied.saturating_add(reach).min(n.omitted_start_max);
-            if lo > hi {
-                continue;
-            }
-            if let Some(&k) = at.get(&(nas, sid)) {
-                let e = &mut out[k];
-                (e.2, e.3) = (e.2.min(lo), e.3.max(hi));
-            } else {
-                at.insert((nas, sid), out.len());
-                out.push((
-                    p.nas_keys[r.nas as usize].clone(),
-                    String::from_utf8_lossy(sid).into_owned(),
-                    lo,
-                    hi,
-                ));
+            // Both readings of its time (`route` tries the other when the first would
+            // begin an instance).
+            let readings = [r.event_us, r.alt_event_us];
+            let readings = &readings[..if r.alt_event_us == r.event_us { 1 } else { 2 }];
+            for &event in readings {
+                let implied = event.saturating_sub(i64::from(time) * US);
+                if implied.saturating_sub(gap) > n.omitted_start_max {
+                    continue; // every instance that could take it is held
+                }
+                let Some(head) = self.find_head(sid_tag(nas, sid), nas, sid) else {
+                    continue;
+                };
+                let reach = self.chain_match(head, sid, implied, gap).map_or(gap, |m| {
+                    self.sessions[m as usize]
+                        .start_us
+                        .abs_diff(implied)
+                        .try_into()
+                        .unwrap_or(gap)
+                });
+                if reach == 0 {
+                    // Generations of an id start strictly later one after the other: none
+                    // ties.
+                    continue;
+                }
+                let lo = implied.saturating_sub(reach);
+                let hi = implied.saturating_add(reach).min(n.omitted_start_max);
+                if lo > hi {
+                    continue;
+                }
+                if let Some(&k) = at.get(&(nas, sid)) {
+                    let e = &mut out[k];
+                    (e.2, e.3) = (e.2.min(lo), e.3.max(hi));
+                } else {
+                    at.insert((nas, sid), out.len());
+                    out.push((
+                        p.nas_keys[r.nas as usize].clone(),
+                        String::from_utf8_lossy(sid).into_owned(),
+                        lo,
+                        hi,
+                    ));
+                }
             }
         }
         out
@@ -1650,6 +1657,15 @@ impl Engine {
             .map(|st| r.event_us.saturating_sub(i64::from(st) * US))
     }
 
+    /// The start implied by the other reading of the record's time
+    /// ([`Record::alt_event_us`]), when there is one.
+    fn alt_implied_start(r: &Record) -> Option<i64> {
+        (r.alt_event_us != r.event_us)
+            .then(|| r.time_in_session())
+            .flatten()
+            .map(|st| r.alt_event_us.saturating_sub(i64::from(st) * US))
+    }
+
     /// Which instance a session record belongs to (docs/accounting-engine.md), and the
     /// id's head; changes nothing.
     fn route(&self, r: &Record, nas: u32, tag: u32, sid: &[u8]) -> (Option<u32>, Target) {
@@ -1690,7 +1706,17 @@ impl Engine {
                 let copy_possible = c.session_time == 0
                     && r.event_us.abs_diff(c.start_us) <= gap.unsigned_abs()
                     && (c.state == STATE_OPEN || end_unknown(c));
-                let reused = r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
+                // A trusted Event-Timestamp is exact: a copy of the instance's own Start
+                // carries the same one (and is a duplicate by content), so another time is
+                // another session's Start, however close (a NAS reusing the id a second
+                // after the Stop). The 2 s are for a Start timed by its arrival and for an
+                // instance whose start was inferred from an update (lost Start).
+                let own_slack = if r.timed_by_arrival() || u32::from(c.flags) & LOST_START != 0 {
+                    START_SLACK_US.unsigned_abs()
+                } else {
+                    0
+                };
+                let reused = r.event_us.abs_diff(c.start_us) > own_slack
                     && r.event_us > c.last_update_us
                     && !copy_possible;
                 if r.status == STATUS_START {
@@ -1710,7 +1736,7 @@ impl Engine {
                             _ => Target::Existing(cur),
                         }
                     } else if reused
-                        || (r.event_us.abs_diff(c.start_us) > START_SLACK_US.unsigned_abs()
+                        || (r.event_us.abs_diff(c.start_us) > own_slack
                             && r.event_us > c.start_us
                             && r.event_us >= c.stop_us
                             && !copy_possible)
@@ -1757,6 +1783,20 @@ impl Engine {
                     }
                 }
             }
+        };
+        // A record would begin an instance, but the other reading of its time places it in
+        // one the engine holds: it is that one's (one session's records read the two ways
+        // imply starts about the NAS's skew apart, which a second generation would count
+        // twice).
+        let target = match (target, head, Self::alt_implied_start(r), implied) {
+            // (Readings within 2 s of each other are one reading: the rules above hold.)
+            (Target::Create { .. }, Some(h), Some(alt), Some(im))
+                if alt.abs_diff(im) > START_SLACK_US.unsigned_abs() =>
+            {
+                self.chain_match(h, sid, alt, gap)
+                    .map_or(target, Target::Existing)
+            }
+            _ => target,
         };
         (head, target)
     }
@@ -1971,6 +2011,11 @@ impl Engine {
         }
         let old_flags = u32::from(s.flags);
         let mut new_flags = fin | fout;
+        if is_stop && t_up && r.input() == Some(0) && r.output() == Some(0) {
+            // 0/0 after the session went on (a NAS that sends zeros on Lost-Carrier), also
+            // when nothing was counted before: RADIUS.md flags a Stop with zeros.
+            new_flags |= STOP_REGRESSION;
+        }
         if r.skewed() {
             new_flags |= CLOCK_SKEW;
         }

@@ -53,7 +53,7 @@ const SKEWED: u8 = 64;
 const NO_EVENT_TIMESTAMP: u8 = 128;
 
 /// One normalized accounting record (counters are 64-bit, gigawords folded in).
-/// Compact (120 bytes): optional values are a presence bit plus a value.
+/// Compact (128 bytes): optional values are a presence bit plus a value.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Record {
     pub key: [u8; 16],
@@ -61,6 +61,13 @@ pub struct Record {
     output: u64,
     /// Effective event time (clock-skew policy applied).
     pub event_us: i64,
+    /// The other reading of the event time: arrival − Acct-Delay-Time when `event_us` is
+    /// the Event-Timestamp, the Event-Timestamp when it was set aside as skewed, and
+    /// `event_us` itself without one (or with one past the range of time). One session's
+    /// records may be read either way (a NAS clock off by about the tolerance, a record
+    /// delayed past it without Acct-Delay-Time saying so): either reading can place a
+    /// record in its instance (`Engine::route`).
+    pub alt_event_us: i64,
     pub arrival_us: i64,
     pub sid: Span,
     pub user: Span,
@@ -882,6 +889,7 @@ pub fn prepare(
             nas: u32::MAX,
             arrival_us: default_arrival_us,
             event_us: default_arrival_us,
+            alt_event_us: default_arrival_us,
             ..Record::default()
         });
         let Some(rec) = out.records.last_mut() else {
@@ -1019,16 +1027,17 @@ fn prepare_one<'a>(
         .filter(|&t| t >= MIN_TIME_US)
         .ok_or_else(|| "arrival_time - Acct-Delay-Time is before 1970-01-01".to_string())?;
     let tol = nas.tolerance_us[n as usize];
-    let (event_us, skewed) = match f.event_ts_us {
+    let (event_us, alt_event_us, skewed) = match f.event_ts_us {
         // (An Event-Timestamp before 1970 or past 9999 disagrees with any arrival there is.)
         Some(ts)
             if ts.abs_diff(base) <= tol.unsigned_abs()
                 && (MIN_TIME_US..=MAX_TIME_US).contains(&ts) =>
         {
-            (ts, false)
+            (ts, base, false)
         }
-        Some(_) => (base, true),
-        None => (base, false),
+        Some(ts) if (MIN_TIME_US..=MAX_TIME_US).contains(&ts) => (base, ts, true),
+        Some(_) => (base, base, true),
+        None => (base, base, false),
     };
     // Event time in the key: the NAS's Event-Timestamp. Without one, arrival − delay
     // differs between a record's copies (two collectors' clocks, a retransmit's whole-second
@@ -1072,6 +1081,7 @@ fn prepare_one<'a>(
     }
     rec.session_time = rec.set(HAS_TIME, f.session_time);
     rec.event_us = event_us;
+    rec.alt_event_us = alt_event_us;
     if skewed {
         rec.bits |= SKEWED;
     }

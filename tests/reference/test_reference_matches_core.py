@@ -1,11 +1,12 @@
 """Hypothesis: the Rust engine and the pure-Python reference agree on random traffic.
 
 Random interleavings of sessions on two NASes, with lost, duplicated and reordered records,
-counter resets, gigawords, zero Stops, NAS reboots, clock skew, session-id reuse (days
-later too, after a sweep forgot the old instance), records held back for days (delivered
-after a sweep forgot their instance) and stale sweeps, split into batches anywhere:
-identical sessions, buckets and outcomes. The reference never forgets an instance; the
-engine forgets closed ones and is given them back from the stored rows, as the service does.
+counter resets, gigawords, zero Stops, NAS reboots, clock skew (also about the tolerance),
+session-id reuse (days later too, after a sweep forgot the old instance), records held back
+for days (delivered after a sweep forgot their instance) and stale sweeps, split into
+batches anywhere: identical sessions, buckets and outcomes. The reference never forgets an
+instance; the engine forgets closed ones and is given them back from the stored rows, as
+the service does.
 """
 
 from __future__ import annotations
@@ -96,7 +97,13 @@ def traffic(seed: int) -> tuple[list[Rec], dict[str, Policy], list[int]]:
         "nasA": Policy(infer_wrap=rng.random() < 0.5, swap_direction=rng.random() < 0.3),
         "nasB": Policy(clock_skew_tolerance_s=rng.choice([60, 300])),
     }
-    skew = {"nasA": 0, "nasB": rng.choice([0, 0, 7200 * US])}
+    # nasB's clock: right, far off, or off by about its tolerance, so that its records'
+    # Event-Timestamps are trusted or set aside by their arrival's jitter and delay.
+    tolerance = policies["nasB"].clock_skew_tolerance_s * US
+    skew = {
+        "nasA": 0,
+        "nasB": rng.choice([0, 0, 7200 * US, tolerance + 100_000, 100_000 - tolerance]),
+    }
     recs: list[Rec] = []
     for nas in ("nasA", "nasB"):
         for sid in ("s1", "s2", "s3")[: rng.randrange(1, 4)]:

@@ -19,6 +19,8 @@ WRAP = 1 << 32
 # Event-Timestamp and Acct-Session-Time are whole seconds: one session's implied starts
 # differ by up to this.
 START_SLACK_US = 2 * US
+# The times a record may carry: 1970-01-01 to the end of 9999 UTC.
+MAX_TIME_US = 253_402_300_799_999_999
 
 START, STOP, INTERIM, ON, OFF = 1, 2, 3, 7, 8
 
@@ -89,6 +91,9 @@ class Norm:
     key: tuple[object, ...]
     by_instance: bool
     by_arrival: bool
+    # The other reading of its time: arrival - delay when event_us is the Event-Timestamp,
+    # the Event-Timestamp when it was set aside as skewed, else event_us.
+    alt_event_us: int
 
 
 def storable(text: str) -> str:
@@ -160,11 +165,13 @@ class Reference:
         base = arrival - (rec.delay or 0) * US
         tolerance = self.policy(nas).clock_skew_tolerance_s * US
         skewed = False
-        if rec.event_ts_us is not None and abs(rec.event_ts_us - base) <= tolerance:
-            event = rec.event_ts_us
+        ets = rec.event_ts_us
+        if ets is not None and abs(ets - base) <= tolerance:
+            event, alt = ets, base
         else:
             event = base
-            skewed = rec.event_ts_us is not None
+            skewed = ets is not None
+            alt = ets if ets is not None and 0 <= ets <= MAX_TIME_US else base
         # Without (trusted) Event-Timestamp, a Start or an Interim/Stop with a session time
         # is pinned by the start of its instance (added in `record`), the rest by arrival -
         # delay. A skewed Event-Timestamp is not the event's time: keyed as if absent.
@@ -186,7 +193,7 @@ class Reference:
             rec.framed_ip, inp, out,
             rec.input_gigawords is not None, rec.output_gigawords is not None,
             rec.session_time, event, skewed, rec.terminate_cause, key, by_instance,
-            trusted is None,
+            trusted is None, alt,
         )  # fmt: skip
 
     # -- one record -------------------------------------------------------------------
@@ -247,7 +254,41 @@ class Reference:
 
     def route(self, n: Norm) -> tuple[str, Session | None, dict[str, Any]]:
         """Which instance a session record belongs to: ("existing" or "late", it, {}) or
-        ("create", None, how); changes nothing but adds the id's empty chain."""
+        ("create", None, how); changes nothing but adds the id's empty chain. A record that
+        would begin an instance belongs to one whose start the other reading of its time
+        implies (within the tolerance): one session's records read the two ways imply
+        starts about the NAS's skew apart."""
+        routed = self.route_by_event_time(n)
+        time = 0 if n.session_time is None and n.status == START else n.session_time
+        # (Readings within 2 s of each other are one reading: the rules hold as they are.)
+        if (
+            routed[0] == "create"
+            and abs(n.alt_event_us - n.event_us) > START_SLACK_US
+            and time is not None
+        ):
+            chain = self.chains[(n.nas, n.sid)]
+            s = self.owner(n, chain, n.alt_event_us - time * US)
+            if s is not None:
+                return ("existing", s, {})
+        return routed
+
+    def owns(self, n: Norm, s: Session, implied: int) -> bool:
+        gap = self.policy(n.nas).clock_skew_tolerance_s * US
+        distance = abs(s.start_us - implied)
+        ended_before = s.state != OPEN and not self.end_unknown(s) and implied > s.stop_us
+        # Closed by a reboot, it ended by the first On/Off after its start.
+        reboot = min((e for e in self.reboots.get(n.nas, []) if e > s.start_us), default=None)
+        if s.state == CLOSED_NO_STOP and s.flags & NAS_REBOOT_CLOSED and reboot is not None:
+            ended_before = ended_before and implied >= reboot
+        return distance <= gap and (not ended_before or distance <= START_SLACK_US)
+
+    def owner(self, n: Norm, chain: list[Session], implied: int) -> Session | None:
+        owners = [s for s in chain if self.owns(n, s, implied)]
+        # The closest start; on a tie the newest (min keeps the first of equals).
+        return min(reversed(owners), key=lambda s: abs(s.start_us - implied)) if owners else None
+
+    def route_by_event_time(self, n: Norm) -> tuple[str, Session | None, dict[str, Any]]:
+        """`route` by the record's event time alone."""
         chain = self.chains.setdefault((n.nas, n.sid), [])
         gap = self.policy(n.nas).clock_skew_tolerance_s * US
         time = 0 if n.session_time is None and n.status == START else n.session_time
@@ -258,23 +299,9 @@ class Reference:
         # order instances were found, so an older session found late has the next number.
         cur = max(reversed(chain), key=lambda s: s.start_us)
 
-        def owns(s: Session) -> bool:
-            assert implied is not None
-            distance = abs(s.start_us - implied)
-            ended_before = s.state != OPEN and not self.end_unknown(s) and implied > s.stop_us
-            # Closed by a reboot, it ended by the first On/Off after its start.
-            reboot = min((e for e in self.reboots.get(n.nas, []) if e > s.start_us), default=None)
-            if s.state == CLOSED_NO_STOP and s.flags & NAS_REBOOT_CLOSED and reboot is not None:
-                ended_before = ended_before and implied >= reboot
-            return distance <= gap and (not ended_before or distance <= START_SLACK_US)
-
         def owner() -> Session | None:
             assert implied is not None
-            owners = [s for s in chain if owns(s)]
-            # The closest start; on a tie the newest (min keeps the first of equals).
-            return (
-                min(reversed(owners), key=lambda s: abs(s.start_us - implied)) if owners else None
-            )
+            return self.owner(n, chain, implied)
 
         far_before = implied is not None and implied < cur.start_us - gap
         if n.status == START:
@@ -282,7 +309,11 @@ class Reference:
             # update, or at/after its stop): the id was reused.
             # Unless it may be a copy of the instance's own Start: no session time yet, within
             # the tolerance, and open or closed as stale.
-            own_start = abs(n.event_us - cur.start_us) <= START_SLACK_US
+            # A trusted Event-Timestamp is exact: a copy of the instance's own Start carries
+            # the same one. The 2 s are for a Start timed by its arrival and for an instance
+            # whose start was inferred (lost Start).
+            slack = START_SLACK_US if n.by_arrival or cur.flags & LOST_START else 0
+            own_start = abs(n.event_us - cur.start_us) <= slack
             copy_possible = (
                 cur.session_time == 0
                 and abs(n.event_us - cur.start_us) <= gap
@@ -382,6 +413,8 @@ class Reference:
         if n.session_time is not None:
             s.session_time = max(s.session_time, n.session_time)
         s.flags |= f_in | f_out | (CLOCK_SKEW if n.skewed else 0)
+        if stop and time_up and n.input == 0 and n.output == 0:
+            s.flags |= STOP_REGRESSION  # zeros after the session went on: RADIUS.md flags them
         s.last_update_us = max(s.last_update_us, n.event_us)
         if s.state == CLOSED_NO_STOP:
             s.flags |= LATE_STOP

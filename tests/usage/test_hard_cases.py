@@ -161,6 +161,22 @@ async def test_high_water_mark_is_kept_when_stop_has_no_or_zero_counters(
     assert "stop_regression" in session.flags
 
 
+async def test_stop_with_zeros_is_flagged_when_the_session_had_counted_nothing(
+    usage: Usage, form: str
+) -> None:
+    # RADIUS.md: a Stop "with zeros (some NASes send 0/0 on Lost-Carrier)" is flagged, also
+    # when no Interim came before it (the mark it keeps is 0): the operator is told.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=900, session_time=900, inp=0, out=0, cause=2),
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes, session.session_time_s) == (0, 0, 900)
+    assert session.state == pb.SESSION_STATE_CLOSED
+    assert "stop_regression" in session.flags
+
+
 async def test_stop_counts_from_zero_when_its_lower_counters_follow_a_counter_reset(
     usage: Usage, form: str
 ) -> None:
@@ -280,6 +296,43 @@ async def test_arrival_minus_delay_is_event_time_when_nas_clock_is_skewed(
     assert "clock_skew" in session.flags
     # arrival = event + delay; event time = arrival - delay = T0 + 7200 s.
     assert utc(session.last_update_at) == at(7200)
+
+
+@pytest.mark.parametrize(
+    ("skew_s", "late_at", "transit_s"),
+    [(-299, 1200, 2.5), (0, 1200, 301), (-300, 0, 1)],
+    ids=["clock-near-the-tolerance", "interim-delayed-past-it", "start-set-aside"],
+)
+async def test_one_session_is_counted_once_when_its_records_are_timed_two_ways(
+    usage: Usage, form: str, skew_s: float, late_at: int, transit_s: float
+) -> None:
+    # One record's Event-Timestamp is set aside (skewed: the NAS clock near the tolerance
+    # and the request a little slower, or a correct clock and a request delayed past the
+    # tolerance without Acct-Delay-Time saying so), the others' trusted: the two readings
+    # imply starts about the tolerance apart. That was "far": a second generation counted
+    # the session's cumulative counters again (5 MB up instead of 3).
+    def rec(status: int, t: int, up: int | None = None, down: int | None = None) -> Rec:
+        extra = transit_s if t == late_at else 0.0
+        cause = 1 if status == STOP else None
+        return Rec(
+            status, t=t, session_time=t, inp=up, out=down, skew_s=skew_s,
+            arrival_extra_s=extra, cause=cause,
+        )  # fmt: skip
+
+    acks = await usage.send_each(
+        form,
+        rec(START, 0),
+        rec(INTERIM, 600, 1_000_000, 5_000_000),
+        rec(INTERIM, 1200, 2_000_000, 9_000_000),
+        rec(STOP, 1800, 3_000_000, 12_000_000),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    (session,) = await usage.sessions()
+    assert (session.generation, session.state) == (1, pb.SESSION_STATE_CLOSED)
+    assert (session.input_bytes, session.output_bytes) == (3_000_000, 12_000_000)
+    assert session.session_time_s == 1800
+    assert "clock_skew" in session.flags
+    assert "lost_start" not in session.flags
 
 
 async def test_two_sessions_exist_when_same_session_id_comes_from_two_nases(
@@ -472,6 +525,31 @@ async def test_new_generation_begins_when_id_is_reused_in_the_second_the_old_one
     assert utc(gens[2].start_at) == at(100)
     assert utc(gens[2].stop_at) == at(700)
     assert gens[2].session_time_s == 600
+
+
+@pytest.mark.parametrize("reuse_at", [1, 2], ids=["in-the-second-of-the-stop", "a-second-later"])
+async def test_new_generation_begins_when_id_is_reused_within_2s_of_the_old_start(
+    usage: Usage, form: str, reuse_at: int
+) -> None:
+    # A Start with a trusted Event-Timestamp other than the closed instance's start is not
+    # its copy (a copy carries the same one): the 2 s within which a Start is the instance's
+    # own are for Starts timed by arrival. It was `late`, and so were the new session's
+    # updates: their usage was lost.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(STOP, t=1, session_time=1, inp=10, out=10, cause=1),
+        Rec(START, t=reuse_at, session_time=0),
+        Rec(INTERIM, t=reuse_at + 600, session_time=600, inp=1000, out=2000),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    gens = by_generation(await usage.sessions())
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes) == (10, 10)
+    assert "interim_after_stop" not in gens[1].flags
+    assert (gens[2].input_bytes, gens[2].output_bytes) == (1000, 2000)
+    assert utc(gens[2].start_at) == at(reuse_at)
+    assert gens[2].state == pb.SESSION_STATE_OPEN
 
 
 async def test_new_generation_is_created_when_an_update_starts_after_the_old_one_stopped(
