@@ -166,6 +166,40 @@ def attribution_sql(
     return f"COALESCE({', '.join(steps)})"
 
 
+def batch_attribution_sql(
+    tenant: str,
+    user: str,
+    calling: str,
+    framed: str,
+    framed_prefix: str,
+    delegated_prefix: str,
+    *,
+    received: str | None,
+) -> str:
+    """The subscription a batch received at `received` (an SQL expression of an instant
+    in the stored form) attributes a session to: by attribution_sql's rules among the
+    identities registered by then; if none of those matches, by the identities registered
+    when the first matching one was, which is what that registration's re-attribution
+    gives the session once the batch is written. A batch may be written after identities
+    registered since it was received (it waited for its locks): live and in a rebuild it
+    is attributed alike. Without `received`, attribution_sql's (identities as they are).
+    One probe of the radius_identities primary key per step, as attribution_sql."""
+    if received is None:
+        return attribution_sql(tenant, user, calling, framed, framed_prefix, delegated_prefix)
+    steps = _identity_lookups(
+        tenant, "r.subscription_id AS s, r.created_at AS c, @rank@ AS k", "", user, calling,
+        framed, framed_prefix, delegated_prefix,
+    )  # fmt: skip
+    union = " UNION ALL ".join(
+        f"SELECT * FROM {step.replace('@rank@', str(rank))} q{rank}"
+        for rank, step in enumerate(steps)
+    )
+    return (
+        f"(SELECT x.s FROM ({union}) x ORDER BY x.c > {received},"
+        f" CASE WHEN x.c <= {received} THEN x.k ELSE 0 END, x.c, x.k LIMIT 1)"
+    )
+
+
 def first_registration_sql(
     tenant: str, user: str, calling: str, framed: str, framed_prefix: str, delegated_prefix: str
 ) -> str:
@@ -878,7 +912,7 @@ def _session_update(tenant: str, as_of: str | None) -> str:
     return (
         ", ".join(f"{c} = {v}" for c, v in zip(IDENTITY_COLUMNS, identity, strict=True))
         + ", subscription_id = COALESCE(usage_sessions.subscription_id,"
-        f" {attribution_sql(tenant, *identity, as_of=as_of)})," + _SESSION_STATE_UPDATE
+        f" {batch_attribution_sql(tenant, *identity, received=as_of)})," + _SESSION_STATE_UPDATE
     )
 
 
@@ -896,7 +930,7 @@ def _session_values(pg: bool, p: list[str], tenant: str, as_of: str | None) -> s
     """The VALUES/SELECT list of a session row from parameter expressions p[0..19]."""
     return (
         f"{tenant}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[18]}, {p[19]},"
-        f" {attribution_sql(tenant, *(p[i] for i in _IDENTITY_PARAMS), as_of=as_of)},"
+        f" {batch_attribution_sql(tenant, *(p[i] for i in _IDENTITY_PARAMS), received=as_of)},"
         f" {ts_sql(pg, p[6])}, CASE WHEN {p[7]} < 0 THEN NULL ELSE {ts_sql(pg, p[7])} END,"
         f" {ts_sql(pg, p[8])}, {p[9]}, {p[10]}, {p[11]}, {p[12]}, {p[13]}, {p[14]}, {p[15]},"
         f" {p[16]}, {p[17]}"
@@ -933,11 +967,11 @@ def _pg_session_upsert(arrays: Sequence[str], as_of: str | None) -> str:
     sticks) and `ins` (new instances inserted with their subscription); `r` maps every
     row's ordinality `o` to its subscription `sub` after the write and its session key
     (`n`, `a`, `g`). $1 is the tenant, `arrays` the SQL expressions of the N_SESSION
-    session columns (pgarrays.stage), `as_of` attribution_sql's."""
+    session columns (pgarrays.stage), `as_of` batch_attribution_sql's `received`."""
     unnest = ", ".join(arrays[:N_SESSION])
     names = [f"u.c{i}" for i in range(N_SESSION)]
     identity = merged_identity("s", [names[i] for i in _IDENTITY_PARAMS])
-    attribution = attribution_sql("$1::uuid", *identity, as_of=as_of)
+    attribution = batch_attribution_sql("$1::uuid", *identity, received=as_of)
     updates = ", ".join(
         f"{column} = {value}"
         for column, value in zip(
@@ -981,7 +1015,8 @@ async def upsert_sessions(
 ) -> None:
     """SQLite: writes the final state of every session instance a batch touched (`params`:
     the SESSION_COLUMNS as lists), attributing new ones to a subscription; an attribution,
-    once made, sticks. With `as_of_us`, by the identities registered by then (a rebuild).
+    once made, sticks. With `as_of_us` (when the batch was received), as
+    batch_attribution_sql; without (a sweep), by the identities as they are.
     (PostgreSQL writes sessions with their buckets in one statement:
     upsert_sessions_and_buckets.)"""
     if not params[0]:

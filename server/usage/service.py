@@ -227,8 +227,8 @@ async def write_projections(
     as_of_us: int | None = None,
 ) -> None:
     """Session rows, hourly buckets and anomalies of an engine result (batch, sweep, replay).
-    Sessions are attributed by the identities registered now, or by `as_of_us` (a rebuild
-    replaying a batch: those registered when it was received)."""
+    A batch's sessions are attributed as of `as_of_us`, when it was received, live and in a
+    rebuild alike (repository.batch_attribution_sql); a sweep's rows carry no identity."""
     if len(projection):
         index = projection.bucket_row
         if repo.is_pg(session):
@@ -537,7 +537,7 @@ class UsageService:
         cls._settle(writes, mapping, [existing])  # raises _Redo before the commit
         if part.quarantine:
             await repo.insert_quarantine(session, tenant_id, batch_id, part.quarantine, received_us)
-        await write_projections(session, tenant_id, part.projection)
+        await write_projections(session, tenant_id, part.projection, received_us)
         await repo.set_nas_seq(session, tenant_id, part.nas_keys, part.nas_seq)
         await session.commit()
         held = set(existing.tolist())

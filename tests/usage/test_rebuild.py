@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 from sqlalchemy import select
 
 from server.accounts.models import RadiusIdentity
@@ -224,6 +225,35 @@ async def test_rebuild_attributes_each_session_as_it_was_attributed_when_identit
 
     await rebuild(server.db, usage.tenant.tenant_id)
 
+    assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
+@pytest.mark.parametrize("competing", [True, False], ids=["outranked-mac", "only-identity"])
+async def test_a_batch_written_after_a_registration_it_was_received_before_is_attributed_alike(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, competing: bool
+) -> None:
+    """A batch waits for its locks after it is received; an identity registered meanwhile
+    is committed when it is written. The rebuild attributes the batch by the identities
+    registered when it was received, so the live write must too (emulated here by an
+    identity registered "in an hour": after the batch is received, before it is written).
+    With an identity registered before (a MAC), that one's subscription, the User-Name's
+    outranking it notwithstanding; with none, the User-Name's, which is what its
+    registration's re-attribution gives the session."""
+    mac = "02-00-00-00-00-0b"
+    by_mac = await subscribe(channel, usage.tenant, calling_station_id=mac) if competing else ""
+    by_name = await subscribe(channel, usage.tenant)  # its identity comes below
+    async with server.db.transaction() as session:
+        session.add(RadiusIdentity(
+            tenant_id=usage.tenant.tenant_id, kind=1, value="ru",
+            subscription_id=uuid.UUID(by_name),
+            created_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+        ))  # fmt: skip
+    await usage.send("decoded", Rec(INTERIM, sid="s1", user="ru", calling=mac, t=600,
+                                    session_time=600, inp=5, out=6))  # fmt: skip
+    assert (await usage.session("s1")).subscription_id == (by_mac if competing else by_name)
+    before = await snapshot(server, usage.tenant.tenant_id)
+    assert not before["unattributed"]
+    await rebuild(server.db, usage.tenant.tenant_id)
     assert await snapshot(server, usage.tenant.tenant_id) == before
 
 
