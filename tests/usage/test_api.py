@@ -358,10 +358,12 @@ async def test_resend_counts_each_record_once_when_one_group_of_a_large_batch_fa
     assert counts(ack) == (12, 0, 0, 0)
     write = service.write_projections
 
-    async def fails_on_nas_3(session: object, tenant_id: uuid.UUID, part: object) -> None:
+    async def fails_on_nas_3(
+        session: object, tenant_id: uuid.UUID, part: object, received_us: int | None = None
+    ) -> None:
         if "nas-3" in part.sessions[0].tolist():  # type: ignore[attr-defined]
             raise RuntimeError("disk on fire")
-        await write(session, tenant_id, part)  # type: ignore[arg-type]
+        await write(session, tenant_id, part, received_us)  # type: ignore[arg-type]
 
     monkeypatch.setattr(service, "write_projections", fails_on_nas_3)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
