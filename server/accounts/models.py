@@ -120,6 +120,9 @@ class RadiusIdentity(TenantScoped, Base):
             ["tenant_id", "subscription_id"], ["subscriptions.tenant_id", "subscriptions.id"]
         ),
         Index("ix_radius_identities_subscription", "tenant_id", "subscription_id"),
+        # Whether a tenant registered an identity after a batch was received
+        # (usage.repository.batch_attribution_sql), and the rebuild's registration times.
+        Index("ix_radius_identities_registered", "tenant_id", "created_at"),
     )
 
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)

@@ -183,20 +183,32 @@ def batch_attribution_sql(
     gives the session once the batch is written. A batch may be written after identities
     registered since it was received (it waited for its locks): live and in a rebuild it
     is attributed alike. Without `received`, attribution_sql's (identities as they are).
-    One probe of the radius_identities primary key per step, as attribution_sql."""
+
+    The second lookup runs only when the tenant registered an identity after `received`:
+    a subquery of constants, evaluated once per statement (one probe of
+    ix_radius_identities_registered), so a batch pays attribution_sql's five probes per
+    unattributed row as before."""
+    identity = (user, calling, framed, framed_prefix, delegated_prefix)
     if received is None:
-        return attribution_sql(tenant, user, calling, framed, framed_prefix, delegated_prefix)
+        return attribution_sql(tenant, *identity)
+    later = (
+        f"(SELECT 1 FROM radius_identities r WHERE r.tenant_id = {tenant}"
+        f" AND r.created_at > {received} LIMIT 1)"
+    )
+    # The matching identity registered first, on a tie the one that ranks first: what
+    # attribution_sql as of first_registration_sql gives, in one query (nesting the one in
+    # the other overflows SQLite's parser stack).
     steps = _identity_lookups(
-        tenant, "r.subscription_id AS s, r.created_at AS c, @rank@ AS k", "", user, calling,
-        framed, framed_prefix, delegated_prefix,
-    )  # fmt: skip
+        tenant, "r.subscription_id AS s, r.created_at AS c, @rank@ AS k", "", *identity
+    )
     union = " UNION ALL ".join(
         f"SELECT * FROM {step.replace('@rank@', str(rank))} q{rank}"
         for rank, step in enumerate(steps)
     )
+    first = f"(SELECT x.s FROM ({union}) x ORDER BY x.c, x.k LIMIT 1)"
     return (
-        f"(SELECT x.s FROM ({union}) x ORDER BY x.c > {received},"
-        f" CASE WHEN x.c <= {received} THEN x.k ELSE 0 END, x.c, x.k LIMIT 1)"
+        f"COALESCE({attribution_sql(tenant, *identity, as_of=received)},"
+        f" CASE WHEN {later} IS NOT NULL THEN {first} END)"
     )
 
 
