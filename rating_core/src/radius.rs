@@ -26,6 +26,8 @@ pub enum RadiusError {
     NotAccountingRequest(u8),
     /// An attribute whose value has the wrong size for its type.
     WrongLength { attribute: u8, length: usize },
+    /// An RFC 3162 prefix attribute whose Prefix-Length is over 128.
+    BadPrefixLength { attribute: u8, prefix_length: u8 },
     /// A single-valued attribute appearing twice.
     Repeated(u8),
     /// Request Authenticator does not match the shared secret.
@@ -52,6 +54,13 @@ impl fmt::Display for RadiusError {
             Self::WrongLength { attribute, length } => write!(
                 f,
                 "radius: attribute {attribute} has a value of {length} bytes (wrong length)"
+            ),
+            Self::BadPrefixLength {
+                attribute,
+                prefix_length,
+            } => write!(
+                f,
+                "radius: attribute {attribute} has a Prefix-Length of {prefix_length} (over 128)"
             ),
             Self::Repeated(a) => write!(f, "radius: attribute {a} repeated"),
             Self::BadAuthenticator => write!(f, "radius: bad Request Authenticator"),
@@ -211,7 +220,13 @@ fn prefix(ty: u8, v: &[u8]) -> Result<(u8, Ipv6Addr), RadiusError> {
         attribute: ty,
         length: v.len(),
     };
-    if v.len() < 2 || v.len() > 18 || v[1] > 128 || usize::from(v[1]).div_ceil(8) > v.len() - 2 {
+    if v.len() >= 2 && v.len() <= 18 && v[1] > 128 {
+        return Err(RadiusError::BadPrefixLength {
+            attribute: ty,
+            prefix_length: v[1],
+        });
+    }
+    if v.len() < 2 || v.len() > 18 || usize::from(v[1]).div_ceil(8) > v.len() - 2 {
         return Err(wrong);
     }
     let mut a = [0u8; 16];

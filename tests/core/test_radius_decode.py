@@ -109,6 +109,15 @@ def _packet(attrs: bytes) -> bytes:
         (radius_int(40, 3) + radius_attr(44, b"s1") + b"\x2a\x01", "bad length"),
         (radius_int(40, 3) + radius_attr(44, b"s1") + b"\x2a\x09\x00\x00", "bad length"),
         (radius_int(40, 3) + radius_int(42, 1) + radius_int(42, 2), "repeated"),
+        # Framed-IPv6-Prefix: a /129 names its Prefix-Length; 4 octets cannot hold a /64.
+        (
+            radius_int(40, 3) + radius_attr(44, b"s1") + radius_attr(97, b"\x00\x81" + bytes(16)),
+            "attribute 97 has a Prefix-Length of 129 (over 128)",
+        ),
+        (
+            radius_int(40, 3) + radius_attr(44, b"s1") + radius_attr(97, b"\x00\x40" + bytes(4)),
+            "attribute 97 has a value of 6 bytes (wrong length)",
+        ),
     ],
 )
 def test_malformed_packet_is_quarantined_with_reason_when_sent_raw(
