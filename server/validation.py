@@ -212,6 +212,35 @@ def ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return str(address)
 
 
+def nas_key_text(text: str) -> str:
+    """A NAS key as the core writes it (`record::canonical_address`): an IP address, also
+    one given with a port (`192.0.2.1:1813`, `[2001:db8::1]:1813`), in canonical text, an
+    IPv4-mapped IPv6 address as its IPv4 address; any other text (a NAS-Identifier) as
+    given. A policy or a filter written `2001:DB8:0::1` then names the NAS the core keys
+    `2001:db8::1`."""
+
+    def canonical(host: str) -> str | None:
+        if "%" in host:  # a zone: no address to the core
+            return None
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(address)
+
+    if (found := canonical(text)) is not None:
+        return found
+    host, sep, port = text.rpartition(":")
+    if sep and port.isascii() and port.isdigit() and int(port) <= 65535:
+        bracketed = host.startswith("[") and host.endswith("]")
+        inner = host[1:-1] if bracketed else host
+        if (found := canonical(inner)) is not None and bracketed == (":" in inner):
+            return found
+    return text
+
+
 def parse_ip(field: str, value: str) -> str:
     """A packet source's address as the core keys it: an IPv4-mapped IPv6 address (how a
     dual-stack socket reports an IPv4 peer) is the IPv4 address."""

@@ -39,6 +39,7 @@ from server.validation import (
     at_most_i32,
     format_decimal,
     limit_length,
+    nas_key_text,
     optional_id,
     page_size,
     parse_decimal,
@@ -235,7 +236,7 @@ class UsageServicer:
         where = queries.SessionFilter(
             subscription_id=optional_id("subscription_id", request.subscription_id),
             user_name=radius_text("user_name", request.user_name),
-            nas_key=radius_text("nas_key", request.nas_key),
+            nas_key=nas_key_text(radius_text("nas_key", request.nas_key)),
             open_only=request.open_only,
         )
         rows, token = await queries.list_sessions(
@@ -256,7 +257,7 @@ class UsageServicer:
         client = service.NasClientSpec(
             source_address=address,
             secret=None if keep_secret else request.secret.encode(),
-            nas_key=radius_text("nas_key", request.nas_key.strip()) or address,
+            nas_key=nas_key_text(radius_text("nas_key", request.nas_key.strip()) or address),
             swap_direction=request.swap_direction,
             infer_wrap=request.infer_wrap,
             interim_interval_s=at_most_i32("interim_interval_s", request.interim_interval_s),

@@ -492,6 +492,28 @@ async def test_sessions_filter_and_page_when_many_exist(usage: Usage) -> None:
     assert one == everything[3]
 
 
+async def test_an_address_keyed_nas_is_named_however_a_filter_or_policy_writes_it(
+    usage: Usage,
+) -> None:
+    # The core keys a NAS by RFC 5952 text (its source address, NAS-IPv6-Address, or a
+    # NAS-Identifier that is an address); a filter or a policy may write it another way.
+    await usage.send("decoded", Rec(START, sid="v6", nas="", source="2001:db8::7", t=0))
+    await usage.send("decoded", Rec(START, sid="name", nas="2001:DB8:0:0:0:0:0:7", t=1))
+    for written in ("2001:DB8:0:0:0:0:0:7", "[2001:db8::7]:1813", "2001:db8::7"):
+        found = await usage.sessions(nas_key=written)
+        assert {(s.nas_key, s.acct_session_id) for s in found} == {
+            ("2001:db8::7", "v6"),
+            ("2001:db8::7", "name"),
+        }
+    client = await usage.register_nas(
+        source="2001:db8::7", nas_key="2001:DB8::7", interim_interval_s=60, stale_multiplier=1,
+        grace_s=1,
+    )  # fmt: skip
+    assert client.nas_key == "2001:db8::7"
+    # The policy is the NAS's: 61 s of silence make its sessions stale.
+    assert await usage.sweep(at(1 + 62)) == 2
+
+
 async def test_get_session_finds_the_instance_when_its_key_holds_separator_bytes(
     usage: Usage, form: str
 ) -> None:
