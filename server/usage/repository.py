@@ -130,8 +130,11 @@ def us_sql(pg: bool, column: str) -> str:
     """SQL turning a UTCDateTime column into integer microseconds."""
     if pg:
         return f"(EXTRACT(EPOCH FROM {column}) * 1000000)::bigint"
+    # The seconds of the text's first 19 characters: strftime('%s') of the whole text
+    # rounds a fraction of .9995 or more up to the next second (SQLite 3.40), which the
+    # microseconds added again made a second late, one more each time a row was loaded.
     return (
-        f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000000"
+        f"(CAST(strftime('%s', substr({column}, 1, 19)) AS INTEGER) * 1000000"
         f" + CAST(substr({column}, 21, 6) AS INTEGER))"
     )
 

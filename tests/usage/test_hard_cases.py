@@ -335,6 +335,22 @@ async def test_one_session_is_counted_once_when_its_records_are_timed_two_ways(
     assert "lost_start" not in session.flags
 
 
+async def test_a_start_late_in_its_second_stays_put_when_replicas_load_the_session(
+    usage: Usage, replica: Usage, form: str
+) -> None:
+    # SQLite read a stored time of .9995 s or more a second late (strftime rounded it up):
+    # each load moved the start on by a second until a record implied a start "far" from
+    # it, and a second generation counted the session again.
+    await usage.send(form, Rec(START, t=0.9999, session_time=0, event=False))
+    for i, side in enumerate([replica, usage, replica, usage], start=1):
+        t, n = 0.9999 + 600 * i, 1000 * i
+        rec = Rec(INTERIM, t=t, session_time=600 * i, inp=n, out=n, event=False)
+        assert counts(await side.send(form, rec)) == (1, 0, 0, 0)
+    (session,) = await usage.sessions()
+    assert utc(session.start_at) == at(0.9999)
+    assert (session.input_bytes, session.generation) == (4000, 1)
+
+
 async def test_two_sessions_exist_when_same_session_id_comes_from_two_nases(
     usage: Usage, form: str
 ) -> None:
