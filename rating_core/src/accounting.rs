@@ -152,6 +152,11 @@ const HAS_CARRY: u16 = 1 << 15;
 /// `nas_reboot_closed`) and stopped later by a Stop without Acct-Terminate-Cause is told
 /// apart by it when loaded, so an Interim after that Stop stays without usage.
 pub const STOP_RECEIVED: u32 = 1 << 14;
+/// Bit of `Session::flags` that is output and loaded but is not an anomaly: the instance's
+/// start was read from a (trusted) Event-Timestamp, not from arrival − Acct-Delay-Time. A
+/// record's other reading of its time ([`Record::alt_event_us`]) is compared only with
+/// starts read the same way (`Engine::route`).
+pub const START_BY_EVENT_TIMESTAMP: u32 = 1 << 13;
 
 /// One session instance: 80 bytes (asserted below), plus its session id in [`Strings`], an
 /// 8-byte index entry, and an entry in `Engine::carry` only after a counter reset.
@@ -994,6 +999,19 @@ impl Engine {
     /// land in the next one. An instance closed as stale has no known end (its Stop may
     /// still come), so it takes any record within `gap` of its start, as an open one does.
     fn chain_match(&self, head: u32, sid: &[u8], implied: i64, gap: i64) -> Option<u32> {
+        self.chain_match_read(head, sid, implied, gap, None)
+    }
+
+    /// [`Engine::chain_match`] among the instances whose start was read from an
+    /// Event-Timestamp (`Some(true)`), from arrival − delay (`Some(false)`), or any (`None`).
+    fn chain_match_read(
+        &self,
+        head: u32,
+        sid: &[u8],
+        implied: i64,
+        gap: i64,
+        by_event_timestamp: Option<bool>,
+    ) -> Option<u32> {
         let nas = self.sessions[head as usize].nas;
         let mut best: Option<(u64, u32)> = None;
         let mut slot = head;
@@ -1002,6 +1020,8 @@ impl Engine {
             let distance = s.start_us.abs_diff(implied);
             // `head` is an instance of the id (its newest): only older ones are compared.
             if (slot == head || self.same_identity(s, nas, sid))
+                && by_event_timestamp
+                    .is_none_or(|b| (u32::from(s.flags) & START_BY_EVENT_TIMESTAMP != 0) == b)
                 && distance <= gap.unsigned_abs()
                 && (s.state == STATE_OPEN
                     || end_unknown(s)
@@ -1785,15 +1805,19 @@ impl Engine {
             }
         };
         // A record would begin an instance, but the other reading of its time places it in
-        // one the engine holds: it is that one's (one session's records read the two ways
-        // imply starts about the NAS's skew apart, which a second generation would count
-        // twice).
+        // one whose start was read that way: it is that one's (one session's records read
+        // the two ways imply starts about the NAS's skew apart, which a second generation
+        // would count twice). Only starts read the same way: against one read the record's
+        // way, the other reading is off by the skew, and would take a reused id's new
+        // session into the old one.
         let target = match (target, head, Self::alt_implied_start(r), implied) {
             // (Readings within 2 s of each other are one reading: the rules above hold.)
             (Target::Create { .. }, Some(h), Some(alt), Some(im))
                 if alt.abs_diff(im) > START_SLACK_US.unsigned_abs() =>
             {
-                self.chain_match(h, sid, alt, gap)
+                // The other reading is the Event-Timestamp when the record is timed by its
+                // arrival, and arrival − delay when it is timed by its Event-Timestamp.
+                self.chain_match_read(h, sid, alt, gap, Some(r.timed_by_arrival()))
                     .map_or(target, Target::Existing)
             }
             _ => target,
@@ -1854,6 +1878,9 @@ impl Engine {
                 }
                 if is_gap {
                     flags |= GENERATION_FROM_START_GAP;
+                }
+                if !r.timed_by_arrival() {
+                    flags |= START_BY_EVENT_TIMESTAMP;
                 }
                 let mut s = Session {
                     start_us: implied.unwrap_or(r.event_us),

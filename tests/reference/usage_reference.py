@@ -35,6 +35,7 @@ CLOCK_SKEW = 128
 INTERIM_AFTER_STOP = 256
 GENERATION_FROM_START_GAP = 512
 STOP_RECEIVED = 1 << 14  # not an anomaly: the instance took a Stop
+START_BY_EVENT_TIMESTAMP = 1 << 13  # not an anomaly: its start is a trusted Event-Timestamp
 
 OPEN, STOPPED, CLOSED_NO_STOP = "open", "stopped", "closed_no_stop"
 
@@ -266,7 +267,13 @@ class Reference:
             and abs(n.alt_event_us - n.event_us) > START_SLACK_US
             and time is not None
         ):
-            chain = self.chains[(n.nas, n.sid)]
+            # Only instances whose start was read the way the other reading is: the
+            # Event-Timestamp when the record is timed by its arrival, else arrival - delay.
+            chain = [
+                s
+                for s in self.chains[(n.nas, n.sid)]
+                if bool(s.flags & START_BY_EVENT_TIMESTAMP) == n.by_arrival
+            ]
             s = self.owner(n, chain, n.alt_event_us - time * US)
             if s is not None:
                 return ("existing", s, {})
@@ -368,6 +375,8 @@ class Reference:
             start_us=implied, last_update_us=n.event_us,
         )  # fmt: skip
         s.flags = (LOST_START if lost_start else 0) | (GENERATION_FROM_START_GAP if gap else 0)
+        if not n.by_arrival:
+            s.flags |= START_BY_EVENT_TIMESTAMP
         chain.append(s)
         outcome = self.update(n, s)
         # Found after a reboot it had started before: that On/Off ended it (whichever came

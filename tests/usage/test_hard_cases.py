@@ -351,6 +351,37 @@ async def test_a_start_late_in_its_second_stays_put_when_replicas_load_the_sessi
     assert (session.input_bytes, session.generation) == (4000, 1)
 
 
+@pytest.mark.parametrize(
+    ("skew_s", "reuse_after_stop"),
+    [(60, 20), (290, 20), (-310, 3)],
+    ids=["clock-60s-ahead", "clock-290s-ahead", "clock-set-aside"],
+)
+async def test_an_id_reused_soon_after_its_stop_is_a_new_session_whatever_the_nas_clock(
+    usage: Usage, form: str, skew_s: int, reuse_after_stop: int
+) -> None:
+    # The other reading of a record's time (arrival - delay for a trusted Event-Timestamp)
+    # is off by the NAS's skew: compared with a start read from an Event-Timestamp it
+    # placed the reused id's new session in the old one, whose usage it then was (`late`).
+    def rec(status: int, t: int, st: int, up: int | None = None, down: int | None = None) -> Rec:
+        cause = 1 if status == STOP else None
+        return Rec(status, t=t, session_time=st, inp=up, out=down, skew_s=skew_s, cause=cause)
+
+    again = 200 + reuse_after_stop
+    acks = await usage.send_each(
+        form,
+        rec(START, 0, 0),
+        rec(STOP, 200, 200, 1_000_000, 2_000_000),
+        rec(START, again, 0),
+        rec(STOP, again + 50, 50, 300_000, 400_000),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    gens = by_generation(await usage.sessions())
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes) == (1_000_000, 2_000_000)
+    assert (gens[2].input_bytes, gens[2].output_bytes) == (300_000, 400_000)
+    assert not {"lost_start", "interim_after_stop"} & {f for g in gens.values() for f in g.flags}
+
+
 async def test_two_sessions_exist_when_same_session_id_comes_from_two_nases(
     usage: Usage, form: str
 ) -> None:
