@@ -153,7 +153,7 @@ def attribution_sql(
     User-Name, then Calling-Station-Id, then static IP: the IPv4 Framed-IP-Address, then
     the Delegated-IPv6-Prefix, then the Framed-IPv6-Prefix. With `as_of` (an SQL
     expression of an instant in the stored form), only identities registered by then
-    count: a rebuild attributes each batch as it was attributed when it was written.
+    count (a batch's receipt: batch_attribution_sql; a first registration: reattribute).
 
     A MAC-like Calling-Station-Id matches as sent and in canonical `aa:bb:cc:dd:ee:ff` form.
     A prefix matches a STATIC_IP identity of the same canonical text; a /128 is its address
