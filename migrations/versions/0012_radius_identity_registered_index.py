@@ -2,9 +2,9 @@
 
 A batch is attributed by the identities registered when it was received, and, only when
 the tenant registered one since (it waited for its locks), by the one registered first.
-Whether it did is asked once per batch statement: this index makes that one probe instead
-of a scan of the tenant's identities. The rebuild reads the registration times in order
-through it too.
+Whether it did is asked once per batch: this index makes that one probe instead of a scan
+of the tenant's identities. The rebuild reads the registration times in order through it
+too.
 
 Revision ID: 0012
 Revises: 0011

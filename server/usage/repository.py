@@ -161,7 +161,11 @@ def attribution_sql(
     address identity matches a session whose prefix is that address as /128. Every step is
     one equality probe of the radius_identities primary key.
     """
-    registered = "" if as_of is None else f" AND r.created_at <= {as_of}"
+    # (In a CASE: SQLite would otherwise probe ix_radius_identities_registered by the
+    # time range instead of the primary key by the value, scanning every identity.)
+    registered = (
+        "" if as_of is None else f" AND CASE WHEN r.created_at <= {as_of} THEN 1 ELSE 0 END = 1"
+    )
     steps = _identity_lookups(
         tenant, "r.subscription_id", registered, user, calling, framed, framed_prefix,
         delegated_prefix,
@@ -178,26 +182,23 @@ def batch_attribution_sql(
     delegated_prefix: str,
     *,
     received: str | None,
+    registered_since: bool = False,
 ) -> str:
     """The subscription a batch received at `received` (an SQL expression of an instant
     in the stored form) attributes a session to: by attribution_sql's rules among the
-    identities registered by then; if none of those matches, by the identities registered
-    when the first matching one was, which is what that registration's re-attribution
-    gives the session once the batch is written. A batch may be written after identities
-    registered since it was received (it waited for its locks): live and in a rebuild it
-    is attributed alike. Without `received`, attribution_sql's (identities as they are).
-
-    The second lookup runs only when the tenant registered an identity after `received`:
-    a subquery of constants, evaluated once per statement (one probe of
-    ix_radius_identities_registered), so a batch pays attribution_sql's five probes per
-    unattributed row as before."""
+    identities registered by then. A live batch may be written after identities were
+    registered since it was received (it waited for its locks; `registered_since`, asked
+    once per batch: registered_since()): a session none of those registered by the receipt
+    matches then takes the identities registered when the first matching one was, which
+    is what that registration's re-attribution gives it in a rebuild (which replays the
+    registration after the batch, and so passes False). Without `received`,
+    attribution_sql's (identities as they are)."""
     identity = (user, calling, framed, framed_prefix, delegated_prefix)
     if received is None:
         return attribution_sql(tenant, *identity)
-    later = (
-        f"(SELECT 1 FROM radius_identities r WHERE r.tenant_id = {tenant}"
-        f" AND r.created_at > {received} LIMIT 1)"
-    )
+    by_receipt = attribution_sql(tenant, *identity, as_of=received)
+    if not registered_since:
+        return by_receipt
     # The matching identity registered first, on a tie the one that ranks first: what
     # attribution_sql as of first_registration_sql gives, in one query (nesting the one in
     # the other overflows SQLite's parser stack).
@@ -208,11 +209,20 @@ def batch_attribution_sql(
         f"SELECT * FROM {step.replace('@rank@', str(rank))} q{rank}"
         for rank, step in enumerate(steps)
     )
-    first = f"(SELECT x.s FROM ({union}) x ORDER BY x.c, x.k LIMIT 1)"
-    return (
-        f"COALESCE({attribution_sql(tenant, *identity, as_of=received)},"
-        f" CASE WHEN {later} IS NOT NULL THEN {first} END)"
+    return f"COALESCE({by_receipt}, (SELECT x.s FROM ({union}) x ORDER BY x.c, x.k LIMIT 1))"
+
+
+async def registered_since(session: AsyncSession, tenant_id: uuid.UUID, received_us: int) -> bool:
+    """Whether the tenant registered a RADIUS identity after `received_us` (one probe of
+    ix_radius_identities_registered)."""
+    found = await session.execute(
+        text(
+            "SELECT 1 FROM radius_identities WHERE tenant_id = :t"
+            f" AND created_at > {ts_sql(_pg(session), ':r')} LIMIT 1"
+        ),
+        {"t": tenant_param(session, tenant_id), "r": received_us},
     )
+    return found.first() is not None
 
 
 def first_registration_sql(
@@ -920,14 +930,15 @@ def merged_identity(old: str, new: Sequence[str]) -> list[str]:
     ]
 
 
-def _session_update(tenant: str, as_of: str | None) -> str:
+def _session_update(tenant: str, as_of: str | None, since: bool) -> str:
     """ON CONFLICT DO UPDATE of a session row: identity merged, attribution (once made)
     kept, otherwise attributed on the merged identity; the engine's state overwrites."""
     identity = merged_identity("usage_sessions", [f"excluded.{c}" for c in IDENTITY_COLUMNS])
+    attribution = batch_attribution_sql(tenant, *identity, received=as_of, registered_since=since)
     return (
         ", ".join(f"{c} = {v}" for c, v in zip(IDENTITY_COLUMNS, identity, strict=True))
-        + ", subscription_id = COALESCE(usage_sessions.subscription_id,"
-        f" {batch_attribution_sql(tenant, *identity, received=as_of)})," + _SESSION_STATE_UPDATE
+        + f", subscription_id = COALESCE(usage_sessions.subscription_id, {attribution}),"
+        + _SESSION_STATE_UPDATE
     )
 
 
@@ -941,11 +952,12 @@ _SESSION_STATE_UPDATE = (
 )
 
 
-def _session_values(pg: bool, p: list[str], tenant: str, as_of: str | None) -> str:
+def _session_values(pg: bool, p: list[str], tenant: str, as_of: str | None, since: bool) -> str:
     """The VALUES/SELECT list of a session row from parameter expressions p[0..19]."""
+    identity = [p[i] for i in _IDENTITY_PARAMS]
     return (
         f"{tenant}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[18]}, {p[19]},"
-        f" {batch_attribution_sql(tenant, *(p[i] for i in _IDENTITY_PARAMS), received=as_of)},"
+        f" {batch_attribution_sql(tenant, *identity, received=as_of, registered_since=since)},"
         f" {ts_sql(pg, p[6])}, CASE WHEN {p[7]} < 0 THEN NULL ELSE {ts_sql(pg, p[7])} END,"
         f" {ts_sql(pg, p[8])}, {p[9]}, {p[10]}, {p[11]}, {p[12]}, {p[13]}, {p[14]}, {p[15]},"
         f" {p[16]}, {p[17]}"
@@ -976,17 +988,20 @@ _PG_SESSION_TYPES = (
 )
 
 
-def _pg_session_upsert(arrays: Sequence[str], as_of: str | None) -> str:
+def _pg_session_upsert(arrays: Sequence[str], as_of: str | None, since: bool) -> str:
     """CTEs `u` (the batch's session rows, with ordinality `o`), `upd` (existing instances
     updated, without attribution lookups unless unattributed: an attribution, once made,
     sticks) and `ins` (new instances inserted with their subscription); `r` maps every
     row's ordinality `o` to its subscription `sub` after the write and its session key
     (`n`, `a`, `g`). $1 is the tenant, `arrays` the SQL expressions of the N_SESSION
-    session columns (pgarrays.stage), `as_of` batch_attribution_sql's `received`."""
+    session columns (pgarrays.stage), `as_of` and `since` batch_attribution_sql's
+    `received` and `registered_since`."""
     unnest = ", ".join(arrays[:N_SESSION])
     names = [f"u.c{i}" for i in range(N_SESSION)]
     identity = merged_identity("s", [names[i] for i in _IDENTITY_PARAMS])
-    attribution = batch_attribution_sql("$1::uuid", *identity, received=as_of)
+    attribution = batch_attribution_sql(
+        "$1::uuid", *identity, received=as_of, registered_since=since
+    )
     updates = ", ".join(
         f"{column} = {value}"
         for column, value in zip(
@@ -1010,10 +1025,10 @@ def _pg_session_upsert(arrays: Sequence[str], as_of: str | None) -> str:
         " RETURNING u.o, s.subscription_id AS sub, s.nas_key AS n, s.acct_session_id AS a,"
         " s.generation AS g),"
         f" ins AS (INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
-        f" SELECT {_session_values(True, names, '$1::uuid', as_of)} FROM u"
+        f" SELECT {_session_values(True, names, '$1::uuid', as_of, since)} FROM u"
         " WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.o = u.o)"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
-        f" DO UPDATE SET {_session_update('$1::uuid', as_of)}"
+        f" DO UPDATE SET {_session_update('$1::uuid', as_of, since)}"
         " RETURNING nas_key, acct_session_id, generation, subscription_id),"
         " r AS (SELECT o, sub, n, a, g FROM upd UNION ALL SELECT u.o, ins.subscription_id,"
         " ins.nas_key, ins.acct_session_id, ins.generation FROM ins"
@@ -1027,11 +1042,13 @@ async def upsert_sessions(
     tenant_id: uuid.UUID,
     params: list[list[Any]],
     as_of_us: int | None = None,
+    registered_since: bool = False,
 ) -> None:
     """SQLite: writes the final state of every session instance a batch touched (`params`:
     the SESSION_COLUMNS as lists), attributing new ones to a subscription; an attribution,
-    once made, sticks. With `as_of_us` (when the batch was received), as
-    batch_attribution_sql; without (a sweep), by the identities as they are.
+    once made, sticks. With `as_of_us` (when the batch was received) and
+    `registered_since`, as batch_attribution_sql; without (a sweep), by the identities as
+    they are.
     (PostgreSQL writes sessions with their buckets in one statement:
     upsert_sessions_and_buckets.)"""
     if not params[0]:
@@ -1041,14 +1058,15 @@ async def upsert_sessions(
     conn = await driver(session)
     marks = [f"?{i + 2}" for i in range(N_SESSION)]
     as_of = None if as_of_us is None else ts_sql(False, f"?{N_SESSION + 2}")
+    since = registered_since
     rows: Any = zip([tenant_id.hex] * len(params[0]), *params, strict=True)
     if as_of_us is not None:
         rows = ((*row, as_of_us) for row in rows)
     await conn.executemany(
         f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
-        f" VALUES ({_session_values(False, marks, '?1', as_of)})"
+        f" VALUES ({_session_values(False, marks, '?1', as_of, since)})"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
-        f" DO UPDATE SET {_session_update('?1', as_of)}",
+        f" DO UPDATE SET {_session_update('?1', as_of, since)}",
         rows,
     )
 
@@ -1063,11 +1081,13 @@ async def upsert_sessions_and_buckets(
     output_bytes: npt.NDArray[np.int64],
     session_s: npt.NDArray[np.int64],
     as_of_us: int | None = None,
+    registered_since: bool = False,
 ) -> None:
     """PostgreSQL: sessions and their hourly deltas in one statement. The buckets take each
     session's subscription and identity from the upsert itself (RETURNING), not from a
     second join with usage_sessions. `params`: the N_SESSION session columns (numpy arrays
-    or lists); `bucket_row` indexes their rows; `as_of_us` as upsert_sessions'."""
+    or lists); `bucket_row` indexes their rows; `as_of_us` and `registered_since` as
+    upsert_sessions'."""
     if not len(params[0]):
         return
     conn = await driver(session)
@@ -1082,8 +1102,9 @@ async def upsert_sessions_and_buckets(
     # an identity registered since) leaves with them; it and `j`'s attributed deltas are
     # added by one INSERT (two in one statement could not both update a bucket row).
     as_of = None if as_of_us is None else ts_sql(True, "$2::bigint")
+    since = registered_since
     await conn.execute(
-        _pg_session_upsert(arrays, as_of) + ","
+        _pg_session_upsert(arrays, as_of, since) + ","
         " mv AS (DELETE FROM usage_unattributed_buckets x USING r WHERE r.sub IS NOT NULL"
         " AND x.tenant_id = $1::uuid AND x.nas_key = r.n AND x.acct_session_id = r.a"
         " AND x.generation = r.g RETURNING r.sub, x.hour, x.upload_bytes AS ib,"

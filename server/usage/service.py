@@ -225,10 +225,21 @@ async def write_projections(
     tenant_id: uuid.UUID,
     projection: Projection,
     as_of_us: int | None = None,
+    *,
+    live: bool = False,
 ) -> None:
     """Session rows, hourly buckets and anomalies of an engine result (batch, sweep, replay).
     A batch's sessions are attributed as of `as_of_us`, when it was received, live and in a
-    rebuild alike (repository.batch_attribution_sql); a sweep's rows carry no identity."""
+    rebuild alike (repository.batch_attribution_sql); a sweep's rows carry no identity. A
+    `live` batch written after identities were registered since its receipt gives a session
+    none of the earlier ones match the first registered (a rebuild replays that
+    registration's re-attribution after the batch instead)."""
+    since = (
+        live
+        and as_of_us is not None
+        and len(projection) > 0
+        and await repo.registered_since(session, tenant_id, as_of_us)
+    )
     if len(projection):
         index = projection.bucket_row
         if repo.is_pg(session):
@@ -241,12 +252,13 @@ async def write_projections(
                 projection.bucket_hour_us,
                 *projection.bucket_deltas,
                 as_of_us=as_of_us,
+                registered_since=since,
             )
         else:
             params = [column.tolist() for column in projection.sessions]
             hours = projection.bucket_hour_us.tolist()
             deltas = [values.tolist() for values in projection.bucket_deltas]
-            await repo.upsert_sessions(session, tenant_id, params, as_of_us)
+            await repo.upsert_sessions(session, tenant_id, params, as_of_us, since)
             sessions = projection.sessions
             nas = sessions[0][index].tolist()
             sid = sessions[1][index].tolist()
@@ -537,7 +549,7 @@ class UsageService:
         cls._settle(writes, mapping, [existing])  # raises _Redo before the commit
         if part.quarantine:
             await repo.insert_quarantine(session, tenant_id, batch_id, part.quarantine, received_us)
-        await write_projections(session, tenant_id, part.projection, received_us)
+        await write_projections(session, tenant_id, part.projection, received_us, live=True)
         await repo.set_nas_seq(session, tenant_id, part.nas_keys, part.nas_seq)
         await session.commit()
         held = set(existing.tolist())

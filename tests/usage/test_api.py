@@ -359,11 +359,11 @@ async def test_resend_counts_each_record_once_when_one_group_of_a_large_batch_fa
     write = service.write_projections
 
     async def fails_on_nas_3(
-        session: object, tenant_id: uuid.UUID, part: object, received_us: int | None = None
+        session: object, tenant_id: uuid.UUID, part: object, *args: Any, **kwargs: Any
     ) -> None:
         if "nas-3" in part.sessions[0].tolist():  # type: ignore[attr-defined]
             raise RuntimeError("disk on fire")
-        await write(session, tenant_id, part, received_us)  # type: ignore[arg-type]
+        await write(session, tenant_id, part, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(service, "write_projections", fails_on_nas_3)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

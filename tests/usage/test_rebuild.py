@@ -257,6 +257,27 @@ async def test_a_batch_written_after_a_registration_it_was_received_before_is_at
     assert await snapshot(server, usage.tenant.tenant_id) == before
 
 
+async def test_a_session_named_by_a_later_record_goes_to_the_first_identity_it_then_matches(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    """The first batch carries only a MAC, the next the User-Name too; alice is registered
+    after both, then the MAC to another subscription. alice's registration attributed the
+    session, by its identity then. A rebuild replaying the first batch must not look ahead
+    to identities registered after it was written (it gave the session to the MAC's
+    subscription, which sticks)."""
+    mac = "02-00-00-00-00-21"
+    await usage.send("decoded", Rec(INTERIM, sid="s1", user="", calling=mac, t=600,
+                                    session_time=600, inp=400, out=800))  # fmt: skip
+    await usage.send("decoded", Rec(INTERIM, sid="s1", user="alice", calling=mac, t=1200,
+                                    session_time=1200, inp=1000, out=2000))  # fmt: skip
+    by_name = await subscribe(channel, usage.tenant, user_name="alice")
+    await subscribe(channel, usage.tenant, calling_station_id=mac)
+    assert (await usage.session("s1")).subscription_id == by_name
+    before = await snapshot(server, usage.tenant.tenant_id)
+    await rebuild(server.db, usage.tenant.tenant_id)
+    assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
 async def test_a_session_a_registration_race_left_unattributed_keeps_its_first_subscription(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer
 ) -> None:
