@@ -25,6 +25,7 @@ from server.client import add_client_arguments, auth_metadata, client_channel, t
 from server.usage.collector import UdpCollector, parse_listen
 from server.usage.detail import parse_detail
 from server.usage.repository import POLICY_COLUMNS
+from server.usage.service import UNAUTHENTICATED
 from server.validation import to_timestamp
 
 DEFAULT_BATCH = 1000
@@ -261,9 +262,6 @@ def not_detail(data: bytes) -> str | None:
     return None
 
 
-# The reason the server quarantines a packet signed with another secret under.
-BAD_AUTHENTICATOR = "radius: bad Request Authenticator"
-
 # How `rating replay` names the reasons a fragmented datagram was not reassembled.
 INCOMPLETE_REASONS = {
     "missing": "missing a fragment",
@@ -385,7 +383,7 @@ def report_quarantine(reasons: Counter[str], out: Any) -> None:
     """One stderr line per quarantine reason, most frequent first: kept by the server
     (`rating quarantine` lists them), not counted as usage."""
     for reason, count in reasons.most_common():
-        hint = "; is --secret right?" if reason.startswith(BAD_AUTHENTICATOR) else ""
+        hint = "; is --secret right?" if reason.startswith(UNAUTHENTICATED) else ""
         print(f"quarantined {count}: {reason}{hint}", file=out)
 
 
