@@ -1329,19 +1329,27 @@ impl Engine {
             };
             let gap = n.policy.gap_us();
             let sid = input.text(r.sid);
-            // Both readings of its time (`route` tries the other when the first would
-            // begin an instance).
-            let readings = [r.event_us, r.alt_event_us];
+            // Both readings of its time, each against the instances `route` compares it
+            // with (the other only with starts read its way); a reading whose every
+            // possible instance is held needs none.
+            let readings = [
+                (r.event_us, None),
+                (r.alt_event_us, Some(r.timed_by_arrival())),
+            ]
+            .map(|(event, read)| (event.saturating_sub(i64::from(time) * US), read))
+            .map(|(im, read)| {
+                (im.saturating_sub(gap) <= n.omitted_start_max).then_some((im, read))
+            });
             let readings = &readings[..if r.alt_event_us == r.event_us { 1 } else { 2 }];
-            for &event in readings {
-                let implied = event.saturating_sub(i64::from(time) * US);
-                if implied.saturating_sub(gap) > n.omitted_start_max {
-                    continue; // every instance that could take it is held
-                }
-                let Some(head) = self.find_head(sid_tag(nas, sid), nas, sid) else {
-                    continue;
-                };
-                let reach = self.chain_match(head, sid, implied, gap).map_or(gap, |m| {
+            if readings.iter().all(Option::is_none) {
+                continue;
+            }
+            let Some(head) = self.find_head(sid_tag(nas, sid), nas, sid) else {
+                continue;
+            };
+            for &(implied, read) in readings.iter().flatten() {
+                let held = self.chain_match_read(head, sid, implied, gap, read);
+                let reach = held.map_or(gap, |m| {
                     self.sessions[m as usize]
                         .start_us
                         .abs_diff(implied)
@@ -2153,17 +2161,32 @@ impl Engine {
             out.nas_seq.push(seq);
         }
         self.finish(&mut out, &mut t);
-        // Forget closed instances nothing will touch any more (their rows are durable).
-        for slot in 0..self.sessions.len() as u32 {
-            let s = &self.sessions[slot as usize];
-            if s.live()
+        // Forget closed instances nothing will touch any more (their rows are durable); an
+        // id's newest generation only with every instance of the id: a held older one (a
+        // session found after the newer one began, still open) would number the id's next
+        // instance from itself, with the forgotten one's number.
+        let forgettable = |s: &Session| {
+            s.live()
                 && s.state != STATE_OPEN
                 && as_of_us.saturating_sub(s.last_update_us) > CLOSED_RETENTION_US
-            {
-                let n = &mut self.nas[s.nas as usize];
-                n.omitted_start_max = n.omitted_start_max.max(s.start_us).max(i64::MIN + 1);
-                self.remove(slot);
+        };
+        for slot in 0..self.sessions.len() as u32 {
+            let s = &self.sessions[slot as usize];
+            if !forgettable(s) {
+                continue;
             }
+            if self.index.get(sid_tag(s.nas, self.strings.sid(s))) == Some(slot) {
+                let mut older = s.prev;
+                while older != NONE && forgettable(&self.sessions[older as usize]) {
+                    older = self.sessions[older as usize].prev;
+                }
+                if older != NONE {
+                    continue;
+                }
+            }
+            let n = &mut self.nas[s.nas as usize];
+            n.omitted_start_max = n.omitted_start_max.max(s.start_us).max(i64::MIN + 1);
+            self.remove(slot);
         }
         self.compact();
         out

@@ -638,8 +638,10 @@ async def live_session_rows(
     session: AsyncSession, tenant_id: uuid.UUID, nas_key: str, retain_closed_s: int
 ) -> tuple[list[Sequence[Any]], int | None]:
     """Open sessions of a NAS, and closed ones updated within `retain_closed_s` of its newest
-    update (late Stops, interims after Stop and repeats must find their instance); and the
-    latest start of an older closed instance left out (None: all are there)."""
+    update (late Stops, interims after Stop and repeats must find their instance), and the
+    newest generation of every id of those (the engine numbers an id's next instance from
+    the newest it holds); and the latest start of an older closed instance left out (None:
+    all are there)."""
     pg = _pg(session)
     tenant = tenant_param(session, tenant_id)
     bounds = await session.execute(
@@ -655,10 +657,14 @@ async def live_session_rows(
         return [], None
     cutoff = int(top) - retain_closed_s * US
     params = {"t": tenant, "k": nas_key, "c": cutoff}
+    live = f"(open OR last_update_at >= {ts_sql(pg, ':c')})"
     rows = await session.execute(
         text(
-            f"{_select_sessions(pg)} WHERE tenant_id = :t AND nas_key = :k"
-            f" AND (open OR last_update_at >= {ts_sql(pg, ':c')})"
+            f"{_select_sessions(pg)} WHERE tenant_id = :t AND nas_key = :k AND ({live}"
+            " OR (acct_session_id, generation) IN (SELECT acct_session_id, max(generation)"
+            " FROM usage_sessions WHERE tenant_id = :t AND nas_key = :k AND acct_session_id IN"
+            " (SELECT acct_session_id FROM usage_sessions WHERE tenant_id = :t"
+            f" AND nas_key = :k AND {live}) GROUP BY acct_session_id))"
             " ORDER BY acct_session_id, generation"
         ),
         params,
@@ -1058,15 +1064,14 @@ async def upsert_sessions(
     conn = await driver(session)
     marks = [f"?{i + 2}" for i in range(N_SESSION)]
     as_of = None if as_of_us is None else ts_sql(False, f"?{N_SESSION + 2}")
-    since = registered_since
     rows: Any = zip([tenant_id.hex] * len(params[0]), *params, strict=True)
     if as_of_us is not None:
         rows = ((*row, as_of_us) for row in rows)
     await conn.executemany(
         f"INSERT INTO usage_sessions (tenant_id, {_SESSION_TARGET})"
-        f" VALUES ({_session_values(False, marks, '?1', as_of, since)})"
+        f" VALUES ({_session_values(False, marks, '?1', as_of, registered_since)})"
         " ON CONFLICT (tenant_id, nas_key, acct_session_id, generation)"
-        f" DO UPDATE SET {_session_update('?1', as_of, since)}",
+        f" DO UPDATE SET {_session_update('?1', as_of, registered_since)}",
         rows,
     )
 
@@ -1102,9 +1107,8 @@ async def upsert_sessions_and_buckets(
     # an identity registered since) leaves with them; it and `j`'s attributed deltas are
     # added by one INSERT (two in one statement could not both update a bucket row).
     as_of = None if as_of_us is None else ts_sql(True, "$2::bigint")
-    since = registered_since
     await conn.execute(
-        _pg_session_upsert(arrays, as_of, since) + ","
+        _pg_session_upsert(arrays, as_of, registered_since) + ","
         " mv AS (DELETE FROM usage_unattributed_buckets x USING r WHERE r.sub IS NOT NULL"
         " AND x.tenant_id = $1::uuid AND x.nas_key = r.n AND x.acct_session_id = r.a"
         " AND x.generation = r.g RETURNING r.sub, x.hour, x.upload_bytes AS ib,"

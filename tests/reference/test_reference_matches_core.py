@@ -404,13 +404,16 @@ def _load_window(
     window: int | None,
 ) -> None:
     """The service's load: open instances and closed ones updated within `window` of the
-    NAS's newest update, and the latest start of those left out (repository.live_session_rows)."""
+    NAS's newest update, the newest generation of each of their ids, and the latest start
+    of those left out (repository.live_session_rows)."""
     mine = [(k, v) for k, v in db.items() if k[0] == nas]
     if window is None or not mine:
         e.load_sessions(nas, seq, _columns(mine), complete=True)
         return
     cutoff = max(int(v[5]) for _, v in mine) - window
-    kept = [(k, v) for k, v in mine if v[14] or int(v[5]) >= cutoff]
+    ids = {k[1] for k, v in mine if v[14] or int(v[5]) >= cutoff}
+    newest = {sid: max(k[2] for k, _ in mine if k[1] == sid) for sid in ids}
+    kept = [(k, v) for k, v in mine if v[14] or int(v[5]) >= cutoff or newest.get(k[1]) == k[2]]
     left_out = [int(v[3]) for k, v in mine if not v[14] and int(v[5]) < cutoff]
     e.load_sessions(
         nas, seq, _columns(kept), complete=not left_out,
