@@ -2065,7 +2065,9 @@ impl Engine {
         if is_stop && s.state != STATE_STOPPED {
             new_flags |= STOP_RECEIVED;
             s.state = STATE_STOPPED;
-            s.stop_us = r.event_us;
+            // Never before the start: the two can be read by different clocks (a Start
+            // timed by arrival, a Stop by a trusted Event-Timestamp running behind).
+            s.stop_us = r.event_us.max(s.start_us);
             s.terminate_cause = r.terminate_cause().unwrap_or(0);
         } else if is_stop && t_up {
             // A Stop resent with more session time: the session went on until it.

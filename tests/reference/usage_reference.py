@@ -429,7 +429,7 @@ class Reference:
             s.flags |= LATE_STOP
             s.stop_us = s.last_update_us
         if stop and s.state != STOPPED:  # the first Stop records the real stop
-            s.state, s.stop_us = STOPPED, n.event_us
+            s.state, s.stop_us = STOPPED, max(n.event_us, s.start_us)
             s.terminate_cause = n.terminate_cause or 0
             s.flags |= STOP_RECEIVED
         elif stop and time_up:  # resent with more session time: it went on until then

@@ -335,6 +335,23 @@ async def test_one_session_is_counted_once_when_its_records_are_timed_two_ways(
     assert "lost_start" not in session.flags
 
 
+async def test_a_stop_read_by_another_clock_than_its_start_never_precedes_it(
+    usage: Usage, form: str
+) -> None:
+    # A NAS clock 299 s behind: the Start, 2.5 s slower in transit, is timed by arrival
+    # (T0 + 2.5 s); the Stop ten seconds later by its trusted Event-Timestamp (T0 - 289 s).
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0, skew_s=-299, arrival_extra_s=2.5),
+        Rec(STOP, t=10, session_time=10, inp=100, out=200, skew_s=-299, cause=1),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 2
+    (session,) = await usage.sessions()
+    assert (session.generation, session.input_bytes, session.output_bytes) == (1, 100, 200)
+    assert utc(session.start_at) == at(2.5)
+    assert utc(session.stop_at) == utc(session.start_at)
+
+
 async def test_a_start_late_in_its_second_stays_put_when_replicas_load_the_session(
     usage: Usage, replica: Usage, form: str
 ) -> None:
