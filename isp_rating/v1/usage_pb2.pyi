@@ -748,7 +748,7 @@ class UpsertNasClientRequest(_message.Message):
     stale_multiplier: _builtins.int
     """k; 0 = default"""
     grace_s: _builtins.int
-    """0 = default"""
+    """Seconds of grace after k intervals; absent = default (300), 0 = none."""
     nas_key: _builtins.str
     """The NAS key the policy applies to: the NAS-Identifier or NAS-IP(v6)-Address the device
     sends, or empty for the source address (devices that send neither).
@@ -775,16 +775,18 @@ class UpsertNasClientRequest(_message.Message):
         infer_wrap: _builtins.bool = ...,
         interim_interval_s: _builtins.int = ...,
         stale_multiplier: _builtins.int = ...,
-        grace_s: _builtins.int = ...,
+        grace_s: _builtins.int | None = ...,
         nas_key: _builtins.str = ...,
         clock_skew_tolerance_s: _builtins.int = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grace_s", b"_grace_s", "grace_s", b"grace_s", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_skew_tolerance_s", b"clock_skew_tolerance_s", "grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "nas_key", b"nas_key", "secret", b"secret", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace_s", b"_grace_s", "clock_skew_tolerance_s", b"clock_skew_tolerance_s", "grace_s", b"grace_s", "infer_wrap", b"infer_wrap", "interim_interval_s", b"interim_interval_s", "nas_key", b"nas_key", "secret", b"secret", "source_address", b"source_address", "stale_multiplier", b"stale_multiplier", "swap_direction", b"swap_direction", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__grace_s: _TypeAlias = _typing.Literal["grace_s"]  # noqa: Y015
+    _WhichOneofArgType__grace_s: _TypeAlias = _typing.Literal["_grace_s", b"_grace_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_s) -> _WhichOneofReturnType__grace_s | None: ...
 
 Global___UpsertNasClientRequest: _TypeAlias = UpsertNasClientRequest  # noqa: Y015
 

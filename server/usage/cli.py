@@ -146,14 +146,15 @@ def add_commands(subparsers: Any) -> None:
         " (--no-infer-wrap: a counter reset)",
     )
     for option, meaning in (
-        ("--interim-interval-s", "expected seconds between Interim-Updates"),
-        ("--stale-multiplier", "k: silent for k intervals + grace means stale"),
-        ("--grace-s", "seconds of grace after k intervals"),
-        ("--clock-skew-tolerance-s", "Event-Timestamp trusted within this of arrival - delay"),
+        ("--interim-interval-s", "expected seconds between Interim-Updates (0: the default)"),
+        ("--stale-multiplier", "k: silent for k intervals + grace means stale (0: the default)"),
+        ("--grace-s", "seconds of grace after k intervals (0: none)"),
+        (
+            "--clock-skew-tolerance-s",
+            "Event-Timestamp trusted within this of arrival - delay (0: the default)",
+        ),
     ):
-        nas_set.add_argument(
-            option, type=_non_negative, help=f"{meaning} (0 sets the default back)"
-        )
+        nas_set.add_argument(option, type=_non_negative, help=meaning)
     nas_set.set_defaults(handler=nas_set_command)
     nas_list = nas_sub.add_parser("list", help="NASes with their policy and clock-skew flags")
     add_client_arguments(nas_list)

@@ -649,21 +649,21 @@ class NasClientSpec:
     nas_key: str
     swap_direction: bool = False
     infer_wrap: bool = False
-    interim_interval_s: int = 0  # 0 = default, as for the two below
+    interim_interval_s: int = 0  # 0 = default, as for the multiplier and the tolerance
     stale_multiplier: int = 0
-    grace_s: int = 0
+    grace_s: int | None = None  # None = default; 0 = no grace
     clock_skew_tolerance_s: int = 0
     # The fields to write ("nas_key" and repo.POLICY_COLUMNS names); None: all of them.
     fields: frozenset[str] | None = None
 
     def policy(self) -> repo.Policy:
-        """The policy asked for, zeros replaced by the defaults."""
+        """The policy asked for, zeros (an absent grace) replaced by the defaults."""
         return (
             self.swap_direction,
             self.infer_wrap,
             self.interim_interval_s or repo.DEFAULT_POLICY[2],
             self.stale_multiplier or repo.DEFAULT_POLICY[3],
-            self.grace_s or repo.DEFAULT_POLICY[4],
+            repo.DEFAULT_POLICY[4] if self.grace_s is None else self.grace_s,
             self.clock_skew_tolerance_s or repo.DEFAULT_POLICY[5],
         )
 

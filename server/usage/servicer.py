@@ -262,7 +262,9 @@ class UsageServicer:
             infer_wrap=request.infer_wrap,
             interim_interval_s=at_most_i32("interim_interval_s", request.interim_interval_s),
             stale_multiplier=at_most_i32("stale_multiplier", request.stale_multiplier),
-            grace_s=at_most_i32("grace_s", request.grace_s),
+            grace_s=(
+                at_most_i32("grace_s", request.grace_s) if request.HasField("grace_s") else None
+            ),
             clock_skew_tolerance_s=at_most_i32(
                 "clock_skew_tolerance_s", request.clock_skew_tolerance_s
             ),

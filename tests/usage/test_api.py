@@ -619,6 +619,12 @@ async def test_nas_client_writes_only_the_masked_fields_when_update_mask_names_s
     client = await upsert(grace_s=90, swap_direction=True, update_mask=FieldMask(paths=["grace_s"]))
     assert (client.nas_key, client.grace_s, client.infer_wrap) == ("bng-b", 90, True)
     assert not client.swap_direction  # not named: the stored value stays
+    # A named grace left absent is the default; a present 0 is no grace.
+    client = await upsert(update_mask=FieldMask(paths=["grace_s"]))
+    assert client.grace_s == 300
+    client = await upsert(grace_s=0, update_mask=FieldMask(paths=["grace_s"]))
+    assert client.grace_s == 0
+    client = await upsert(grace_s=90, update_mask=FieldMask(paths=["grace_s"]))
     client = await upsert(secret="k2", update_mask=FieldMask(paths=["secret"]))
     assert (client.nas_key, client.grace_s, client.infer_wrap) == ("bng-b", 90, True)
     # Naming nas_key points the client at another NAS, whose policy is its own.

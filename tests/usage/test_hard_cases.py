@@ -949,6 +949,20 @@ async def test_stale_sweep_follows_the_nas_policy_when_it_sets_its_own_interval(
     assert utc(session.stop_at) == at(600)
 
 
+async def test_a_nas_without_grace_is_stale_after_exactly_k_intervals(
+    usage: Usage, form: str
+) -> None:
+    # grace_s = 0 is no grace (absent is the default, 300 s): 2 x 60 s of silence.
+    client = await usage.register_nas(
+        nas_key="nas-1", interim_interval_s=60, stale_multiplier=2, grace_s=0
+    )
+    assert client.grace_s == 0
+    await usage.send(form, Rec(INTERIM, t=600, session_time=600, inp=1, out=1))
+    assert await usage.sweep(at(600 + 120)) == 0
+    assert await usage.sweep(at(600 + 121)) == 1
+    assert utc((await usage.session()).stop_at) == at(600)
+
+
 async def test_stale_sweep_never_closes_a_session_when_the_threshold_is_past_the_range_of_time(
     usage: Usage, form: str
 ) -> None:

@@ -726,11 +726,13 @@ async def test_nas_set_changes_only_the_options_given_when_run_from_the_cli(
         "grace_s": 120,
         "clock_skew_tolerance_s": 30,
     }
-    # One option changes that option alone, flags included (--no-...), and 0 is the default.
+    # One option changes that option alone, flags included (--no-...), and 0 is the default
+    # but for the grace, where it is none.
     changes: list[tuple[list[str], dict[str, Any]]] = [
         (["--grace-s", "45"], {"grace_s": 45}),
         (["--no-swap-direction"], {"swap_direction": False}),
         (["--stale-multiplier", "0"], {"stale_multiplier": 3}),
+        (["--grace-s", "0"], {"grace_s": 0}),
         (["--secret", "s2"], {}),
     ]
     for args, changed in changes:
