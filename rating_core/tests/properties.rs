@@ -622,3 +622,67 @@ fn a_ledger_replay_decodes_raw_entries_without_their_secret() {
     assert_eq!(out.sessions.input_bytes, vec![4_294_968_296]);
     assert_eq!(out.sessions.output_bytes, vec![12_884_901_887]);
 }
+
+/// One record of session `s0` on `nas1`: `event_s` and `session_s` apart, so that its
+/// implied start is `event_s - session_s`.
+fn timed(status: u8, event_s: i64, session_s: u64, input: Option<u64>) -> Vec<u8> {
+    let mut m = Vec::new();
+    write::uint(&mut m, 1, u64::from(status));
+    write::bytes(&mut m, 2, b"s0");
+    write::bytes(&mut m, 6, b"nas1");
+    if let Some(v) = input {
+        write::uint(&mut m, 10, v);
+        write::uint(&mut m, 12, v);
+    }
+    write::uint(&mut m, 14, session_s);
+    write::timestamp(&mut m, 15, T0 + event_s * US);
+    write::timestamp(&mut m, 23, T0 + event_s * US);
+    let mut e = Vec::new();
+    write::bytes(&mut e, 1, &m);
+    let mut b = Vec::new();
+    write::bytes(&mut b, 1, b"batch");
+    write::bytes(&mut b, 2, &e);
+    b
+}
+
+#[test]
+fn sweep_keeps_an_ids_newest_generation_while_an_older_numbered_one_is_held() {
+    let mut engine = Engine::new(NasPolicy::default());
+    let mut apply = |bytes: Vec<u8>| {
+        let p = engine.prepare(&bytes, T0).unwrap();
+        engine.apply(&p, &bytes)
+    };
+    // Generation 1 begins at 9,900 s (lost Start); generation 2, found after it, began at
+    // 0 and stopped at 500 s.
+    assert_eq!(
+        apply(timed(3, 10_000, 100, Some(1000))).sessions.generation,
+        vec![1]
+    );
+    assert_eq!(
+        apply(timed(2, 500, 500, Some(300))).sessions.generation,
+        vec![2]
+    );
+    // Generation 1 goes on for two days; then a sweep, generation 2 closed for over 48 h.
+    assert_eq!(
+        apply(timed(3, 200_000, 190_100, Some(2000)))
+            .sessions
+            .generation,
+        vec![1]
+    );
+    drop(apply);
+    let swept = engine.sweep(T0 + 200_100 * US);
+    assert!(swept.sessions.is_empty(), "generation 1 is not stale");
+    // The id's next session is generation 3: numbered from a held generation 1 alone it
+    // would be 2, and its row would overwrite the stored generation 2.
+    let bytes = timed(1, 200_200, 0, None);
+    let p = engine.prepare(&bytes, T0).unwrap();
+    let out = engine.apply(&p, &bytes);
+    assert_eq!(out.outcome, vec![OUTCOME_ACCEPTED]);
+    let mut written = out.sessions.generation.clone();
+    written.sort_unstable();
+    assert_eq!(
+        written,
+        vec![1, 3],
+        "the new session, and generation 1 it ends"
+    );
+}
