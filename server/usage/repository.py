@@ -936,14 +936,30 @@ def merged_identity(old: str, new: Sequence[str]) -> list[str]:
     ]
 
 
+def kept_attribution(old: str, attribution: str, as_of: str | None) -> str:
+    """The subscription of row `old` after a write that attributes it by `attribution`:
+    once the instance has usage, the one it had (an attribution with usage sticks: moving
+    that usage when an identity is registered later would re-bill it); before, a batch's
+    (`as_of` given) as the instance's identity is by now, so a User-Name in its first
+    Interim outranks the Calling-Station-Id of a Start before it, however the records
+    were split into batches. A sweep (no `as_of`) only attributes an unattributed one."""
+    sticky = f"COALESCE({old}.subscription_id, {attribution})"
+    if as_of is None:
+        return sticky
+    unused = (
+        f"{old}.input_bytes = 0 AND {old}.output_bytes = 0 AND {old}.session_time_s = 0"
+    )
+    return f"CASE WHEN {unused} THEN COALESCE({attribution}, {old}.subscription_id) ELSE {sticky} END"
+
+
 def _session_update(tenant: str, as_of: str | None, since: bool) -> str:
-    """ON CONFLICT DO UPDATE of a session row: identity merged, attribution (once made)
-    kept, otherwise attributed on the merged identity; the engine's state overwrites."""
+    """ON CONFLICT DO UPDATE of a session row: identity merged, attribution kept or made
+    (kept_attribution) on the merged identity; the engine's state overwrites."""
     identity = merged_identity("usage_sessions", [f"excluded.{c}" for c in IDENTITY_COLUMNS])
     attribution = batch_attribution_sql(tenant, *identity, received=as_of, registered_since=since)
     return (
         ", ".join(f"{c} = {v}" for c, v in zip(IDENTITY_COLUMNS, identity, strict=True))
-        + f", subscription_id = COALESCE(usage_sessions.subscription_id, {attribution}),"
+        + f", subscription_id = {kept_attribution('usage_sessions', attribution, as_of)},"
         + _SESSION_STATE_UPDATE
     )
 
@@ -996,8 +1012,8 @@ _PG_SESSION_TYPES = (
 
 def _pg_session_upsert(arrays: Sequence[str], as_of: str | None, since: bool) -> str:
     """CTEs `u` (the batch's session rows, with ordinality `o`), `upd` (existing instances
-    updated, without attribution lookups unless unattributed: an attribution, once made,
-    sticks) and `ins` (new instances inserted with their subscription); `r` maps every
+    updated, without attribution lookups unless unattributed or without usage:
+    kept_attribution) and `ins` (new instances inserted with their subscription); `r` maps every
     row's ordinality `o` to its subscription `sub` after the write and its session key
     (`n`, `a`, `g`). $1 is the tenant, `arrays` the SQL expressions of the N_SESSION
     session columns (pgarrays.stage), `as_of` and `since` batch_attribution_sql's
@@ -1014,7 +1030,7 @@ def _pg_session_upsert(arrays: Sequence[str], as_of: str | None, since: bool) ->
             _SESSION_TARGET.replace(" ", "").split(",")[3:],
             [
                 *identity,
-                f"COALESCE(s.subscription_id, {attribution})",
+                kept_attribution("s", attribution, as_of),
                 ts_sql(True, "u.c6"),
                 f"CASE WHEN u.c7 < 0 THEN NULL ELSE {ts_sql(True, 'u.c7')} END",
                 ts_sql(True, "u.c8"),
@@ -1051,8 +1067,8 @@ async def upsert_sessions(
     registered_since: bool = False,
 ) -> None:
     """SQLite: writes the final state of every session instance a batch touched (`params`:
-    the SESSION_COLUMNS as lists), attributing new ones to a subscription; an attribution,
-    once made, sticks. With `as_of_us` (when the batch was received) and
+    the SESSION_COLUMNS as lists), attributing new ones to a subscription and keeping or
+    making the attribution of others (kept_attribution). With `as_of_us` (when the batch was received) and
     `registered_since`, as batch_attribution_sql; without (a sweep), by the identities as
     they are.
     (PostgreSQL writes sessions with their buckets in one statement:

@@ -1006,6 +1006,42 @@ async def test_user_name_wins_then_calling_station_then_static_ip_when_several_m
     assert await bucket_totals(server, tenant, by_ip) == (3, 30)
 
 
+async def test_a_user_name_after_a_start_outranks_its_calling_station_however_batches_split(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
+) -> None:
+    """A Start (no usage) that carries only a Calling-Station-Id, then an Interim that names
+    the user: the User-Name's subscription, in one batch or two (a session was attributed by
+    the batch that first matched anything, and that stuck)."""
+    by_user = await subscribe(channel, usage.tenant, user_name="alice")
+    by_station = await subscribe(channel, usage.tenant, calling_station_id="AA-BB-CC-00-11-22")
+    by_ip = await subscribe(channel, usage.tenant, static_ip="100.64.0.9")
+    station = "aa-bb-cc-00-11-22"
+
+    def records(sid: str, first: dict[str, str], then: dict[str, str]) -> tuple[Rec, Rec]:
+        return (
+            Rec(START, sid=sid, t=0, session_time=0, **{"user": "", **first}),
+            Rec(INTERIM, sid=sid, t=600, session_time=600, inp=5, out=50,
+                **{"user": "", **first, **then}),
+        )  # fmt: skip
+
+    await usage.send(form, *records("one", {"calling": station}, {"user": "alice"}))
+    for rec in records("two", {"calling": station}, {"user": "alice"}):
+        await usage.send(form, rec)
+    for rec in records("ip", {"framed": "100.64.0.9"}, {"calling": station}):
+        await usage.send(form, rec)
+    # With usage counted, an attribution stays: its usage is not moved to the user.
+    await usage.send(form, Rec(INTERIM, sid="used", user="", calling=station, t=600,
+                               session_time=600, inp=7, out=70))  # fmt: skip
+    await usage.send(form, Rec(INTERIM, sid="used", user="alice", calling=station, t=1200,
+                               session_time=1200, inp=9, out=90))  # fmt: skip
+    sessions = {s.acct_session_id: s.subscription_id for s in await usage.sessions()}
+    assert sessions == {"one": by_user, "two": by_user, "ip": by_station, "used": by_station}
+    tenant = usage.tenant.tenant_id
+    assert await bucket_totals(server, tenant, by_user) == (10, 100)
+    assert await bucket_totals(server, tenant, by_station) == (14, 140)
+    assert await bucket_totals(server, tenant, by_ip) == (0, 0)
+
+
 async def test_unattributed_usage_is_kept_then_moved_when_identity_is_registered(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer
 ) -> None:
