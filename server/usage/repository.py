@@ -448,6 +448,20 @@ async def nas_secrets(session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, 
     return {row[0]: bytes(row[1]) for row in rows.all()}
 
 
+async def has_nas_clients(
+    session: AsyncSession, tenant_id: uuid.UUID, source_addresses: Sequence[str]
+) -> bool:
+    """Whether any of these source addresses has a client (a secret) by now."""
+    found = await session.execute(
+        text(
+            "SELECT 1 FROM usage_nas_clients WHERE tenant_id = :t"
+            " AND source_address IN :a LIMIT 1"
+        ).bindparams(bindparam("a", expanding=True)),
+        {"t": tenant_param(session, tenant_id), "a": list(source_addresses)},
+    )
+    return found.first() is not None
+
+
 async def lock_nas_client(
     session: AsyncSession,
     tenant_id: uuid.UUID,

@@ -163,8 +163,24 @@ UNAUTHENTICATED = ("radius: no shared secret", "radius: bad Request Authenticato
 SECRET_RECHECK_S = 1.0
 
 
+# How `prepare` names a source address without a secret (rating_core: Rust's {:?} of it).
+_NO_SECRET = 'radius: no shared secret for source address "'
+# At most this many such addresses are looked up per batch.
+UNKNOWN_SOURCES_MAX = 64
+
+
 def _unauthenticated(prepared: core.PreparedBatch) -> bool:
     return any(reason.startswith(UNAUTHENTICATED) for _, reason in prepared.quarantine)
+
+
+def _unknown_sources(prepared: core.PreparedBatch) -> list[str]:
+    """The source addresses a batch had no secret for (the first UNKNOWN_SOURCES_MAX)."""
+    found = {
+        reason[len(_NO_SECRET) : -1]
+        for _, reason in prepared.quarantine
+        if reason.startswith(_NO_SECRET) and reason.endswith('"')
+    }
+    return sorted(found)[:UNKNOWN_SOURCES_MAX]
 
 
 def _merged_responses(
@@ -329,6 +345,23 @@ class UsageService:
             self._set_policy(te, key, policy)
         te.config_at = time.monotonic()
 
+    async def _secrets_changed(
+        self, tenant_id: uuid.UUID, te: TenantEngine, prepared: core.PreparedBatch
+    ) -> bool:
+        """Whether a batch with unauthenticated requests should refresh the config first:
+        at most once every SECRET_RECHECK_S for any of them (a changed secret), and
+        whenever a source it has no secret for is registered by now (a client added
+        through another replica: one indexed query per such batch, so a flood of spoofed
+        sources costs a query per batch, not a refresh)."""
+        if time.monotonic() - te.recheck_at > SECRET_RECHECK_S:
+            te.recheck_at = time.monotonic()
+            return True
+        unknown = [a for a in _unknown_sources(prepared) if a not in te.secrets]
+        if not unknown:
+            return False
+        async with self.db.read() as session:
+            return await repo.has_nas_clients(session, tenant_id, unknown)
+
     @staticmethod
     def _set_policy(te: TenantEngine, nas_key: str, policy: repo.Policy) -> None:
         if te.policies.get(nas_key, repo.DEFAULT_POLICY) != policy:
@@ -403,10 +436,9 @@ class UsageService:
             raise InvalidArgumentError("entries", str(error)) from None
         # Every ledger and quarantine row keeps it: refused whole rather than cut.
         limit_length("batch_id", prepared.batch_id, BATCH_ID_MAX)
-        if _unauthenticated(prepared) and time.monotonic() - te.recheck_at > SECRET_RECHECK_S:
+        if _unauthenticated(prepared) and await self._secrets_changed(tenant_id, te, prepared):
             # A secret set through another replica reaches this one at its config refresh:
             # look again before a request is quarantined as unsigned (prepared again below).
-            te.recheck_at = time.monotonic()
             await self._refresh_config(tenant_id, te)
         total = len(prepared)
         # Indices of the whole batch: a re-run (_Redo) prepares a subset of it.
