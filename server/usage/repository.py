@@ -454,8 +454,7 @@ async def has_nas_clients(
     """Whether any of these source addresses has a client (a secret) by now."""
     found = await session.execute(
         text(
-            "SELECT 1 FROM usage_nas_clients WHERE tenant_id = :t"
-            " AND source_address IN :a LIMIT 1"
+            "SELECT 1 FROM usage_nas_clients WHERE tenant_id = :t AND source_address IN :a LIMIT 1"
         ).bindparams(bindparam("a", expanding=True)),
         {"t": tenant_param(session, tenant_id), "a": list(source_addresses)},
     )
@@ -960,10 +959,10 @@ def kept_attribution(old: str, attribution: str, as_of: str | None) -> str:
     sticky = f"COALESCE({old}.subscription_id, {attribution})"
     if as_of is None:
         return sticky
-    unused = (
-        f"{old}.input_bytes = 0 AND {old}.output_bytes = 0 AND {old}.session_time_s = 0"
+    unused = f"{old}.input_bytes = 0 AND {old}.output_bytes = 0 AND {old}.session_time_s = 0"
+    return (
+        f"CASE WHEN {unused} THEN COALESCE({attribution}, {old}.subscription_id) ELSE {sticky} END"
     )
-    return f"CASE WHEN {unused} THEN COALESCE({attribution}, {old}.subscription_id) ELSE {sticky} END"
 
 
 def _session_update(tenant: str, as_of: str | None, since: bool) -> str:
@@ -1082,9 +1081,9 @@ async def upsert_sessions(
 ) -> None:
     """SQLite: writes the final state of every session instance a batch touched (`params`:
     the SESSION_COLUMNS as lists), attributing new ones to a subscription and keeping or
-    making the attribution of others (kept_attribution). With `as_of_us` (when the batch was received) and
-    `registered_since`, as batch_attribution_sql; without (a sweep), by the identities as
-    they are.
+    making the attribution of others (kept_attribution). With `as_of_us` (when the batch
+    was received) and `registered_since`, as batch_attribution_sql; without (a sweep), by
+    the identities as they are.
     (PostgreSQL writes sessions with their buckets in one statement:
     upsert_sessions_and_buckets.)"""
     if not params[0]:

@@ -164,7 +164,7 @@ SECRET_RECHECK_S = 1.0
 
 
 # How `prepare` names a source address without a secret (rating_core: Rust's {:?} of it).
-_NO_SECRET = 'radius: no shared secret for source address "'
+_NO_SECRET = 'radius: no shared secret for source address "'  # noqa: S105 (a message)
 # At most this many such addresses are looked up per batch.
 UNKNOWN_SOURCES_MAX = 64
 
