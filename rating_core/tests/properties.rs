@@ -648,28 +648,18 @@ fn timed(status: u8, event_s: i64, session_s: u64, input: Option<u64>) -> Vec<u8
 #[test]
 fn sweep_keeps_an_ids_newest_generation_while_an_older_numbered_one_is_held() {
     let mut engine = Engine::new(NasPolicy::default());
-    let mut apply = |bytes: Vec<u8>| {
-        let p = engine.prepare(&bytes, T0).unwrap();
-        engine.apply(&p, &bytes)
-    };
-    // Generation 1 begins at 9,900 s (lost Start); generation 2, found after it, began at
-    // 0 and stopped at 500 s.
-    assert_eq!(
-        apply(timed(3, 10_000, 100, Some(1000))).sessions.generation,
-        vec![1]
-    );
-    assert_eq!(
-        apply(timed(2, 500, 500, Some(300))).sessions.generation,
-        vec![2]
-    );
-    // Generation 1 goes on for two days; then a sweep, generation 2 closed for over 48 h.
-    assert_eq!(
-        apply(timed(3, 200_000, 190_100, Some(2000)))
-            .sessions
-            .generation,
-        vec![1]
-    );
-    drop(apply);
+    {
+        let mut apply = |bytes: Vec<u8>| {
+            let p = engine.prepare(&bytes, T0).unwrap();
+            engine.apply(&p, &bytes).sessions.generation
+        };
+        // Generation 1 begins at 9,900 s (lost Start); generation 2, found after it, began
+        // at 0 and stopped at 500 s.
+        assert_eq!(apply(timed(3, 10_000, 100, Some(1000))), vec![1]);
+        assert_eq!(apply(timed(2, 500, 500, Some(300))), vec![2]);
+        // Generation 1 goes on for two days; then a sweep, generation 2 closed for 48 h.
+        assert_eq!(apply(timed(3, 200_000, 190_100, Some(2000))), vec![1]);
+    }
     let swept = engine.sweep(T0 + 200_100 * US);
     assert!(swept.sessions.is_empty(), "generation 1 is not stale");
     // The id's next session is generation 3: numbered from a held generation 1 alone it
