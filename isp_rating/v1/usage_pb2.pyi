@@ -536,7 +536,7 @@ class RecordUsageResponse(_message.Message):
     REPLAYED_FIELD_NUMBER: _builtins.int
     usage_id: _builtins.str
     subscription_id: _builtins.str
-    """empty when unattributed"""
+    """empty when unattributed (a replay: when it was first recorded)"""
     replayed: _builtins.bool
     """true when the key was seen before"""
     def __init__(

@@ -794,7 +794,7 @@ async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) 
         await repo.begin_write(session)
         found = await _usage_event(session, tenant_id, usage.idempotency_key)
         if found is not None:
-            return _replay(found, usage)
+            return await _replay(session, found, usage)
         subscription_id = usage.subscription_id
         if subscription_id is not None:
             if await session.get(Subscription, (tenant_id, subscription_id)) is None:
@@ -833,7 +833,7 @@ async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) 
             found = await _usage_event(session, tenant_id, usage.idempotency_key)
             if found is None:  # pragma: no cover - the conflicting row is committed
                 raise FailedPreconditionError("idempotency_key: concurrent request; retry")
-            return _replay(found, usage)
+            return await _replay(session, found, usage)
         return RecordedUsage(usage_id, subscription_id, replayed=False)
 
 
@@ -847,7 +847,23 @@ async def _usage_event(session: AsyncSession, tenant_id: uuid.UUID, key: str) ->
     ).scalar()
 
 
-def _replay(found: UsageEvent, usage: MeteredUsage) -> RecordedUsage:
+async def _replay(session: AsyncSession, found: UsageEvent, usage: MeteredUsage) -> RecordedUsage:
+    """The original result of a recorded request: an event recorded unattributed and
+    attributed since (its User-Name registered later) replays unattributed, as it was
+    answered first."""
     if bytes(found.request_digest) not in usage.digests():
         raise FailedPreconditionError("idempotency_key: already used for a different request")
-    return RecordedUsage(found.id, found.subscription_id, replayed=True)
+    subscription_id = found.subscription_id
+    if usage.subscription_id is None and subscription_id is not None:
+        registered = (
+            await session.execute(
+                select(RadiusIdentity.created_at).where(
+                    RadiusIdentity.tenant_id == found.tenant_id,
+                    RadiusIdentity.kind == 1,
+                    RadiusIdentity.value == found.radius_user_name,
+                )
+            )
+        ).scalar()
+        if registered is None or registered > found.recorded_at:
+            subscription_id = None
+    return RecordedUsage(found.id, subscription_id, replayed=True)

@@ -364,7 +364,8 @@ async def event_subscriptions(server: RunningServer, usage: Usage) -> dict[str, 
 async def test_metered_usage_is_listed_then_attributed_when_identity_is_registered(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer
 ) -> None:
-    first = await record(usage, "erin", quantity="12.5", occurred_at=ts(at(60)))
+    first_request = request(radius_user_name="erin", quantity="12.5", occurred_at=ts(at(60)))
+    first = await usage.stub.RecordUsage(first_request, metadata=usage.metadata)
     await record(usage, "erin", quantity="2.5", occurred_at=ts(at(7200)))
     await record(usage, "erin", usage_type=pb.USAGE_TYPE_DATA, unit="GB", quantity="1.5")
     await record(usage, "frank", usage_type=pb.USAGE_TYPE_SMS, unit="messages", quantity="3")
@@ -387,7 +388,15 @@ async def test_metered_usage_is_listed_then_attributed_when_identity_is_register
     (page,) = await unattributed(usage)
     assert metered_rows([page]) == [("frank", pb.USAGE_TYPE_SMS, "", "messages", "3", 1)]
     # Later usage of the identity is attributed when recorded.
-    assert (await record(usage, "erin")).subscription_id == sub
+    later_request = request(radius_user_name="erin")
+    later = await usage.stub.RecordUsage(later_request, metadata=usage.metadata)
+    assert later.subscription_id == sub
+    # A replay returns the original result: unattributed for what was recorded before the
+    # registration (stored attributed now), the subscription for what came after.
+    for sent, answered in ((first_request, first), (later_request, later)):
+        replay = await usage.stub.RecordUsage(sent, metadata=usage.metadata)
+        assert (replay.replayed, replay.usage_id) == (True, answered.usage_id)
+        assert replay.subscription_id == answered.subscription_id
 
 
 async def test_unattributed_pages_cover_sessions_then_metered_when_page_size_is_small(
