@@ -310,13 +310,25 @@ def timestamp_or_none(message: Any, field: str) -> dt.datetime | None:
         return None
     ts: Timestamp = getattr(message, field)
     try:
-        return ts.ToDatetime(tzinfo=dt.UTC)
+        value = ts.ToDatetime(tzinfo=dt.UTC)
     except (ValueError, OverflowError):
+        value = None
+    # The first and last microsecond of the range: asyncpg writes datetime.min and
+    # datetime.max as -infinity and infinity, which SQL reports and date_trunc cannot use.
+    if value is None or value in _UNSTORABLE:
         raise InvalidArgumentError(
             field,
             f"not a valid timestamp (seconds={ts.seconds}, nanos={ts.nanos}):"
-            " 0001-01-01 to 9999-12-31 UTC, nanos 0 to 999999999",
-        ) from None
+            " after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z,"
+            " nanos 0 to 999999999",
+        )
+    return value
+
+
+_UNSTORABLE = (
+    dt.datetime.min.replace(tzinfo=dt.UTC),
+    dt.datetime.max.replace(tzinfo=dt.UTC),
+)
 
 
 def required_timestamp(message: Any, field: str) -> dt.datetime:

@@ -25,6 +25,9 @@ BAD_TIMESTAMPS = [
     Timestamp(seconds=-(2**40)),
     Timestamp(seconds=0, nanos=2_000_000_000),
     Timestamp(seconds=0, nanos=-1),
+    # The range's first and last microsecond: PostgreSQL would store -infinity / infinity.
+    Timestamp(seconds=-62135596800),
+    Timestamp(seconds=253402300799, nanos=999_999_000),
 ]
 
 
@@ -86,6 +89,8 @@ def custom(**changes: Any) -> dict[str, Any]:
         ({"occurred_at": BAD_TIMESTAMPS[1]}, "occurred_at"),
         ({"occurred_at": BAD_TIMESTAMPS[2]}, "occurred_at"),
         ({"occurred_at": BAD_TIMESTAMPS[3]}, "occurred_at"),
+        ({"occurred_at": BAD_TIMESTAMPS[4]}, "occurred_at"),
+        ({"occurred_at": BAD_TIMESTAMPS[5]}, "occurred_at"),
         ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "messages"}, "unit"),
         ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "gb"}, "unit"),
         ({"usage_type": pb.USAGE_TYPE_DATA, "unit": "Gb"}, "unit"),
