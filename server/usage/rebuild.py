@@ -5,15 +5,18 @@ bytes (one request per original batch, with that batch's arrival default) and ap
 a fresh engine; recorded stale-session sweeps are replayed at the point they ran. Each
 batch and sweep runs with the NAS policy it ran with (usage_nas_policies), and raw packets
 are not authenticated again (they were when accepted; the secret may have changed since).
-The tenant's NAS rows stay locked throughout, and their sequences move on so every
-replica's engine reloads afterwards.
+The tenant's advisory lock (exclusive: no batch writes beside it, nor inserts a NAS row
+the rebuild would not see) and NAS rows stay locked throughout, and the NAS sequences move
+on so every replica's engine reloads afterwards.
 """
 # SQL text is assembled from constants of this package only; every value is bound.
 # ruff: noqa: S608
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import itertools
 import uuid
 from typing import Any
 
@@ -28,6 +31,11 @@ from server.usage.service import policy_of, recall_sessions, wrap_entries, write
 from server.usage.writes import Projection
 
 PAGE = 20_000
+# The tenant's lock (repository.own_tenant): each attempt waits this long for the batches
+# in flight, then lets them go on for a moment; about five minutes in all.
+LOCK_WAIT_MS = 2_000
+LOCK_BACKOFF_S = 0.5
+LOCK_ATTEMPTS = 120
 _PROJECTIONS = ("usage_sessions", "usage_buckets", "usage_unattributed_buckets", "usage_anomalies")
 
 
@@ -41,10 +49,27 @@ async def rebuild(db: Database, tenant_id: uuid.UUID | None = None) -> dict[str,
         tenants = [tenant_id]
     report = {"tenants": 0, "nas": 0, "entries": 0, "sweeps": 0}
     for tenant in tenants:
-        async with db.transaction() as session:
-            await _rebuild_tenant(session, tenant, report)
+        for attempt in itertools.count(1):
+            try:
+                async with db.transaction() as session:
+                    await repo.begin_write(session)
+                    if not await repo.own_tenant(session, tenant, LOCK_WAIT_MS):
+                        raise _Busy  # rolls the aborted transaction back
+                    await _rebuild_tenant(session, tenant, report)
+                break
+            except _Busy:
+                pass
+            if attempt == LOCK_ATTEMPTS:
+                raise RuntimeError(
+                    f"tenant {tenant}: ingest held it for {attempt} attempts; try again"
+                )
+            await asyncio.sleep(LOCK_BACKOFF_S)
         report["tenants"] += 1
     return report
+
+
+class _Busy(Exception):
+    """The tenant's lock was not had in time (repository.own_tenant)."""
 
 
 def _uuid(value: Any) -> uuid.UUID:
@@ -54,7 +79,6 @@ def _uuid(value: Any) -> uuid.UUID:
 async def _rebuild_tenant(
     session: AsyncSession, tenant_id: uuid.UUID, report: dict[str, int]
 ) -> None:
-    await repo.begin_write(session)
     tenant = repo.tenant_param(session, tenant_id)
     pg = session.get_bind().dialect.name == "postgresql"
     keys = [

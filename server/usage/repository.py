@@ -342,6 +342,45 @@ async def lock_tenant_nas(session: AsyncSession, tenant_id: uuid.UUID) -> None:
         )
 
 
+def _tenant_lock_key(tenant_id: uuid.UUID) -> int:
+    """The tenant's advisory lock (PostgreSQL's signed 64-bit key): its id's low bits."""
+    key = tenant_id.int & (2**64 - 1)
+    return key - 2**64 if key >= 2**63 else key
+
+
+async def share_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """PostgreSQL: holds the tenant's advisory lock shared until the transaction ends.
+    Every write of NAS rows takes it first (lock_nas), so a rebuild, which takes it
+    exclusive (own_tenant), never runs beside a batch: it would not see a NAS row the
+    batch inserts, delete its committed projections with the tenant's and never replay
+    them."""
+    if _pg(session):
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _tenant_lock_key(tenant_id)}
+        )
+
+
+async def own_tenant(session: AsyncSession, tenant_id: uuid.UUID, timeout_ms: int) -> bool:
+    """PostgreSQL: takes the tenant's advisory lock exclusive, waiting at most
+    `timeout_ms`; False when it timed out (the transaction is then aborted: roll it back).
+    A bounded wait: a large batch's write groups take the lock one after another, and one
+    that waits behind this request while its sibling holds the lock shared is a cycle
+    through the application that PostgreSQL cannot see. SQLite's writer lock is exclusive
+    already (True)."""
+    if not _pg(session):
+        return True
+    conn = await driver(session)
+    await conn.execute(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
+    try:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _tenant_lock_key(tenant_id))
+    except Exception as error:
+        if getattr(error, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        return False
+    await conn.execute("SET LOCAL lock_timeout = 0")
+    return True
+
+
 async def lock_nas(
     session: AsyncSession, tenant_id: uuid.UUID, nas_keys: Sequence[str]
 ) -> dict[str, NasState]:
@@ -357,6 +396,7 @@ async def lock_nas(
     columns = ", ".join(POLICY_COLUMNS)
     defaults = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in DEFAULT_POLICY)
     if pg:
+        await share_tenant(session, tenant_id)
         await session.execute(
             text(
                 f"INSERT INTO usage_nas (tenant_id, nas_key, seq, {columns}, updated_at)"

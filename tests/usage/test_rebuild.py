@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from server.accounts.models import RadiusIdentity
+from server.usage import repository as repo
 from server.usage.models import UnattributedBucket, UsageAnomaly, UsageBucket, UsageSession
 from server.usage.rebuild import rebuild
 from tests.conftest import RunningServer
@@ -301,3 +303,22 @@ async def test_a_session_a_registration_race_left_unattributed_keeps_its_first_s
     before = await snapshot(server, usage.tenant.tenant_id)
     await rebuild(server.db, usage.tenant.tenant_id)
     assert await snapshot(server, usage.tenant.tenant_id) == before
+
+
+async def test_rebuild_waits_for_a_batch_in_flight_that_adds_a_nas(
+    usage: Usage, server: RunningServer
+) -> None:
+    # A batch had inserted a NAS row the rebuild did not see (not committed when it listed
+    # the NASes) and committed before the rebuild deleted the projections: its sessions and
+    # buckets were deleted and never replayed. A rebuild now waits for every batch in flight.
+    await usage.send("decoded", Rec(INTERIM, t=600, session_time=600, inp=1, out=1))
+    tenant = usage.tenant.tenant_id
+    before = (await rebuild(server.db, tenant))["nas"]
+    async with server.db.transaction() as session:
+        await repo.begin_write(session)
+        await repo.lock_nas(session, tenant, ["nas-new"])
+        rebuilding = asyncio.create_task(rebuild(server.db, tenant))
+        await asyncio.sleep(0.5)
+        assert not rebuilding.done()
+    report = await asyncio.wait_for(rebuilding, 30)
+    assert report["nas"] == before + 1
