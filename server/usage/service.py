@@ -514,7 +514,9 @@ class UsageService:
     ) -> npt.NDArray[np.uint8]:
         """The ledger is the final dedup authority: a late record it already held is a
         duplicate; an accepted one, or a late one that flagged its session, makes the batch
-        re-run without it (_Redo): a repeat changes nothing."""
+        re-run without it and without its copies in the batch (_Redo): a repeat changes
+        nothing. (Without the copies, each re-run left out one copy, and the next was
+        accepted in its place: a batch with four copies never went through.)"""
         outcome = writes.outcome
         existing = np.concatenate(found) if found else np.empty(0, dtype=np.int64)
         if not existing.size:
@@ -522,7 +524,12 @@ class UsageService:
         local = np.flatnonzero(np.isin(mapping, existing))
         changed = local[(outcome[local] == ACCEPTED) | np.isin(local, writes.late_flagging)]
         if changed.size:
-            raise _Redo(mapping[changed])
+            keys = writes.content_key
+            held = {keys[i].tobytes() for i in changed.tolist()}
+            copies = np.asarray(
+                [i for i in range(len(keys)) if keys[i].tobytes() in held], dtype=np.int64
+            )
+            raise _Redo(mapping[np.union1d(changed, copies)])
         outcome = outcome.copy()
         outcome[local] = DUPLICATE
         return outcome

@@ -136,6 +136,8 @@ class BatchWrites:
     # Entries (this call's indices) that flagged a session although late (an Interim after
     # a Stop, a skewed clock): a repeat must change nothing, so one the ledger holds re-runs.
     late_flagging: Int64s
+    # Every entry's content key (this call's indices; quarantined ones are not keys).
+    content_key: npt.NDArray[Any]
     ledger_nas: npt.NDArray[Any]
     ledger: dict[str, npt.NDArray[Any]]
     quarantine: list[tuple[int, str, bytes]]
@@ -152,8 +154,9 @@ class BatchWrites:
         # Every attribute read of an engine result copies its column: read each once.
         entry_bytes = result.entry_bytes
         ledger_nas = repo.object_array(nas_keys)[nas_index]
+        content_key = np.asarray(result.content_key)
         ledger = {
-            "content_key": np.asarray(result.content_key)[rows],
+            "content_key": content_key[rows],
             "nas_key": ledger_nas,
             "nas_seq": np.asarray(result.nas_seq, dtype=np.int64)[nas_index],
             "entry_index": mapping[rows],
@@ -169,6 +172,7 @@ class BatchWrites:
         return cls(
             outcome=outcome,
             late_flagging=np.flatnonzero(flagging & (outcome == LATE)),
+            content_key=content_key,
             ledger_nas=ledger_nas,
             ledger=ledger,
             quarantine=quarantine,

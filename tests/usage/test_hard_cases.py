@@ -1612,3 +1612,19 @@ async def test_copy_of_an_accounting_on_timed_by_arrival_is_a_repeat_on_a_replic
     assert counts(ack) == (0, 1, 0, 0)
     (b,) = await replica.sessions()
     assert (b.state, list(b.flags)) == (pb.SESSION_STATE_OPEN, [])
+
+
+async def test_a_batch_with_many_copies_of_a_stored_record_is_applied_once(
+    usage: Usage, form: str
+) -> None:
+    # A record already stored, then a batch with a newer one and four copies of it (a
+    # collector's retransmits, each with its own Acct-Delay-Time): each re-run left out one
+    # copy and the next was accepted in its place, until the batch was refused for good.
+    stored = Rec(INTERIM, t=600, session_time=600, inp=1000, out=1000)
+    assert counts(await usage.send(form, stored)) == (1, 0, 0, 0)
+    newer = Rec(STOP, t=600, session_time=600, inp=5000, out=5000, cause=1)
+    copies = [stored.but(delay=d) for d in range(1, 5)]
+    ack = await usage.send(form, newer, *copies)
+    assert counts(ack) == (1, 4, 0, 0)
+    session = await usage.session()
+    assert (session.input_bytes, session.state) == (5000, pb.SESSION_STATE_CLOSED)
