@@ -525,11 +525,7 @@ class UsageService:
         changed = local[(outcome[local] == ACCEPTED) | np.isin(local, writes.late_flagging)]
         if changed.size:
             keys = writes.content_key
-            held = {keys[i].tobytes() for i in changed.tolist()}
-            copies = np.asarray(
-                [i for i in range(len(keys)) if keys[i].tobytes() in held], dtype=np.int64
-            )
-            raise _Redo(mapping[np.union1d(changed, copies)])
+            raise _Redo(mapping[np.flatnonzero(np.isin(keys, keys[changed]))])
         outcome = outcome.copy()
         outcome[local] = DUPLICATE
         return outcome
@@ -807,15 +803,8 @@ async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) 
             if await session.get(Subscription, (tenant_id, subscription_id)) is None:
                 raise NotFoundError("subscription", subscription_id)
         elif usage.radius_user_name:
-            subscription_id = (
-                await session.execute(
-                    select(RadiusIdentity.subscription_id).where(
-                        RadiusIdentity.tenant_id == tenant_id,
-                        RadiusIdentity.kind == 1,
-                        RadiusIdentity.value == usage.radius_user_name,
-                    )
-                )
-            ).scalar()
+            identity = await _user_name(session, tenant_id, usage.radius_user_name)
+            subscription_id = None if identity is None else identity.subscription_id
         usage_id = uuid.uuid4()
         values = {
             "tenant_id": tenant_id,
@@ -854,6 +843,20 @@ async def _usage_event(session: AsyncSession, tenant_id: uuid.UUID, key: str) ->
     ).scalar()
 
 
+async def _user_name(
+    session: AsyncSession, tenant_id: uuid.UUID, user_name: str
+) -> RadiusIdentity | None:
+    """The User-Name identity a metered event's radius_user_name names, if registered."""
+    found = await session.execute(
+        select(RadiusIdentity).where(
+            RadiusIdentity.tenant_id == tenant_id,
+            RadiusIdentity.kind == 1,
+            RadiusIdentity.value == user_name,
+        )
+    )
+    return found.scalar()
+
+
 async def _replay(session: AsyncSession, found: UsageEvent, usage: MeteredUsage) -> RecordedUsage:
     """The original result of a recorded request: an event recorded unattributed and
     attributed since (its User-Name registered later) replays unattributed, as it was
@@ -862,15 +865,7 @@ async def _replay(session: AsyncSession, found: UsageEvent, usage: MeteredUsage)
         raise FailedPreconditionError("idempotency_key: already used for a different request")
     subscription_id = found.subscription_id
     if usage.subscription_id is None and subscription_id is not None:
-        registered = (
-            await session.execute(
-                select(RadiusIdentity.created_at).where(
-                    RadiusIdentity.tenant_id == found.tenant_id,
-                    RadiusIdentity.kind == 1,
-                    RadiusIdentity.value == found.radius_user_name,
-                )
-            )
-        ).scalar()
-        if registered is None or registered > found.recorded_at:
+        identity = await _user_name(session, found.tenant_id, found.radius_user_name)
+        if identity is None or identity.created_at > found.recorded_at:
             subscription_id = None
     return RecordedUsage(found.id, subscription_id, replayed=True)
