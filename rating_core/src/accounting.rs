@@ -1023,6 +1023,7 @@ impl Engine {
                 && by_event_timestamp
                     .is_none_or(|b| (u32::from(s.flags) & START_BY_EVENT_TIMESTAMP != 0) == b)
                 && distance <= gap.unsigned_abs()
+                && !self.reboot_between(nas, implied, s.start_us)
                 && (s.state == STATE_OPEN
                     || end_unknown(s)
                     || implied <= s.stop_us
@@ -1035,6 +1036,18 @@ impl Engine {
             slot = s.prev;
         }
         best.map(|(_, slot)| slot)
+    }
+
+    /// A reboot the engine remembers lies between a record's implied start and an
+    /// instance's start (`implied` < On/Off event ≤ `start`, more than 2 s apart): the
+    /// record's session began before the reboot and the instance at or after it, so the
+    /// record is not that instance's, however close their starts (within the tolerance).
+    fn reboot_between(&self, nas: u32, implied: i64, start: i64) -> bool {
+        start.saturating_sub(implied) > START_SLACK_US
+            && self.nas[nas as usize]
+                .last_onoff
+                .iter()
+                .any(|&(_, _, event_us, _)| implied < event_us && event_us <= start)
     }
 
     /// An instance closed by an Accounting-On/Off ended by that reboot, the first the
@@ -1722,7 +1735,11 @@ impl Engine {
                         close: None,
                     },
                 };
-                let far_before = |im: i64| im < c.start_us.saturating_sub(gap);
+                // (Or before a reboot the latest instance began after: RADIUS.md's On/Off
+                // ends every session that started before it, so theirs is another session.)
+                let far_before = |im: i64| {
+                    im < c.start_us.saturating_sub(gap) || self.reboot_between(nas, im, c.start_us)
+                };
                 // A Start more than 2 s from the instance's start and after its last update
                 // is not that instance's own Start (delayed or retransmitted): the id was
                 // reused, by a NAS that rebooted (its Accounting-On may still be on its way)
@@ -2065,9 +2082,11 @@ impl Engine {
         if is_stop && s.state != STATE_STOPPED {
             new_flags |= STOP_RECEIVED;
             s.state = STATE_STOPPED;
-            // Never before the start: the two can be read by different clocks (a Start
-            // timed by arrival, a Stop by a trusted Event-Timestamp running behind).
-            s.stop_us = r.event_us.max(s.start_us);
+            // Never before the start or an update the instance took (`last_update_us`,
+            // which includes this Stop): they can be read by different clocks (a Start
+            // timed by arrival, a Stop by a trusted Event-Timestamp running behind; a Stop
+            // set aside as skewed and timed by a collector's clock an hour behind).
+            s.stop_us = s.last_update_us.max(s.start_us);
             s.terminate_cause = r.terminate_cause().unwrap_or(0);
         } else if is_stop && t_up {
             // A Stop resent with more session time: the session went on until it.

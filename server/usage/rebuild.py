@@ -172,7 +172,7 @@ async def _replay_nas(
             after_seq, as_of_us = sweeps.pop(0)
             policies.apply(engine, after_seq)
             swept = Projection.of(engine.sweep(as_of_us), empty)
-            await write_projections(session, tenant_id, swept, received)
+            await write_projections(session, tenant_id, swept, received, detected_us=as_of_us)
             report["sweeps"] += 1
 
     group: list[bytes] = []

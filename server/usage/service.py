@@ -243,13 +243,16 @@ async def write_projections(
     as_of_us: int | None = None,
     *,
     live: bool = False,
+    detected_us: int | None = None,
 ) -> None:
     """Session rows, hourly buckets and anomalies of an engine result (batch, sweep, replay).
     A batch's sessions are attributed as of `as_of_us`, when it was received, live and in a
     rebuild alike (repository.batch_attribution_sql); a sweep's rows carry no identity. A
     `live` batch written after identities were registered since its receipt gives a session
     none of the earlier ones match the first registered (a rebuild replays that
-    registration's re-attribution after the batch instead)."""
+    registration's re-attribution after the batch instead). Anomalies are stamped
+    `detected_us`, else `as_of_us`: a batch's receipt or a sweep's as-of time, which a
+    rebuild knows too (ListNas reports the latest clock-skew one)."""
     since = (
         live
         and as_of_us is not None
@@ -281,7 +284,10 @@ async def write_projections(
             gen = sessions[2][index].tolist()
             await repo.add_buckets(session, tenant_id, params[:3], nas, sid, gen, hours, *deltas)
     if projection.anomalies:
-        await repo.insert_anomalies(session, tenant_id, projection.anomalies, now_us())
+        detected = detected_us if detected_us is not None else as_of_us
+        await repo.insert_anomalies(
+            session, tenant_id, projection.anomalies, now_us() if detected is None else detected
+        )
 
 
 async def recall_sessions(
@@ -614,7 +620,9 @@ class UsageService:
                     result = te.engine.sweep(as_of_us)
                     sessions = result.sessions
                     empty = np.empty(0, dtype=np.int64)
-                    await write_projections(session, tenant_id, Projection.of(result, empty))
+                    await write_projections(
+                        session, tenant_id, Projection.of(result, empty), detected_us=as_of_us
+                    )
                     touched = sorted(set(sessions.nas_key))
                     await repo.record_sweep(
                         session,

@@ -287,7 +287,18 @@ class Reference:
         reboot = min((e for e in self.reboots.get(n.nas, []) if e > s.start_us), default=None)
         if s.state == CLOSED_NO_STOP and s.flags & NAS_REBOOT_CLOSED and reboot is not None:
             ended_before = ended_before and implied >= reboot
-        return distance <= gap and (not ended_before or distance <= START_SLACK_US)
+        return (
+            distance <= gap
+            and not self.reboot_between(n.nas, implied, s.start_us)
+            and (not ended_before or distance <= START_SLACK_US)
+        )
+
+    def reboot_between(self, nas: str, implied: int, start_us: int) -> bool:
+        """An On/Off lies between a record's implied start and an instance's start (more
+        than 2 s apart): the record's session began before that reboot, the instance after."""
+        return start_us - implied > START_SLACK_US and any(
+            implied < e <= start_us for e in self.reboots.get(nas, [])
+        )
 
     def owner(self, n: Norm, chain: list[Session], implied: int) -> Session | None:
         owners = [s for s in chain if self.owns(n, s, implied)]
@@ -310,7 +321,9 @@ class Reference:
             assert implied is not None
             return self.owner(n, chain, implied)
 
-        far_before = implied is not None and implied < cur.start_us - gap
+        far_before = implied is not None and (
+            implied < cur.start_us - gap or self.reboot_between(n.nas, implied, cur.start_us)
+        )
         if n.status == START:
             # Not the instance's own Start (more than 2 s from its start, after its last
             # update, or at/after its stop): the id was reused.
@@ -429,7 +442,7 @@ class Reference:
             s.flags |= LATE_STOP
             s.stop_us = s.last_update_us
         if stop and s.state != STOPPED:  # the first Stop records the real stop
-            s.state, s.stop_us = STOPPED, max(n.event_us, s.start_us)
+            s.state, s.stop_us = STOPPED, max(s.last_update_us, s.start_us)
             s.terminate_cause = n.terminate_cause or 0
             s.flags |= STOP_RECEIVED
         elif stop and time_up:  # resent with more session time: it went on until then

@@ -352,6 +352,28 @@ async def test_a_stop_read_by_another_clock_than_its_start_never_precedes_it(
     assert utc(session.stop_at) == utc(session.start_at)
 
 
+async def test_a_stop_timed_by_a_clock_behind_never_precedes_an_update_it_follows(
+    usage: Usage, form: str
+) -> None:
+    # The Stop reaches a collector whose clock is an hour behind: its Event-Timestamp
+    # disagrees with arrival - delay, so its event time is half an hour before the start.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000),
+        Rec(STOP, t=1799, session_time=1800, inp=3000, out=4000, delay=1,
+            arrival_extra_s=-3600, cause=1),
+    )  # fmt: skip
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3
+    (session,) = await usage.sessions()
+    assert (session.state, session.input_bytes, session.output_bytes) == (
+        pb.SESSION_STATE_CLOSED, 3000, 4000,
+    )  # fmt: skip
+    assert "clock_skew" in session.flags
+    assert utc(session.last_update_at) == at(600)
+    assert utc(session.stop_at) == at(600)
+
+
 async def test_a_start_late_in_its_second_stays_put_when_replicas_load_the_session(
     usage: Usage, replica: Usage, form: str
 ) -> None:
@@ -1436,6 +1458,54 @@ async def test_session_begun_before_a_reboot_is_closed_when_a_replica_loads_the_
     assert counts(ack) == (1, 0, 0, 0)
     (z,) = await replica.sessions()
     assert (z.state, list(z.flags)) == (CLOSED, ["nas_reboot_closed"])
+
+
+def _instances(sessions: list[pb.Session]) -> list[tuple[object, ...]]:
+    """Sessions as (start, state, stop, input, output, flags), by start: what must not
+    depend on the order records arrive in (generation numbers count instances as found)."""
+    return sorted(
+        (utc(s.start_at), s.state, utc(s.stop_at) if s.HasField("stop_at") else None,
+         s.input_bytes, s.output_bytes, sorted(s.flags))
+        for s in sessions
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("order", ["as_sent", "old_interim_second"])
+async def test_an_interim_begun_before_a_reboot_is_not_the_reused_ids_new_session(
+    usage: Usage, form: str, order: str
+) -> None:
+    """An Interim delivered late (Acct-Delay-Time 840) implies a start at 200, before the
+    Accounting-On at 300; the id's session that began at 400, after the reboot, is another
+    one, though its start is within the NAS's tolerance (300 s) of 200."""
+    on = Rec(ON, sid="", user="", t=300)
+    start, interim = Rec(START, t=400), Rec(INTERIM, t=1000, session_time=600, inp=10, out=10)
+    old = Rec(INTERIM, t=260, session_time=60, inp=7, out=7, delay=840)
+    sent = [on, start, interim, old] if order == "as_sent" else [on, old, start, interim]
+    acks = await usage.send_each(form, *sent)
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    assert _instances(await usage.sessions()) == [
+        (at(200), CLOSED, at(260), 7, 7, ["lost_start", "nas_reboot_closed"]),
+        (at(400), pb.SESSION_STATE_OPEN, None, 10, 10, []),
+    ]
+
+
+async def test_starts_between_two_reboots_are_three_sessions_in_any_order(
+    usage: Usage, form: str
+) -> None:
+    """Starts of one id at 0, 200 and 400 with Accounting-Ons at 100 and 300 between them
+    are three sessions, the first two closed by the reboots, whichever arrives first."""
+    records = [
+        Rec(START, t=0), Rec(ON, sid="", user="", t=100), Rec(START, t=200),
+        Rec(ON, sid="", user="", t=300), Rec(START, t=400),
+        Rec(INTERIM, t=1000, session_time=600, inp=10, out=1),
+    ]  # fmt: skip
+    await usage.send_each(form, *reversed(records))
+    expected = [
+        (at(0), CLOSED, at(0), 0, 0, ["nas_reboot_closed"]),
+        (at(200), CLOSED, at(200), 0, 0, ["nas_reboot_closed"]),
+        (at(400), pb.SESSION_STATE_OPEN, None, 10, 1, ["lost_start"]),
+    ]
+    assert _instances(await usage.sessions()) == expected
 
 
 async def test_stop_implying_a_start_after_the_reboot_is_a_new_session_of_the_reused_id(

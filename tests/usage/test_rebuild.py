@@ -27,7 +27,7 @@ async def snapshot(server: RunningServer, tenant_id: uuid.UUID) -> dict[str, lis
             ("sessions", UsageSession, ()),
             ("buckets", UsageBucket, ()),
             ("unattributed", UnattributedBucket, ()),
-            ("anomalies", UsageAnomaly, ("batch_uid", "ordinal", "detected_at")),
+            ("anomalies", UsageAnomaly, ("batch_uid", "ordinal")),
         ):
             columns = [c for c in model.__table__.columns if c.name not in skip]
             rows = (await session.execute(select(*columns).where(columns[0] == tenant_id))).all()
