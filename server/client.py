@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from server.settings import DEFAULT_DATA_DIR, DEFAULT_LISTEN, key_file_path
+from server.settings import DEFAULT_DATA_DIR, DEFAULT_LISTEN, SettingsError, key_file_path
 
 
 def add_client_arguments(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
@@ -43,10 +43,10 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, inherited: bool = F
 def api_key(args: argparse.Namespace) -> str:
     """--key-file, else RATING_API_KEY, else the embedded default's key file."""
     if args.key_file:
-        return Path(args.key_file).read_text().strip()
+        return _checked_key(Path(args.key_file).read_text(), f"--key-file {args.key_file}")
     env_key = os.environ.get("RATING_API_KEY")
     if env_key:
-        return env_key.strip()
+        return _checked_key(env_key, "RATING_API_KEY")
     data_dir = Path(os.environ.get("RATING_DATA_DIR", DEFAULT_DATA_DIR))
     path = key_file_path(data_dir)
     if not path.exists():
@@ -54,7 +54,23 @@ def api_key(args: argparse.Namespace) -> str:
             f"no API key: pass --key-file, set RATING_API_KEY, or start `rating serve` "
             f"on the embedded default, which writes {path}"
         )
-    return path.read_text().strip()
+    return _checked_key(path.read_text(), str(path))
+
+
+def _checked_key(text: str, source: str) -> str:
+    """The key without surrounding white space; refused, naming where it came from, unless
+    it is one word of printable ASCII (it travels in a gRPC header, which takes nothing
+    else: a file holding more than the key, such as the whole output of `create-tenant`,
+    would otherwise fail inside gRPC)."""
+    key = text.strip()
+    if not key:
+        raise SettingsError(f"{source}: holds no API key")
+    if not all("!" <= c <= "~" for c in key):
+        raise SettingsError(
+            f"{source}: an API key is one word of printable ASCII; this holds "
+            "white space or other characters (only the key belongs there)"
+        )
+    return key
 
 
 def auth_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:

@@ -195,6 +195,7 @@ def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
         (["replay", "junk.bin", "--batch-size", "0"], 2, "--batch-size: must be at least 1"),
         (["sessions", "--target", "127.0.0.1:{closed}"], 1, "rating sessions: UNAVAILABLE"),
         (["nas", "list", "--key-file", "missing-key"], 1, "missing-key: No such file"),
+        (["sessions", "--key-file", "two-lines"], 1, "two-lines: an API key is one word"),
         (["nas", "set", "192.0.2.1"], 1, "rating nas set: nothing to set: give --secret"),
         (["nas", "set", "192.0.2.1", "--secret", ""], 2, "--secret: must not be empty"),
         (["rebuild", "--tenant", "x"], 2, "'x' is not a tenant id"),
@@ -207,6 +208,8 @@ def test_command_fails_with_one_line_when_its_input_is_bad(
     tmp_path: Path, args: list[str], status: int, message: str
 ) -> None:
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)))
+    # A key file holding more than the key (the whole output of `create-tenant --with-key`).
+    (tmp_path / "two-lines").write_text("tenant 1234\nrk_x\n")
     closed = str(_free_port())  # nothing listens there
     result = _run([a.replace("{closed}", closed) for a in args], tmp_path, RATING_API_KEY="rk_x")
     assert result.returncode == status, result.stderr

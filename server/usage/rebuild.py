@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import rating_core as core
 from server.db.database import Database
+from server.errors import NotFoundError
+from server.tenants.models import Tenant
 from server.usage import repository as repo
 from server.usage.service import policy_of, recall_sessions, wrap_entries, write_projections
 from server.usage.writes import Projection
@@ -46,6 +48,9 @@ async def rebuild(db: Database, tenant_id: uuid.UUID | None = None) -> dict[str,
             rows = await session.execute(text("SELECT DISTINCT tenant_id FROM usage_nas"))
             tenants = [_uuid(row[0]) for row in rows.all()]
     else:
+        async with db.read() as session:
+            if await session.get(Tenant, tenant_id) is None:
+                raise NotFoundError("tenant", tenant_id)
         tenants = [tenant_id]
     report = {"tenants": 0, "nas": 0, "entries": 0, "sweeps": 0}
     for tenant in tenants:

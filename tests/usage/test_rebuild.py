@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from server.accounts.models import RadiusIdentity
+from server.errors import NotFoundError
 from server.usage import repository as repo
 from server.usage.models import UnattributedBucket, UsageAnomaly, UsageBucket, UsageSession
 from server.usage.rebuild import rebuild
@@ -322,3 +323,10 @@ async def test_rebuild_waits_for_a_batch_in_flight_that_adds_a_nas(
         assert not rebuilding.done()
     report = await asyncio.wait_for(rebuilding, 30)
     assert report["nas"] == before + 1
+
+
+async def test_rebuild_of_a_tenant_that_does_not_exist_is_refused(server: RunningServer) -> None:
+    """A mistyped --tenant is an error, not a successful rebuild of nothing."""
+    missing = uuid.UUID(int=0)
+    with pytest.raises(NotFoundError, match=f"tenant {missing} not found"):
+        await rebuild(server.db, missing)
