@@ -193,6 +193,13 @@ def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
         (["replay", "junk.bin", "--secret", "s"], 1, "neither a pcap or pcapng capture nor"),
         (["replay", "junk.bin", "--format", "pcap", "--secret", "s"], 1, "not a classic pcap"),
         (["replay", "junk.bin", "--batch-size", "0"], 2, "--batch-size: must be at least 1"),
+        (["replay", "junk.bin", "--batch-size", "-5"], 2, "--batch-size: must be at least 1"),
+        (["sessions", "--nas", ""], 2, "argument --nas: must not be empty"),
+        (
+            ["nas", "set", "192.0.2.1", "--stale-multiplier", "2147483648"],
+            2,
+            "--stale-multiplier: 2147483648 is out of range (0 to 2147483647)",
+        ),
         (["sessions", "--target", "127.0.0.1:{closed}"], 1, "rating sessions: UNAVAILABLE"),
         (["nas", "list", "--key-file", "missing-key"], 1, "missing-key: No such file"),
         (["sessions", "--key-file", "two-lines"], 1, "two-lines: an API key is one word"),

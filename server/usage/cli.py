@@ -26,7 +26,7 @@ from server.usage.collector import UdpCollector, parse_listen
 from server.usage.detail import parse_detail
 from server.usage.repository import POLICY_COLUMNS
 from server.usage.service import UNAUTHENTICATED
-from server.validation import to_timestamp
+from server.validation import I32_MAX, to_timestamp
 
 DEFAULT_BATCH = 1000
 INSTANT = "ISO 8601 instant with an offset or Z, e.g. 2026-11-21T12:00:00Z"
@@ -89,9 +89,9 @@ def add_commands(subparsers: Any) -> None:
 
     sessions = subparsers.add_parser("sessions", help="list session instances")
     add_client_arguments(sessions)
-    sessions.add_argument("--user", default="", help="User-Name")
-    sessions.add_argument("--nas", default="", help="NAS key")
-    sessions.add_argument("--subscription", default="", help="subscription id")
+    sessions.add_argument("--user", type=_filter, help="User-Name")
+    sessions.add_argument("--nas", type=_filter, help="NAS key")
+    sessions.add_argument("--subscription", type=_filter, help="subscription id")
     sessions.add_argument("--open", action="store_true", help="open sessions only")
     sessions.add_argument("--json", action="store_true", help="one JSON array (default: lines)")
     sessions.set_defaults(handler=sessions_command)
@@ -154,7 +154,7 @@ def add_commands(subparsers: Any) -> None:
             "Event-Timestamp trusted within this of arrival - delay (0: the default)",
         ),
     ):
-        nas_set.add_argument(option, type=_non_negative, help=meaning)
+        nas_set.add_argument(option, type=_policy_value, help=meaning)
     nas_set.set_defaults(handler=nas_set_command)
     nas_list = nas_sub.add_parser("list", help="NASes with their policy and clock-skew flags")
     add_client_arguments(nas_list)
@@ -664,9 +664,9 @@ async def list_all_sessions(
 
 async def sessions_command(args: argparse.Namespace) -> int:
     request = usage_pb2.ListSessionsRequest(
-        user_name=args.user,
-        nas_key=args.nas,
-        subscription_id=args.subscription,
+        user_name=args.user or "",
+        nas_key=args.nas or "",
+        subscription_id=args.subscription or "",
         open_only=args.open,
         page_size=1000,
     )
@@ -736,20 +736,38 @@ async def quarantine_purge_command(args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
+    value = _whole(text)
+    if not 1 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be at least 1 and under 2**32 ({value})")
     return value
 
 
 def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole(text)
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"{value} is out of range (0 to 4294967295)")
     return value
+
+
+def _policy_value(text: str) -> int:
+    """A NAS policy's seconds or multiplier: what the server stores (a 32-bit signed int)."""
+    value = _whole(text)
+    if not 0 <= value <= I32_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (0 to {I32_MAX})")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _filter(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (leave it out to list every session)")
+    return text
 
 
 def _secret(text: str) -> str:
