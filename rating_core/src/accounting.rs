@@ -87,7 +87,11 @@ pub enum EngineError {
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Wire(e) => write!(f, "batch is not a StreamAccountingRequest: {e}"),
+            Self::Wire(e) => write!(
+                f,
+                "batch is not a StreamAccountingRequest: {}",
+                e.describe(crate::proto::BATCH_FIELDS)
+            ),
             Self::Columns(s) => write!(f, "session columns: {s}"),
         }
     }

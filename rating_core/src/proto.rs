@@ -44,6 +44,59 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
+/// Field names of an `AccountingRecord`, by field number (usage.proto).
+pub const RECORD_FIELDS: &[&str] = &[
+    "",
+    "status_type",
+    "acct_session_id",
+    "user_name",
+    "nas_ip_address",
+    "nas_ipv6_address",
+    "nas_identifier",
+    "source_address",
+    "nas_port",
+    "nas_port_id",
+    "input_octets",
+    "input_gigawords",
+    "output_octets",
+    "output_gigawords",
+    "session_time_s",
+    "event_timestamp",
+    "delay_time_s",
+    "terminate_cause",
+    "framed_ip_address",
+    "framed_ipv6_prefix",
+    "delegated_ipv6_prefix",
+    "calling_station_id",
+    "class",
+    "arrival_time",
+];
+/// Of a `RawAccountingPacket`.
+pub const RAW_FIELDS: &[&str] = &["", "packet", "source_address", "arrival_time"];
+/// Of an `AccountingEntry`.
+pub const ENTRY_FIELDS: &[&str] = &["", "decoded", "raw"];
+/// Of a `StreamAccountingRequest`.
+pub const BATCH_FIELDS: &[&str] = &["", "batch_id", "entries"];
+
+impl WireError {
+    /// The message with the field named, for a defect of one field of a message whose
+    /// field names are `names` (by number): `arrival_time out of range (protobuf field
+    /// 23)` rather than a bare number. Other defects read as [`fmt::Display`] has them.
+    #[must_use]
+    pub fn describe(&self, names: &[&str]) -> String {
+        let (n, what) = match *self {
+            Self::Range(n) => (n, "out of range"),
+            Self::Utf8(n) => (n, "is not UTF-8"),
+            Self::TypeMismatch(n) => (n, "has the wrong wire type"),
+            _ => return self.to_string(),
+        };
+        match names.get(n as usize).filter(|name| !name.is_empty()) {
+            Some(name) => format!("{name} {what} (protobuf field {n})"),
+            None => self.to_string(),
+        }
+    }
+}
+
 /// One field value as it appears on the wire.
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'a> {

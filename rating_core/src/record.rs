@@ -709,7 +709,7 @@ fn from_proto<'a>(
     } else {
         proto::decode_record(body)
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.describe(proto::RECORD_FIELDS))?;
     let seen = &mut scratch.addresses;
     check_address(
         "nas_ip_address",
@@ -775,7 +775,7 @@ fn from_raw<'a>(
     default_arrival_us: i64,
     cfg: &dyn PrepareConfig,
 ) -> Result<Fields<'a>, String> {
-    let raw = proto::decode_raw(buf).map_err(|e| e.to_string())?;
+    let raw = proto::decode_raw(buf).map_err(|e| e.describe(proto::RAW_FIELDS))?;
     let p = radius::frame(raw.packet).map_err(|e| e.to_string())?;
     if p.code != radius::CODE_ACCOUNTING_REQUEST {
         return Err(radius::RadiusError::NotAccountingRequest(p.code).to_string());
@@ -954,7 +954,7 @@ fn prepare_one<'a>(
     scratch: &mut Scratch<'a>,
     rec: &mut Record,
 ) -> Result<Option<[u8; 20]>, String> {
-    let f = match proto::decode_entry(entry).map_err(|e| e.to_string())? {
+    let f = match proto::decode_entry(entry).map_err(|e| e.describe(proto::ENTRY_FIELDS))? {
         Entry::Decoded(b) => from_proto(batch, b, default_arrival_us, scratch)?,
         Entry::Raw(b) => from_raw(b, default_arrival_us, cfg)?,
         Entry::Empty => return Err("entry has neither a decoded record nor a raw packet".into()),

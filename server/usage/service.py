@@ -439,7 +439,11 @@ class UsageService:
         try:
             prepared = await _call(len(batch), te.engine.prepare, batch, received)
         except core.RatingError as error:
-            raise InvalidArgumentError("entries", str(error)) from None
+            # The engine names a defect of the batch id's own field; anything else is the
+            # framing of the entries.
+            message = str(error)
+            field = "batch_id" if ": batch_id " in message else "entries"
+            raise InvalidArgumentError(field, message) from None
         # Every ledger and quarantine row keeps it: refused whole rather than cut.
         limit_length("batch_id", prepared.batch_id, BATCH_ID_MAX)
         if _unauthenticated(prepared) and await self._secrets_changed(tenant_id, te, prepared):

@@ -17,11 +17,13 @@ from tests.conftest import RunningServer, TenantCtx, new_tenant
 from tests.usage.support import (
     INTERIM,
     SOURCE,
+    START,
     Rec,
     Usage,
     at,
     batch,
     decoded,
+    entries,
     raw_packet,
     ts,
     utc,
@@ -114,6 +116,30 @@ async def test_quarantine_source_address_is_empty_when_the_entry_is_not_protobuf
     (listed,) = await listing(usage)
     assert (listed.batch_id, listed.entry, listed.source_address) == ("b", b"\x08", "")
     assert listed.reason.startswith("protobuf")
+
+
+async def test_a_protobuf_defect_is_quarantined_naming_its_field(
+    usage: Usage, channel: grpc.aio.Channel
+) -> None:
+    """An out-of-range Timestamp is named by its field, in either form, not by a number."""
+    (record,), (raw,) = entries("decoded", [Rec(START)]), entries("raw", [Rec(START)])
+    record.decoded.event_timestamp.CopyFrom(Timestamp(seconds=1_700_000_000, nanos=-1))
+    raw.raw.arrival_time.CopyFrom(Timestamp(seconds=1_700_000_000, nanos=2_000_000_000))
+    (ack,) = await usage.stream(batch([record, raw]))
+    assert [q.reason for q in ack.quarantined_records] == [
+        "event_timestamp out of range (protobuf field 15)",
+        "arrival_time out of range (protobuf field 3)",
+    ]
+    # The batch's own id, not UTF-8: the call is refused, naming batch_id.
+    stream = channel.stream_stream(
+        "/isp_rating.v1.UsageService/StreamAccounting",
+        request_serializer=None,  # the bytes as they are
+        response_deserializer=pb.StreamAccountingResponse.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        _ = [ack async for ack in stream(iter([b"\x0a\x02\xff\xfe"]), metadata=usage.metadata)]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith("batch_id: ")
 
 
 async def test_quarantine_pages_cover_every_entry_once_when_more_arrive_while_paging(
