@@ -500,6 +500,7 @@ class RecordUsageRequest(_message.Message):
     usage is kept unattributed (ListUnattributedUsage) and attributed once one does.
     """
     source: Global___UsageSource.ValueType
+    """unspecified: USAGE_SOURCE_API"""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """0001-01-01 to 9999-12-31 UTC."""
