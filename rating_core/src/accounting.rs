@@ -208,6 +208,12 @@ fn end_unknown(s: &Session) -> bool {
         && u32::from(s.flags) & (STALE_CLOSED | NAS_REBOOT_CLOSED) == STALE_CLOSED
 }
 
+/// Begun by a Start with a trusted Event-Timestamp: its start is that exact time (not
+/// inferred from an update's session time, nor read from an arrival).
+fn exact_start(s: &Session) -> bool {
+    u32::from(s.flags) & (START_BY_EVENT_TIMESTAMP | LOST_START) == START_BY_EVENT_TIMESTAMP
+}
+
 /// One buffer holding every session id (no allocation per session). Freed text is
 /// garbage until `compact` rewrites the buffer.
 #[derive(Default)]
@@ -1003,11 +1009,15 @@ impl Engine {
     /// land in the next one. An instance closed as stale has no known end (its Stop may
     /// still come), so it takes any record within `gap` of its start, as an open one does.
     fn chain_match(&self, head: u32, sid: &[u8], implied: i64, gap: i64) -> Option<u32> {
-        self.chain_match_read(head, sid, implied, gap, None)
+        self.chain_match_read(head, sid, implied, gap, None, false)
     }
 
     /// [`Engine::chain_match`] among the instances whose start was read from an
     /// Event-Timestamp (`Some(true)`), from arrival − delay (`Some(false)`), or any (`None`).
+    /// `trusted_start`: the record is a Start with a trusted Event-Timestamp (`implied`),
+    /// which an instance begun by another such Start ([`exact_start`]) owns only at its
+    /// very start: a copy of that Start carries the same Event-Timestamp (and is a
+    /// duplicate by content), so another time is another session's Start, however close.
     fn chain_match_read(
         &self,
         head: u32,
@@ -1015,6 +1025,7 @@ impl Engine {
         implied: i64,
         gap: i64,
         by_event_timestamp: Option<bool>,
+        trusted_start: bool,
     ) -> Option<u32> {
         let nas = self.sessions[head as usize].nas;
         let mut best: Option<(u64, u32)> = None;
@@ -1028,6 +1039,7 @@ impl Engine {
                     .is_none_or(|b| (u32::from(s.flags) & START_BY_EVENT_TIMESTAMP != 0) == b)
                 && distance <= gap.unsigned_abs()
                 && !self.reboot_between(nas, implied, s.start_us)
+                && !(trusted_start && exact_start(s) && s.start_us != implied)
                 && (s.state == STATE_OPEN
                     || end_unknown(s)
                     || implied <= s.stop_us
@@ -1365,7 +1377,7 @@ impl Engine {
                 continue;
             };
             for &(implied, read) in readings.iter().flatten() {
-                let held = self.chain_match_read(head, sid, implied, gap, read);
+                let held = self.chain_match_read(head, sid, implied, gap, read, false);
                 let reach = held.map_or(gap, |m| {
                     self.sessions[m as usize]
                         .start_us
@@ -1731,7 +1743,15 @@ impl Engine {
                 let c = &self.sessions[cur as usize];
                 // A record that started far before the latest instance belongs to an older
                 // one: its own if the engine holds it, else a session nobody saw start.
-                let older = |im: i64, lost_start: bool| match self.chain_match(h, sid, im, gap) {
+                let trusted_start = r.status == STATUS_START && !r.timed_by_arrival();
+                let older = |im: i64, lost_start: bool| match self.chain_match_read(
+                    h,
+                    sid,
+                    im,
+                    gap,
+                    None,
+                    trusted_start,
+                ) {
                     Some(m) => Target::Existing(m),
                     None => Target::Create {
                         lost_start,
@@ -1752,7 +1772,12 @@ impl Engine {
                 // tolerance of its start: then it may be a copy of its own Start (timed by
                 // its arrival, through another collector's clock) or follow an Interim sent
                 // at session time 0, and a second generation would split one session.
-                let copy_possible = c.session_time == 0
+                // Both exact (a trusted Start against an instance a trusted Start began):
+                // not a copy, which would carry the same Event-Timestamp; a Start before
+                // that instance's is an older session's.
+                let exact = trusted_start && exact_start(c);
+                let copy_possible = !exact
+                    && c.session_time == 0
                     && r.event_us.abs_diff(c.start_us) <= gap.unsigned_abs()
                     && (c.state == STATE_OPEN || end_unknown(c));
                 // A trusted Event-Timestamp is exact: a copy of the instance's own Start
@@ -1776,7 +1801,9 @@ impl Engine {
                                 gap: true,
                                 close: Some(cur),
                             },
-                            Some(im) if far_before(im) => older(im, false),
+                            Some(im) if far_before(im) || (exact && im < c.start_us) => {
+                                older(im, false)
+                            }
                             _ if reused => Target::Create {
                                 lost_start: false,
                                 gap: false,
@@ -1800,7 +1827,9 @@ impl Engine {
                         }
                     } else {
                         match implied {
-                            Some(im) if far_before(im) => older(im, false),
+                            Some(im) if far_before(im) || (exact && im < c.start_us) => {
+                                older(im, false)
+                            }
                             _ => Target::Existing(cur),
                         }
                     }
@@ -1846,7 +1875,7 @@ impl Engine {
             {
                 // The other reading is the Event-Timestamp when the record is timed by its
                 // arrival, and arrival − delay when it is timed by its Event-Timestamp.
-                self.chain_match_read(h, sid, alt, gap, Some(r.timed_by_arrival()))
+                self.chain_match_read(h, sid, alt, gap, Some(r.timed_by_arrival()), false)
                     .map_or(target, Target::Existing)
             }
             _ => target,

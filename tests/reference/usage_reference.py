@@ -287,9 +287,13 @@ class Reference:
         reboot = min((e for e in self.reboots.get(n.nas, []) if e > s.start_us), default=None)
         if s.state == CLOSED_NO_STOP and s.flags & NAS_REBOOT_CLOSED and reboot is not None:
             ended_before = ended_before and implied >= reboot
+        # A trusted Start is the Start of an instance a trusted Start began only at its very
+        # time (a copy carries the same Event-Timestamp).
+        other_start = n.status == START and not n.by_arrival and exact_start(s)
         return (
             distance <= gap
             and not self.reboot_between(n.nas, implied, s.start_us)
+            and not (other_start and s.start_us != implied)
             and (not ended_before or distance <= START_SLACK_US)
         )
 
@@ -334,8 +338,14 @@ class Reference:
             # whose start was inferred (lost Start).
             slack = START_SLACK_US if n.by_arrival or cur.flags & LOST_START else 0
             own_start = abs(n.event_us - cur.start_us) <= slack
+            # Both exact: not a copy (it would carry the same Event-Timestamp), and a Start
+            # before the instance's is an older session's.
+            exact = not n.by_arrival and exact_start(cur)
+            if exact and n.event_us < cur.start_us:
+                far_before = True
             copy_possible = (
-                cur.session_time == 0
+                not exact
+                and cur.session_time == 0
                 and abs(n.event_us - cur.start_us) <= gap
                 and (cur.state == OPEN or self.end_unknown(cur))
             )
@@ -471,6 +481,11 @@ class Reference:
 
     def sessions(self) -> dict[tuple[str, str, int], Session]:
         return {(s.nas, s.sid, s.generation): s for c in self.chains.values() for s in c}
+
+
+def exact_start(s: Session) -> bool:
+    """Begun by a Start with a trusted Event-Timestamp: its start is that exact time."""
+    return s.flags & (START_BY_EVENT_TIMESTAMP | LOST_START) == START_BY_EVENT_TIMESTAMP
 
 
 def named(text: str) -> str:

@@ -1489,6 +1489,29 @@ async def test_an_interim_begun_before_a_reboot_is_not_the_reused_ids_new_sessio
     ]
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (0, 2, 1, 3), (2, 0, 1, 3)])
+async def test_an_id_reused_within_the_tolerance_counts_both_sessions_in_any_order(
+    usage: Usage, form: str, order: tuple[int, ...]
+) -> None:
+    """Session A (Start 1000, Stop 1100) and B (Start 1150, Stop 1400) of one id: B's Start
+    is 150 s after A's, within the NAS's tolerance (300 s), and its trusted Event-Timestamp
+    says it is another session's Start (a copy of A's would carry A's). A's usage was lost
+    into B when B's Start came before A's Stop."""
+    records = [
+        Rec(START, t=1000),
+        Rec(STOP, t=1100, session_time=100, inp=5_000_000, out=7_000_000, cause=1),
+        Rec(START, t=1150),
+        Rec(STOP, t=1400, session_time=250, inp=9_000_000, out=11_000_000, cause=1),
+    ]
+    acks = await usage.send_each(form, *(records[i] for i in order))
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    sessions = sorted(await usage.sessions(), key=lambda s: utc(s.start_at))
+    assert [(utc(s.start_at), utc(s.stop_at), s.input_bytes, s.output_bytes) for s in sessions] == [
+        (at(1000), at(1100), 5_000_000, 7_000_000),
+        (at(1150), at(1400), 9_000_000, 11_000_000),
+    ]
+
+
 async def test_starts_between_two_reboots_are_three_sessions_in_any_order(
     usage: Usage, form: str
 ) -> None:
