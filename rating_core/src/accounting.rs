@@ -1759,10 +1759,17 @@ impl Engine {
                         close: None,
                     },
                 };
+                // Both exact (a trusted Start against an instance a trusted Start began):
+                // not a copy, which would carry the same Event-Timestamp; a Start before
+                // that instance's is an older session's.
+                let exact = trusted_start && exact_start(c);
                 // (Or before a reboot the latest instance began after: RADIUS.md's On/Off
-                // ends every session that started before it, so theirs is another session.)
+                // ends every session that started before it, so theirs is another session.
+                // Or, exact, before its start at all.)
                 let far_before = |im: i64| {
-                    im < c.start_us.saturating_sub(gap) || self.reboot_between(nas, im, c.start_us)
+                    im < c.start_us.saturating_sub(gap)
+                        || self.reboot_between(nas, im, c.start_us)
+                        || (exact && im < c.start_us)
                 };
                 // A Start more than 2 s from the instance's start and after its last update
                 // is not that instance's own Start (delayed or retransmitted): the id was
@@ -1772,10 +1779,6 @@ impl Engine {
                 // tolerance of its start: then it may be a copy of its own Start (timed by
                 // its arrival, through another collector's clock) or follow an Interim sent
                 // at session time 0, and a second generation would split one session.
-                // Both exact (a trusted Start against an instance a trusted Start began):
-                // not a copy, which would carry the same Event-Timestamp; a Start before
-                // that instance's is an older session's.
-                let exact = trusted_start && exact_start(c);
                 let copy_possible = !exact
                     && c.session_time == 0
                     && r.event_us.abs_diff(c.start_us) <= gap.unsigned_abs()
@@ -1801,9 +1804,7 @@ impl Engine {
                                 gap: true,
                                 close: Some(cur),
                             },
-                            Some(im) if far_before(im) || (exact && im < c.start_us) => {
-                                older(im, false)
-                            }
+                            Some(im) if far_before(im) => older(im, false),
                             _ if reused => Target::Create {
                                 lost_start: false,
                                 gap: false,
@@ -1827,9 +1828,7 @@ impl Engine {
                         }
                     } else {
                         match implied {
-                            Some(im) if far_before(im) || (exact && im < c.start_us) => {
-                                older(im, false)
-                            }
+                            Some(im) if far_before(im) => older(im, false),
                             _ => Target::Existing(cur),
                         }
                     }
