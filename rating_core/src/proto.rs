@@ -26,6 +26,10 @@ pub enum WireError {
     Utf8(u32),
     /// A field had the wrong wire type for its declared type.
     TypeMismatch(u32),
+    /// A string or bytes field longer than the RADIUS attribute it stands for can be
+    /// (253 octets): `nas_port_id` and each `class` value, which the record checks nowhere
+    /// else.
+    TooLong(u32),
 }
 
 impl fmt::Display for WireError {
@@ -38,11 +42,19 @@ impl fmt::Display for WireError {
             Self::Range(n) => write!(f, "protobuf: field {n} out of range"),
             Self::Utf8(n) => write!(f, "protobuf: field {n} is not UTF-8"),
             Self::TypeMismatch(n) => write!(f, "protobuf: field {n} has the wrong wire type"),
+            Self::TooLong(n) => write!(
+                f,
+                "protobuf: field {n} longer than a RADIUS attribute allows ({MAX_ATTRIBUTE} bytes)"
+            ),
         }
     }
 }
 
 impl std::error::Error for WireError {}
+
+/// The longest value a RADIUS attribute carries (RFC 2865 section 5: Length is one octet
+/// and counts the two of Type and Length).
+pub const MAX_ATTRIBUTE: usize = 253;
 
 /// Field names of an `AccountingRecord`, by field number (usage.proto).
 pub const RECORD_FIELDS: &[&str] = &[
@@ -88,6 +100,15 @@ impl WireError {
             Self::Range(n) => (n, "out of range"),
             Self::Utf8(n) => (n, "is not UTF-8"),
             Self::TypeMismatch(n) => (n, "has the wrong wire type"),
+            Self::TooLong(n) => {
+                return match names.get(n as usize).filter(|name| !name.is_empty()) {
+                    Some(name) => format!(
+                        "{name} longer than a RADIUS attribute allows ({MAX_ATTRIBUTE} bytes, \
+                         protobuf field {n})"
+                    ),
+                    None => self.to_string(),
+                }
+            }
             _ => return self.to_string(),
         };
         match names.get(n as usize).filter(|name| !name.is_empty()) {
@@ -639,6 +660,10 @@ fn decode_fields<'a>(
                     && std::str::from_utf8(text).is_err()
                 {
                     return Err(WireError::Utf8(field as u32));
+                }
+                // The other text fields are checked by name where they are used.
+                if text.len() > MAX_ATTRIBUTE && matches!(field, 9 | 22) {
+                    return Err(WireError::TooLong(field as u32));
                 }
                 slots.text[field] = text;
             }

@@ -191,6 +191,10 @@ pub struct Attrs<'a> {
     pub framed_ipv6_prefix: Option<(u8, Ipv6Addr)>,
     pub delegated_ipv6_prefix: Option<(u8, Ipv6Addr)>,
     pub calling_station_id: Option<&'a [u8]>,
+    /// Message-Authenticator (80, RFC 3579): 16 octets, at most once. The Request
+    /// Authenticator already covers it in an Accounting-Request, so it is not checked
+    /// further.
+    pub message_authenticator: Option<&'a [u8]>,
     pub class_count: u32,
 }
 
@@ -284,6 +288,15 @@ pub fn parse_attrs(attrs: &[u8]) -> Result<Attrs<'_>, RadiusError> {
             52 => set(&mut a.input_gigawords, ty, int(ty, v)?)?,
             53 => set(&mut a.output_gigawords, ty, int(ty, v)?)?,
             55 => set(&mut a.event_timestamp_s, ty, int(ty, v)?)?,
+            80 => {
+                if v.len() != 16 {
+                    return Err(RadiusError::WrongLength {
+                        attribute: ty,
+                        length: v.len(),
+                    });
+                }
+                set(&mut a.message_authenticator, ty, v)?;
+            }
             87 => set(&mut a.nas_port_id, ty, v)?,
             95 => {
                 let ip = <[u8; 16]>::try_from(v).map_err(|_| RadiusError::WrongLength {

@@ -118,6 +118,15 @@ def _packet(attrs: bytes) -> bytes:
             radius_int(40, 3) + radius_attr(44, b"s1") + radius_attr(97, b"\x00\x40" + bytes(4)),
             "attribute 97 has a value of 6 bytes (wrong length)",
         ),
+        # Message-Authenticator (RFC 3579): 16 octets, at most once.
+        (
+            radius_int(40, 3) + radius_attr(44, b"s1") + radius_attr(80, bytes(15)),
+            "attribute 80 has a value of 15 bytes (wrong length)",
+        ),
+        (
+            radius_int(40, 3) + radius_attr(44, b"s1") + radius_attr(80, bytes(16)) * 2,
+            "attribute 80 repeated",
+        ),
     ],
 )
 def test_malformed_packet_is_quarantined_with_reason_when_sent_raw(
@@ -131,6 +140,18 @@ def test_malformed_packet_is_quarantined_with_reason_when_sent_raw(
     assert reason in result.quarantine[0][1]
     assert result.content_key[0].tobytes() == bytes(16)
     assert result.nas_index.tolist() == [-1]
+
+
+def test_raw_packet_with_a_message_authenticator_is_rated() -> None:
+    attrs = (
+        radius_int(40, 3) + radius_attr(44, b"s1") + radius_int(46, 60) + radius_int(42, 5)
+        + radius_attr(80, bytes(range(16))) + radius_int(43, 7)
+    )  # fmt: skip
+    engine = rc.Engine()
+    engine.set_secret("203.0.113.5", b"s3cret")
+    result = engine.apply(engine.prepare(batch([raw_entry(_packet(attrs), "203.0.113.5")]), 0))
+    assert result.quarantine == []
+    assert (int(result.sessions.input_bytes[0]), int(result.sessions.output_bytes[0])) == (5, 7)
 
 
 @pytest.mark.skipif(not PCAP.exists(), reason="shared capture not present")

@@ -1354,6 +1354,29 @@ async def test_decoded_record_is_quarantined_naming_the_field_when_nas_identifie
     (ack,) = await usage.stream(batch([good, bad]))
     assert counts(ack) == (1, 0, 0, 1)
     assert "NAS identity longer than" in ack.quarantined_records[0].reason
+
+
+@pytest.mark.parametrize("field", ["class", "nas_port_id"])
+async def test_decoded_record_is_quarantined_when_a_class_or_port_id_is_longer_than_radius_allows(
+    usage: Usage, field: str
+) -> None:
+    """A RADIUS attribute carries at most 253 octets; a decoded record cannot hold more."""
+    fits, too_long = entries(
+        "decoded",
+        [Rec(INTERIM, t=600, session_time=600, inp=1, out=1), Rec(INTERIM, t=600, sid="s2")],
+    )
+    if field == "class":
+        getattr(fits.decoded, "class").extend([b"c" * 253, b"d"])
+        getattr(too_long.decoded, "class").extend([b"c" * 254, b"d"])
+    else:
+        fits.decoded.nas_port_id = "p" * 253
+        too_long.decoded.nas_port_id = "p" * 254
+    (ack,) = await usage.stream(batch([fits, too_long]))
+    assert counts(ack) == (1, 0, 0, 1)
+    (refused,) = ack.quarantined_records
+    assert refused.index == 1
+    assert f"{field} longer than a RADIUS attribute allows (253 bytes" in refused.reason
+    assert [s.acct_session_id for s in await usage.sessions()] == ["sess-1"]
     assert [s.acct_session_id for s in await usage.sessions()] == ["sess-1"]
 
 
