@@ -728,6 +728,46 @@ impl Touched {
         }
     }
 
+    /// Adds usage of row `row` (instance `slot`) to its bucket for the hour of `event_us`.
+    fn add_usage(
+        &mut self,
+        slot: u32,
+        row: i32,
+        event_us: i64,
+        (din, dout, dsecs): (u64, u64, u64),
+    ) {
+        let hour = event_us.div_euclid(HOUR_US) * HOUR_US;
+        let (last_hour, last_idx) = self.last_bucket[row as usize];
+        let b = if last_hour == hour {
+            last_idx as usize
+        } else {
+            let next = self.buckets.len() as u32;
+            // The map only holds rows with buckets in several hours: the first bucket of a
+            // row lives in `last_bucket` alone until the row moves to another hour.
+            let b = if last_idx == u32::MAX {
+                next
+            } else {
+                self.bucket_of.entry((slot, last_hour)).or_insert(last_idx);
+                *self.bucket_of.entry((slot, hour)).or_insert(next)
+            };
+            if b == next {
+                self.buckets.push(Bucket {
+                    hour,
+                    input: 0,
+                    output: 0,
+                    secs: 0,
+                    row,
+                });
+            }
+            self.last_bucket[row as usize] = (hour, b);
+            b as usize
+        };
+        let bucket = &mut self.buckets[b];
+        bucket.input = bucket.input.saturating_add(din);
+        bucket.output = bucket.output.saturating_add(dout);
+        bucket.secs += dsecs;
+    }
+
     fn lookup(&self, slot: u32, tag: u32) -> i32 {
         if self.rows.get(tag as usize) == Some(&slot) {
             tag as i32
@@ -1983,17 +2023,22 @@ impl Engine {
                     | (STATE_CLOSED_NO_STOP, STATUS_STOP | STATUS_INTERIM) => {
                         (self.update(i, slot, r, key, policy, p, t), slot)
                     }
+                    // An Interim from before the Stop, delivered after it, is older than
+                    // what the instance has: the delta rules decide (`update`).
+                    (STATE_STOPPED, STATUS_INTERIM)
+                        if r.session_time().is_some_and(|st| st < session_time) =>
+                    {
+                        (self.update(i, slot, r, key, policy, p, t), slot)
+                    }
                     (STATE_STOPPED, STATUS_INTERIM) => {
-                        if r.session_time().is_none_or(|st| st >= session_time) {
-                            self.sessions[slot as usize].flags |= INTERIM_AFTER_STOP as u16;
-                            self.row_of(t, slot);
-                            t.anomalies.push((
-                                i as i64,
-                                slot,
-                                INTERIM_AFTER_STOP,
-                                flag_detail(INTERIM_AFTER_STOP).into(),
-                            ));
-                        }
+                        self.sessions[slot as usize].flags |= INTERIM_AFTER_STOP as u16;
+                        self.row_of(t, slot);
+                        t.anomalies.push((
+                            i as i64,
+                            slot,
+                            INTERIM_AFTER_STOP,
+                            flag_detail(INTERIM_AFTER_STOP).into(),
+                        ));
                         (OUTCOME_LATE, slot)
                     }
                     _ => (OUTCOME_LATE, slot),
@@ -2059,6 +2104,22 @@ impl Engine {
         if r.time_in_session()
             .is_some_and(|st| st < self.sessions[slot as usize].session_time)
         {
+            // Older than what we have. Its counters still raise a mark they are above while
+            // the instance has seen no reset or wrap: counters only grow until one, so the
+            // records after it carried no counter information in that direction (no
+            // Octets, or a Stop's zeros on Lost-Carrier), and without it the session's usage
+            // would depend on the order its records arrived in.
+            let s = &self.sessions[slot as usize];
+            let monotonic = u32::from(s.flags) & (COUNTER_RESET | WRAP_INFERRED) == 0;
+            let gain = |c: Option<u64>, hwm: u64| match c {
+                Some(c) if monotonic && c > hwm => c - hwm,
+                _ => 0,
+            };
+            let gains = (gain(r.input(), s.hwm_in), gain(r.output(), s.hwm_out));
+            if gains != (0, 0) {
+                self.raise_marks(i, slot, r, gains, policy, p, t);
+                return OUTCOME_ACCEPTED;
+            }
             // No usage and no state; but a name it carries still fills an empty identity
             // field (a NAS that names the user only in its Start, delivered late).
             if r.identity().iter().any(|f| !f.is_empty()) {
@@ -2132,36 +2193,7 @@ impl Engine {
             (total_in.saturating_add(din), total_out.saturating_add(dout)),
         );
         if din | dout | dsecs != 0 {
-            let hour = r.event_us.div_euclid(HOUR_US) * HOUR_US;
-            let (last_hour, last_idx) = t.last_bucket[row as usize];
-            let b = if last_hour == hour {
-                last_idx as usize
-            } else {
-                let next = t.buckets.len() as u32;
-                // The map only holds rows with buckets in several hours: the first bucket
-                // of a row lives in `last_bucket` alone until the row moves to another hour.
-                let b = if last_idx == u32::MAX {
-                    next
-                } else {
-                    t.bucket_of.entry((slot, last_hour)).or_insert(last_idx);
-                    *t.bucket_of.entry((slot, hour)).or_insert(next)
-                };
-                if b == next {
-                    t.buckets.push(Bucket {
-                        hour,
-                        input: 0,
-                        output: 0,
-                        secs: 0,
-                        row,
-                    });
-                }
-                t.last_bucket[row as usize] = (hour, b);
-                b as usize
-            };
-            let bucket = &mut t.buckets[b];
-            bucket.input = bucket.input.saturating_add(din);
-            bucket.output = bucket.output.saturating_add(dout);
-            bucket.secs += dsecs;
+            t.add_usage(slot, row, r.event_us, (din, dout, dsecs));
         }
         for bit in [
             COUNTER_RESET,
@@ -2181,6 +2213,39 @@ impl Engine {
             }
         }
         OUTCOME_ACCEPTED
+    }
+
+    /// Applies the counters of a record older than the instance's session time that are
+    /// above its marks (`gains`, in the NAS's directions; see `update`): the marks rise and
+    /// the usage goes to the hour of the record's event time. Nothing else changes: the
+    /// session time, the last update and the state are the newer records'.
+    fn raise_marks(
+        &mut self,
+        i: usize,
+        slot: u32,
+        r: &Record,
+        (gain_in, gain_out): (u64, u64),
+        policy: NasPolicy,
+        p: Input<'_>,
+        t: &mut Touched,
+    ) {
+        let (total_in, total_out) = self.totals(slot);
+        let s = &mut self.sessions[slot as usize];
+        s.hwm_in += gain_in;
+        s.hwm_out += gain_out;
+        let (din, dout) = if policy.swap_direction {
+            (gain_out, gain_in)
+        } else {
+            (gain_in, gain_out)
+        };
+        let row = t.row(slot, s, self.nas[s.nas as usize].key.len());
+        t.merge_identity(row, r, p);
+        self.set_totals(
+            slot,
+            (total_in.saturating_add(din), total_out.saturating_add(dout)),
+        );
+        t.add_usage(slot, row, r.event_us, (din, dout, 0));
+        self.note_skew(i, slot, r, t);
     }
 
     /// Closes sessions with no update for k × interim interval + grace, at their last update.

@@ -413,8 +413,9 @@ class Reference:
             return self.update(n, s)
         if s.state == CLOSED_NO_STOP and n.status in (STOP, INTERIM):
             return self.update(n, s)
-        not_older = n.session_time is None or n.session_time >= s.session_time
-        if s.state == STOPPED and n.status == INTERIM and not_older:
+        if s.state == STOPPED and n.status == INTERIM:
+            if n.session_time is not None and n.session_time < s.session_time:
+                return self.update(n, s)  # from before the Stop: the delta rules decide
             s.flags |= INTERIM_AFTER_STOP
         return "late"
 
@@ -422,11 +423,31 @@ class Reference:
         # A Start is at session time 0 whether or not it says so.
         time = 0 if n.session_time is None and n.status == START else n.session_time
         if time is not None and time < s.session_time:
-            # No usage and no state, but a name it carries fills an empty identity field.
+            # Older than what we have. Until a reset or wrap, counters only grow: one above
+            # its mark is newer information than the later records carried (no Octets, a
+            # Stop's zeros), and raises the mark; nothing else changes.
             s.user = s.user or named(n.user)
             s.calling = s.calling or named(n.calling)
             s.framed = s.framed or n.framed
-            return "late"
+            monotonic = not s.flags & (COUNTER_RESET | WRAP_INFERRED)
+            g_in = n.input - s.hwm_in if monotonic and n.input is not None else 0
+            g_out = n.output - s.hwm_out if monotonic and n.output is not None else 0
+            g_in, g_out = max(g_in, 0), max(g_out, 0)
+            if not (g_in or g_out):
+                return "late"
+            s.hwm_in += g_in
+            s.hwm_out += g_out
+            if self.policy(n.nas).swap_direction:
+                g_in, g_out = g_out, g_in
+            s.input_bytes += g_in
+            s.output_bytes += g_out
+            s.flags |= CLOCK_SKEW if n.skewed else 0
+            b = self.buckets.setdefault(
+                (s.nas, s.sid, s.generation, n.event_us // HOUR_US * HOUR_US), [0, 0, 0]
+            )
+            b[0] += g_in
+            b[1] += g_out
+            return "accepted"
         time_up = n.session_time is not None and n.session_time > s.session_time
         policy = self.policy(n.nas)
         stop = n.status == STOP

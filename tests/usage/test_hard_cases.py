@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -9,7 +11,7 @@ from sqlalchemy import select
 
 import rating_core as rc
 from isp_rating.v1 import usage_pb2 as pb
-from server.usage.models import UsageAnomaly
+from server.usage.models import UnattributedBucket, UsageAnomaly
 from tests.conftest import RunningServer, TenantCtx
 from tests.usage.support import (
     INTERIM,
@@ -1744,3 +1746,92 @@ async def test_a_batch_with_many_copies_of_a_stored_record_is_applied_once(
     assert counts(ack) == (1, 4, 0, 0)
     session = await usage.session()
     assert (session.input_bytes, session.state) == (5000, pb.SESSION_STATE_CLOSED)
+
+
+async def _unattributed_hours(server: RunningServer, tenant: TenantCtx) -> list[tuple[int, ...]]:
+    """(hour after T0, upload, download, seconds) of every unattributed bucket."""
+    async with server.db.read() as session:
+        rows = (
+            await session.execute(
+                select(
+                    UnattributedBucket.hour,
+                    UnattributedBucket.upload_bytes,
+                    UnattributedBucket.download_bytes,
+                    UnattributedBucket.session_time_s,
+                )
+                .where(UnattributedBucket.tenant_id == tenant.tenant_id)
+                .order_by(UnattributedBucket.hour)
+            )
+        ).all()
+    return [(int((utc_hour(h) - at(0)).total_seconds()) // 3600, u, d, s) for h, u, d, s in rows]
+
+
+def utc_hour(value: dt.datetime) -> dt.datetime:
+    """SQLite gives back naive UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+# Records after which a session's counters are not what it has: no Octets at all, a Stop's
+# zeros (Lost-Carrier), Octets in one direction only. Each case: its records (after a Start
+# at 0) and the session's (upload, download, session time).
+_NO_NEWER_COUNTERS = {
+    "stop-without-counters": (
+        [
+            Rec(INTERIM, t=3000, session_time=3000, inp=5_000_000_000, out=7_000_000_000),
+            Rec(STOP, t=4200, session_time=4200, cause=1),
+        ],
+        (5_000_000_000, 7_000_000_000, 4200),
+    ),
+    "stop-with-zeros": (
+        [
+            Rec(INTERIM, t=3000, session_time=3000, inp=5_000, out=7_000),
+            Rec(STOP, t=4200, session_time=4200, inp=0, out=0, cause=2),
+        ],
+        (5_000, 7_000, 4200),
+    ),
+    "interims-without-counters": (
+        [
+            Rec(INTERIM, t=3000, session_time=3000, inp=5_000, out=6_000),
+            Rec(INTERIM, t=3600, session_time=3600),
+            Rec(STOP, t=4200, session_time=4200, cause=1),
+        ],
+        (5_000, 6_000, 4200),
+    ),
+    "one-direction": (
+        [
+            Rec(INTERIM, t=3000, session_time=3000, inp=1_000, out=673_924),
+            Rec(INTERIM, t=4200, session_time=4200, inp=1_942_357),
+        ],
+        (1_942_357, 673_924, 4200),
+    ),
+}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["in-order", "reversed"])
+@pytest.mark.parametrize("case", list(_NO_NEWER_COUNTERS))
+async def test_usage_is_the_same_in_any_order_when_newer_records_carry_no_counters(
+    usage: Usage, server: RunningServer, form: str, case: str, reverse: bool
+) -> None:
+    """RADIUS.md: a record without Octets carries no counter information, and a Stop with
+    zeros keeps the mark; so an older Interim delivered after them still raises the marks
+    its counters are above. It used to be `late`, losing the session's usage."""
+    records, (up, down, secs) = _NO_NEWER_COUNTERS[case]
+    sent = list(reversed(records)) if reverse else records
+    acks = await usage.send_each(form, Rec(START, t=0), *sent)
+    assert sum(counts(a)[0] for a in acks) == 1 + len(records) - (
+        # Reversed, an older record that raises no mark is late.
+        sum(1 for r in records[:-1] if r.inp is None and r.out is None) if reverse else 0
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes, session.session_time_s) == (up, down, secs)
+    # Each delta in the hour of its record's event time; the hours sum to the session.
+    hours = await _unattributed_hours(server, usage.tenant)
+    assert sum(h[1] for h in hours) == up and sum(h[2] for h in hours) == down
+    assert sum(h[3] for h in hours) == secs
+    # The first Interim's usage is in its own hour (before 11:00), whatever came after it
+    # (reversed, a later record's Octets already gave the one-direction case its upload).
+    first = records[0]
+    expected = (
+        (0, 0, first.out) if reverse and case == "one-direction" else (0, first.inp, first.out)
+    )
+    assert hours[0][:3] == expected
