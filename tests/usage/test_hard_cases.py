@@ -1826,8 +1826,7 @@ async def test_usage_is_the_same_in_any_order_when_newer_records_carry_no_counte
     assert (session.input_bytes, session.output_bytes, session.session_time_s) == (up, down, secs)
     # Each delta in the hour of its record's event time; the hours sum to the session.
     hours = await _unattributed_hours(server, usage.tenant)
-    assert sum(h[1] for h in hours) == up and sum(h[2] for h in hours) == down
-    assert sum(h[3] for h in hours) == secs
+    assert tuple(sum(h[k] for h in hours) for k in (1, 2, 3)) == (up, down, secs)
     # The first Interim's usage is in its own hour (before 11:00), whatever came after it
     # (reversed, a later record's Octets already gave the one-direction case its upload).
     first = records[0]
