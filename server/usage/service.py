@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import rating_core as core
 from server import priority
 from server.accounts.models import RadiusIdentity, Subscription
+from server.db.base import utcnow
 from server.db.database import Database
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from server.usage import repository as repo
@@ -725,7 +726,9 @@ class NasClient:
 # ---------------------------------------------------------------- attribution
 
 
-async def reattribute(tenant_id: uuid.UUID, session: AsyncSession) -> int:
+async def reattribute(
+    tenant_id: uuid.UUID, session: AsyncSession, registered: uuid.UUID | None = None
+) -> int:
     """Re-attributes a tenant's unattributed usage after a RADIUS identity was registered.
 
     Call it inside the transaction that creates the identity (AccountService): sessions
@@ -740,8 +743,22 @@ async def reattribute(tenant_id: uuid.UUID, session: AsyncSession) -> int:
     while the identity is being registered would be missed. Each session is attributed by
     the identities registered when the first one matching it was (as a rebuild does): a
     session a race left unattributed keeps the subscription it would have had.
+
+    `registered`: the subscription whose identities this transaction creates. They are
+    stamped registered now, once the locks are held: registrations racing each other then
+    take effect in the order of their timestamps (the order a rebuild replays them in),
+    not in the order they were stamped before one waited for the other's locks.
     """
     await repo.lock_tenant_nas(session, tenant_id)
+    if registered is not None:
+        await session.execute(
+            update(RadiusIdentity)
+            .where(
+                RadiusIdentity.tenant_id == tenant_id,
+                RadiusIdentity.subscription_id == registered,
+            )
+            .values(created_at=utcnow())
+        )
     sessions = await repo.reattribute(session, tenant_id)
     events = await repo.attribute_events(session, tenant_id)
     return sessions + events

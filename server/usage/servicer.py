@@ -470,8 +470,8 @@ async def reattribute_hook(
     identities: list[tuple[int, str]],
 ) -> None:
     """AccountService calls it inside the transaction that registers RADIUS identities."""
-    del subscription_id, identities
-    await service.reattribute(tenant_id, session)
+    del identities
+    await service.reattribute(tenant_id, session, registered=subscription_id)
 
 
 def register(server: grpc.aio.Server, db: Database, on_stop: list[Callable[[], object]]) -> None:

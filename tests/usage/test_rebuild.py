@@ -330,3 +330,39 @@ async def test_rebuild_of_a_tenant_that_does_not_exist_is_refused(server: Runnin
     missing = uuid.UUID(int=0)
     with pytest.raises(NotFoundError, match=f"tenant {missing} not found"):
         await rebuild(server.db, missing)
+
+
+async def test_an_identity_is_registered_when_its_registration_holds_the_nas_locks(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    """A registration waits for the tenant's NAS locks (a batch, or another registration,
+    holds them). Its identities were stamped before the wait, so of two registrations racing
+    on PostgreSQL the one stamped first could take effect second: live, a session went to
+    one subscription, and a rebuild, which replays registrations in stamp order, gave it to
+    the other. They are now stamped once the locks are held."""
+    await usage.send(
+        "decoded", Rec(INTERIM, sid="s1", user="dora", t=600, session_time=600, inp=5, out=6)
+    )
+    tenant = usage.tenant.tenant_id
+    async with server.db.transaction() as session:
+        await repo.begin_write(session)
+        await repo.lock_nas(session, tenant, ["nas-1"])
+        registering = asyncio.create_task(subscribe(channel, usage.tenant, user_name="dora"))
+        await asyncio.sleep(0.5)
+        assert not registering.done()
+        released = dt.datetime.now(dt.UTC)
+    sub = await asyncio.wait_for(registering, 30)
+    async with server.db.read() as session:
+        stamped = (
+            await session.execute(
+                select(RadiusIdentity.created_at).where(
+                    RadiusIdentity.tenant_id == tenant,
+                    RadiusIdentity.subscription_id == uuid.UUID(sub),
+                )
+            )
+        ).scalar_one()
+    assert (stamped if stamped.tzinfo else stamped.replace(tzinfo=dt.UTC)) >= released
+    assert (await usage.session("s1")).subscription_id == sub
+    before = await snapshot(server, tenant)
+    await rebuild(server.db, tenant)
+    assert await snapshot(server, tenant) == before
