@@ -265,7 +265,8 @@ def parse_static_ip(field: str, value: str) -> str:
     """A STATIC_IP RADIUS identity as canonical text: an IPv4 address, an IPv6 address, or
     an IPv6 prefix ("2001:db8:1200::/56", no bits set past its length). A /128 is stored as
     its address, so either notation names one identity, and it matches a session whose
-    Framed-IPv6-Prefix is that address as /128 (repository.attribution_sql)."""
+    Framed-IPv6-Prefix is that address as /128 (repository.attribution_sql); an
+    IPv4-mapped address (`::ffff:192.0.2.1`) is stored as its IPv4 address."""
     text = value.strip()
     expected = "an IPv4 address, an IPv6 address or an IPv6 prefix"
     if "/" in text and "." in text and ":" not in text:
@@ -283,6 +284,9 @@ def parse_static_ip(field: str, value: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         raise InvalidArgumentError(field, f"not {expected}: {value!r} (has a scope id)")
     if length == address.max_prefixlen:
+        # An IPv4-mapped address is the IPv4 address (a session's Framed-IP-Address).
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
         return ip_text(address)
     return f"{ip_text(address)}/{length}"
 

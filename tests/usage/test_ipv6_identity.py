@@ -35,8 +35,9 @@ PD = "2001:db8:1200::/56"  # a delegated prefix
 WAN = "2001:db8:0:7::/64"  # a framed prefix
 
 
-def usage_of(framed6: str = "", delegated6: str = "") -> Rec:
-    """An Interim of an unknown user carrying only the given IPv6 prefixes."""
+def usage_of(framed6: str = "", delegated6: str = "", framed: str = "") -> Rec:
+    """An Interim of an unknown user carrying only the given IPv6 prefixes (or IPv4
+    Framed-IP-Address)."""
     return Rec(
         INTERIM,
         user="nobody",
@@ -46,6 +47,7 @@ def usage_of(framed6: str = "", delegated6: str = "") -> Rec:
         out=7,
         framed6=framed6,
         delegated6=delegated6,
+        framed=framed,
     )
 
 
@@ -66,8 +68,17 @@ async def unattributed(usage: Usage) -> list[pb.UnattributedUsage]:
         # Any notation of either side matches.
         ("2001:0DB8:1200:0000::/056", {"delegated6": "2001:db8:1200::/56"}),
         ("2001:db8::42/128", {"framed6": "2001:DB8:0:0::42/128"}),
+        # An IPv4-mapped address is the IPv4 address a session's Framed-IP-Address carries.
+        ("::ffff:100.64.0.9", {"framed": "100.64.0.9"}),
     ],
-    ids=["delegated-only", "framed-only", "address-as-128", "identity-notation", "sent-notation"],
+    ids=[
+        "delegated-only",
+        "framed-only",
+        "address-as-128",
+        "identity-notation",
+        "sent-notation",
+        "ipv4-mapped",
+    ],  # fmt: skip
 )
 async def test_session_is_attributed_by_static_ipv6_identity_when_it_carries_only_a_prefix(
     usage: Usage,
