@@ -621,6 +621,7 @@ def session_json(s: usage_pb2.Session) -> dict[str, Any]:
         "session_time_s": s.session_time_s,
         "start_at": _iso(s.start_at, s.HasField("start_at")),
         "stop_at": _iso(s.stop_at, s.HasField("stop_at")),
+        "last_update_at": _iso(s.last_update_at, s.HasField("last_update_at")),
         "state": "open" if s.state == usage_pb2.SESSION_STATE_OPEN else "closed",
         "flags": list(s.flags),
         "terminate_cause": s.terminate_cause,

@@ -381,6 +381,7 @@ async def test_replay_of_a_detail_file_counts_each_record_once(
     assert session["terminate_cause"] == 2
     assert session["start_at"] == "2024-03-01T10:00:00Z"
     assert session["stop_at"] == "2024-03-01T10:25:00Z"
+    assert session["last_update_at"] == "2024-03-01T10:25:00Z"
 
 
 async def test_replay_reads_on_after_a_record_cut_before_its_blank_line(
