@@ -360,6 +360,23 @@ async def share_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
         )
 
 
+# The second key of the tenant's identity lock (PostgreSQL's two-int4 advisory key space,
+# apart from the tenant lock's one bigint key).
+_IDENTITY_LOCK = 1
+
+
+async def lock_identities(session: AsyncSession, tenant_id: uuid.UUID, *, exclusive: bool) -> None:
+    """PostgreSQL: the tenant's identity lock until the transaction ends, exclusive for a
+    registration of RADIUS identities, shared for RecordUsage by `radius_user_name`. A
+    metered event is then recorded either before a registration takes effect (and is
+    attributed by it, later stamped) or after it commits (and sees it): its first answer
+    and its replay agree. (SQLite's writer lock already serializes them.)"""
+    if _pg(session):
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        key = (tenant_id.int & 0xFFFFFFFF) - (1 << 32 if tenant_id.int & 0x80000000 else 0)
+        await session.execute(text(f"SELECT {function}(:k, :i)"), {"k": key, "i": _IDENTITY_LOCK})
+
+
 async def own_tenant(session: AsyncSession, tenant_id: uuid.UUID, timeout_ms: int) -> bool:
     """PostgreSQL: takes the tenant's advisory lock exclusive, waiting at most
     `timeout_ms`; False when it timed out (the transaction is then aborted: roll it back).

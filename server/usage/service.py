@@ -747,8 +747,12 @@ async def reattribute(
     `registered`: the subscription whose identities this transaction creates. They are
     stamped registered now, once the locks are held: registrations racing each other then
     take effect in the order of their timestamps (the order a rebuild replays them in),
-    not in the order they were stamped before one waited for the other's locks.
+    not in the order they were stamped before one waited for the other's locks; and a
+    RecordUsage by User-Name, which takes the identity lock shared, is recorded wholly
+    before the stamp or after the commit (its replay answers as it first did).
     """
+    if registered is not None:
+        await repo.lock_identities(session, tenant_id, exclusive=True)
     await repo.lock_tenant_nas(session, tenant_id)
     if registered is not None:
         await session.execute(
@@ -832,6 +836,7 @@ async def record_usage(db: Database, tenant_id: uuid.UUID, usage: MeteredUsage) 
             if await session.get(Subscription, (tenant_id, subscription_id)) is None:
                 raise NotFoundError("subscription", subscription_id)
         elif usage.radius_user_name:
+            await repo.lock_identities(session, tenant_id, exclusive=False)
             identity = await _user_name(session, tenant_id, usage.radius_user_name)
             subscription_id = None if identity is None else identity.subscription_id
         usage_id = uuid.uuid4()

@@ -78,7 +78,7 @@ async def unattributed(usage: Usage) -> list[pb.UnattributedUsage]:
         "identity-notation",
         "sent-notation",
         "ipv4-mapped",
-    ],  # fmt: skip
+    ],
 )
 async def test_session_is_attributed_by_static_ipv6_identity_when_it_carries_only_a_prefix(
     usage: Usage,

@@ -3,6 +3,7 @@ usage of an unknown identity listed as unattributed, then attributed when it is 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from decimal import Decimal
@@ -14,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import String, select, type_coerce, update
 
 from isp_rating.v1 import usage_pb2 as pb
+from server.usage import repository as repo
 from server.usage.models import UsageEvent
 from server.validation import format_decimal
 from tests.conftest import RunningServer
@@ -449,3 +451,29 @@ async def test_unattributed_metered_quantities_sum_exactly_at_full_precision(
         assert [format_decimal(q) for q in stored] == [
             "123456789012345678901.123456789", "0.000000001", "0.1", "0.2"
         ]  # fmt: skip
+
+
+async def test_a_replay_answers_as_first_when_the_user_name_was_being_registered(
+    usage: Usage, channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    """A registration waits for the NAS locks a batch holds. Metered usage of its User-Name
+    recorded meanwhile was answered unattributed, then attributed by the registration, and
+    its replay (the identity stamped before the wait) gave the subscription. Now the event
+    is recorded before the registration takes effect or after it commits, and its replay
+    answers as it first did."""
+    await usage.send("decoded", Rec(INTERIM, t=600, session_time=600, inp=1, out=1))
+    tenant = usage.tenant.tenant_id
+    async with server.db.transaction() as session:  # a batch holding the NAS row
+        await repo.begin_write(session)
+        await repo.lock_nas(session, tenant, ["nas-1"])
+        registering = asyncio.create_task(subscribe(channel, usage.tenant, user_name="gail"))
+        await asyncio.sleep(0.5)
+        sent = request(radius_user_name="gail")
+        recording = asyncio.ensure_future(usage.stub.RecordUsage(sent, metadata=usage.metadata))
+        await asyncio.sleep(0.3)
+    sub = await asyncio.wait_for(registering, 30)
+    first = await asyncio.wait_for(recording, 30)
+    assert (await event_subscriptions(server, usage))[sent.idempotency_key] == sub
+    replay = await usage.stub.RecordUsage(sent, metadata=usage.metadata)
+    assert (replay.replayed, replay.usage_id) == (True, first.usage_id)
+    assert replay.subscription_id == first.subscription_id
