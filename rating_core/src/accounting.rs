@@ -729,6 +729,8 @@ impl Touched {
     }
 
     /// Adds usage of row `row` (instance `slot`) to its bucket for the hour of `event_us`.
+    #[allow(clippy::inline_always)] // Per record: as it was before it was a function.
+    #[inline(always)]
     fn add_usage(
         &mut self,
         slot: u32,
@@ -2219,6 +2221,8 @@ impl Engine {
     /// above its marks (`gains`, in the NAS's directions; see `update`): the marks rise and
     /// the usage goes to the hour of the record's event time. Nothing else changes: the
     /// session time, the last update and the state are the newer records'.
+    #[cold]
+    #[inline(never)]
     fn raise_marks(
         &mut self,
         i: usize,
