@@ -100,15 +100,7 @@ impl WireError {
             Self::Range(n) => (n, "out of range"),
             Self::Utf8(n) => (n, "is not UTF-8"),
             Self::TypeMismatch(n) => (n, "has the wrong wire type"),
-            Self::TooLong(n) => {
-                return match names.get(n as usize).filter(|name| !name.is_empty()) {
-                    Some(name) => format!(
-                        "{name} longer than a RADIUS attribute allows ({MAX_ATTRIBUTE} bytes, \
-                         protobuf field {n})"
-                    ),
-                    None => self.to_string(),
-                }
-            }
+            Self::TooLong(n) => (n, "longer than a RADIUS attribute allows (253 bytes)"),
             _ => return self.to_string(),
         };
         match names.get(n as usize).filter(|name| !name.is_empty()) {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::proto::{self, Entry, WireError};
+use crate::proto::{self, Entry, WireError, MAX_ATTRIBUTE};
 use crate::radius;
 
 pub const STATUS_START: u8 = 1;
@@ -20,8 +20,6 @@ pub const STATUS_OFF: u8 = 8;
 pub const STATUS_NONE: u8 = 0;
 
 const US: i64 = 1_000_000;
-/// Longest attribute value RADIUS can carry (255 − 2 header bytes).
-const MAX_TEXT: usize = 253;
 /// The times a record may carry: from the Unix epoch (Event-Timestamp counts from it) to
 /// the end of year 9999 (the last that ISO 8601 text, the API and the database all hold).
 const MIN_TIME_US: i64 = 0;
@@ -1014,9 +1012,9 @@ fn prepare_one<'a>(
         ("Framed-IP-Address", framed_text),
         ("NAS identity", nas_text),
     ] {
-        if text.len() > MAX_TEXT {
+        if text.len() > MAX_ATTRIBUTE {
             return Err(format!(
-                "{name} longer than a RADIUS attribute allows ({MAX_TEXT} bytes)"
+                "{name} longer than a RADIUS attribute allows ({MAX_ATTRIBUTE} bytes)"
             ));
         }
     }

@@ -373,7 +373,7 @@ async def lock_identities(session: AsyncSession, tenant_id: uuid.UUID, *, exclus
     and its replay agree. (SQLite's writer lock already serializes them.)"""
     if _pg(session):
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        key = (tenant_id.int & 0xFFFFFFFF) - (1 << 32 if tenant_id.int & 0x80000000 else 0)
+        key = int.from_bytes(tenant_id.bytes[-4:], "big", signed=True)  # its id's low bits
         await session.execute(text(f"SELECT {function}(:k, :i)"), {"k": key, "i": _IDENTITY_LOCK})
 
 
