@@ -64,7 +64,7 @@ def whole(path: Path) -> int:
 
 def stream(path: Path) -> int:
     scan = core.CaptureReader(path)
-    count, _ = scan.scan()
+    count, _, _ = scan.scan()
     reader, sent = core.CaptureReader(path, scan.length), 0
     while chunk := reader.next_chunk(BATCH):
         packets, sources, times = chunk

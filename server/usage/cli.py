@@ -298,6 +298,22 @@ def batches_of(
     ]
 
 
+class WrongSecretError(Exception):
+    """`--secret` verifies none of the requests of some source of the capture: nothing was
+    set or sent."""
+
+    def __init__(self, unverified: list[tuple[str, int]]) -> None:
+        named = ", ".join(
+            f"{checked} request{'s' if checked > 1 else ''} from {source}"
+            for source, checked in unverified[:3]
+        )
+        more = f" and {len(unverified) - 3} more sources" if len(unverified) > 3 else ""
+        super().__init__(
+            f"--secret verifies none of the {named}{more} (their Request Authenticators):"
+            " it is not their secret; no secret was set and nothing was sent"
+        )
+
+
 class CaptureChangedError(Exception):
     """The capture read while streaming was not the one scanned before (rewritten, or
     unreadable): part of it may have been sent."""
@@ -398,6 +414,9 @@ async def replay(
 ) -> dict[str, int]:
     """Sets the secret of every source address of a pcap or pcapng capture, then streams it.
 
+    A capture with a source none of whose requests `secret` verifies (when some could be
+    checked) raises WrongSecretError before a secret is set or a request sent.
+
     The capture is read twice, a chunk at a time (its memory does not grow with the file):
     a scan reads all of it, keeping only the count and distinct sources of its requests, so
     that a file the reader refuses (RatingError) is refused before anything is sent, and
@@ -416,7 +435,11 @@ async def replay(
     import rating_core as core
 
     scan = await asyncio.to_thread(core.CaptureReader, path)
-    count, sources = await asyncio.to_thread(scan.scan)
+    count, sources, unverified = await asyncio.to_thread(scan.scan, secret.encode())
+    if unverified:
+        # Setting it would replace the secret a source's live requests are checked with, and
+        # every request sent would be quarantined.
+        raise WrongSecretError(unverified)
     truncated_at, incomplete = scan.truncated_at, scan.incomplete
     if truncated_at is not None and progress is not None:
         print(
@@ -583,6 +606,8 @@ async def replay_command(args: argparse.Namespace) -> int:
                 raise SystemExit(f"rating replay: {args.file}: {error}") from None
             except OSError as error:
                 raise SystemExit(f"rating replay: {args.file}: {error.strerror or error}") from None
+            except WrongSecretError as error:
+                raise SystemExit(f"rating replay: {args.file}: {error}") from None
             except CaptureChangedError as error:  # the batches before it were stored
                 raise SystemExit(f"rating replay: {args.file}: {error}; replay it again") from None
         else:

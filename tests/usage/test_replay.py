@@ -356,6 +356,50 @@ async def test_replay_reports_quarantined_requests_by_reason_when_the_secret_is_
     assert (await usage.session(sid="signed")).state == pb.SESSION_STATE_OPEN
 
 
+async def test_replay_refuses_a_secret_that_verifies_none_of_a_sources_requests(
+    usage: Usage, tmp_path: Path, server: RunningServer
+) -> None:
+    # Setting it would replace the secret the NAS's live requests are checked with.
+    await usage.register_nas("192.0.2.82", secret="another")
+    ours = Rec(START, source="192.0.2.81", sid="ours", t=600, session_time=0)
+    theirs = [
+        Rec(START, source="192.0.2.82", sid=f"theirs-{i}", t=600 + i, session_time=0)
+        for i in (1, 2)
+    ]
+    # A request too short for a header has no authenticator to check: not held against
+    # the secret (the server quarantines it as malformed).
+    unframed = (us_of(ours) + 5, ipv4_udp("192.0.2.83", b"\x04\x07\x00\x14"))
+    frames = [(us_of(ours), ipv4_udp(ours.source, radius_packet(radius_attributes(ours))))]
+    frames += [
+        (us_of(r), ipv4_udp(r.source, radius_packet(radius_attributes(r), "another")))
+        for r in theirs
+    ]
+    path = tmp_path / "another-secret.pcapng"
+    path.write_bytes(pcapng([*frames, unframed]))
+    code, err = await rating_fails(
+        "replay", str(path), "--secret", SECRET, "--target", server.target, key=usage.tenant.key
+    )
+    assert (code, err.strip()) == (
+        1,
+        f"rating replay: {path}: --secret verifies none of the 2 requests from 192.0.2.82"
+        " (their Request Authenticators): it is not their secret; no secret was set and"
+        " nothing was sent",
+    )
+    async with server.db.read() as session:
+        secrets = await repo.nas_secrets(session, usage.tenant.tenant_id)
+    assert (secrets.get("192.0.2.82"), "192.0.2.81" in secrets) == (b"another", False)
+    assert await usage.sessions() == []
+
+    path.write_bytes(pcapng([frames[0], unframed]))
+    code, out, err = await rating_run(
+        "replay", str(path), "--secret", SECRET, "--json", "--target", server.target,
+        key=usage.tenant.key,
+    )  # fmt: skip
+    assert code == 0, err  # the server keeps the malformed request, quarantined
+    assert (json.loads(out)["accepted"], json.loads(out)["quarantined"]) == (1, 1)
+    assert [s.acct_session_id for s in await usage.sessions()] == ["ours"]
+
+
 async def test_replay_refuses_a_capture_whose_error_follows_requests_before_sending_any(
     usage: Usage, tmp_path: Path, server: RunningServer
 ) -> None:

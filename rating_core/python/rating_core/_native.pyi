@@ -100,9 +100,12 @@ class CaptureReader:
         """The next requests (packets, source addresses, capture times in µs): at least one
         and at most max_requests; None once the capture has been read to its end."""
 
-    def scan(self) -> tuple[int, list[str]]:
+    def scan(self, secret: bytes | None = None) -> tuple[int, list[str], list[tuple[str, int]]]:
         """Reads the rest of the capture keeping only how many requests it holds and their
-        distinct source addresses, sorted."""
+        distinct source addresses, sorted. With `secret`, the third item lists each source
+        whose requests `secret` cannot be the secret of: some are framed well enough to
+        check, and it verifies none of them (the source and how many were checked); without,
+        it is empty."""
 
     @property
     def done(self) -> bool:

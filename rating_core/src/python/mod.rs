@@ -1,6 +1,6 @@
 //! The `PyO3` layer: conversions and the one error mapping, nothing else.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -220,6 +220,10 @@ impl CaptureReader {
     }
 }
 
+/// A scan's request count, distinct sources, and the sources a secret verified none of (with
+/// how many of their requests were checked).
+type ScanSummary = (usize, Vec<String>, Vec<(String, usize)>);
+
 #[pymethods]
 impl CaptureReader {
     #[new]
@@ -255,9 +259,14 @@ impl CaptureReader {
     }
 
     /// Reads the rest of the capture keeping only its requests' count and distinct sources.
-    fn scan(&self, py: Python<'_>) -> PyResult<(usize, Vec<String>)> {
+    /// With `secret`, also the sources it cannot be the secret of: each with how many of its
+    /// requests are framed well enough to check, when there are some and `secret` verifies
+    /// none of them (a wrong `--secret`, found before it is set for anyone).
+    #[pyo3(signature = (secret=None))]
+    fn scan(&self, py: Python<'_>, secret: Option<&[u8]>) -> PyResult<ScanSummary> {
         self.detached(py, |stream| {
-            let mut sources = BTreeSet::new();
+            // Per source: requests whose authenticator could be checked, and those it verified.
+            let mut sources: BTreeMap<String, (usize, usize)> = BTreeMap::new();
             let mut count = 0;
             loop {
                 let chunk = stream.next_chunk(4096)?;
@@ -265,9 +274,25 @@ impl CaptureReader {
                     break;
                 }
                 count += chunk.len();
-                sources.extend(chunk.into_iter().map(|g| g.source));
+                for g in chunk {
+                    let checked = secret.and_then(|secret| {
+                        radius::frame(&g.payload)
+                            .ok()
+                            .map(|p| radius::verify_request(&p, secret))
+                    });
+                    let seen = sources.entry(g.source).or_default();
+                    if let Some(verified) = checked {
+                        seen.0 += 1;
+                        seen.1 += usize::from(verified);
+                    }
+                }
             }
-            Ok((count, sources.into_iter().collect()))
+            let unverified = sources
+                .iter()
+                .filter(|(_, &(checked, verified))| checked > 0 && verified == 0)
+                .map(|(source, &(checked, _))| (source.clone(), checked))
+                .collect();
+            Ok((count, sources.into_keys().collect(), unverified))
         })
     }
 
