@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import hashlib
 import ipaddress
 import json
 import re
@@ -357,7 +358,17 @@ def page_size(value: int) -> int:
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_page_token(cursor: dict[str, Any]) -> str:
+def page_scope(*filters: object) -> str:
+    """What a list request's page tokens are bound to: a digest of its filters. A token is
+    valid only with the filters of the request it came from (AIP-158); resumed with others
+    it would page through one list from a place in another."""
+    text = json.dumps([None if f is None else str(f) for f in filters])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_page_token(cursor: dict[str, Any], scope: str = "") -> str:
+    if scope:
+        cursor = {**cursor, "q": scope}
     return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
 
 
@@ -373,11 +384,12 @@ def malformed_page_token() -> InvalidArgumentError:
     return InvalidArgumentError("page_token", "malformed page token")
 
 
-def decode_page_token(token: str) -> dict[str, Any] | None:
+def decode_page_token(token: str, scope: str = "") -> dict[str, Any] | None:
     """The fields of a page token, None without one. A token comes back from the client,
     so read its fields with token_text, token_int and token_time: each refuses what the
     server never writes (wrong types, out-of-range numbers, naive times, NUL) as
-    INVALID_ARGUMENT naming page_token, before it can reach a query."""
+    INVALID_ARGUMENT naming page_token, before it can reach a query. `scope` is the
+    request's page_scope: a token issued with other filters is refused the same way."""
     if not token:
         return None
     if len(token) > MAX_PAGE_TOKEN_CHARS:
@@ -388,6 +400,10 @@ def decode_page_token(token: str) -> dict[str, Any] | None:
         raise malformed_page_token() from None
     if not isinstance(cursor, dict):
         raise malformed_page_token()
+    if cursor.get("q", "") != scope:
+        raise InvalidArgumentError(
+            "page_token", "was issued for other filters: list again from the first page"
+        )
     return cursor
 
 

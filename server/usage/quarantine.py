@@ -17,6 +17,7 @@ from server.usage.queries import keyset_page
 from server.validation import (
     decode_page_token,
     malformed_page_token,
+    page_scope,
     token_int,
     token_text,
     token_time,
@@ -37,9 +38,9 @@ _ORDER = (
 )
 
 
-def _after(token: str) -> tuple[Any, ...] | None:
+def _after(token: str, scope: str) -> tuple[Any, ...] | None:
     """The page token's place in `_ORDER` as typed literals, None without a token."""
-    cursor = decode_page_token(token)
+    cursor = decode_page_token(token, scope)
     if cursor is None:
         return None
     try:
@@ -75,7 +76,8 @@ async def list_quarantined(
         query = query.where(QuarantinedEntry.received_at >= received_after)
     if received_before is not None:
         query = query.where(QuarantinedEntry.received_at < received_before)
-    after = _after(token)
+    scope = page_scope(received_after, received_before)
+    after = _after(token, scope)
     if after is not None:
         query = query.where(tuple_(*_ORDER) < tuple_(*after))
     query = query.order_by(*(c.desc() for c in _ORDER))
@@ -89,6 +91,7 @@ async def list_quarantined(
             "i": last.entry_index,
             "d": last.entry_digest.hex(),
         },
+        scope,
     )
 
 

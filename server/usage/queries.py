@@ -32,6 +32,7 @@ from server.validation import (
     decode_page_token,
     encode_page_token,
     malformed_page_token,
+    page_scope,
     token_int,
     token_text,
     token_time,
@@ -128,7 +129,8 @@ async def list_sessions(
         query = query.where(UsageSession.nas_key == where.nas_key)
     if where.open_only:
         query = query.where(UsageSession.open.is_(True))
-    cursor = decode_page_token(token)
+    scope = page_scope(where.subscription_id, where.user_name, where.nas_key, where.open_only)
+    cursor = decode_page_token(token, scope)
     if cursor is not None:
         after = (
             token_time(cursor.get("s")),
@@ -156,20 +158,25 @@ async def list_sessions(
             "a": last.acct_session_id,
             "g": last.generation,
         },
+        scope,
     )
 
 
 async def keyset_page(
-    db: Database, query: Select[Row], limit: int, place: Callable[[Row], dict[str, Any]]
+    db: Database,
+    query: Select[Row],
+    limit: int,
+    place: Callable[[Row], dict[str, Any]],
+    scope: str,
 ) -> tuple[list[Row], str]:
     """The first `limit` rows of an ordered query of one entity, and the page token of the
-    next page: the last row's `place` (what the query resumes after), or "" when no row
-    follows."""
+    next page: the last row's `place` (what the query resumes after) bound to the request's
+    filters (`scope`), or "" when no row follows."""
     async with db.read() as session:
         rows = list((await session.execute(query.limit(limit + 1))).scalars())
     if len(rows) <= limit:
         return rows, ""
-    return rows[:limit], encode_page_token(place(rows[limit - 1]))
+    return rows[:limit], encode_page_token(place(rows[limit - 1]), scope)
 
 
 @dataclass(frozen=True)
@@ -427,7 +434,8 @@ async def list_nas(
     )
     if flagged_only:
         query = query.where(skew.c.anomalies > 0)
-    cursor = decode_page_token(token)
+    scope = page_scope(flagged_only)
+    cursor = decode_page_token(token, scope)
     if cursor is not None:
         query = query.where(UsageNas.nas_key > token_text(cursor.get("k")))
     query = query.order_by(UsageNas.nas_key).limit(limit + 1)
@@ -444,7 +452,7 @@ async def list_nas(
     next_token = ""
     if len(items) > limit:
         items = items[:limit]
-        next_token = encode_page_token({"k": items[-1].nas.nas_key})
+        next_token = encode_page_token({"k": items[-1].nas.nas_key}, scope)
     return items, next_token
 
 

@@ -497,6 +497,44 @@ async def test_sessions_filter_and_page_when_many_exist(usage: Usage) -> None:
     assert one == everything[3]
 
 
+async def test_a_page_token_is_refused_with_filters_other_than_its_own(usage: Usage) -> None:
+    await usage.send(
+        "decoded",
+        *[Rec(START, sid=f"s{i}", t=i, user="ann" if i % 2 else "ben") for i in range(6)],
+        Rec(START, sid="x", nas="nas-2", t=9, user="ann"),
+    )
+    ann = pb.ListSessionsRequest(user_name="ann", page_size=1)
+    first = await usage.stub.ListSessions(ann, metadata=usage.metadata)
+    assert [s.acct_session_id for s in first.sessions] == ["x"]
+    token = first.next_page_token
+    # Resumed with another filter, the token would page from ann's place through ben's list.
+    for other in (
+        pb.ListSessionsRequest(user_name="ben"),
+        pb.ListSessionsRequest(),
+        pb.ListSessionsRequest(user_name="ann", nas_key="nas-1"),
+        pb.ListSessionsRequest(user_name="ann", open_only=True),
+    ):
+        other.page_token = token
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await usage.stub.ListSessions(other, metadata=usage.metadata)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == (
+            "page_token: was issued for other filters: list again from the first page"
+        )
+    # The same filters, however the page size changes, go on from the token's place.
+    ann.page_token, ann.page_size = token, 10
+    rest = await usage.stub.ListSessions(ann, metadata=usage.metadata)
+    assert [s.acct_session_id for s in rest.sessions] == ["s5", "s3", "s1"]
+
+    nas = await usage.stub.ListNas(pb.ListNasRequest(page_size=1), metadata=usage.metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await usage.stub.ListNas(
+            pb.ListNasRequest(page_token=nas.next_page_token, flagged_only=True),
+            metadata=usage.metadata,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_an_address_keyed_nas_is_named_however_a_filter_or_policy_writes_it(
     usage: Usage,
 ) -> None:

@@ -160,6 +160,13 @@ async def test_quarantine_pages_cover_every_entry_once_when_more_arrive_while_pa
     )
     assert places(rest.entries) == [("b0", 1), ("b0", 0)]
     assert not rest.next_page_token
+    # A token goes on only with the window it was issued for.
+    windowed = pb.ListQuarantinedRecordsRequest(page_token=first.next_page_token)
+    windowed.received_after.FromSeconds(0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await usage.stub.ListQuarantinedRecords(windowed, metadata=usage.metadata)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("page_token: was issued for other filters")
     everything = await listing(usage, page_size=3)
     assert places(everything)[:2] == [("b3", 1), ("b3", 0)]
     assert len(everything) == len({e.entry for e in everything}) == 8
