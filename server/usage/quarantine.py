@@ -38,6 +38,11 @@ _ORDER = (
 )
 
 
+def window_scope(received_after: dt.datetime | None, received_before: dt.datetime | None) -> str:
+    """What ListQuarantinedRecords' page tokens are bound to."""
+    return page_scope(received_after, received_before)
+
+
 def _after(token: str, scope: str) -> tuple[Any, ...] | None:
     """The page token's place in `_ORDER` as typed literals, None without a token."""
     cursor = decode_page_token(token, scope)
@@ -76,7 +81,7 @@ async def list_quarantined(
         query = query.where(QuarantinedEntry.received_at >= received_after)
     if received_before is not None:
         query = query.where(QuarantinedEntry.received_at < received_before)
-    scope = page_scope(received_after, received_before)
+    scope = window_scope(received_after, received_before)
     after = _after(token, scope)
     if after is not None:
         query = query.where(tuple_(*_ORDER) < tuple_(*after))

@@ -110,6 +110,16 @@ class SessionFilter:
     open_only: bool = False
 
 
+def session_scope(where: SessionFilter) -> str:
+    """What ListSessions' page tokens are bound to."""
+    return page_scope(where.subscription_id, where.user_name, where.nas_key, where.open_only)
+
+
+def nas_scope(flagged_only: bool) -> str:
+    """What ListNas' page tokens are bound to."""
+    return page_scope(flagged_only)
+
+
 async def list_sessions(
     db: Database, tenant_id: uuid.UUID, where: SessionFilter, limit: int, token: str
 ) -> tuple[list[UsageSession], str]:
@@ -129,7 +139,7 @@ async def list_sessions(
         query = query.where(UsageSession.nas_key == where.nas_key)
     if where.open_only:
         query = query.where(UsageSession.open.is_(True))
-    scope = page_scope(where.subscription_id, where.user_name, where.nas_key, where.open_only)
+    scope = session_scope(where)
     cursor = decode_page_token(token, scope)
     if cursor is not None:
         after = (
@@ -255,10 +265,12 @@ async def list_unattributed(
 async def _unattributed_sessions(
     db: Database, tenant_id: uuid.UUID, limit: int, cursor: dict[str, Any] | None
 ) -> list[Unattributed]:
-    """Up to limit + 1 identities of unattributed sessions, after the cursor's."""
-    key = (
-        UsageSession.user_name,
-        UsageSession.calling_station_id,
+    """Up to limit + 1 identities of unattributed sessions, after the cursor's. A User-Name
+    or Calling-Station-Id is grouped without surrounding white space: as it is registered,
+    and as a registration then matches it."""
+    key: tuple[Any, ...] = (
+        literal_column(repo.trimmed("usage_sessions.user_name")),
+        literal_column(repo.trimmed("usage_sessions.calling_station_id")),
         UsageSession.framed_ip_address,
         UsageSession.framed_ipv6_prefix,
         UsageSession.delegated_ipv6_prefix,
@@ -434,7 +446,7 @@ async def list_nas(
     )
     if flagged_only:
         query = query.where(skew.c.anomalies > 0)
-    scope = page_scope(flagged_only)
+    scope = nas_scope(flagged_only)
     cursor = decode_page_token(token, scope)
     if cursor is not None:
         query = query.where(UsageNas.nas_key > token_text(cursor.get("k")))

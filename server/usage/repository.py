@@ -242,6 +242,12 @@ def first_registration_sql(
 _BLANKS = " \t\n\r\x0b\x0c"
 
 
+def trimmed(column: str) -> str:
+    """SQL for a text column without the surrounding white space registration strips (the
+    form its identity is registered and matched in)."""
+    return f"trim({column}, '{_BLANKS}')"
+
+
 def _identity_lookups(
     tenant: str,
     what: str,
@@ -257,7 +263,7 @@ def _identity_lookups(
     Calling-Station-Id is matched without surrounding white space (identities are
     registered without it: a subscriber who typed a PPPoE user name with a trailing space
     is still theirs)."""
-    user, calling = f"trim({user}, '{_BLANKS}')", f"trim({calling}, '{_BLANKS}')"
+    user, calling = trimmed(user), trimmed(calling)
     bare = f"replace(replace(replace({calling}, '-', ''), ':', ''), '.', '')"
     mac = "lower(" + " || ':' || ".join(f"substr({bare}, {i}, 2)" for i in (1, 3, 5, 7, 9, 11))
     mac += ")"

@@ -1113,6 +1113,43 @@ async def test_unattributed_usage_is_kept_then_moved_when_identity_is_registered
     assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (400, 300)
 
 
+async def test_unattributed_usage_is_listed_once_per_identity_whatever_white_space_surrounds_it(
+    usage: Usage, channel: grpc.aio.Channel, form: str
+) -> None:
+    # Registration strips an identity, and then matches each of these: one row to register.
+    await usage.send(
+        form,
+        Rec(INTERIM, sid="s1", user="gx", t=600, session_time=600, inp=1, out=10),
+        Rec(INTERIM, sid="s2", user=" gx ", t=600, session_time=600, inp=2, out=20),
+        Rec(INTERIM, sid="s3", user="gx\t", t=600, session_time=600, inp=4, out=40),
+        Rec(INTERIM, sid="s4", user="", calling=" aa-bb-cc-00-11-22", t=600, session_time=600,
+            inp=8, out=80),
+        Rec(INTERIM, sid="s5", user="", calling="aa-bb-cc-00-11-22 ", t=600, session_time=600,
+            inp=16, out=160),
+    )  # fmt: skip
+    listed = await usage.stub.ListUnattributedUsage(
+        pb.ListUnattributedUsageRequest(), metadata=usage.metadata
+    )
+    rows = [
+        (u.user_name, u.calling_station_id, u.input_bytes, u.output_bytes, u.session_count)
+        for u in listed.usage
+    ]
+    assert rows == [("", "aa-bb-cc-00-11-22", 24, 240, 2), ("gx", "", 7, 70, 3)]
+    # Paged one identity at a time, the same rows.
+    request = pb.ListUnattributedUsageRequest(page_size=1)
+    first = await usage.stub.ListUnattributedUsage(request, metadata=usage.metadata)
+    request.page_token = first.next_page_token
+    second = await usage.stub.ListUnattributedUsage(request, metadata=usage.metadata)
+    assert [u.user_name for u in (*first.usage, *second.usage)] == ["", "gx"]
+    assert not second.next_page_token
+    await subscribe(channel, usage.tenant, user_name="gx")
+    await subscribe(channel, usage.tenant, calling_station_id="AA-BB-CC-00-11-22")
+    empty = await usage.stub.ListUnattributedUsage(
+        pb.ListUnattributedUsageRequest(), metadata=usage.metadata
+    )
+    assert list(empty.usage) == []
+
+
 async def test_hourly_buckets_sum_to_session_total_when_session_spans_hours(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer
 ) -> None:
