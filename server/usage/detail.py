@@ -9,10 +9,12 @@ its blank line was cut short (the writer died in it and went on after a restart)
 never be complete, so it is rejected at its line, and the record after it is read as usual.
 
 Time: the header date and text Event-Timestamps are the writing server's local time and are
-not trusted. Arrival is the `Timestamp = <epoch>` line; only a record without one falls
-back to its header date, read in the zone the caller names (UTC unless told). An integer
-Event-Timestamp is used as is; a text one only when it says UTC or GMT, otherwise it is
-left out and the engine takes arrival - Acct-Delay-Time, as for a NAS that sends none.
+not trusted. An integer Event-Timestamp is used as is; a text one only when it says its
+offset (UTC or GMT, or an ISO 8601 date with one), otherwise, or when it cannot be read, it
+is left out and the engine takes arrival - Acct-Delay-Time, as for a NAS that sends none.
+Arrival is the `Timestamp = <epoch>` line; a record without one is timed by its trusted
+Event-Timestamp (arrival = Event-Timestamp + Acct-Delay-Time), and only a record with
+neither by its header date, read in the zone the caller names (UTC unless told).
 
 A record whose usage attributes cannot be read (a counter that is not a 32-bit integer, a
 repeated single-valued attribute, an unknown status name) is rejected with its line and the
@@ -21,6 +23,7 @@ attribute named, never sent as zero. Attributes the engine does not use are skip
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 from collections.abc import Callable
@@ -209,18 +212,33 @@ def ipv6_prefix(value: str) -> str:
 
 
 def event_timestamp(value: str) -> int | None:
-    """Seconds since the epoch; None for a local-time text date (untrusted, left out)."""
+    """Seconds since the epoch (RADIUS carries whole seconds: a fraction is cut); None for
+    a date that does not say its offset (a local time, untrusted) or that cannot be read,
+    left out as an unknown terminate cause is: it is not usage, and the record's counters
+    still count, timed as a NAS's without Event-Timestamp."""
     token = text(value).strip()
     if token.isascii() and token.isdigit():
         return u32(token)
     words = token.split()
+    at: dt.datetime | None = None
     if len(words) == 5 and words[-1] in ("UTC", "GMT"):
+        # FreeRADIUS writes "Nov 14 2023 22:13:20 UTC", newer versions with microseconds.
+        stamp = " ".join(words[:4]) + " +0000"
         try:
-            at = dt.datetime.strptime(" ".join(words[:4]) + " +0000", "%b %d %Y %H:%M:%S %z")
+            at = dt.datetime.strptime(stamp, "%b %d %Y %H:%M:%S %z")
         except ValueError:
-            raise DetailValueError(f"{token!r} is not a date") from None
-        return int(at.timestamp())
-    return None
+            with contextlib.suppress(ValueError):
+                at = dt.datetime.strptime(stamp, "%b %d %Y %H:%M:%S.%f %z")
+    elif len(words) == 1 and token[:1].isdigit():
+        try:
+            at = dt.datetime.fromisoformat(token)  # ISO 8601: trusted with its offset only
+        except ValueError:
+            at = None
+        if at is not None and at.tzinfo is None:
+            at = None
+    if at is None or not 0 <= at.timestamp() <= U32_MAX:
+        return None
+    return int(at.timestamp())
 
 
 # Attribute (lower case) -> (AccountingRecord field, reader). Class repeats; others not.
@@ -315,10 +333,17 @@ def _record(header: str, body: list[tuple[int, str]], zone: dt.tzinfo) -> Any:
             raise DetailValueError(f"line {number}: {name}: repeated")
         values[target] = read
     stamp = values.pop("timestamp", None)
-    arrival = _timestamp(stamp) if stamp is not None else None
-    if arrival is None:
-        arrival = _timestamp(_header_time(header, zone).timestamp())
     event = values.pop("event_timestamp", None)
+    if stamp is not None:
+        arrival = _timestamp(stamp)
+    elif event is not None:
+        # Without `Timestamp`, an Event-Timestamp the reader trusts (an integer, a date with
+        # its offset) times the record, as RADIUS.md prefers, not the header's local date:
+        # read in a wrong zone, the header would set the Event-Timestamp aside as skewed
+        # and give the record another key on each run with another zone.
+        arrival = _timestamp(event + values.get("delay_time_s", 0))
+    else:
+        arrival = _timestamp(_header_time(header, zone).timestamp())
     if event is not None:
         values["event_timestamp"] = _timestamp(event)
     source = next((sources[k] for k in SOURCE_ATTRIBUTES if k in sources), None)

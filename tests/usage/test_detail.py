@@ -151,17 +151,57 @@ def test_timestamp_line_is_arrival_and_header_date_only_a_fallback() -> None:
     assert fallback.arrival_time.ToDatetime(tzinfo=dt.UTC) == expected
 
 
-def test_text_event_timestamps_are_trusted_only_in_utc() -> None:
-    utc, local, integer = parse_detail(
-        (
-            record('Event-Timestamp = "Nov 14 2023 22:13:20 UTC"', "Timestamp = 1")
-            + record('Event-Timestamp = "Nov 14 2023 23:13:20 CET"', "Timestamp = 1")
-            + record("Event-Timestamp = 1700000000", "Timestamp = 1")
-        ).encode()
-    ).records
-    assert utc.event_timestamp.seconds == 1700000000
-    assert not local.HasField("event_timestamp")
-    assert integer.event_timestamp.seconds == 1700000000
+def test_text_event_timestamps_are_trusted_only_with_their_offset() -> None:
+    trusted = [
+        '"Nov 14 2023 22:13:20 UTC"',
+        '"Nov 14 2023 22:13:20.000000 UTC"',  # newer FreeRADIUS, microseconds
+        '"Nov 14 2023 22:13:20 GMT"',
+        "1700000000",
+        '"2023-11-14T22:13:20Z"',
+        '"2023-11-14T23:13:20+01:00"',
+    ]
+    # A local time, and dates that cannot be read, are left out: the Stop's counters still
+    # count, timed by arrival - Acct-Delay-Time.
+    left_out = [
+        '"Nov 14 2023 23:13:20 CET"',
+        '"2023-11-14T22:13:20"',
+        '"Feb 30 2024 10:00:00 UTC"',
+        '"Nov 14 1969 22:13:20 UTC"',
+        '"yesterday"',
+    ]
+    data = "".join(
+        record("Acct-Status-Type = Stop", f"Event-Timestamp = {v}", "Acct-Input-Octets = 5",
+               "Timestamp = 1")
+        for v in trusted + left_out
+    )  # fmt: skip
+    parsed = parse_detail(data.encode())
+    assert parsed.rejected == []
+    assert [r.event_timestamp.seconds for r in parsed.records[: len(trusted)]] == [
+        1700000000
+    ] * len(trusted)
+    assert [r.HasField("event_timestamp") for r in parsed.records[len(trusted) :]] == [False] * len(
+        left_out
+    )
+    assert all(r.input_octets == 5 for r in parsed.records)
+
+
+def test_a_record_without_timestamp_is_timed_by_its_trusted_event_timestamp() -> None:
+    # The header's local date is read only when nothing better times the record: a wrong
+    # --detail-tz must not set a right Event-Timestamp aside as skewed.
+    data = (
+        record("Event-Timestamp = 1700000000", "Acct-Delay-Time = 7")
+        + record('Event-Timestamp = "Nov 14 2023 22:13:20 UTC"')
+        + record('Event-Timestamp = "Nov 14 2023 23:13:20 CET"')
+    ).encode()
+    for zone in (dt.UTC, zoneinfo.ZoneInfo("America/New_York")):
+        integer, utc, local = parse_detail(data, zone).records
+        assert (integer.arrival_time.seconds, integer.event_timestamp.seconds) == (
+            1700000007,
+            1700000000,
+        )
+        assert utc.arrival_time.seconds == 1700000000
+        header = dt.datetime(2024, 3, 1, 10, 0, tzinfo=zone).astimezone(dt.UTC)
+        assert local.arrival_time.ToDatetime(tzinfo=dt.UTC) == header
 
 
 @pytest.mark.parametrize(
@@ -382,6 +422,38 @@ async def test_replay_of_a_detail_file_counts_each_record_once(
     assert session["start_at"] == "2024-03-01T10:00:00Z"
     assert session["stop_at"] == "2024-03-01T10:25:00Z"
     assert session["last_update_at"] == "2024-03-01T10:25:00Z"
+
+
+async def test_replay_in_another_zone_counts_records_timed_by_event_timestamp_once(
+    server: RunningServer, tenant: TenantCtx, tmp_path: Path
+) -> None:
+    # No `Timestamp` lines, headers in Paris time, integer Event-Timestamps: run once
+    # without --detail-tz (the header read as UTC, an hour out) and once with it.
+    base = 1_709_287_200  # 2024-03-01T10:00:00Z
+    path = tmp_path / "detail-paris"
+    path.write_text(
+        record("Acct-Status-Type = Start", "Acct-Session-Id = P1", "NAS-IP-Address = 192.0.2.56",
+               f"Event-Timestamp = {base}", header="Fri Mar  1 11:00:00 2024")
+        + record("Acct-Status-Type = Stop", "Acct-Session-Id = P1",
+                 "NAS-IP-Address = 192.0.2.56", "Acct-Session-Time = 600",
+                 "Acct-Input-Octets = 10", "Acct-Output-Octets = 20",
+                 f"Event-Timestamp = {base + 600}", header="Fri Mar  1 11:10:00 2024")
+    )  # fmt: skip
+    args = ("replay", str(path), "--target", server.target, "--json")
+    code, out, err = await rating(*args, key=tenant.key)
+    assert code == 0, err
+    assert json.loads(out)["accepted"] == 2
+    code, out, err = await rating(*args, "--detail-tz", "Europe/Paris", key=tenant.key)
+    assert code == 0, err
+    assert (json.loads(out)["accepted"], json.loads(out)["duplicate"]) == (0, 2)
+    code, out, err = await rating("sessions", "--target", server.target, "--json", key=tenant.key)
+    (session,) = json.loads(out)
+    assert (session["input_bytes"], session["output_bytes"]) == (10, 20)
+    assert (session["start_at"], session["stop_at"]) == (
+        "2024-03-01T10:00:00Z",
+        "2024-03-01T10:10:00Z",
+    )
+    assert session["flags"] == []
 
 
 async def test_replay_reads_on_after_a_record_cut_before_its_blank_line(
