@@ -67,9 +67,10 @@ async def _migrate(args: argparse.Namespace) -> int:
 async def _create_tenant(args: argparse.Namespace) -> int:
     from server.auth import ALL_SCOPES, create_key, create_tenant
     from server.db.database import Database
+    from server.settings import existing_database
 
     settings = load_settings(database_url=args.database_url, data_dir=args.data_dir)
-    db = Database(settings.database_url)
+    db = Database(existing_database(settings.database_url))
     try:
         tenant_id = await create_tenant(db, args.name)
         print(f"tenant_id: {tenant_id}")
@@ -84,9 +85,10 @@ async def _create_tenant(args: argparse.Namespace) -> int:
 async def _create_key(args: argparse.Namespace) -> int:
     from server.auth import ALL_SCOPES, create_key
     from server.db.database import Database
+    from server.settings import existing_database
 
     settings = load_settings(database_url=args.database_url, data_dir=args.data_dir)
-    db = Database(settings.database_url)
+    db = Database(existing_database(settings.database_url))
     scopes = list(ALL_SCOPES) if args.scopes == "all" else args.scopes.split(",")
     try:
         key = await create_key(db, args.tenant, args.name, scopes)

@@ -32,6 +32,19 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def existing_database(url: str) -> str:
+    """`url`, for a command that must not create its database (`rating rebuild`, `rating
+    admin`): SQLite would make an empty file of a mistyped path, so one that is not there
+    is a SettingsError instead."""
+    if is_sqlite(url):
+        from sqlalchemy.engine import make_url
+
+        path = make_url(url).database or ""
+        if path and path != ":memory:" and not path.startswith("file:") and not Path(path).exists():
+            raise SettingsError(f"database: no such file {path} (is it migrated? `rating migrate`)")
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `rating serve` needs; see the configuration table in the README."""

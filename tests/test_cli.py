@@ -160,6 +160,25 @@ def test_admin_commands_create_a_tenant_and_a_scoped_key_when_database_is_given(
 
 
 @pytest.mark.parametrize(
+    "command",
+    [
+        ["rebuild"],
+        ["admin", "create-tenant", "A"],
+        ["admin", "create-key", "--tenant", "00000000-0000-0000-0000-000000000001"],
+    ],
+)
+def test_a_command_on_an_sqlite_file_that_is_not_there_creates_none(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = _run([*command, "--database-url", "sqlite:///mistyped.db"], tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().endswith(
+        "database: no such file mistyped.db (is it migrated? `rating migrate`)"
+    ), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("args", "status", "message"),
     [
         (["sweep", "--as-of", "garbage"], 2, "'garbage' is not an ISO 8601 instant"),

@@ -856,11 +856,11 @@ async def nas_list_command(args: argparse.Namespace) -> int:
 
 async def rebuild_command(args: argparse.Namespace) -> int:
     from server.db.database import Database
-    from server.settings import load_settings
+    from server.settings import existing_database, load_settings
     from server.usage.rebuild import rebuild
 
     settings = load_settings(database_url=args.database_url, data_dir=args.data_dir)
-    db = Database(settings.database_url)
+    db = Database(existing_database(settings.database_url))
     try:
         report = await rebuild(db, args.tenant)
     finally:
