@@ -120,9 +120,13 @@ def ts_sql(pg: bool, expr: str) -> str:
             f" + ({us} % 1000000) * INTERVAL '1 microsecond')"
         )
     # SQLAlchemy's SQLite DATETIME text, so that ORM reads and text ordering both work.
+    # SQLite's / and % truncate toward zero: before 1970 (a lost Start's session time can
+    # put a start there) the microseconds are taken up from the second below instead,
+    # never written as a negative fraction the ORM cannot read.
+    micros = f"((({expr}) % 1000000 + 1000000) % 1000000)"
     return (
-        f"(strftime('%Y-%m-%d %H:%M:%S', ({expr}) / 1000000, 'unixepoch')"
-        f" || printf('.%06d', ({expr}) % 1000000))"
+        f"(strftime('%Y-%m-%d %H:%M:%S', (({expr}) - {micros}) / 1000000, 'unixepoch')"
+        f" || printf('.%06d', {micros}))"
     )
 
 

@@ -967,6 +967,29 @@ async def test_usage_is_attributed_by_calling_station_when_user_name_is_unknown(
     assert await bucket_totals(server, usage.tenant.tenant_id, sub) == (7, 9)
 
 
+async def test_a_session_implied_to_begin_before_1970_is_stored_and_read_exactly(
+    usage: Usage, form: str
+) -> None:
+    # No Event-Timestamp and the longest session time: the start, arrival - session time,
+    # falls 136 years back, before 1970, with the arrival's fraction of a second.
+    rec = Rec(INTERIM, event=False, t=0.25, session_time=2**32 - 1, inp=1, out=2)
+    assert counts(await usage.send(form, rec)) == (1, 0, 0, 0)
+    (session,) = await usage.sessions(user_name="alice")
+    expected = rec.arrival_at - dt.timedelta(seconds=2**32 - 1)
+    assert expected.year < 1970 and expected.microsecond == 250_000
+    assert utc(session.start_at) == expected
+    again = await usage.stub.GetSession(
+        pb.GetSessionRequest(id=session.id), metadata=usage.metadata
+    )
+    assert utc(again.start_at) == expected
+    # Loaded again into an engine (a Stop after a restart reads the row back): no second
+    # instance, and the session ends with its own start.
+    stop = rec.but(status=STOP, t=60.25, session_time=2**32 - 1, inp=5, out=6, cause=1)
+    await usage.send(form, stop)
+    (closed,) = await usage.sessions()
+    assert (closed.input_bytes, closed.output_bytes, utc(closed.start_at)) == (5, 6, expected)
+
+
 async def test_identities_match_user_names_and_stations_sent_with_surrounding_spaces(
     usage: Usage, channel: grpc.aio.Channel, server: RunningServer, form: str
 ) -> None:
