@@ -230,12 +230,10 @@ def event_timestamp(value: str) -> int | None:
             with contextlib.suppress(ValueError):
                 at = dt.datetime.strptime(stamp, "%b %d %Y %H:%M:%S.%f %z")
     elif len(words) == 1 and token[:1].isdigit():
-        try:
-            at = dt.datetime.fromisoformat(token)  # ISO 8601: trusted with its offset only
-        except ValueError:
-            at = None
+        with contextlib.suppress(ValueError):
+            at = dt.datetime.fromisoformat(token)  # ISO 8601
         if at is not None and at.tzinfo is None:
-            at = None
+            at = None  # trusted with its offset only
     if at is None or not 0 <= at.timestamp() <= U32_MAX:
         return None
     return int(at.timestamp())
