@@ -623,6 +623,11 @@ pub struct ApplyOutput {
     pub bucket_session_s: Vec<u64>,
     /// `(entry index or -1, session row or -1, flag bit, detail)`.
     pub anomalies: Vec<(i64, i64, u32, String)>,
+    /// `(entry index, content key)`: a record timed by its arrival that began an instance
+    /// would be a copy of a record an older instance of its id took if the ledger holds
+    /// this key (see [`Engine::copy_of`]); the caller checks, and runs the batch again
+    /// without such an entry.
+    pub copy_candidates: Vec<(u32, [u8; 16])>,
 }
 
 /// A prepared batch with the bytes its spans refer to.
@@ -1367,7 +1372,9 @@ impl Engine {
     /// `(NAS key, session id, lo, hi)` for the batch's Starts, Interims and Stops whose instance
     /// may be one the engine forgot (or was not loaded with): a stored instance it does not
     /// hold could start closer to the record's implied start than any instance it holds
-    /// (or within the NAS's tolerance of it, when none does). Each id once, in batch order,
+    /// (or within the NAS's tolerance of it, when none does); or, for an Interim or Stop
+    /// timed by its arrival that no held instance takes, any that started before it (it may
+    /// be a copy of that one's record: [`Engine::copy_of`]). Each id once, in batch order,
     /// with the range `[lo, hi]` (µs) such an instance's start lies in. Call it after the
     /// newest instances ([`Engine::unknown_sessions`]) were added, and add the stored
     /// instances of each id that start in its range: a late record then lands on its own
@@ -1412,31 +1419,44 @@ impl Engine {
                 (im.saturating_sub(gap) <= n.omitted_start_max).then_some((im, read))
             });
             let readings = &readings[..if r.alt_event_us == r.event_us { 1 } else { 2 }];
-            if readings.iter().all(Option::is_none) {
+            // An Interim or Stop timed by its arrival that no held instance takes may be a
+            // copy of a record of any older instance ([`Engine::copy_of`]): every one the
+            // engine forgot.
+            let may_copy = r.status != STATUS_START && r.key_by_instance();
+            if readings.iter().all(Option::is_none) && !may_copy {
                 continue;
             }
-            let Some(head) = self.find_head(sid_tag(nas, sid), nas, sid) else {
-                continue;
-            };
-            for &(implied, read) in readings.iter().flatten() {
-                let held = self.chain_match_read(head, sid, implied, gap, read, false);
-                let reach = held.map_or(gap, |m| {
-                    self.sessions[m as usize]
-                        .start_us
-                        .abs_diff(implied)
-                        .try_into()
-                        .unwrap_or(gap)
-                });
-                if reach == 0 {
-                    // Generations of an id start strictly later one after the other: none
-                    // ties.
-                    continue;
+            let head = self.find_head(sid_tag(nas, sid), nas, sid);
+            let implied = r.event_us.saturating_sub(i64::from(time) * US);
+            let copy =
+                may_copy && head.is_none_or(|h| self.chain_match(h, sid, implied, gap).is_none());
+            let mut ranges: Vec<(i64, i64)> = Vec::new();
+            if copy {
+                ranges.push((i64::MIN, implied.min(n.omitted_start_max)));
+            }
+            if let Some(head) = head {
+                for &(implied, read) in readings.iter().flatten() {
+                    let held = self.chain_match_read(head, sid, implied, gap, read, false);
+                    let reach = held.map_or(gap, |m| {
+                        self.sessions[m as usize]
+                            .start_us
+                            .abs_diff(implied)
+                            .try_into()
+                            .unwrap_or(gap)
+                    });
+                    if reach == 0 {
+                        // Generations of an id start strictly later one after the other:
+                        // none ties.
+                        continue;
+                    }
+                    let lo = implied.saturating_sub(reach);
+                    let hi = implied.saturating_add(reach).min(n.omitted_start_max);
+                    if lo <= hi {
+                        ranges.push((lo, hi));
+                    }
                 }
-                let lo = implied.saturating_sub(reach);
-                let hi = implied.saturating_add(reach).min(n.omitted_start_max);
-                if lo > hi {
-                    continue;
-                }
+            }
+            for (lo, hi) in ranges {
                 if let Some(&k) = at.get(&(nas, sid)) {
                     let e = &mut out[k];
                     (e.2, e.3) = (e.2.min(lo), e.3.max(hi));
@@ -1587,6 +1607,7 @@ impl Engine {
             }
             _ => 0,
         };
+        let mut copies = Vec::new();
         let mut tags = [0u32; TAG_RING];
         for (j, r) in p.records.iter().enumerate().take(PREFETCH_DISTANCE) {
             tags[j] = tag_of(r);
@@ -1616,7 +1637,18 @@ impl Engine {
             let nas = nas_map[r.nas as usize];
             // A session record's instance is decided once: its key may take that start.
             let routed = matches!(r.status, STATUS_START | STATUS_STOP | STATUS_INTERIM)
-                .then(|| self.route(r, nas, tag, input.text(r.sid)));
+                .then(|| self.route(r, nas, tag, input.text(r.sid)))
+                .map(|(head, target)| {
+                    let is_seen = |key: &[u8; 16]| {
+                        seen.get(&key_prefix(key))
+                            .is_some_and(|&j| out.content_key[j as usize] == *key)
+                    };
+                    let sid = input.text(r.sid);
+                    let target = self
+                        .copy_of(i, r, head, target, sid, is_seen, &mut copies)
+                        .unwrap_or(target);
+                    (head, target)
+                });
             let key = routed
                 .as_ref()
                 .map_or(r.key, |(_, target)| self.final_key(r, target));
@@ -1667,6 +1699,7 @@ impl Engine {
             st.seq = Some(seq);
             out.nas_seq.push(seq);
         }
+        out.copy_candidates = copies;
         self.finish(&mut out, &mut t);
         self.touched = t;
         self.seen = seen;
@@ -1922,6 +1955,53 @@ impl Engine {
             _ => target,
         };
         (head, target)
+    }
+
+    /// Whether a record `route` would begin an instance with (`target`) is an unchanged
+    /// copy of one an instance of its id took; `Some(that instance)` when the engine can
+    /// tell. RFC 5080 lets a NAS resend a request as it was, Acct-Delay-Time not updated:
+    /// timed by its arrival, a copy delivered more than the tolerance after the original
+    /// implies a start that much later, and would open a generation that counts it again.
+    /// An Interim or Stop with a session time whose content (status, session time, both
+    /// counters, cause) is a record's of an instance is that record: pinned by that
+    /// instance's start, its key is the record's. The instance's last record and this
+    /// batch's (`is_seen`) are known here; the keys of older records of the id's instances
+    /// go to `candidates`, `(i, key)`, for the caller to look up in the ledger.
+    /// (Not a Start: every Start of an id has the same content, so a reused id's Start
+    /// would be taken for a copy of the first one's.)
+    #[allow(clippy::too_many_arguments)]
+    fn copy_of(
+        &self,
+        i: usize,
+        r: &Record,
+        head: Option<u32>,
+        target: Target,
+        sid: &[u8],
+        is_seen: impl Fn(&[u8; 16]) -> bool,
+        candidates: &mut Vec<(u32, [u8; 16])>,
+    ) -> Option<Target> {
+        let (Target::Create { .. }, Some(head)) = (target, head) else {
+            return None;
+        };
+        if r.status == STATUS_START || !r.key_by_instance() {
+            return None;
+        }
+        let nas = self.sessions[head as usize].nas;
+        let first = candidates.len();
+        let mut slot = head;
+        while slot != NONE {
+            let s = &self.sessions[slot as usize];
+            if slot == head || self.same_identity(s, nas, sid) {
+                let key = record::instance_key(&r.key, s.start_us);
+                if s.last_key == key_prefix(&key) || is_seen(&key) {
+                    candidates.truncate(first);
+                    return Some(Target::Existing(slot));
+                }
+                candidates.push((i as u32, key));
+            }
+            slot = s.prev;
+        }
+        None
     }
 
     /// The record's content key: as prepared, or completed with the start of the instance

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use rating_core::accounting::{
-    Engine, NasPolicy, OUTCOME_ACCEPTED, OUTCOME_LATE, OUTCOME_QUARANTINED,
+    Engine, NasPolicy, OUTCOME_ACCEPTED, OUTCOME_DUPLICATE, OUTCOME_LATE, OUTCOME_QUARANTINED,
 };
 use rating_core::proto::write;
 use rating_core::{proto, radius, record};
@@ -626,6 +626,18 @@ fn a_ledger_replay_decodes_raw_entries_without_their_secret() {
 /// One record of session `s0` on `nas1`: `event_s` and `session_s` apart, so that its
 /// implied start is `event_s - session_s`.
 fn timed(status: u8, event_s: i64, session_s: u64, input: Option<u64>) -> Vec<u8> {
+    session_batch(status, event_s, session_s, input, true)
+}
+
+/// One record of session `s0` on `nas1` arriving at `arrival_s` (Acct-Delay-Time 0), with
+/// that Event-Timestamp or none (timed by its arrival).
+fn session_batch(
+    status: u8,
+    arrival_s: i64,
+    session_s: u64,
+    input: Option<u64>,
+    event_timestamp: bool,
+) -> Vec<u8> {
     let mut m = Vec::new();
     write::uint(&mut m, 1, u64::from(status));
     write::bytes(&mut m, 2, b"s0");
@@ -635,8 +647,10 @@ fn timed(status: u8, event_s: i64, session_s: u64, input: Option<u64>) -> Vec<u8
         write::uint(&mut m, 12, v);
     }
     write::uint(&mut m, 14, session_s);
-    write::timestamp(&mut m, 15, T0 + event_s * US);
-    write::timestamp(&mut m, 23, T0 + event_s * US);
+    if event_timestamp {
+        write::timestamp(&mut m, 15, T0 + arrival_s * US);
+    }
+    write::timestamp(&mut m, 23, T0 + arrival_s * US);
     let mut e = Vec::new();
     write::bytes(&mut e, 1, &m);
     let mut b = Vec::new();
@@ -675,4 +689,45 @@ fn sweep_keeps_an_ids_newest_generation_while_an_older_numbered_one_is_held() {
         vec![1, 3],
         "the new session, and generation 1 it ends"
     );
+}
+
+/// A record of session `s0` on `nas1` without Event-Timestamp: timed by its arrival.
+fn by_arrival(status: u8, arrival_s: i64, session_s: u64, input: Option<u64>) -> Vec<u8> {
+    session_batch(status, arrival_s, session_s, input, false)
+}
+
+#[test]
+fn a_copy_resent_unchanged_past_the_tolerance_is_found_by_its_content() {
+    let mut engine = Engine::new(NasPolicy::default());
+    let mut apply = |bytes: Vec<u8>| {
+        let p = engine.prepare(&bytes, T0).unwrap();
+        engine.apply(&p, &bytes)
+    };
+    assert_eq!(
+        apply(by_arrival(1, 0, 0, None)).outcome,
+        vec![OUTCOME_ACCEPTED]
+    );
+    let original = apply(by_arrival(3, 600, 600, Some(1000)));
+    assert_eq!(original.outcome, vec![OUTCOME_ACCEPTED]);
+    // 400 s late (the tolerance is 300 s): the instance's last record.
+    let copy = apply(by_arrival(3, 1000, 600, Some(1000)));
+    assert_eq!(copy.outcome, vec![OUTCOME_DUPLICATE]);
+    assert_eq!(copy.sessions.generation, vec![1]);
+    assert_eq!(copy.sessions.input_bytes, vec![1000]);
+    assert!(copy.copy_candidates.is_empty());
+    // After the session's next record the engine no longer holds it: it begins an
+    // instance, and names the key that makes it a copy, the original's, for the ledger.
+    assert_eq!(
+        apply(by_arrival(3, 1200, 1200, Some(3000))).outcome,
+        vec![OUTCOME_ACCEPTED]
+    );
+    let later = apply(by_arrival(3, 1900, 600, Some(1000)));
+    assert_eq!(later.sessions.generation, vec![1, 2]);
+    assert_eq!(later.copy_candidates, vec![(0, original.content_key[0])]);
+    // Other content is not a copy.
+    let other = apply(by_arrival(3, 5000, 600, Some(1001)));
+    assert!(other
+        .copy_candidates
+        .iter()
+        .all(|&(_, k)| k != original.content_key[0]));
 }

@@ -454,17 +454,13 @@ async def lock_nas(
             [{"t": tenant, "k": k, "now": _sqlite_now()} for k in keys],
         )
         found = []
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ", ".join(f":k{i}" for i in range(len(chunk)))
-            params: dict[str, Any] = {f"k{i}": k for i, k in enumerate(chunk)}
-            params["t"] = tenant
+        for marks, params in _in_chunks(keys):
             result = await session.execute(
                 text(
                     f"SELECT nas_key, seq, {columns} FROM usage_nas"
                     f" WHERE tenant_id = :t AND nas_key IN ({marks}) ORDER BY nas_key"
                 ),
-                params,
+                {"t": tenant, **params},
             )
             found.extend(result.all())
     return {row[0]: NasState(row[0], int(row[1]), _policy(row[2:])) for row in found}
@@ -914,6 +910,43 @@ async def insert_ledger(
     )
     await conn.execute("DELETE FROM temp.usage_ledger_stage")
     return np.array([r[0] for r in existing], dtype=np.int64)
+
+
+async def ledger_holds(
+    session: AsyncSession, tenant_id: uuid.UUID, keys: Sequence[bytes]
+) -> set[bytes]:
+    """Which of these content keys the tenant's ledger holds."""
+    tenant = tenant_param(session, tenant_id)
+    found: set[bytes] = set()
+    if _pg(session):
+        rows = await session.execute(
+            text(
+                "SELECT content_key FROM usage_ledger WHERE tenant_id = :t"
+                " AND content_key = ANY(CAST(:keys AS BYTEA[]))"
+            ),
+            {"t": tenant, "keys": list(keys)},
+        )
+        return {bytes(row[0]) for row in rows}
+    for marks, params in _in_chunks(keys):
+        rows = await session.execute(
+            text(
+                "SELECT content_key FROM usage_ledger"
+                f" WHERE tenant_id = :t AND content_key IN ({marks})"
+            ),
+            {"t": tenant, **params},
+        )
+        found.update(bytes(row[0]) for row in rows)
+    return found
+
+
+def _in_chunks(values: Sequence[Any], size: int = 500) -> list[tuple[str, dict[str, Any]]]:
+    """SQLite `IN (...)` lists of at most `size` values: (placeholders, parameters)."""
+    out = []
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        marks = ", ".join(f":k{i}" for i in range(len(chunk)))
+        out.append((marks, {f"k{i}": v for i, v in enumerate(chunk)}))
+    return out
 
 
 async def insert_quarantine(

@@ -487,6 +487,7 @@ class UsageService:
                         await recall_sessions(txs[0], tenant_id, te.engine, prepared)
                         result = await _call(len(batch), te.engine.apply, prepared)
                         writes = BatchWrites.of(result, mapping)
+                        await self._refuse_copies(txs[0], tenant_id, writes, mapping)
                         found = await _written(
                             self._write_part(
                                 tx, tenant_id, part, writes, mapping, batch_id, received, recorded
@@ -516,6 +517,26 @@ class UsageService:
         raise FailedPreconditionError(
             "batch kept colliding with the ledger or concurrent writes; resend it"
         )
+
+    @staticmethod
+    async def _refuse_copies(
+        session: AsyncSession,
+        tenant_id: uuid.UUID,
+        writes: BatchWrites,
+        mapping: npt.NDArray[np.int64],
+    ) -> None:
+        """A record that began an instance but whose content the ledger holds for an older
+        instance of its id (a copy resent unchanged, delivered past the tolerance) is a
+        duplicate: the batch re-runs without it and its copies in the batch (_Redo), before
+        anything is written."""
+        if not writes.copy_key:
+            return
+        held = await repo.ledger_holds(session, tenant_id, writes.copy_key)
+        if not held:
+            return
+        copies = writes.copy_entry[[k in held for k in writes.copy_key]]
+        keys = writes.content_key
+        raise _Redo(mapping[np.flatnonzero(np.isin(keys, keys[copies]))])
 
     @staticmethod
     def _settle(

@@ -138,6 +138,10 @@ class BatchWrites:
     late_flagging: Int64s
     # Every entry's content key (this call's indices; quarantined ones are not keys).
     content_key: npt.NDArray[Any]
+    # Entries that began an instance, each with the key that makes it a copy of an older
+    # instance's record if the ledger holds it (ApplyResult.copy_entry / copy_key).
+    copy_entry: Int64s
+    copy_key: list[bytes]
     ledger_nas: npt.NDArray[Any]
     ledger: dict[str, npt.NDArray[Any]]
     quarantine: list[tuple[int, str, bytes]]
@@ -173,6 +177,8 @@ class BatchWrites:
             outcome=outcome,
             late_flagging=np.flatnonzero(flagging & (outcome == LATE)),
             content_key=content_key,
+            copy_entry=np.asarray(result.copy_entry, dtype=np.int64),
+            copy_key=[k.tobytes() for k in result.copy_key],
             ledger_nas=ledger_nas,
             ledger=ledger,
             quarantine=quarantine,

@@ -129,6 +129,7 @@ def traffic(seed: int) -> tuple[list[Rec], dict[str, Policy], list[int]]:
     # Losses, retransmits (new delay and arrival, same content) and local reorders.
     noisy: list[Rec] = []
     held_back: list[Rec] = []
+    resent: list[Rec] = []
     for r in recs:
         if rng.random() < 0.1:
             if rng.random() < 0.5:
@@ -141,6 +142,13 @@ def traffic(seed: int) -> tuple[list[Rec], dict[str, Policy], list[int]]:
         if rng.random() < 0.15:
             later = (r.arrival_us or 0) + 5 * US + rng.randrange(0, 2 * US)
             noisy.append(replace(r, delay=(r.delay or 0) + 5, arrival_us=later))
+        if rng.random() < 0.1:
+            # Resent unchanged (RFC 5080: Acct-Delay-Time not updated) and delivered past
+            # the NAS's tolerance, also after the session's next records.
+            tolerance = policies[r.nas_identifier].clock_skew_tolerance_s
+            lag = tolerance + rng.choice([1, 60, 700, 2000])
+            resent.append(replace(r, arrival_us=(r.arrival_us or 0) + lag * US))
+    noisy = sorted(noisy + resent, key=lambda r: r.arrival_us or 0)
     for _ in range(len(noisy) // 3):
         i = rng.randrange(0, max(1, len(noisy) - 1))
         j = min(len(noisy) - 1, i + rng.randrange(1, 4))
@@ -169,6 +177,8 @@ def test_engine_matches_reference_when_traffic_is_noisy_and_split_anywhere(
         ))  # fmt: skip
     bounds = sorted({0, len(recs), *(c % (len(recs) + 1) for c in cuts), *sweep_points})
     ledger: set[bytes] = set()
+    # Accepted Accounting-On/Offs per NAS, oldest first: what a reload recalls.
+    onoffs: dict[str, list[tuple[bytes, int, int, bool]]] = {}
     rust_outcomes: list[str] = []
     ref_outcomes: list[str] = []
     rust_sessions: dict[tuple[str, str, int], dict[str, object]] = {}
@@ -210,7 +220,7 @@ def test_engine_matches_reference_when_traffic_is_noisy_and_split_anywhere(
         part = recs[lo:hi]
         if not part:
             continue
-        result, outcomes = _apply_as_the_service_does(engine, part, ledger, db)
+        result, outcomes = _apply_as_the_service_does(engine, part, ledger, db, onoffs)
         collect(result)
         for r, outcome in zip(part, outcomes, strict=True):
             rust_outcomes.append(outcome)
@@ -276,13 +286,15 @@ def _apply_as_the_service_does(
     part: list[Rec],
     ledger: set[bytes],
     db: dict[tuple[str, str, int], tuple[Any, ...]],
+    onoffs: dict[str, list[tuple[bytes, int, int, bool]]],
 ) -> tuple[rc.ApplyResult, list[str]]:
     """One batch as UsageService.ingest applies it, with `ledger` as its primary key and
     `db` as the stored rows: recall, apply (entries whose prepared key the ledger holds
     flagged `known`); a late record the ledger holds is a duplicate, and an accepted one (or
     a late one that flagged its session) makes the batch run again without it, on the NASes
     reloaded from the stored rows.
-    (A key completed in apply, for a record without Event-Timestamp, is only found after.)
+    (A key completed in apply, for a record without Event-Timestamp, is only found after;
+    so is a record that began an instance but repeats one an older instance took.)
     Adds the keys of accepted and late records to `ledger`; returns the result and each
     entry's outcome."""
     entries = [decoded_entry(r) for r in part]
@@ -296,7 +308,7 @@ def _apply_as_the_service_does(
         keys = [k.tobytes() for k in result.content_key]
         flagging = {entry for entry, *_ in result.anomalies}
         held = [
-            kept[j]
+            j
             for j in range(len(kept))
             if keys[j] in ledger
             and (
@@ -304,6 +316,15 @@ def _apply_as_the_service_does(
                 or (int(result.outcome[j]) == rc.OUTCOME_LATE and j in flagging)
             )
         ]
+        # A record that began an instance but whose content the ledger holds for an older
+        # instance of its id is a copy of that record.
+        held += [
+            int(j)
+            for j, k in zip(result.copy_entry, result.copy_key, strict=True)
+            if k.tobytes() in ledger
+        ]
+        # With the batch's other copies of it (their keys are its own).
+        held = [kept[j] for j in range(len(kept)) if keys[j] in {keys[h] for h in held}]
         if not held:
             break
         excluded.update(held)
@@ -311,6 +332,7 @@ def _apply_as_the_service_does(
             seq = engine.nas_seq(nas) or 0
             engine.forget_nas([nas])
             _load_window(engine, nas, seq, db, None)
+            engine.recall_onoffs(nas, onoffs.get(nas, []))
     outcomes = ["duplicate"] * len(part)
     for j, i in enumerate(kept):
         outcome = OUTCOME_NAMES[int(result.outcome[j])]
@@ -319,6 +341,13 @@ def _apply_as_the_service_does(
                 outcome = "duplicate"
             else:
                 ledger.add(keys[j])
+        if outcome == "accepted" and int(result.status_type[j]) in (7, 8):
+            nas = result.nas_keys[int(result.nas_index[j])]
+            event = int(result.event_us[j])
+            onoffs.setdefault(nas, []).append((
+                keys[j], int(result.status_type[j]), event,
+                timed_by_arrival(entries[i], event),
+            ))  # fmt: skip
         outcomes[i] = outcome
     return result, outcomes
 

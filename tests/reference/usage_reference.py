@@ -277,6 +277,14 @@ class Reference:
             s = self.owner(n, chain, n.alt_event_us - time * US)
             if s is not None:
                 return ("existing", s, {})
+        if routed[0] == "create" and n.by_instance and n.status in (STOP, INTERIM):
+            # Resent unchanged (RFC 5080: Acct-Delay-Time not updated) and delivered after
+            # the tolerance, a copy timed by its arrival implies a later start. Its content
+            # (status, session time, counters, cause) pinned by an instance's start is a
+            # record that instance took: it is that record.
+            for s in self.chains[(n.nas, n.sid)]:
+                if (*n.key, s.start_us) in self.ledger:
+                    return ("existing", s, {})
         return routed
 
     def owns(self, n: Norm, s: Session, implied: int) -> bool:

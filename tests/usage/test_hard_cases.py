@@ -799,6 +799,95 @@ async def test_retransmitted_start_without_event_timestamp_is_a_duplicate_across
     assert (session.generation, session.input_bytes, session.session_time_s) == (1, 5, 600)
 
 
+@pytest.mark.parametrize("late_s", [400, 3 * DAY])
+async def test_copy_resent_unchanged_past_the_tolerance_is_a_duplicate(
+    usage: Usage, form: str, late_s: int
+) -> None:
+    # RFC 5080 lets a NAS resend a request as it was, Acct-Delay-Time not updated. Without
+    # Event-Timestamp each copy is timed by its arrival: one delivered past the tolerance
+    # (300 s) implies a start that much later, but it is the same record.
+    interim = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False)
+    stop = Rec(STOP, t=700, session_time=700, inp=1500, out=2500, cause=1, event=False)
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, event=False),
+        interim,
+        interim.but(arrival_extra_s=late_s - 100),  # before the Stop when 400 s late
+        stop,
+        # Past the session's next record (the Interim's copy) and after its Stop.
+        interim.but(arrival_extra_s=late_s),
+        stop.but(arrival_extra_s=late_s),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 2 + [(0, 1, 0, 0), (1, 0, 0, 0)] + [
+        (0, 1, 0, 0)
+    ] * 2
+    (session,) = await usage.sessions()
+    assert (session.generation, session.input_bytes, session.output_bytes) == (1, 1500, 2500)
+    assert (session.session_time_s, session.state) == (700, pb.SESSION_STATE_CLOSED)
+    assert (utc(session.start_at), utc(session.stop_at)) == (at(0), at(700))
+    assert list(session.flags) == []
+    assert await usage.unattributed_bytes() == (1500, 2500)
+
+
+async def test_copy_resent_unchanged_is_a_duplicate_in_the_batch_of_its_original(
+    usage: Usage, form: str
+) -> None:
+    interim = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False)
+    ack = await usage.send(
+        form,
+        Rec(START, t=0, event=False),
+        interim,
+        Rec(INTERIM, t=1200, session_time=1200, inp=3000, out=4000, event=False),
+        interim.but(arrival_extra_s=1000),
+    )
+    assert counts(ack) == (3, 1, 0, 0)
+    (session,) = await usage.sessions()
+    assert (session.generation, session.input_bytes, session.output_bytes) == (1, 3000, 4000)
+    assert session.state == pb.SESSION_STATE_OPEN
+
+
+async def test_copy_resent_unchanged_is_a_duplicate_after_the_engine_forgot_its_session(
+    usage: Usage, form: str
+) -> None:
+    # Two days on, a sweep drops the closed instance from the engine (its row is durable);
+    # the id was reused meanwhile, so the copy's own instance is not the newest either.
+    interim = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False)
+    await usage.send_each(
+        form,
+        Rec(START, t=0, event=False),
+        interim,
+        Rec(STOP, t=700, session_time=700, inp=1500, out=2500, cause=1, event=False),
+        Rec(START, t=DAY, event=False),
+        Rec(STOP, t=DAY + 100, session_time=100, inp=10, out=20, cause=1, event=False),
+        Rec(START, sid="other", t=DAY, session_time=0),
+    )
+    assert await usage.sweep(at(3 * DAY)) == 1
+    ack = await usage.send(form, interim.but(arrival_extra_s=3 * DAY))
+    assert counts(ack) == (0, 1, 0, 0)
+    gens = by_generation(of_id(await usage.sessions(), "sess-1"))
+    assert sorted(gens) == [1, 2]
+    assert (gens[1].input_bytes, gens[1].output_bytes) == (1500, 2500)
+    assert (gens[2].input_bytes, gens[2].output_bytes) == (10, 20)
+
+
+async def test_reused_id_whose_start_was_lost_is_counted_when_its_content_differs(
+    usage: Usage, form: str
+) -> None:
+    # Only the same content is a copy: the reused id's first Interim (its Start lost)
+    # starts a generation of its own.
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, event=False),
+        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False),
+        Rec(STOP, t=700, session_time=700, inp=1500, out=2500, cause=1, event=False),
+        Rec(INTERIM, t=DAY + 600, session_time=600, inp=1000, out=2001, event=False),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
+    gens = by_generation(await usage.sessions())
+    assert (gens[2].input_bytes, gens[2].output_bytes) == (1000, 2001)
+    assert "lost_start" in gens[2].flags
+
+
 async def test_accounting_on_without_event_timestamp_through_two_collectors_closes_once(
     usage: Usage, form: str
 ) -> None:

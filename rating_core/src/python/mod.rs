@@ -655,6 +655,21 @@ impl ApplyResult {
         void16(py, &self.out.content_key)
     }
     #[getter]
+    fn copy_entry<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        let entries: Vec<i64> = self
+            .out
+            .copy_candidates
+            .iter()
+            .map(|&(i, _)| i64::from(i))
+            .collect();
+        PyArray1::from_vec(py, entries)
+    }
+    #[getter]
+    fn copy_key<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let keys: Vec<[u8; 16]> = self.out.copy_candidates.iter().map(|&(_, k)| k).collect();
+        void16(py, &keys)
+    }
+    #[getter]
     fn nas_index<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i32>> {
         PyArray1::from_slice(py, &self.out.nas_index)
     }
