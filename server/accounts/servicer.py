@@ -24,6 +24,7 @@ from server.validation import (
     decode_page_token,
     encode_page_token,
     optional_id,
+    page_scope,
     page_size,
     parse_decimal,
     parse_enum,
@@ -45,13 +46,14 @@ IdentityHook = Callable[
 identity_hooks: list[IdentityHook] = []
 
 
-def _after(token: str) -> uuid.UUID | None:
-    cursor = decode_page_token(token)
+def _after(token: str, scope: str = "") -> uuid.UUID | None:
+    """The id a page token resumes after; `scope`: the request's filters (page_scope)."""
+    cursor = decode_page_token(token, scope)
     return None if cursor is None else parse_id("page_token", token_text(cursor.get("after", "")))
 
 
-def _next_token(rows: list[Any], limit: int) -> str:
-    return encode_page_token({"after": str(rows[-1].id)}) if len(rows) == limit else ""
+def _next_token(rows: list[Any], limit: int, scope: str = "") -> str:
+    return encode_page_token({"after": str(rows[-1].id)}, scope) if len(rows) == limit else ""
 
 
 class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
@@ -264,9 +266,10 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     async def ListSubscriptions(
         self, request: accounts_pb2.ListSubscriptionsRequest, context: Ctx
     ) -> accounts_pb2.ListSubscriptionsResponse:
-        limit, after = page_size(request.page_size), _after(request.page_token)
         customer_id = optional_id("customer_id", request.customer_id)
         filters = [] if customer_id is None else [Subscription.customer_id == customer_id]
+        scope = page_scope(customer_id)
+        limit, after = page_size(request.page_size), _after(request.page_token, scope)
 
         async def work(
             session: AsyncSession, tenant_id: uuid.UUID
@@ -274,7 +277,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             rows = await repo.page(session, Subscription, tenant_id, after, limit, *filters)
             return accounts_pb2.ListSubscriptionsResponse(
                 subscriptions=await self._subscription_proto(session, tenant_id, rows),
-                next_page_token=_next_token(rows, limit),
+                next_page_token=_next_token(rows, limit, scope),
             )
 
         return await self._read(work)
@@ -374,9 +377,10 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     async def ListInvoices(
         self, request: accounts_pb2.ListInvoicesRequest, context: Ctx
     ) -> accounts_pb2.ListInvoicesResponse:
-        limit, after = page_size(request.page_size), _after(request.page_token)
         customer_id = optional_id("customer_id", request.customer_id)
         filters = [] if customer_id is None else [Invoice.customer_id == customer_id]
+        scope = page_scope(customer_id)
+        limit, after = page_size(request.page_size), _after(request.page_token, scope)
 
         async def work(
             session: AsyncSession, tenant_id: uuid.UUID
@@ -385,7 +389,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             lines = await repo.lines_of(session, tenant_id, [r.id for r in rows])
             return accounts_pb2.ListInvoicesResponse(
                 invoices=[mapping.invoice_to_proto(r, lines[r.id]) for r in rows],
-                next_page_token=_next_token(rows, limit),
+                next_page_token=_next_token(rows, limit, scope),
             )
 
         return await self._read(work)
@@ -450,13 +454,14 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     async def ListDisputes(
         self, request: accounts_pb2.ListDisputesRequest, context: Ctx
     ) -> accounts_pb2.ListDisputesResponse:
-        limit, after = page_size(request.page_size), _after(request.page_token)
         filters: list[Any] = []
         customer_id = optional_id("customer_id", request.customer_id)
         if customer_id is not None:
             filters.append(Dispute.customer_id == customer_id)
         if request.open_only:
             filters.append(Dispute.status == accounts_pb2.DISPUTE_STATUS_OPEN)
+        scope = page_scope(customer_id, request.open_only)
+        limit, after = page_size(request.page_size), _after(request.page_token, scope)
 
         async def work(
             session: AsyncSession, tenant_id: uuid.UUID
@@ -464,7 +469,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             rows = await repo.page(session, Dispute, tenant_id, after, limit, *filters)
             return accounts_pb2.ListDisputesResponse(
                 disputes=[mapping.dispute_to_proto(r) for r in rows],
-                next_page_token=_next_token(rows, limit),
+                next_page_token=_next_token(rows, limit, scope),
             )
 
         return await self._read(work)

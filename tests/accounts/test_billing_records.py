@@ -347,6 +347,72 @@ async def test_dispute_is_listed_open_until_resolved(accounts: Stub, tenant: Ten
     assert list(still_open.disputes) == []
 
 
+async def test_a_disputes_page_token_is_refused_with_other_filters(
+    accounts: Stub, tenant: TenantCtx
+) -> None:
+    customers = [await make_customer(accounts, tenant) for _ in range(2)]
+    for customer_id in customers:
+        for _ in range(2):
+            await accounts.OpenDispute(
+                pb.OpenDisputeRequest(
+                    customer_id=customer_id,
+                    reason="double charge",
+                    amount=Money(currency_code="GBP", amount="35.00"),
+                ),
+                metadata=tenant.metadata,
+            )
+    first = await accounts.ListDisputes(
+        pb.ListDisputesRequest(customer_id=customers[0], page_size=1), metadata=tenant.metadata
+    )
+    assert first.next_page_token
+    # Resumed with the same filters, it pages on; with others it would page through another
+    # list from this one's place (AIP-158).
+    rest = await accounts.ListDisputes(
+        pb.ListDisputesRequest(
+            customer_id=customers[0], page_size=10, page_token=first.next_page_token
+        ),
+        metadata=tenant.metadata,
+    )
+    assert len(rest.disputes) == 1
+    assert {d.customer_id for d in [*first.disputes, *rest.disputes]} == {customers[0]}
+    for other in (
+        pb.ListDisputesRequest(customer_id=customers[1]),
+        pb.ListDisputesRequest(customer_id=customers[0], open_only=True),
+        pb.ListDisputesRequest(),
+    ):
+        other.page_token = first.next_page_token
+        await expect_invalid(accounts.ListDisputes(other, metadata=tenant.metadata), "page_token")
+
+
+async def test_a_subscriptions_page_token_is_refused_for_another_customer(
+    accounts: Stub, tenant: TenantCtx
+) -> None:
+    customers = [await make_customer(accounts, tenant) for _ in range(2)]
+    plan = await accounts.CreatePlan(
+        pb.CreatePlanRequest(plan=fibre_plan("paged")), metadata=tenant.metadata
+    )
+    for customer_id in customers:
+        for _ in range(2):
+            await accounts.CreateSubscription(
+                pb.CreateSubscriptionRequest(
+                    subscription=pb.Subscription(customer_id=customer_id, plan_id=plan.id)
+                ),
+                metadata=tenant.metadata,
+            )
+    first = await accounts.ListSubscriptions(
+        pb.ListSubscriptionsRequest(customer_id=customers[0], page_size=1),
+        metadata=tenant.metadata,
+    )
+    assert first.next_page_token
+    await expect_invalid(
+        accounts.ListSubscriptions(
+            pb.ListSubscriptionsRequest(customer_id=customers[1], page_token=first.next_page_token),
+            metadata=tenant.metadata,
+        ),
+        "page_token",
+    )
+
+
 @pytest.mark.parametrize("quantity", ["1e25", "1000000000000000", "-1.5e15"])
 async def test_invoice_line_quantity_too_large_for_its_column_is_invalid(
     accounts: Stub, tenant: TenantCtx, quantity: str
