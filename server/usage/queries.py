@@ -88,6 +88,10 @@ def parse_session_id(value: str) -> tuple[str, str, int]:
         nas_key, acct_session_id = _unescape(nas_key), _unescape(acct_session_id)
         if "\0" in nas_key + acct_session_id:  # stored text never holds NUL
             raise ValueError(nas_key)
+        # One instance, one id: another spelling of it (a generation "01", base64 the
+        # decoder tolerates, an escape where none is needed) is not an id this server gave.
+        if session_id(nas_key, acct_session_id, int(generation)) != value.rstrip("="):
+            raise ValueError(value)
         return nas_key, acct_session_id, int(generation)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgumentError("id", f"not a session id: {value!r}") from None

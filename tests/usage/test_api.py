@@ -597,6 +597,30 @@ async def test_get_session_names_the_field_when_id_is_malformed(usage: Usage) ->
     )
 
 
+async def test_get_session_refuses_another_spelling_of_an_instances_id(
+    usage: Usage, form: str
+) -> None:
+    await usage.send(form, Rec(START, t=1))
+    (listed,) = await usage.sessions()
+    own = base64.urlsafe_b64encode(b"nas-1\x1fsess-1\x1f1").decode().rstrip("=")
+    assert listed.id == own
+    # One instance, one id: a generation written "01", or characters the base64 decoder
+    # skips, spell the same key, but are not an id the server gave.
+    for other in (
+        base64.urlsafe_b64encode(b"nas-1\x1fsess-1\x1f01").decode(),
+        own[:4] + "." + own[4:],
+    ):
+        await expect_status(
+            usage.stub.GetSession(pb.GetSessionRequest(id=other), metadata=usage.metadata),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        )
+    padded = await usage.stub.GetSession(
+        pb.GetSessionRequest(id=own + "=" * (-len(own) % 4)), metadata=usage.metadata
+    )
+    assert padded == listed
+
+
 async def test_nas_client_is_refused_with_field_when_input_is_bad(usage: Usage) -> None:
     await expect_status(
         usage.stub.UpsertNasClient(
