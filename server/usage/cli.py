@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 import zoneinfo
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
@@ -285,14 +286,21 @@ def raw_entries(
     ]
 
 
+def replay_run() -> str:
+    """A name for one run of `rating replay`, in its batch ids (`replay-<run>-<n>`): the
+    ledger and quarantine rows keep the batch id, so an entry can be traced to the run
+    that sent it. UTC time to the second, and a random part for runs in the same second."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
 def batches_of(
-    entries: Sequence[usage_pb2.AccountingEntry], size: int
+    entries: Sequence[usage_pb2.AccountingEntry], size: int, run: str
 ) -> list[usage_pb2.StreamAccountingRequest]:
     """One batch per `size` entries, in order, with ids a resend repeats."""
     size = max(1, size)
     return [
         usage_pb2.StreamAccountingRequest(
-            batch_id=f"replay-{start // size}", entries=entries[start : start + size]
+            batch_id=f"replay-{run}-{start // size}", entries=entries[start : start + size]
         )
         for start in range(0, len(entries), size)
     ]
@@ -320,7 +328,7 @@ class CaptureChangedError(Exception):
 
 
 async def capture_batches(
-    path: Path, length: int, size: int, scanned: int
+    path: Path, length: int, size: int, scanned: int, run: str
 ) -> AsyncIterator[usage_pb2.StreamAccountingRequest]:
     """The capture's requests as batches of `size` (ids as batches_of gives them), read a
     chunk at a time with the GIL released: the memory held is a window of the file, the
@@ -339,7 +347,8 @@ async def capture_batches(
             if sent > scanned:
                 break
             yield usage_pb2.StreamAccountingRequest(
-                batch_id=f"replay-{index}", entries=raw_entries(packets, sources, times.tolist())
+                batch_id=f"replay-{run}-{index}",
+                entries=raw_entries(packets, sources, times.tolist()),
             )
             index += 1
     except (OSError, core.RatingError) as error:
@@ -468,7 +477,7 @@ async def replay(
         )
     await set_secrets(stub, metadata, sources, secret, progress)
     size = max(1, batch_size)
-    batches = capture_batches(path, scan.length, size, count)
+    batches = capture_batches(path, scan.length, size, count, replay_run())
     summary = await stream_batches(
         stub, metadata, batches, progress, records=count, total=-(-count // size)
     )
@@ -534,7 +543,7 @@ async def replay_detail(
     if parsed.incomplete and progress is not None:
         print("last record has no closing blank line yet: not sent", file=progress)
     entries = [usage_pb2.AccountingEntry(decoded=r) for r in parsed.records]
-    batches = batches_of(entries, batch_size)
+    batches = batches_of(entries, batch_size, replay_run())
     summary = await stream_batches(
         stub, metadata, batches, progress, records=len(entries), total=len(batches)
     )

@@ -326,9 +326,15 @@ async def test_replay_streams_a_capture_a_batch_at_a_time_when_run_from_the_cli(
         "truncated": 0,
         "incomplete_datagrams": 0,
     }
-    assert [line for line in err.splitlines() if line.startswith("batch ")] == [
-        f"batch {i + 1}/4: replay-{i}" for i in range(4)
-    ]
+    batches = [line for line in err.splitlines() if line.startswith("batch ")]
+    # Batch ids name the run (UTC time and a random part), so that a ledger or quarantine
+    # row can be traced to it.
+    run = r"\d{8}T\d{6}Z-[0-9a-f]{6}"
+    assert len(batches) == 4
+    assert all(
+        re.fullmatch(rf"batch {i + 1}/4: replay-{run}-{i}", b) for i, b in enumerate(batches)
+    )
+    assert len({b.split(": ")[1].rsplit("-", 1)[0] for b in batches}) == 1
     session = await usage.session()
     assert (session.input_bytes, session.output_bytes) == (6_000_000_000, 40)
     assert session.state == pb.SESSION_STATE_CLOSED
@@ -430,15 +436,15 @@ async def test_capture_batches_fail_after_the_batches_before_when_the_capture_ch
     path = tmp_path / "changed.pcap"
     path.write_bytes(pcap([start, interim, stop]))
     length = path.stat().st_size
-    sent = [b async for b in cli.capture_batches(path, length, 2, 3)]
-    assert [(b.batch_id, len(b.entries)) for b in sent] == [("replay-0", 2), ("replay-1", 1)]
-    batches = cli.capture_batches(path, length, 2, 2)  # scanned 2: a third appeared
-    assert (await anext(batches)).batch_id == "replay-0"
+    sent = [b async for b in cli.capture_batches(path, length, 2, 3, "r1")]
+    assert [(b.batch_id, len(b.entries)) for b in sent] == [("replay-r1-0", 2), ("replay-r1-1", 1)]
+    batches = cli.capture_batches(path, length, 2, 2, "r2")  # scanned 2: a third appeared
+    assert (await anext(batches)).batch_id == "replay-r2-0"
     with pytest.raises(cli.CaptureChangedError, match="3 requests read again, not 2"):
         await anext(batches)
     path.write_bytes(pcap([start])[:30])  # shorter than when it was scanned
     with pytest.raises(cli.CaptureChangedError, match="0 requests read again, not 3"):
-        [b async for b in cli.capture_batches(path, length, 2, 3)]
+        [b async for b in cli.capture_batches(path, length, 2, 3, "r3")]
 
 
 async def test_replay_refuses_a_pcap_whose_record_time_has_a_fraction_past_a_second(
