@@ -645,7 +645,7 @@ def _iso(ts: Timestamp, present: bool) -> str | None:
 def session_json(s: usage_pb2.Session) -> dict[str, Any]:
     return {
         "id": s.id,
-        "user_name": s.user_name,
+        "user_name": s.user_name or None,
         "nas": s.nas_key,
         "acct_session_id": s.acct_session_id,
         "generation": s.generation,

@@ -112,6 +112,12 @@ async def test_prefixes_are_stored_canonical_and_shown_when_sessions_are_read(
     await usage.send(form, Rec(INTERIM, sid="v4", t=600, session_time=600, inp=1, out=1))
     plain = cli.session_json(await usage.session("v4"))
     assert (plain["framed_ipv6_prefix"], plain["delegated_ipv6_prefix"]) == (None, None)
+    # Every identity field a session does not have is null, the User-Name too.
+    await usage.send(form, Rec(START, sid="nobody", user="", t=700))
+    nobody = cli.session_json(await usage.session("nobody"))
+    assert [nobody[f] for f in ("user_name", "calling_station_id", "framed_ip_address")] == [
+        None
+    ] * 3
 
 
 async def test_raw_prefix_is_stored_as_its_network_when_the_packet_sends_bits_past_its_length(
