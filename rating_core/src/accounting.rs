@@ -623,10 +623,10 @@ pub struct ApplyOutput {
     pub bucket_session_s: Vec<u64>,
     /// `(entry index or -1, session row or -1, flag bit, detail)`.
     pub anomalies: Vec<(i64, i64, u32, String)>,
-    /// `(entry index, content key)`: a record timed by its arrival that began an instance
-    /// would be a copy of a record an older instance of its id took if the ledger holds
-    /// this key (see [`Engine::copy_of`]); the caller checks, and runs the batch again
-    /// without such an entry.
+    /// `(entry index, content key)`: a record timed by its arrival that began an instance,
+    /// or went to one begun without a Start, is a copy of a record another instance of its
+    /// id took if the ledger holds this key (see [`Engine::copy_of`]); the caller checks,
+    /// and runs the batch again without such an entry.
     pub copy_candidates: Vec<(u32, [u8; 16])>,
 }
 
@@ -1957,16 +1957,18 @@ impl Engine {
         (head, target)
     }
 
-    /// Whether a record `route` would begin an instance with (`target`) is an unchanged
-    /// copy of one an instance of its id took; `Some(that instance)` when the engine can
-    /// tell. RFC 5080 lets a NAS resend a request as it was, Acct-Delay-Time not updated:
-    /// timed by its arrival, a copy delivered more than the tolerance after the original
-    /// implies a start that much later, and would open a generation that counts it again.
-    /// An Interim or Stop with a session time whose content (status, session time, both
-    /// counters, cause) is a record's of an instance is that record: pinned by that
-    /// instance's start, its key is the record's. The instance's last record and this
-    /// batch's (`is_seen`) are known here; the keys of older records of the id's instances
-    /// go to `candidates`, `(i, key)`, for the caller to look up in the ledger.
+    /// Whether a record that `route` would begin an instance with, or send to one begun
+    /// without a Start (`target`), is an unchanged copy of one another instance of its id
+    /// took; `Some(that instance)` when the engine can tell. RFC 5080 lets a NAS resend a
+    /// request as it was, Acct-Delay-Time not updated: timed by its arrival, a copy
+    /// delivered more than the tolerance after the original implies a start that much
+    /// later, and would open a generation that counts it again. An Interim or Stop
+    /// with a session time whose content (status, session time, both counters, cause) is a
+    /// record's of an instance is that record: pinned by that instance's start, its key is
+    /// the record's. The instance's last record and this batch's (`is_seen`) are known
+    /// here; the keys of older records of the id's instances go to `candidates`,
+    /// `(i, key)`, for the caller to look up in the ledger (several copies in one batch
+    /// all name theirs: the first may begin an instance the others then go to).
     /// (Not a Start: every Start of an id has the same content, so a reused id's Start
     /// would be taken for a copy of the first one's.)
     #[allow(clippy::too_many_arguments)]
@@ -1980,18 +1982,29 @@ impl Engine {
         is_seen: impl Fn(&[u8; 16]) -> bool,
         candidates: &mut Vec<(u32, [u8; 16])>,
     ) -> Option<Target> {
-        let (Target::Create { .. }, Some(head)) = (target, head) else {
-            return None;
-        };
+        let head = head?;
         if r.status == STATUS_START || !r.key_by_instance() {
             return None;
         }
+        // (Against the instance it goes to, its key is the copy's: the usual dedup.) An
+        // instance whose Start was seen is not checked: an update of it with another
+        // instance's content is a reused id's session repeating it, as far as anyone can
+        // tell; one begun by an update may have been begun by another copy.
+        let own = match target {
+            Target::Existing(slot) | Target::Late(slot) => {
+                if u32::from(self.sessions[slot as usize].flags) & LOST_START == 0 {
+                    return None;
+                }
+                slot
+            }
+            Target::Create { .. } => NONE,
+        };
         let nas = self.sessions[head as usize].nas;
         let first = candidates.len();
         let mut slot = head;
         while slot != NONE {
             let s = &self.sessions[slot as usize];
-            if slot == head || self.same_identity(s, nas, sid) {
+            if slot != own && (slot == head || self.same_identity(s, nas, sid)) {
                 let key = record::instance_key(&r.key, s.start_us);
                 if s.last_key == key_prefix(&key) || is_seen(&key) {
                     candidates.truncate(first);

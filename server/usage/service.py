@@ -525,10 +525,10 @@ class UsageService:
         writes: BatchWrites,
         mapping: npt.NDArray[np.int64],
     ) -> None:
-        """A record that began an instance but whose content the ledger holds for an older
-        instance of its id (a copy resent unchanged, delivered past the tolerance) is a
-        duplicate: the batch re-runs without it and its copies in the batch (_Redo), before
-        anything is written."""
+        """A record that began an instance (or went to one begun without a Start) but whose
+        content the ledger holds for another instance of its id (a copy resent unchanged,
+        delivered past the tolerance) is a duplicate: the batch re-runs without it and its
+        copies in the batch (_Redo), before anything is written."""
         if not writes.copy_key:
             return
         held = await repo.ledger_holds(session, tenant_id, writes.copy_key)

@@ -138,8 +138,9 @@ class BatchWrites:
     late_flagging: Int64s
     # Every entry's content key (this call's indices; quarantined ones are not keys).
     content_key: npt.NDArray[Any]
-    # Entries that began an instance, each with the key that makes it a copy of an older
-    # instance's record if the ledger holds it (ApplyResult.copy_entry / copy_key).
+    # Entries that began an instance (or went to one begun without a Start), each with a
+    # key that makes it a copy of another instance's record if the ledger holds it
+    # (ApplyResult.copy_entry / copy_key).
     copy_entry: Int64s
     copy_key: list[bytes]
     ledger_nas: npt.NDArray[Any]

@@ -258,7 +258,26 @@ class Reference:
         ("create", None, how); changes nothing but adds the id's empty chain. A record that
         would begin an instance belongs to one whose start the other reading of its time
         implies (within the tolerance): one session's records read the two ways imply
-        starts about the NAS's skew apart."""
+        starts about the NAS's skew apart. A copy resent unchanged belongs to the instance
+        that took it (its content is a record the instance took)."""
+        routed = self.route_by_reading(n)
+        # Resent unchanged (RFC 5080: Acct-Delay-Time not updated) and delivered after the
+        # tolerance, a copy timed by its arrival implies a later start: it would begin an
+        # instance, or go to one another copy began (without a Start). Its content (status,
+        # session time, counters, cause) pinned by an instance's start is a record that
+        # instance took: it is that record. (An update of an instance whose Start was seen
+        # with another instance's content is a reused id's session repeating it.)
+        suspect = routed[0] == "create" or (
+            routed[1] is not None and bool(routed[1].flags & LOST_START)
+        )
+        if suspect and n.by_instance and n.status in (STOP, INTERIM):
+            for s in self.chains[(n.nas, n.sid)]:
+                if (*n.key, s.start_us) in self.ledger:
+                    return ("existing", s, {})
+        return routed
+
+    def route_by_reading(self, n: Norm) -> tuple[str, Session | None, dict[str, Any]]:
+        """`route` by the record's two readings of its time."""
         routed = self.route_by_event_time(n)
         time = 0 if n.session_time is None and n.status == START else n.session_time
         # (Readings within 2 s of each other are one reading: the rules hold as they are.)
@@ -277,14 +296,6 @@ class Reference:
             s = self.owner(n, chain, n.alt_event_us - time * US)
             if s is not None:
                 return ("existing", s, {})
-        if routed[0] == "create" and n.by_instance and n.status in (STOP, INTERIM):
-            # Resent unchanged (RFC 5080: Acct-Delay-Time not updated) and delivered after
-            # the tolerance, a copy timed by its arrival implies a later start. Its content
-            # (status, session time, counters, cause) pinned by an instance's start is a
-            # record that instance took: it is that record.
-            for s in self.chains[(n.nas, n.sid)]:
-                if (*n.key, s.start_us) in self.ledger:
-                    return ("existing", s, {})
         return routed
 
     def owns(self, n: Norm, s: Session, implied: int) -> bool:

@@ -870,6 +870,28 @@ async def test_copy_resent_unchanged_is_a_duplicate_after_the_engine_forgot_its_
     assert (gens[2].input_bytes, gens[2].output_bytes) == (10, 20)
 
 
+async def test_copies_of_several_records_resent_unchanged_in_one_batch_are_duplicates(
+    usage: Usage, form: str
+) -> None:
+    # A collector catching up delivers copies of a session's older Interims at once: the
+    # first would begin an instance, and the others would then go to it.
+    interims = [
+        Rec(INTERIM, t=300 * k, session_time=300 * k, inp=100 * k, out=200 * k, event=False)
+        for k in range(1, 6)
+    ]
+    await usage.send_each(form, Rec(START, t=0, event=False), *interims)
+    ack = await usage.send(
+        form,
+        *(r.but(arrival_extra_s=500) for r in interims[:4]),
+        Rec(START, sid="other", t=2000, event=False),
+    )
+    assert counts(ack) == (1, 4, 0, 0)
+    session = await usage.session()
+    assert (session.generation, session.input_bytes, session.output_bytes) == (1, 500, 1000)
+    assert (session.state, list(session.flags)) == (pb.SESSION_STATE_OPEN, [])
+    assert sorted(s.acct_session_id for s in await usage.sessions()) == ["other", "sess-1"]
+
+
 async def test_reused_id_whose_start_was_lost_is_counted_when_its_content_differs(
     usage: Usage, form: str
 ) -> None:

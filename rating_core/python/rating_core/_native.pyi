@@ -223,10 +223,10 @@ class ApplyResult:
     bucket_session_s: npt.NDArray[np.uint64]
     # Anomalies: (entry index or -1, session row or -1, flag bit, detail).
     anomalies: list[tuple[int, int, int, str]]
-    # Possible copies: an Interim or Stop timed by its arrival that began an instance is a
-    # copy of a record an older instance of its id took if the ledger holds copy_key[j]
-    # (same content, pinned by that instance's start); the entry is then a duplicate, and
-    # the batch must be applied again without it.
+    # Possible copies: an Interim or Stop timed by its arrival that began an instance, or
+    # went to one begun without a Start, is a copy of a record another instance of its id
+    # took if the ledger holds copy_key[j] (same content, pinned by that instance's start);
+    # the entry is then a duplicate, and the batch must be applied again without it.
     copy_entry: npt.NDArray[np.int64]  # entry index, ascending (repeated per candidate)
     copy_key: npt.NDArray[np.void]  # dtype V16
 
