@@ -324,7 +324,8 @@ def _apply_as_the_service_does(
             if k.tobytes() in ledger
         ]
         # With the batch's other copies of it (their keys are its own).
-        held = [kept[j] for j in range(len(kept)) if keys[j] in {keys[h] for h in held}]
+        held_keys = {keys[h] for h in held}
+        held = [kept[j] for j in range(len(kept)) if keys[j] in held_keys]
         if not held:
             break
         excluded.update(held)

@@ -799,6 +799,12 @@ async def test_retransmitted_start_without_event_timestamp_is_a_duplicate_across
     assert (session.generation, session.input_bytes, session.session_time_s) == (1, 5, 600)
 
 
+# A session from a NAS that sends no Event-Timestamp: each record is timed by its arrival.
+UNTIMED_START = Rec(START, t=0, event=False)
+UNTIMED_INTERIM = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False)
+UNTIMED_STOP = Rec(STOP, t=700, session_time=700, inp=1500, out=2500, cause=1, event=False)
+
+
 @pytest.mark.parametrize("late_s", [400, 3 * DAY])
 async def test_copy_resent_unchanged_past_the_tolerance_is_a_duplicate(
     usage: Usage, form: str, late_s: int
@@ -806,11 +812,10 @@ async def test_copy_resent_unchanged_past_the_tolerance_is_a_duplicate(
     # RFC 5080 lets a NAS resend a request as it was, Acct-Delay-Time not updated. Without
     # Event-Timestamp each copy is timed by its arrival: one delivered past the tolerance
     # (300 s) implies a start that much later, but it is the same record.
-    interim = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False)
-    stop = Rec(STOP, t=700, session_time=700, inp=1500, out=2500, cause=1, event=False)
+    interim, stop = UNTIMED_INTERIM, UNTIMED_STOP
     acks = await usage.send_each(
         form,
-        Rec(START, t=0, event=False),
+        UNTIMED_START,
         interim,
         interim.but(arrival_extra_s=late_s - 100),  # before the Stop when 400 s late
         stop,
@@ -832,13 +837,12 @@ async def test_copy_resent_unchanged_past_the_tolerance_is_a_duplicate(
 async def test_copy_resent_unchanged_is_a_duplicate_in_the_batch_of_its_original(
     usage: Usage, form: str
 ) -> None:
-    interim = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False)
     ack = await usage.send(
         form,
-        Rec(START, t=0, event=False),
-        interim,
+        UNTIMED_START,
+        UNTIMED_INTERIM,
         Rec(INTERIM, t=1200, session_time=1200, inp=3000, out=4000, event=False),
-        interim.but(arrival_extra_s=1000),
+        UNTIMED_INTERIM.but(arrival_extra_s=1000),
     )
     assert counts(ack) == (3, 1, 0, 0)
     (session,) = await usage.sessions()
@@ -851,18 +855,17 @@ async def test_copy_resent_unchanged_is_a_duplicate_after_the_engine_forgot_its_
 ) -> None:
     # Two days on, a sweep drops the closed instance from the engine (its row is durable);
     # the id was reused meanwhile, so the copy's own instance is not the newest either.
-    interim = Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False)
     await usage.send_each(
         form,
-        Rec(START, t=0, event=False),
-        interim,
-        Rec(STOP, t=700, session_time=700, inp=1500, out=2500, cause=1, event=False),
+        UNTIMED_START,
+        UNTIMED_INTERIM,
+        UNTIMED_STOP,
         Rec(START, t=DAY, event=False),
         Rec(STOP, t=DAY + 100, session_time=100, inp=10, out=20, cause=1, event=False),
         Rec(START, sid="other", t=DAY, session_time=0),
     )
     assert await usage.sweep(at(3 * DAY)) == 1
-    ack = await usage.send(form, interim.but(arrival_extra_s=3 * DAY))
+    ack = await usage.send(form, UNTIMED_INTERIM.but(arrival_extra_s=3 * DAY))
     assert counts(ack) == (0, 1, 0, 0)
     gens = by_generation(of_id(await usage.sessions(), "sess-1"))
     assert sorted(gens) == [1, 2]
@@ -879,7 +882,7 @@ async def test_copies_of_several_records_resent_unchanged_in_one_batch_are_dupli
         Rec(INTERIM, t=300 * k, session_time=300 * k, inp=100 * k, out=200 * k, event=False)
         for k in range(1, 6)
     ]
-    await usage.send_each(form, Rec(START, t=0, event=False), *interims)
+    await usage.send_each(form, UNTIMED_START, *interims)
     ack = await usage.send(
         form,
         *(r.but(arrival_extra_s=500) for r in interims[:4]),
@@ -899,10 +902,10 @@ async def test_reused_id_whose_start_was_lost_is_counted_when_its_content_differ
     # starts a generation of its own.
     acks = await usage.send_each(
         form,
-        Rec(START, t=0, event=False),
-        Rec(INTERIM, t=600, session_time=600, inp=1000, out=2000, event=False),
-        Rec(STOP, t=700, session_time=700, inp=1500, out=2500, cause=1, event=False),
-        Rec(INTERIM, t=DAY + 600, session_time=600, inp=1000, out=2001, event=False),
+        UNTIMED_START,
+        UNTIMED_INTERIM,
+        UNTIMED_STOP,
+        UNTIMED_INTERIM.but(t=DAY + 600, out=2001),
     )
     assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 4
     gens = by_generation(await usage.sessions())
