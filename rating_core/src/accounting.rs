@@ -2211,18 +2211,27 @@ impl Engine {
                 _ => 0,
             };
             let gains = (gain(r.input(), s.hwm_in), gain(r.output(), s.hwm_out));
+            // A Stop older than what an instance without one has: the records past it were
+            // sent after it (Interim-Updates after Stop, delivered first). It still ends
+            // the instance.
+            let ends = r.status == STATUS_STOP && s.state != STATE_STOPPED;
             if gains != (0, 0) {
                 self.raise_marks(i, slot, r, gains, policy, p, t);
-                return OUTCOME_ACCEPTED;
-            }
-            // No usage and no state; but a name it carries still fills an empty identity
-            // field (a NAS that names the user only in its Start, delivered late).
-            if r.identity().iter().any(|f| !f.is_empty()) {
+            } else if r.identity().iter().any(|f| !f.is_empty()) {
+                // No usage and no state; but a name it carries still fills an empty identity
+                // field (a NAS that names the user only in its Start, delivered late).
                 let s = &mut self.sessions[slot as usize];
                 let row = t.row(slot, s, self.nas[s.nas as usize].key.len());
                 t.merge_identity(row, r, p);
             }
-            return OUTCOME_LATE;
+            if ends {
+                self.stop_behind(i, slot, r, t);
+            }
+            return if gains != (0, 0) || ends {
+                OUTCOME_ACCEPTED
+            } else {
+                OUTCOME_LATE
+            };
         }
         let (total_in, total_out) = self.totals(slot);
         let s = &mut self.sessions[slot as usize];
@@ -2342,6 +2351,41 @@ impl Engine {
             (total_in.saturating_add(din), total_out.saturating_add(dout)),
         );
         t.add_usage(slot, row, r.event_us, (din, dout, 0));
+        self.note_skew(i, slot, r, t);
+    }
+
+    /// Ends an instance with a Stop older than records it took (see `update`): those were
+    /// Interim-Updates sent after the Stop and delivered before it. Their usage was counted
+    /// when they came and stays (the engine keeps no history to take it back), so the stop is
+    /// the last update, as for a session closed without a Stop, and the instance is flagged
+    /// `interim_after_stop`; the Stop's terminate cause is recorded. Without this the
+    /// instance stayed open until the stale sweep, and the Stop was lost.
+    #[cold]
+    #[inline(never)]
+    fn stop_behind(&mut self, i: usize, slot: u32, r: &Record, t: &mut Touched) {
+        let s = &mut self.sessions[slot as usize];
+        let late = s.state == STATE_CLOSED_NO_STOP;
+        s.state = STATE_STOPPED;
+        s.stop_us = s.last_update_us.max(s.start_us);
+        s.terminate_cause = r.terminate_cause().unwrap_or(0);
+        let mut flags = STOP_RECEIVED | INTERIM_AFTER_STOP;
+        if late {
+            flags |= LATE_STOP;
+        }
+        s.flags |= flags as u16;
+        t.row(slot, s, self.nas[s.nas as usize].key.len());
+        t.anomalies.push((
+            i as i64,
+            slot,
+            INTERIM_AFTER_STOP,
+            "Stop delivered after an Interim-Update sent after it; closed at its last update, \
+             whose usage stays counted"
+                .into(),
+        ));
+        if late {
+            t.anomalies
+                .push((i as i64, slot, LATE_STOP, flag_detail(LATE_STOP).into()));
+        }
         self.note_skew(i, slot, r, t);
     }
 

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use rating_core::accounting::{
-    Engine, NasPolicy, OUTCOME_ACCEPTED, OUTCOME_DUPLICATE, OUTCOME_LATE, OUTCOME_QUARANTINED,
+    Engine, NasPolicy, INTERIM_AFTER_STOP, OUTCOME_ACCEPTED, OUTCOME_DUPLICATE, OUTCOME_LATE,
+    OUTCOME_QUARANTINED,
 };
 use rating_core::proto::write;
 use rating_core::{proto, radius, record};
@@ -730,4 +731,30 @@ fn a_copy_resent_unchanged_past_the_tolerance_is_found_by_its_content() {
         .copy_candidates
         .iter()
         .all(|&(_, k)| k != original.content_key[0]));
+}
+
+#[test]
+fn a_stop_delivered_after_an_interim_sent_after_it_still_ends_the_instance() {
+    let mut engine = Engine::new(NasPolicy::default());
+    let mut apply = |bytes: Vec<u8>| {
+        let p = engine.prepare(&bytes, T0).unwrap();
+        engine.apply(&p, &bytes)
+    };
+    apply(timed(1, 0, 0, None));
+    // Sent after the Stop, delivered before it: the instance's newest record.
+    assert_eq!(
+        apply(timed(3, 900, 900, Some(9000))).outcome,
+        vec![OUTCOME_ACCEPTED]
+    );
+    let stop = apply(timed(2, 600, 600, Some(1000)));
+    assert_eq!(stop.outcome, vec![OUTCOME_ACCEPTED]);
+    let s = &stop.sessions;
+    assert_eq!(s.open, vec![false]);
+    assert_eq!(s.stop_us, vec![T0 + 900 * US], "closed at its last update");
+    assert_eq!(s.input_bytes, vec![9000], "the usage counted stays");
+    assert_ne!(s.flags[0] & INTERIM_AFTER_STOP, 0);
+    assert!(stop.bucket_input_bytes.iter().all(|&b| b == 0));
+    // A second copy of the Stop changes nothing.
+    let again = apply(timed(2, 600, 600, Some(1000)));
+    assert_eq!(again.outcome, vec![OUTCOME_LATE]);
 }

@@ -452,7 +452,16 @@ class Reference:
             g_in = n.input - s.hwm_in if monotonic and n.input is not None else 0
             g_out = n.output - s.hwm_out if monotonic and n.output is not None else 0
             g_in, g_out = max(g_in, 0), max(g_out, 0)
-            if not (g_in or g_out):
+            # A Stop older than what an instance without one has: the records past it were
+            # sent after it (Interims after Stop, delivered first). It ends the instance at
+            # its last update; their usage stays counted.
+            if n.status == STOP and s.state != STOPPED:
+                if s.state == CLOSED_NO_STOP:
+                    s.flags |= LATE_STOP
+                s.state, s.stop_us = STOPPED, max(s.last_update_us, s.start_us)
+                s.terminate_cause = n.terminate_cause or 0
+                s.flags |= STOP_RECEIVED | INTERIM_AFTER_STOP
+            elif not (g_in or g_out):
                 return "late"
             s.hwm_in += g_in
             s.hwm_out += g_out
@@ -461,11 +470,12 @@ class Reference:
             s.input_bytes += g_in
             s.output_bytes += g_out
             s.flags |= CLOCK_SKEW if n.skewed else 0
-            b = self.buckets.setdefault(
-                (s.nas, s.sid, s.generation, n.event_us // HOUR_US * HOUR_US), [0, 0, 0]
-            )
-            b[0] += g_in
-            b[1] += g_out
+            if g_in or g_out:
+                b = self.buckets.setdefault(
+                    (s.nas, s.sid, s.generation, n.event_us // HOUR_US * HOUR_US), [0, 0, 0]
+                )
+                b[0] += g_in
+                b[1] += g_out
             return "accepted"
         time_up = n.session_time is not None and n.session_time > s.session_time
         policy = self.policy(n.nas)

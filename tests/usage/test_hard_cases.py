@@ -210,6 +210,52 @@ async def test_interim_after_stop_adds_nothing_when_session_is_closed(
     assert "interim_after_stop" in sessions[0].flags
 
 
+async def test_stop_delivered_after_an_interim_sent_after_it_still_ends_the_session(
+    usage: Usage, form: str
+) -> None:
+    # The NAS sent an Interim-Update after its Stop, and that Interim arrived first: it was
+    # counted as the session's newest record. The Stop, older than it, must still end the
+    # session (not leave it open until the stale sweep) and record its terminate cause.
+    stop = Rec(STOP, t=600, session_time=600, inp=1000, out=2000, cause=1)
+    acks = await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=900, session_time=900, inp=9000, out=9000),
+        stop,
+        stop.but(delay=5),
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3 + [(0, 1, 0, 0)]
+    session = await usage.session()
+    assert session.state == pb.SESSION_STATE_CLOSED
+    assert session.terminate_cause == 1
+    # Closed at its last update: the usage counted up to it stays (no history to undo it).
+    assert utc(session.stop_at) == at(900)
+    assert (session.input_bytes, session.output_bytes) == (9000, 9000)
+    assert "interim_after_stop" in session.flags
+    assert "stale_closed" not in session.flags
+    assert await usage.sessions(open_only=True) == []
+    assert await usage.sweep(at(900 + 3 * 600 + 301)) == 0
+
+
+async def test_stop_older_than_the_last_update_of_a_stale_closed_session_records_the_stop(
+    usage: Usage, form: str
+) -> None:
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=900, session_time=900, inp=9000, out=9000),
+    )
+    assert await usage.sweep(at(900 + 3 * 600 + 301)) == 1
+    ack = await usage.send(form, Rec(STOP, t=600, session_time=600, inp=1000, out=2000, cause=4))
+    assert counts(ack) == (1, 0, 0, 0)
+    session = await usage.session()
+    assert session.state == pb.SESSION_STATE_CLOSED
+    assert session.terminate_cause == 4
+    assert utc(session.stop_at) == at(900)
+    assert (session.input_bytes, session.output_bytes) == (9000, 9000)
+    assert {"stale_closed", "late_stop", "interim_after_stop"} <= set(session.flags)
+
+
 async def test_retransmitted_interim_after_a_stop_without_session_time_flags_nothing(
     usage: Usage, server: RunningServer, form: str
 ) -> None:
