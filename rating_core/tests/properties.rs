@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use rating_core::accounting::{
-    Engine, NasPolicy, INTERIM_AFTER_STOP, OUTCOME_ACCEPTED, OUTCOME_DUPLICATE, OUTCOME_LATE,
-    OUTCOME_QUARANTINED,
+    ApplyOutput, Engine, NasPolicy, INTERIM_AFTER_STOP, OUTCOME_ACCEPTED, OUTCOME_DUPLICATE,
+    OUTCOME_LATE, OUTCOME_QUARANTINED,
 };
 use rating_core::proto::write;
 use rating_core::{proto, radius, record};
@@ -624,6 +624,12 @@ fn a_ledger_replay_decodes_raw_entries_without_their_secret() {
     assert_eq!(out.sessions.output_bytes, vec![12_884_901_887]);
 }
 
+/// One batch prepared and applied.
+fn applied(engine: &mut Engine, bytes: &[u8]) -> ApplyOutput {
+    let p = engine.prepare(bytes, T0).unwrap();
+    engine.apply(&p, bytes)
+}
+
 /// One record of session `s0` on `nas1`: `event_s` and `session_s` apart, so that its
 /// implied start is `event_s - session_s`.
 fn timed(status: u8, event_s: i64, session_s: u64, input: Option<u64>) -> Vec<u8> {
@@ -664,10 +670,7 @@ fn session_batch(
 fn sweep_keeps_an_ids_newest_generation_while_an_older_numbered_one_is_held() {
     let mut engine = Engine::new(NasPolicy::default());
     {
-        let mut apply = |bytes: Vec<u8>| {
-            let p = engine.prepare(&bytes, T0).unwrap();
-            engine.apply(&p, &bytes).sessions.generation
-        };
+        let mut apply = |bytes: Vec<u8>| applied(&mut engine, &bytes).sessions.generation;
         // Generation 1 begins at 9,900 s (lost Start); generation 2, found after it, began
         // at 0 and stopped at 500 s.
         assert_eq!(apply(timed(3, 10_000, 100, Some(1000))), vec![1]);
@@ -700,10 +703,7 @@ fn by_arrival(status: u8, arrival_s: i64, session_s: u64, input: Option<u64>) ->
 #[test]
 fn a_copy_resent_unchanged_past_the_tolerance_is_found_by_its_content() {
     let mut engine = Engine::new(NasPolicy::default());
-    let mut apply = |bytes: Vec<u8>| {
-        let p = engine.prepare(&bytes, T0).unwrap();
-        engine.apply(&p, &bytes)
-    };
+    let mut apply = |bytes: Vec<u8>| applied(&mut engine, &bytes);
     assert_eq!(
         apply(by_arrival(1, 0, 0, None)).outcome,
         vec![OUTCOME_ACCEPTED]
@@ -736,10 +736,7 @@ fn a_copy_resent_unchanged_past_the_tolerance_is_found_by_its_content() {
 #[test]
 fn a_stop_delivered_after_an_interim_sent_after_it_still_ends_the_instance() {
     let mut engine = Engine::new(NasPolicy::default());
-    let mut apply = |bytes: Vec<u8>| {
-        let p = engine.prepare(&bytes, T0).unwrap();
-        engine.apply(&p, &bytes)
-    };
+    let mut apply = |bytes: Vec<u8>| applied(&mut engine, &bytes);
     apply(timed(1, 0, 0, None));
     // Sent after the Stop, delivered before it: the instance's newest record.
     assert_eq!(
