@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +30,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.close()
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_connect_args(url: str) -> dict[str, Any]:
+    """asyncpg's TLS mode when the URL and PGSSLMODE leave it open: "allow" (plain first,
+    TLS if the server demands it) for a loopback host, else asyncpg's own ("prefer": TLS
+    first). Encrypting loopback traffic protects nothing from anyone but the host's root,
+    and costs PostgreSQL and the server CPU on every row written (docs/decisions.md)."""
+    parsed = make_url(url)
+    if "ssl" in parsed.query or "sslmode" in parsed.query or os.environ.get("PGSSLMODE"):
+        return {}
+    return {"ssl": "allow"} if _is_loopback(parsed.host or "") else {}
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """One engine per process; SQLite gets WAL and foreign keys on every connection."""
     if is_sqlite(url):
@@ -42,7 +65,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # recycled connections never outlive a server-side idle timeout.
         pool_recycle=1800,
         # Statements are prepared per connection; the cache keeps hot paths parsed once.
-        connect_args={"statement_cache_size": 512},
+        connect_args={"statement_cache_size": 512, **tls_connect_args(url)},
     )
 
 
