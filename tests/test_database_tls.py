@@ -11,6 +11,12 @@ from server.settings import normalise_database_url
 from tests.conftest import PG_URL, connect_pg
 
 
+@pytest.fixture(autouse=True)
+def _no_pgsslmode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URL decides, unless a test sets PGSSLMODE itself."""
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -20,10 +26,7 @@ from tests.conftest import PG_URL, connect_pg
         "postgresql+asyncpg://rating@localhost/rating",
     ],
 )
-def test_a_loopback_host_connects_in_plain_text_first(
-    url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("PGSSLMODE", raising=False)
+def test_a_loopback_host_connects_in_plain_text_first(url: str) -> None:
     assert tls_connect_args(url) == {"ssl": "allow"}
 
 
@@ -40,10 +43,7 @@ def test_a_loopback_host_connects_in_plain_text_first(
         "postgresql+asyncpg://rating@127.0.0.1/rating?sslmode=verify-full",
     ],
 )
-def test_other_hosts_and_explicit_modes_keep_the_driver_default(
-    url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("PGSSLMODE", raising=False)
+def test_other_hosts_and_explicit_modes_keep_the_driver_default(url: str) -> None:
     assert tls_connect_args(url) == {}
 
 
@@ -66,10 +66,7 @@ async def _uses_tls(url: str) -> bool:
         await engine.dispose()
 
 
-async def test_the_server_reaches_a_loopback_postgresql_without_tls_unless_asked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("PGSSLMODE", raising=False)
+async def test_the_server_reaches_a_loopback_postgresql_without_tls_unless_asked() -> None:
     conn = await connect_pg()
     try:
         server_tls = await conn.fetchval("SHOW ssl") == "on"

@@ -917,7 +917,6 @@ async def ledger_holds(
 ) -> set[bytes]:
     """Which of these content keys the tenant's ledger holds."""
     tenant = tenant_param(session, tenant_id)
-    found: set[bytes] = set()
     if _pg(session):
         rows = await session.execute(
             text(
@@ -927,6 +926,7 @@ async def ledger_holds(
             {"t": tenant, "keys": list(keys)},
         )
         return {bytes(row[0]) for row in rows}
+    found: set[bytes] = set()
     for marks, params in _in_chunks(keys):
         rows = await session.execute(
             text(
