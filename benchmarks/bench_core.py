@@ -2,9 +2,12 @@
 
 Run: pytest benchmarks/bench_core.py --benchmark-only -s
 Each case preloads N open sessions, then times batches of Interim-Updates that each touch
-distinct sessions with new counters. The pure-Python reference runs on the same records
-in the same run, alternately with the core on the same batches, and the median of the
-pairs' ratios is reported. Figures go to benchmarks/RESULTS.md.
+distinct sessions with new counters. The pure-Python reference runs on the same bytes in
+the same run, alternately with the core on the same batches, and the median of the pairs'
+ratios is reported, three ways: the reference reading the bytes with its own decoder
+(`decode_batch`: the same input and the same work as the core's prepare + apply), with the
+generated protobuf classes' C parser instead, and given the records already decoded.
+Figures go to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 import pytest
 
 import rating_core as rc
-from tests.reference.accounting_wire import Rec
+from isp_rating.v1 import usage_pb2
+from tests.reference.accounting_wire import decode_batch, rec_from_message
 from tests.reference.usage_reference import Reference, Session
 
 US = 1_000_000
@@ -69,10 +73,13 @@ def prefix(i: int, status: int) -> bytes:
     )  # fmt: skip
 
 
-def interim_batch(first: int, count: int, pool: int, rnd: int) -> tuple[bytes, list[Rec]]:
-    """Interim-Updates for sessions first..first+count (mod pool), round `rnd`."""
+REF_SAMPLE = 20_000  # records of each batch the reference runs on
+
+
+def interim_batch(first: int, count: int, pool: int, rnd: int) -> tuple[bytes, bytes]:
+    """Interim-Updates for sessions first..first+count (mod pool), round `rnd`: the batch,
+    and a batch of its first REF_SAMPLE records for the reference."""
     parts = [ld(1, b"bench")]
-    recs: list[Rec] = []
     for k in range(first, first + count):
         i = k % pool
         lap = rnd + k // pool
@@ -86,13 +93,7 @@ def interim_batch(first: int, count: int, pool: int, rnd: int) -> tuple[bytes, l
             + ts(15, at) + ts(23, at)
         )  # fmt: skip
         parts.append(ld(2, ld(1, body)))
-        if len(recs) < 20_000:
-            recs.append(Rec(
-                status=3, sid=sid(i), nas_identifier=nas(i), user=f"user{i}@isp.example",
-                input_octets=inp & M32, input_gigawords=inp >> 32, output_octets=out & M32,
-                output_gigawords=out >> 32, session_time=t, event_ts_us=at, arrival_us=at,
-            ))  # fmt: skip
-    return b"".join(parts), recs
+    return b"".join(parts), b"".join(parts[: REF_SAMPLE + 1])
 
 
 def rss_bytes() -> int:
@@ -152,23 +153,39 @@ def run_case(benchmark: Any, pool: int, batch_size: int) -> None:
     median = benchmark.stats.stats.median
     core_rate = batch_size / median
 
-    # The same records through the pure-Python reference (the first 20k of each batch), in
-    # pairs with the core on the whole batch: the machine is shared, so each ratio compares
-    # two timings taken seconds apart, and the median of the pairs is reported.
+    # The same bytes through the pure-Python reference (the first REF_SAMPLE records of
+    # each batch), in pairs with the core on the whole batch: the machine is shared, so
+    # each ratio compares timings taken seconds apart, and the median of the pairs is
+    # reported. The reference's decode and its rating are timed apart; each record is
+    # rated once (the C parser's records, equal to the decoder's, are checked, not rated).
     ref = reference_for(pool)
-    pairs: list[tuple[float, float]] = []
+    pairs: list[tuple[float, float, float, float]] = []  # core, decode, C parse, rating (s)
     for _ in range(PAIRS):
-        data, recs = interim_batch(state["next"], batch_size, pool, state["round"])
+        data, sample = interim_batch(state["next"], batch_size, pool, state["round"])
         state["next"] += batch_size
         started = time.perf_counter()
         engine.apply(engine.prepare(data, T0))
-        core_pair = batch_size / (time.perf_counter() - started)
+        core_s = (time.perf_counter() - started) / batch_size
+        started = time.perf_counter()
+        recs = decode_batch(sample)
+        decode_s = (time.perf_counter() - started) / len(recs)
+        started = time.perf_counter()
+        parsed = [
+            rec_from_message(e.decoded)
+            for e in usage_pb2.StreamAccountingRequest.FromString(sample).entries
+        ]
+        parse_s = (time.perf_counter() - started) / len(recs)
+        assert parsed == recs
         started = time.perf_counter()
         for r in recs:
             ref.record(r, T0)
-        pairs.append((core_pair, len(recs) / (time.perf_counter() - started)))
-    ratios = sorted(core / reference for core, reference in pairs)
-    ref_rate = statistics.median(reference for _, reference in pairs)
+        pairs.append((core_s, decode_s, parse_s, (time.perf_counter() - started) / len(recs)))
+
+    def ratio(reference_s: Callable[[tuple[float, float, float, float]], float]) -> float:
+        return statistics.median(reference_s(p) / p[0] for p in pairs)
+
+    ratios = sorted(round((p[1] + p[3]) / p[0], 1) for p in pairs)
+    ref_rate = 1 / statistics.median(p[1] + p[3] for p in pairs)
     data, _ = interim_batch(state["next"], batch_size, pool, state["round"])
     # Including the Python-side materialization of every column the service reads.
     started = time.perf_counter()
@@ -188,8 +205,13 @@ def run_case(benchmark: Any, pool: int, batch_size: int) -> None:
         "core_rate": core_rate,
         "with_columns_rate": full_rate,
         "reference_rate": ref_rate,
-        "ratio": statistics.median(ratios),
-        "ratios": [round(r, 1) for r in ratios],
+        "ratio": ratio(lambda p: p[1] + p[3]),
+        "ratios": ratios,
+        "ratio_reference_with_c_parser": ratio(lambda p: p[2] + p[3]),
+        "ratio_reference_given_records": ratio(lambda p: p[3]),
+        "reference_decode_us": statistics.median(p[1] for p in pairs) * 1e6,
+        "reference_c_parse_us": statistics.median(p[2] for p in pairs) * 1e6,
+        "reference_rating_us": statistics.median(p[3] for p in pairs) * 1e6,
         "rss_mib": engine_rss / 2**20,
         "rss_mib_per_million": engine_rss / 2**20 * 1_000_000 / pool,
         "heap_mib_per_million": engine_heap / 2**20 * 1_000_000 / pool,

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import rating_core as rc
 from server.usage.repository import timed_by_arrival
-from tests.reference.accounting_wire import Rec, batch, decoded_entry
+from tests.reference.accounting_wire import Rec, batch, decode_batch, decoded_entry
 from tests.reference.usage_reference import US, Policy, Reference
 
 T0 = 1_700_000_000 * US
@@ -222,7 +222,10 @@ def test_engine_matches_reference_when_traffic_is_noisy_and_split_anywhere(
             continue
         result, outcomes = _apply_as_the_service_does(engine, part, ledger, db, onoffs)
         collect(result)
-        for r, outcome in zip(part, outcomes, strict=True):
+        # The reference reads the bytes the engine read, with its own decoder.
+        fed = decode_batch(batch([decoded_entry(r) for r in part]))
+        assert fed == part
+        for r, outcome in zip(fed, outcomes, strict=True):
             rust_outcomes.append(outcome)
             ref_outcomes.append(ref.record(r, T0))
     assert rust_outcomes == ref_outcomes
