@@ -1400,21 +1400,22 @@ impl Engine {
             };
             let n = &self.nas[nas as usize];
             // A Start is at session time 0 whether or not it says so (as in `apply`).
-            let time = match r.session_time() {
-                None if r.status == STATUS_START => 0,
-                None => continue,
-                Some(t) => t,
+            let Some(time) = r.time_in_session() else {
+                continue;
             };
             let gap = n.policy.gap_us();
             let sid = input.text(r.sid);
+            let implied_start = r.event_us.saturating_sub(i64::from(time) * US);
             // Both readings of its time, each against the instances `route` compares it
             // with (the other only with starts read its way); a reading whose every
             // possible instance is held needs none.
             let readings = [
-                (r.event_us, None),
-                (r.alt_event_us, Some(r.timed_by_arrival())),
+                (implied_start, None),
+                (
+                    r.alt_event_us.saturating_sub(i64::from(time) * US),
+                    Some(r.timed_by_arrival()),
+                ),
             ]
-            .map(|(event, read)| (event.saturating_sub(i64::from(time) * US), read))
             .map(|(im, read)| {
                 (im.saturating_sub(gap) <= n.omitted_start_max).then_some((im, read))
             });
@@ -1427,12 +1428,11 @@ impl Engine {
                 continue;
             }
             let head = self.find_head(sid_tag(nas, sid), nas, sid);
-            let implied = r.event_us.saturating_sub(i64::from(time) * US);
-            let copy =
-                may_copy && head.is_none_or(|h| self.chain_match(h, sid, implied, gap).is_none());
+            let copy = may_copy
+                && head.is_none_or(|h| self.chain_match(h, sid, implied_start, gap).is_none());
             let mut ranges: Vec<(i64, i64)> = Vec::new();
             if copy {
-                ranges.push((i64::MIN, implied.min(n.omitted_start_max)));
+                ranges.push((i64::MIN, implied_start.min(n.omitted_start_max)));
             }
             if let Some(head) = head {
                 for &(implied, read) in readings.iter().flatten() {
