@@ -6,12 +6,12 @@
 //! Longer than the house ~400 lines on purpose: instance routing, the delta rules and the
 //! session storage are one state machine; the output columns ride along.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::batch_keys::BatchKeys;
+use crate::prefetch;
 use crate::record::{
     self, PrepareConfig, Prepared, Record, STATUS_INTERIM, STATUS_NONE, STATUS_START, STATUS_STOP,
 };
@@ -65,11 +65,15 @@ const NONE: u32 = u32::MAX;
 /// `sweep` drops closed instances whose last update is older than this: late Stops,
 /// interim-after-stop detection and generation numbering look back this far.
 pub const CLOSED_RETENTION_US: i64 = 48 * HOUR_US;
-/// How many records ahead `apply` touches the index and session (see `Engine::touch`).
-const PREFETCH_DISTANCE: usize = 12;
-/// Identity hashes of the records from the current one to `PREFETCH_DISTANCE` ahead.
-const TAG_RING: usize = 16;
-const _: () = assert!(TAG_RING > PREFETCH_DISTANCE && TAG_RING.is_power_of_two());
+/// How many records ahead `apply` prefetches a record's index line (see `Engine::touch`).
+const PREFETCH_INDEX: usize = 16;
+/// How many records ahead `apply` reads that index entry and prefetches the session.
+const PREFETCH_SESSION: usize = 8;
+/// Identity hashes of the records from the current one to `PREFETCH_INDEX` ahead.
+const TAG_RING: usize = 32;
+const _: () = assert!(
+    TAG_RING > PREFETCH_INDEX && PREFETCH_INDEX > PREFETCH_SESSION && TAG_RING.is_power_of_two()
+);
 const WRAP: u64 = 1 << 32;
 /// Event-Timestamp and Acct-Session-Time are whole seconds, so records of one session imply
 /// starts up to this far apart: within it of an instance's start is that instance's start.
@@ -266,27 +270,6 @@ impl Strings {
 
     fn release(&mut self, s: &Session) {
         self.garbage += self.span(s).2;
-    }
-}
-
-/// Identity hasher for keys that are already hashes.
-#[derive(Default, Clone, Copy)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64);
     }
 }
 
@@ -878,8 +861,8 @@ pub struct Engine {
     live: usize,
     /// Per-call scratch kept between calls so its memory is reused.
     touched: Touched,
-    /// First 64 bits of a content key → index of the batch record that carried it.
-    seen: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
+    /// The call's content keys, each with the batch record that took it.
+    seen: BatchKeys,
 }
 
 impl Engine {
@@ -962,7 +945,7 @@ impl Engine {
             + self.index.heap_bytes()
             + self.strings.data.capacity()
             + self.carry.capacity() * 24
-            + self.seen.capacity() * 16
+            + self.seen.heap_bytes()
             + t.rows.capacity() * 4
             + t.text.capacity() * std::mem::size_of::<[record::Span; IDENTITY_FIELDS]>()
             + t.text_buf.capacity()
@@ -1148,14 +1131,16 @@ impl Engine {
         text.garbage = 0;
     }
 
-    /// Loads the index entry and the session for `h` (a software prefetch without `unsafe`).
+    /// Prefetches the session for `h` and its session id (compared on lookup). The index
+    /// line was prefetched `PREFETCH_INDEX − PREFETCH_SESSION` records before.
     #[inline]
     fn touch(&self, tag: u32) {
         if let Some(slot) = self.index.get(tag) {
             if let Some(s) = self.sessions.get(slot as usize) {
-                // Both cache lines of the session, and its session id (compared on lookup).
-                std::hint::black_box((s.start_us, s.last_key, s.row_tag, s.sid_len));
-                std::hint::black_box(self.strings.data.get(s.str_off as usize).copied());
+                prefetch::read(s);
+                if let Some(b) = self.strings.data.get(s.str_off as usize) {
+                    prefetch::read(b);
+                }
             }
         }
     }
@@ -1595,12 +1580,11 @@ impl Engine {
         let mut t = std::mem::take(&mut self.touched);
         t.clear();
         let mut seen = std::mem::take(&mut self.seen);
-        seen.clear();
-        seen.reserve(n);
-        // Identity hashes a few records ahead, so the loop can touch the index and the
-        // session of a record before it gets there: at a million sessions those are cache
-        // misses, and issuing them early overlaps them with the current record's work. The
-        // hashes wait in a ring (no per-call allocation).
+        seen.reset(n);
+        // Identity hashes a few records ahead, so the loop can prefetch the index line, the
+        // session and this batch's key slot of a record before it gets there: at a million
+        // sessions those are cache misses, and prefetches (which do not wait) overlap them
+        // with the current record's work. The hashes wait in a ring (no per-call allocation).
         let tag_of = |r: &Record| match r.status {
             STATUS_START | STATUS_STOP | STATUS_INTERIM => {
                 sid_tag(nas_map[r.nas as usize], input.text(r.sid))
@@ -1608,21 +1592,35 @@ impl Engine {
             _ => 0,
         };
         let mut copies = Vec::new();
+        // Two stages: the index line first, then (once it is in) the session it names.
         let mut tags = [0u32; TAG_RING];
-        for (j, r) in p.records.iter().enumerate().take(PREFETCH_DISTANCE) {
+        for (j, r) in p.records.iter().enumerate().take(PREFETCH_INDEX) {
             tags[j] = tag_of(r);
+            self.index.prefetch(tags[j]);
+        }
+        for &tag in tags.iter().take(PREFETCH_SESSION.min(p.records.len())) {
+            self.touch(tag);
         }
         for (i, r) in p.records.iter().enumerate() {
             let tag = tags[i % TAG_RING];
-            if let Some(ahead_r) = p.records.get(i + PREFETCH_DISTANCE) {
-                let ahead = tag_of(ahead_r);
-                tags[(i + PREFETCH_DISTANCE) % TAG_RING] = ahead;
-                self.touch(ahead);
+            if let Some(far) = p.records.get(i + PREFETCH_INDEX) {
+                let ahead = tag_of(far);
+                tags[(i + PREFETCH_INDEX) % TAG_RING] = ahead;
+                self.index.prefetch(ahead);
+            }
+            if let Some(near) = p.records.get(i + PREFETCH_SESSION) {
+                self.touch(tags[(i + PREFETCH_SESSION) % TAG_RING]);
+                // Where its content key goes in this batch's keys (the final key differs
+                // only for records that take another instance's start).
+                seen.prefetch(&near.key);
                 // The record's identity text, copied to its row: its batch bytes were read
                 // long ago (prepare) and are out of cache in a large batch (hashing the
-                // session id above has just loaded that one).
-                std::hint::black_box(input.text(ahead_r.user).first().copied());
-                std::hint::black_box(input.text(ahead_r.calling).first().copied());
+                // session id above has loaded that one).
+                for span in [near.user, near.calling] {
+                    if let Some(b) = input.text(span).first() {
+                        prefetch::read(b);
+                    }
+                }
             }
             out.event_us.push(r.event_us);
             out.arrival_us.push(r.arrival_us);
@@ -1639,10 +1637,7 @@ impl Engine {
             let routed = matches!(r.status, STATUS_START | STATUS_STOP | STATUS_INTERIM)
                 .then(|| self.route(r, nas, tag, input.text(r.sid)))
                 .map(|(head, target)| {
-                    let is_seen = |key: &[u8; 16]| {
-                        seen.get(&key_prefix(key))
-                            .is_some_and(|&j| out.content_key[j as usize] == *key)
-                    };
+                    let is_seen = |key: &[u8; 16]| seen.get(key, &out.content_key).is_some();
                     let sid = input.text(r.sid);
                     let target = self
                         .copy_of(i, r, head, target, sid, is_seen, &mut copies)
@@ -1658,9 +1653,8 @@ impl Engine {
             let (outcome, slot) = if in_ledger {
                 (OUTCOME_DUPLICATE, NONE)
             } else if let Some(slot) = seen
-                .get(&key_prefix(&key))
-                .filter(|&&j| out.content_key[j as usize] == key)
-                .map(|&j| out.session_index[j as usize])
+                .get(&key, &out.content_key)
+                .map(|j| out.session_index[j as usize])
             {
                 let slot = if slot < 0 {
                     NONE
@@ -1681,8 +1675,7 @@ impl Engine {
                     }
                 };
                 if o != OUTCOME_DUPLICATE {
-                    // A 64-bit prefix collision keeps the first record (the ledger dedups).
-                    seen.entry(key_prefix(&key)).or_insert(i as u32);
+                    seen.insert(&key, i as u32, &out.content_key);
                 }
                 (o, slot)
             };
@@ -1711,7 +1704,23 @@ impl Engine {
         out.sessions.reserve(t.rows.len());
         out.sessions.nas_key.reserve(t.rows.len(), t.nas_bytes);
         let mut text_columns = SessionText::with_capacity(t.rows.len(), t.sid_bytes, t.text_bytes);
-        for (&slot, spans) in t.rows.iter().zip(&t.text) {
+        // At a million sessions the rows' sessions have left the cache since the loop: the
+        // session a few rows ahead is prefetched, then its session id once it is in.
+        let session_at = |j: usize| t.rows.get(j).and_then(|&k| self.sessions.get(k as usize));
+        for j in 0..PREFETCH_INDEX {
+            if let Some(s) = session_at(j) {
+                prefetch::read(s);
+            }
+        }
+        for (j, (&slot, spans)) in t.rows.iter().zip(&t.text).enumerate() {
+            if let Some(ahead) = session_at(j + PREFETCH_INDEX) {
+                prefetch::read(ahead);
+            }
+            if let Some(b) = session_at(j + PREFETCH_SESSION)
+                .and_then(|near| self.strings.data.get(near.str_off as usize))
+            {
+                prefetch::read(b);
+            }
             let s = &self.sessions[slot as usize];
             let text = |span: record::Span| {
                 let start = span.off as usize;

@@ -47,6 +47,14 @@ impl SlotIndex {
         self.table.capacity() * std::mem::size_of::<(u32, u32)>()
     }
 
+    /// Asks the CPU to load the table line where a lookup of `h` starts, without waiting.
+    #[inline]
+    pub fn prefetch(&self, h: u32) {
+        if let Some(entry) = self.table.get(self.home(h)) {
+            crate::prefetch::read(entry);
+        }
+    }
+
     /// The slot stored for `h`.
     #[inline]
     #[must_use]
