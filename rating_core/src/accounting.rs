@@ -165,6 +165,15 @@ pub const STOP_RECEIVED: u32 = 1 << 14;
 /// record's other reading of its time ([`Record::alt_event_us`]) is compared only with
 /// starts read the same way (`Engine::route`).
 pub const START_BY_EVENT_TIMESTAMP: u32 = 1 << 13;
+/// Bits of `Session::flags` that are output and loaded but are not anomalies: the input
+/// (output) mark is the counter of a record at the instance's newest session time, in the
+/// NAS's direction. A record older than that one with a counter above the mark (before any
+/// reset or wrap) shows that the counter went down between the two: a reset (or a wrap)
+/// delivered before the record it follows, counted as in arrival order (`Engine::update`).
+/// Without the bit the mark came from an older record, and the newer ones carried no
+/// counter in that direction (no Octets, a Stop's zeros): the older record raises the mark.
+pub const MARK_IN_AT_NEWEST: u32 = 1 << 12;
+pub const MARK_OUT_AT_NEWEST: u32 = 1 << 11;
 
 /// One session instance: 80 bytes (asserted below), plus its session id in [`Strings`], an
 /// 8-byte index entry, and an entry in `Engine::carry` only after a counter reset.
@@ -765,6 +774,18 @@ impl Touched {
             -1
         }
     }
+}
+
+/// What a record older than its instance's newest one adds in one direction (see
+/// `Engine::update`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gain {
+    None,
+    /// Its counter is above the mark, which came from an older record: the mark rises.
+    Raise(u64),
+    /// Its counter is above the newest record's: that much usage (and the flag) before a
+    /// reset or wrap between the two; the mark stays the newest record's.
+    Behind(u64, u32),
 }
 
 #[derive(Clone, Copy)]
@@ -2208,23 +2229,39 @@ impl Engine {
         if r.time_in_session()
             .is_some_and(|st| st < self.sessions[slot as usize].session_time)
         {
-            // Older than what we have. Its counters still raise a mark they are above while
-            // the instance has seen no reset or wrap: counters only grow until one, so the
-            // records after it carried no counter information in that direction (no
-            // Octets, or a Stop's zeros on Lost-Carrier), and without it the session's usage
-            // would depend on the order its records arrived in.
+            // Older than what we have. While the instance has seen no reset or wrap, a
+            // counter above its mark still counts, or the session's usage would depend on
+            // the order its records arrived in. If an older record set the mark, counters
+            // only grow until a reset, so the records after this one carried no counter in
+            // that direction (no Octets, or a Stop's zeros on Lost-Carrier): the mark rises.
+            // If the newest record set it, that record's counter is below this older one's:
+            // the counter went down between them, and this record brings the usage before
+            // that reset (or wrap), as it would have in order.
             let s = &self.sessions[slot as usize];
-            let monotonic = u32::from(s.flags) & (COUNTER_RESET | WRAP_INFERRED) == 0;
-            let gain = |c: Option<u64>, hwm: u64| match c {
-                Some(c) if monotonic && c > hwm => c - hwm,
-                _ => 0,
+            let flags = u32::from(s.flags);
+            let monotonic = flags & (COUNTER_RESET | WRAP_INFERRED) == 0;
+            let gain = |c: Option<u64>, gw: bool, hwm: u64, at_newest: u32| match c {
+                Some(c) if monotonic && c > hwm => {
+                    if flags & at_newest == 0 {
+                        Gain::Raise(c - hwm)
+                    } else if policy.infer_wrap && !gw && c < WRAP {
+                        Gain::Behind(WRAP, WRAP_INFERRED)
+                    } else {
+                        Gain::Behind(c, COUNTER_RESET)
+                    }
+                }
+                _ => Gain::None,
             };
-            let gains = (gain(r.input(), s.hwm_in), gain(r.output(), s.hwm_out));
+            let gains = (
+                gain(r.input(), r.input_gw(), s.hwm_in, MARK_IN_AT_NEWEST),
+                gain(r.output(), r.output_gw(), s.hwm_out, MARK_OUT_AT_NEWEST),
+            );
             // A Stop older than what an instance without one has: the records past it were
             // sent after it (Interim-Updates after Stop, delivered first). It still ends
             // the instance.
             let ends = r.status == STATUS_STOP && s.state != STATE_STOPPED;
-            if gains != (0, 0) {
+            let gained = gains != (Gain::None, Gain::None);
+            if gained {
                 self.raise_marks(i, slot, r, gains, policy, p, t);
             } else if r.identity().iter().any(|f| !f.is_empty()) {
                 // No usage and no state; but a name it carries still fills an empty identity
@@ -2236,7 +2273,7 @@ impl Engine {
             if ends {
                 self.stop_behind(i, slot, r, t);
             }
-            return if gains != (0, 0) || ends {
+            return if gained || ends {
                 OUTCOME_ACCEPTED
             } else {
                 OUTCOME_LATE
@@ -2262,6 +2299,27 @@ impl Engine {
             Some(st) if t_up => u64::from(st - s.session_time),
             _ => 0,
         };
+        // Whether each mark is now the counter of a record at the newest session time
+        // (MARK_IN_AT_NEWEST): a Stop's zero is no information, and a mark raised by a
+        // record without a session time is not known to be the newest.
+        let at_newest = |c: Option<u64>, old: u64, new: u64, bit: u32| {
+            let is_newest = c == Some(new) && !(is_stop && c == Some(0));
+            let set = if t_up {
+                is_newest
+            } else if new != old {
+                is_newest && r.session_time() == Some(s.session_time)
+            } else {
+                u32::from(s.flags) & bit != 0
+            };
+            if set {
+                bit
+            } else {
+                0
+            }
+        };
+        let newest = at_newest(r.input(), s.hwm_in, hin, MARK_IN_AT_NEWEST)
+            | at_newest(r.output(), s.hwm_out, hout, MARK_OUT_AT_NEWEST);
+        s.flags = (u32::from(s.flags) & !(MARK_IN_AT_NEWEST | MARK_OUT_AT_NEWEST) | newest) as u16;
         s.hwm_in = hin;
         s.hwm_out = hout;
         if let Some(st) = r.session_time() {
@@ -2329,9 +2387,11 @@ impl Engine {
     }
 
     /// Applies the counters of a record older than the instance's session time that are
-    /// above its marks (`gains`, in the NAS's directions; see `update`): the marks rise and
-    /// the usage goes to the hour of the record's event time. Nothing else changes: the
-    /// session time, the last update and the state are the newer records'.
+    /// above its marks (`gains`, in the NAS's directions; see `update`). A raise lifts the
+    /// mark; a reset or wrap behind the newest record keeps it and adds the usage before the
+    /// reset (the whole counter) or the wrap (2³²), and is flagged. The usage goes to the
+    /// hour of the record's event time. Nothing else changes: the session time, the last
+    /// update and the state are the newer records'.
     #[cold]
     #[inline(never)]
     fn raise_marks(
@@ -2339,15 +2399,28 @@ impl Engine {
         i: usize,
         slot: u32,
         r: &Record,
-        (gain_in, gain_out): (u64, u64),
+        (gain_in, gain_out): (Gain, Gain),
         policy: NasPolicy,
         p: Input<'_>,
         t: &mut Touched,
     ) {
         let (total_in, total_out) = self.totals(slot);
         let s = &mut self.sessions[slot as usize];
-        s.hwm_in += gain_in;
-        s.hwm_out += gain_out;
+        let mut flags = 0;
+        let mut apply = |g: Gain, hwm: &mut u64| match g {
+            Gain::None => 0,
+            Gain::Raise(d) => {
+                *hwm += d;
+                d
+            }
+            Gain::Behind(d, flag) => {
+                flags |= flag;
+                d
+            }
+        };
+        let gain_in = apply(gain_in, &mut s.hwm_in);
+        let gain_out = apply(gain_out, &mut s.hwm_out);
+        s.flags |= flags as u16;
         let (din, dout) = if policy.swap_direction {
             (gain_out, gain_in)
         } else {
@@ -2360,6 +2433,12 @@ impl Engine {
             (total_in.saturating_add(din), total_out.saturating_add(dout)),
         );
         t.add_usage(slot, row, r.event_us, (din, dout, 0));
+        for bit in [COUNTER_RESET, WRAP_INFERRED] {
+            if flags & bit != 0 {
+                t.anomalies
+                    .push((i as i64, slot, bit, flag_detail(bit).into()));
+            }
+        }
         self.note_skew(i, slot, r, t);
     }
 

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use rating_core::accounting::{
-    ApplyOutput, Engine, NasPolicy, INTERIM_AFTER_STOP, OUTCOME_ACCEPTED, OUTCOME_DUPLICATE,
-    OUTCOME_LATE, OUTCOME_QUARANTINED,
+    ApplyOutput, Engine, NasPolicy, COUNTER_RESET, INTERIM_AFTER_STOP, OUTCOME_ACCEPTED,
+    OUTCOME_DUPLICATE, OUTCOME_LATE, OUTCOME_QUARANTINED, STOP_REGRESSION,
 };
 use rating_core::proto::write;
 use rating_core::{proto, radius, record};
@@ -754,4 +754,41 @@ fn a_stop_delivered_after_an_interim_sent_after_it_still_ends_the_instance() {
     // A second copy of the Stop changes nothing.
     let again = apply(timed(2, 600, 600, Some(1000)));
     assert_eq!(again.outcome, vec![OUTCOME_LATE]);
+}
+
+#[test]
+fn a_reset_delivered_before_the_record_it_follows_counts_as_in_order() {
+    // Interim 5000 at 600 s; Stop 300 at 1200 s after a reset (or 0, Lost-Carrier's zeros).
+    let totals = |stop_input: u64, stop_first: bool| {
+        let mut engine = Engine::new(NasPolicy::default());
+        let mut apply = |bytes: Vec<u8>| applied(&mut engine, &bytes);
+        apply(timed(1, 0, 0, None));
+        let interim = timed(3, 600, 600, Some(5000));
+        let stop = timed(2, 1200, 1200, Some(stop_input));
+        let (first, second) = if stop_first {
+            (stop, interim)
+        } else {
+            (interim, stop)
+        };
+        apply(first);
+        let last = apply(second);
+        assert_eq!(last.outcome, vec![OUTCOME_ACCEPTED]);
+        let s = &last.sessions;
+        (
+            s.input_bytes[0],
+            s.flags[0] & (COUNTER_RESET | STOP_REGRESSION),
+        )
+    };
+    for stop_first in [false, true] {
+        assert_eq!(
+            totals(300, stop_first),
+            (5300, COUNTER_RESET),
+            "{stop_first}"
+        );
+        assert_eq!(
+            totals(0, stop_first),
+            (5000, STOP_REGRESSION),
+            "{stop_first}"
+        );
+    }
 }

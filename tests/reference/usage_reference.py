@@ -36,6 +36,9 @@ INTERIM_AFTER_STOP = 256
 GENERATION_FROM_START_GAP = 512
 STOP_RECEIVED = 1 << 14  # not an anomaly: the instance took a Stop
 START_BY_EVENT_TIMESTAMP = 1 << 13  # not an anomaly: its start is a trusted Event-Timestamp
+# Not anomalies: the input (output) mark is the counter of a record at the newest session time.
+MARK_IN_AT_NEWEST = 1 << 12
+MARK_OUT_AT_NEWEST = 1 << 11
 
 OPEN, STOPPED, CLOSED_NO_STOP = "open", "stopped", "closed_no_stop"
 
@@ -443,15 +446,29 @@ class Reference:
         time = 0 if n.session_time is None and n.status == START else n.session_time
         if time is not None and time < s.session_time:
             # Older than what we have. Until a reset or wrap, counters only grow: one above
-            # its mark is newer information than the later records carried (no Octets, a
-            # Stop's zeros), and raises the mark; nothing else changes.
+            # a mark an older record set is newer information than the later records
+            # carried (no Octets, a Stop's zeros), and raises the mark. One above the newest
+            # record's counter shows a reset (or a wrap) between the two: the usage before
+            # it is added, as in order, and the mark stays. Nothing else changes.
             s.user = s.user or named(n.user)
             s.calling = s.calling or named(n.calling)
             s.framed = s.framed or n.framed
             monotonic = not s.flags & (COUNTER_RESET | WRAP_INFERRED)
-            g_in = n.input - s.hwm_in if monotonic and n.input is not None else 0
-            g_out = n.output - s.hwm_out if monotonic and n.output is not None else 0
-            g_in, g_out = max(g_in, 0), max(g_out, 0)
+            wrap_policy = self.policy(n.nas).infer_wrap
+
+            def behind(c: int | None, gw: bool, hwm: int, bit: int) -> tuple[int, int, int]:
+                """(mark raise, usage, flag) of one direction."""
+                if not monotonic or c is None or c <= hwm:
+                    return 0, 0, 0
+                if not s.flags & bit:
+                    return c - hwm, c - hwm, 0
+                if wrap_policy and not gw and c < WRAP:
+                    return 0, WRAP, WRAP_INFERRED
+                return 0, c, COUNTER_RESET
+
+            m_in, g_in, f_in = behind(n.input, n.input_gw, s.hwm_in, MARK_IN_AT_NEWEST)
+            m_out, g_out, f_out = behind(n.output, n.output_gw, s.hwm_out, MARK_OUT_AT_NEWEST)
+            s.flags |= f_in | f_out
             # A Stop older than what an instance without one has: the records past it were
             # sent after it (Interims after Stop, delivered first). It ends the instance at
             # its last update; their usage stays counted.
@@ -463,8 +480,8 @@ class Reference:
                 s.flags |= STOP_RECEIVED | INTERIM_AFTER_STOP
             elif not (g_in or g_out):
                 return "late"
-            s.hwm_in += g_in
-            s.hwm_out += g_out
+            s.hwm_in += m_in
+            s.hwm_out += m_out
             if self.policy(n.nas).swap_direction:
                 g_in, g_out = g_out, g_in
             s.input_bytes += g_in
@@ -481,12 +498,28 @@ class Reference:
         policy = self.policy(n.nas)
         stop = n.status == STOP
         # Marks follow the NAS's counters as sent; the swap applies to the deltas.
+        old_in, old_out = s.hwm_in, s.hwm_out
         d_in, s.hwm_in, f_in = direction(
             s.hwm_in, n.input, n.input_gw, time_up, stop, policy.infer_wrap
         )
         d_out, s.hwm_out, f_out = direction(
             s.hwm_out, n.output, n.output_gw, time_up, stop, policy.infer_wrap
         )
+
+        def at_newest(c: int | None, old: int, new: int, bit: int) -> int:
+            """`bit` if the mark is now the counter of a record at the newest session time (a
+            Stop's zero is no information; a record without session time is not placed)."""
+            newest = c == new and not (stop and c == 0)
+            if time_up:
+                return bit if newest else 0
+            if new != old:
+                return bit if newest and n.session_time == s.session_time else 0
+            return s.flags & bit
+
+        marks = at_newest(n.input, old_in, s.hwm_in, MARK_IN_AT_NEWEST) | at_newest(
+            n.output, old_out, s.hwm_out, MARK_OUT_AT_NEWEST
+        )
+        s.flags = s.flags & ~(MARK_IN_AT_NEWEST | MARK_OUT_AT_NEWEST) | marks
         if policy.swap_direction:
             d_in, d_out = d_out, d_in
         d_secs = n.session_time - s.session_time if time_up and n.session_time is not None else 0

@@ -192,6 +192,78 @@ async def test_stop_counts_from_zero_when_its_lower_counters_follow_a_counter_re
     assert "stop_regression" not in session.flags
 
 
+@pytest.mark.parametrize("stop_first", [False, True], ids=["in_order", "stop_first"])
+async def test_counter_reset_counts_the_same_when_delivered_before_the_record_it_follows(
+    usage: Usage, form: str, stop_first: bool
+) -> None:
+    # The Stop's lower counters follow a reset. Delivered before the older Interim, the
+    # Interim's higher counters show the reset between them: its usage (before the reset)
+    # is added to the Stop's (after it), as in order, and the reset is flagged.
+    interim = Rec(INTERIM, t=600, session_time=600, inp=5000, out=7000)
+    stop = Rec(STOP, t=1200, session_time=1200, inp=300, out=200, cause=1)
+    acks = await usage.send_each(
+        form, Rec(START, t=0, session_time=0), *((stop, interim) if stop_first else (interim, stop))
+    )
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (5300, 7200)
+    assert session.session_time_s == 1200
+    assert session.state == pb.SESSION_STATE_CLOSED
+    assert utc(session.stop_at) == at(1200)
+    assert "counter_reset" in session.flags
+
+
+@pytest.mark.parametrize("stop_first", [False, True], ids=["in_order", "stop_first"])
+async def test_older_interim_raises_the_mark_a_stop_with_zeros_kept_in_either_order(
+    usage: Usage, form: str, stop_first: bool
+) -> None:
+    # A Stop's zeros carry no counter: the Interim before it has the session's usage,
+    # whichever arrives first, and no reset is inferred from them.
+    interim = Rec(INTERIM, t=600, session_time=600, inp=5000, out=7000)
+    stop = Rec(STOP, t=1200, session_time=1200, inp=0, out=0, cause=2)
+    await usage.send_each(
+        form, Rec(START, t=0, session_time=0), *((stop, interim) if stop_first else (interim, stop))
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == (5000, 7000)
+    assert "stop_regression" in session.flags
+    assert "counter_reset" not in session.flags
+
+
+async def test_only_the_usage_before_the_reset_is_added_when_an_older_record_shows_it(
+    usage: Usage, form: str
+) -> None:
+    # 100 at 300 s; the reset falls between 600 s (5000) and 1200 s (300 since the reset).
+    # The record at 600 s arrives last: 100 of its 5000 were counted already.
+    await usage.send_each(
+        form,
+        Rec(START, t=0, session_time=0),
+        Rec(INTERIM, t=300, session_time=300, inp=100, out=100),
+        Rec(INTERIM, t=1200, session_time=1200, inp=300, out=300),
+        Rec(INTERIM, t=600, session_time=600, inp=5000, out=200),
+    )
+    session = await usage.session()
+    # Input: 5000 before the reset, 300 after. Output never went down (200 <= 300): no reset.
+    assert (session.input_bytes, session.output_bytes) == (5300, 300)
+    assert "counter_reset" in session.flags
+    assert await usage.unattributed_bytes() == (5300, 300)  # the hourly buckets agree
+
+
+async def test_wrap_is_inferred_when_the_record_before_it_arrives_after_it(
+    usage: Usage, form: str
+) -> None:
+    await usage.register_nas(nas_key="nas-1", infer_wrap=True)
+    await usage.send_each(
+        form,
+        Rec(INTERIM, t=1200, session_time=1200, inp=50, out=20, gigawords=False),
+        Rec(INTERIM, t=600, session_time=600, inp=(1 << 32) - 100, out=10, gigawords=False),
+    )
+    session = await usage.session()
+    assert (session.input_bytes, session.output_bytes) == ((1 << 32) + 50, 20)
+    assert "wrap_inferred" in session.flags
+    assert "counter_reset" not in session.flags
+
+
 async def test_interim_after_stop_adds_nothing_when_session_is_closed(
     usage: Usage, form: str
 ) -> None:
