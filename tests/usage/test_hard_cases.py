@@ -193,41 +193,42 @@ async def test_stop_counts_from_zero_when_its_lower_counters_follow_a_counter_re
 
 
 @pytest.mark.parametrize("stop_first", [False, True], ids=["in_order", "stop_first"])
-async def test_counter_reset_counts_the_same_when_delivered_before_the_record_it_follows(
-    usage: Usage, form: str, stop_first: bool
+@pytest.mark.parametrize(
+    ("stop_counters", "totals", "flag", "not_flag"),
+    [
+        # Lower counters after a reset. Delivered first, the Stop is shown to follow a
+        # reset by the older Interim's higher counters: the Interim's usage (before the
+        # reset) is added to the Stop's (after it), as in order.
+        ((300, 200), (5300, 7200), "counter_reset", "stop_regression"),
+        # Lost-Carrier's zeros carry no counter: the Interim has the usage, and no reset
+        # is inferred from them.
+        ((0, 0), (5000, 7000), "stop_regression", "counter_reset"),
+    ],
+    ids=["reset", "zeros"],
+)
+async def test_an_interim_and_the_stop_after_it_count_the_same_in_either_order(
+    usage: Usage,
+    form: str,
+    stop_first: bool,
+    stop_counters: tuple[int, int],
+    totals: tuple[int, int],
+    flag: str,
+    not_flag: str,
 ) -> None:
-    # The Stop's lower counters follow a reset. Delivered before the older Interim, the
-    # Interim's higher counters show the reset between them: its usage (before the reset)
-    # is added to the Stop's (after it), as in order, and the reset is flagged.
     interim = Rec(INTERIM, t=600, session_time=600, inp=5000, out=7000)
-    stop = Rec(STOP, t=1200, session_time=1200, inp=300, out=200, cause=1)
+    inp, out = stop_counters
+    stop = Rec(STOP, t=1200, session_time=1200, inp=inp, out=out, cause=1)
     acks = await usage.send_each(
         form, Rec(START, t=0, session_time=0), *((stop, interim) if stop_first else (interim, stop))
     )
     assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3
     session = await usage.session()
-    assert (session.input_bytes, session.output_bytes) == (5300, 7200)
+    assert (session.input_bytes, session.output_bytes) == totals
     assert session.session_time_s == 1200
     assert session.state == pb.SESSION_STATE_CLOSED
     assert utc(session.stop_at) == at(1200)
-    assert "counter_reset" in session.flags
-
-
-@pytest.mark.parametrize("stop_first", [False, True], ids=["in_order", "stop_first"])
-async def test_older_interim_raises_the_mark_a_stop_with_zeros_kept_in_either_order(
-    usage: Usage, form: str, stop_first: bool
-) -> None:
-    # A Stop's zeros carry no counter: the Interim before it has the session's usage,
-    # whichever arrives first, and no reset is inferred from them.
-    interim = Rec(INTERIM, t=600, session_time=600, inp=5000, out=7000)
-    stop = Rec(STOP, t=1200, session_time=1200, inp=0, out=0, cause=2)
-    await usage.send_each(
-        form, Rec(START, t=0, session_time=0), *((stop, interim) if stop_first else (interim, stop))
-    )
-    session = await usage.session()
-    assert (session.input_bytes, session.output_bytes) == (5000, 7000)
-    assert "stop_regression" in session.flags
-    assert "counter_reset" not in session.flags
+    assert flag in session.flags
+    assert not_flag not in session.flags
 
 
 async def test_only_the_usage_before_the_reset_is_added_when_an_older_record_shows_it(
