@@ -295,6 +295,7 @@ pub struct ProtoRecord<'a> {
 /// varints inline. `ahead` is `b` and what follows it (the rest of the batch): a longer
 /// varint is read a word at a time from there, and is truncated when it ends past the end
 /// of `b`, as it would be in the message's own slice.
+#[derive(Clone, Copy)]
 struct Cursor<'a> {
     b: &'a [u8],
     ahead: &'a [u8],
@@ -413,9 +414,11 @@ impl<'a> Cursor<'a> {
             .ok_or(WireError::Range(field))
     }
 
-    /// Skips an unknown field (known field numbers with another wire type are errors).
+    /// Skips an unknown field (known field numbers with another wire type are errors):
+    /// the offset after it. Reads a copy of the cursor, so that a caller's cursor, whose
+    /// address never escapes, stays in registers.
     #[cold]
-    fn skip(&mut self, tag: u64) -> Result<(), WireError> {
+    fn skip(self, tag: u64) -> Result<usize, WireError> {
         let field = tag >> 3;
         if field == 0 {
             return Err(WireError::FieldZero);
@@ -441,8 +444,7 @@ impl<'a> Cursor<'a> {
             }
             t => return Err(WireError::WireType(t)),
         }
-        self.p = r.pos;
-        Ok(())
+        Ok(r.pos)
     }
 }
 
@@ -662,7 +664,7 @@ fn decode_fields<'a>(
             TIMESTAMP => slots.value[field] = c.timestamp(field as u32)? as u64,
             MISMATCH => return Err(WireError::TypeMismatch(field as u32)),
             _ => {
-                c.skip(tag)?;
+                c.p = c.skip(tag)?;
                 continue;
             }
         }
@@ -780,7 +782,7 @@ fn scan_batch(
             t if t >> 3 == 1 || t >> 3 == 2 => {
                 return Err(WireError::TypeMismatch((t >> 3) as u32))
             }
-            t => c.skip(t)?,
+            t => c.p = c.skip(t)?,
         }
     }
     Ok((batch_id, count))
