@@ -2135,9 +2135,9 @@ impl Engine {
                 (o, slot)
             }
             Target::Existing(slot) => {
-                let (state, last_key, session_time) = {
+                let (state, last_key, session_time, flags) = {
                     let s = &self.sessions[slot as usize];
-                    (s.state, s.last_key, s.session_time)
+                    (s.state, s.last_key, s.session_time, u32::from(s.flags))
                 };
                 if last_key == key_prefix(key) {
                     return (OUTCOME_DUPLICATE, slot);
@@ -2149,9 +2149,17 @@ impl Engine {
                         (self.update(i, slot, r, key, policy, p, t), slot)
                     }
                     // An Interim from before the Stop, delivered after it, is older than
-                    // what the instance has: the delta rules decide (`update`).
+                    // what the instance has: the delta rules decide (`update`). So is one
+                    // at the Stop's session time when neither mark is a counter the newest
+                    // records carried (a Stop with zeros, or without Octets, has no
+                    // counter information): sent in the Stop's second, it holds the
+                    // session's last counters, which count whichever of the two came first.
                     (STATE_STOPPED, STATUS_INTERIM)
-                        if r.session_time().is_some_and(|st| st < session_time) =>
+                        if r.session_time().is_some_and(|st| {
+                            st < session_time
+                                || (st == session_time
+                                    && flags & (MARK_IN_AT_NEWEST | MARK_OUT_AT_NEWEST) == 0)
+                        }) =>
                     {
                         (self.update(i, slot, r, key, policy, p, t), slot)
                     }

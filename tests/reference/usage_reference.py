@@ -436,8 +436,16 @@ class Reference:
         if s.state == CLOSED_NO_STOP and n.status in (STOP, INTERIM):
             return self.update(n, s)
         if s.state == STOPPED and n.status == INTERIM:
-            if n.session_time is not None and n.session_time < s.session_time:
-                return self.update(n, s)  # from before the Stop: the delta rules decide
+            # From before the Stop, or in its second with no counter from the newest records
+            # (a Stop with zeros or without Octets): the delta rules decide.
+            if n.session_time is not None and (
+                n.session_time < s.session_time
+                or (
+                    n.session_time == s.session_time
+                    and not s.flags & (MARK_IN_AT_NEWEST | MARK_OUT_AT_NEWEST)
+                )
+            ):
+                return self.update(n, s)
             s.flags |= INTERIM_AFTER_STOP
         return "late"
 

@@ -194,22 +194,26 @@ async def test_stop_counts_from_zero_when_its_lower_counters_follow_a_counter_re
 
 @pytest.mark.parametrize("stop_first", [False, True], ids=["in_order", "stop_first"])
 @pytest.mark.parametrize(
-    ("stop_counters", "totals", "flag", "not_flag"),
+    ("stop_s", "stop_counters", "totals", "flag", "not_flag"),
     [
         # Lower counters after a reset. Delivered first, the Stop is shown to follow a
         # reset by the older Interim's higher counters: the Interim's usage (before the
         # reset) is added to the Stop's (after it), as in order.
-        ((300, 200), (5300, 7200), "counter_reset", "stop_regression"),
+        (1200, (300, 200), (5300, 7200), "counter_reset", "stop_regression"),
         # Lost-Carrier's zeros carry no counter: the Interim has the usage, and no reset
         # is inferred from them.
-        ((0, 0), (5000, 7000), "stop_regression", "counter_reset"),
+        (1200, (0, 0), (5000, 7000), "stop_regression", "counter_reset"),
+        # The same in the Interim's second: an Interim at the session time of a Stop
+        # without counters, delivered after it, is not an Interim after Stop.
+        (600, (0, 0), (5000, 7000), "stop_regression", "interim_after_stop"),
     ],
-    ids=["reset", "zeros"],
+    ids=["reset", "zeros", "zeros-in-the-same-second"],
 )
 async def test_an_interim_and_the_stop_after_it_count_the_same_in_either_order(
     usage: Usage,
     form: str,
     stop_first: bool,
+    stop_s: int,
     stop_counters: tuple[int, int],
     totals: tuple[int, int],
     flag: str,
@@ -217,16 +221,16 @@ async def test_an_interim_and_the_stop_after_it_count_the_same_in_either_order(
 ) -> None:
     interim = Rec(INTERIM, t=600, session_time=600, inp=5000, out=7000)
     inp, out = stop_counters
-    stop = Rec(STOP, t=1200, session_time=1200, inp=inp, out=out, cause=1)
+    stop = Rec(STOP, t=stop_s, session_time=stop_s, inp=inp, out=out, cause=1)
     acks = await usage.send_each(
         form, Rec(START, t=0, session_time=0), *((stop, interim) if stop_first else (interim, stop))
     )
     assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3
     session = await usage.session()
     assert (session.input_bytes, session.output_bytes) == totals
-    assert session.session_time_s == 1200
+    assert session.session_time_s == stop_s
     assert session.state == pb.SESSION_STATE_CLOSED
-    assert utc(session.stop_at) == at(1200)
+    assert utc(session.stop_at) == at(stop_s)
     assert flag in session.flags
     assert not_flag not in session.flags
 
