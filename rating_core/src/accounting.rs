@@ -1059,16 +1059,30 @@ impl Engine {
     /// closest start (the newest on a tie): a late record of an old generation must not
     /// land in the next one. An instance closed as stale has no known end (its Stop may
     /// still come), so it takes any record within `gap` of its start, as an open one does.
-    fn chain_match(&self, head: u32, sid: &[u8], implied: i64, gap: i64) -> Option<u32> {
-        self.chain_match_read(head, sid, implied, gap, None, false)
+    ///
+    /// `r`, the record (when given), may rule instances out by its trusted Event-Timestamp
+    /// (see `chain_match_read`).
+    fn chain_match(
+        &self,
+        head: u32,
+        sid: &[u8],
+        implied: i64,
+        gap: i64,
+        r: Option<&Record>,
+    ) -> Option<u32> {
+        self.chain_match_read(head, sid, implied, gap, None, r)
     }
 
     /// [`Engine::chain_match`] among the instances whose start was read from an
     /// Event-Timestamp (`Some(true)`), from arrival − delay (`Some(false)`), or any (`None`).
-    /// `trusted_start`: the record is a Start with a trusted Event-Timestamp (`implied`),
-    /// which an instance begun by another such Start ([`exact_start`]) owns only at its
-    /// very start: a copy of that Start carries the same Event-Timestamp (and is a
-    /// duplicate by content), so another time is another session's Start, however close.
+    ///
+    /// A record `r` with a trusted Event-Timestamp is read by the NAS's clock, as the start
+    /// of an instance begun by a Start with one ([`exact_start`]) is:
+    /// - it is not that instance's when it is older than its start (a reused id's older
+    ///   session, delivered after the newer one's Start, however close their starts);
+    /// - a Start is that instance's only at its very start: a copy of that Start carries the
+    ///   same Event-Timestamp (and is a duplicate by content), so another time is another
+    ///   session's Start, however close.
     fn chain_match_read(
         &self,
         head: u32,
@@ -1076,8 +1090,16 @@ impl Engine {
         implied: i64,
         gap: i64,
         by_event_timestamp: Option<bool>,
-        trusted_start: bool,
+        r: Option<&Record>,
     ) -> Option<u32> {
+        let trusted = r
+            .filter(|r| !r.timed_by_arrival())
+            .map(|r| (r.event_us, r.status == STATUS_START));
+        let not_its_own = |s: &Session| {
+            trusted.is_some_and(|(at, start)| {
+                exact_start(s) && (at < s.start_us || (start && s.start_us != implied))
+            })
+        };
         let nas = self.sessions[head as usize].nas;
         let mut best: Option<(u64, u32)> = None;
         let mut slot = head;
@@ -1090,7 +1112,7 @@ impl Engine {
                     .is_none_or(|b| (u32::from(s.flags) & START_BY_EVENT_TIMESTAMP != 0) == b)
                 && distance <= gap.unsigned_abs()
                 && !self.reboot_between(nas, implied, s.start_us)
-                && !(trusted_start && exact_start(s) && s.start_us != implied)
+                && !not_its_own(s)
                 && (s.state == STATE_OPEN
                     || end_unknown(s)
                     || implied <= s.stop_us
@@ -1435,14 +1457,17 @@ impl Engine {
             }
             let head = self.find_head(sid_tag(nas, sid), nas, sid);
             let copy = may_copy
-                && head.is_none_or(|h| self.chain_match(h, sid, implied_start, gap).is_none());
+                && head.is_none_or(|h| {
+                    self.chain_match(h, sid, implied_start, gap, Some(r))
+                        .is_none()
+                });
             let mut ranges: Vec<(i64, i64)> = Vec::new();
             if copy {
                 ranges.push((i64::MIN, implied_start.min(n.omitted_start_max)));
             }
             if let Some(head) = head {
                 for &(implied, read) in readings.iter().flatten() {
-                    let held = self.chain_match_read(head, sid, implied, gap, read, false);
+                    let held = self.chain_match_read(head, sid, implied, gap, read, Some(r));
                     let reach = held.map_or(gap, |m| {
                         self.sessions[m as usize]
                             .start_us
@@ -1855,7 +1880,7 @@ impl Engine {
                     im,
                     gap,
                     None,
-                    trusted_start,
+                    Some(r),
                 ) {
                     Some(m) => Target::Existing(m),
                     None => Target::Create {
@@ -1941,7 +1966,7 @@ impl Engine {
                     match implied {
                         None => Target::Existing(cur),
                         Some(im) => {
-                            if let Some(m) = self.chain_match(h, sid, im, gap) {
+                            if let Some(m) = self.chain_match(h, sid, im, gap, Some(r)) {
                                 Target::Existing(m)
                             } else if im > c.start_us.saturating_add(gap) {
                                 let close = (c.state == STATE_OPEN).then_some(cur);
@@ -1950,9 +1975,15 @@ impl Engine {
                                     gap: true,
                                     close,
                                 }
-                            } else if (c.state != STATE_OPEN && im > c.stop_us) || far_before(im) {
+                            } else if (c.state != STATE_OPEN && im > c.stop_us)
+                                || far_before(im)
+                                || (!r.timed_by_arrival()
+                                    && exact_start(c)
+                                    && r.event_us < c.start_us)
+                            {
                                 // Started after the newest instance ended, or long before it
-                                // began: a session whose Start was lost, not an update of it.
+                                // began, or sent before its Start (both by the NAS's clock):
+                                // a session whose Start was lost, not an update of it.
                                 Target::Create {
                                     lost_start: true,
                                     gap: false,
@@ -1979,7 +2010,7 @@ impl Engine {
             {
                 // The other reading is the Event-Timestamp when the record is timed by its
                 // arrival, and arrival − delay when it is timed by its Event-Timestamp.
-                self.chain_match_read(h, sid, alt, gap, Some(r.timed_by_arrival()), false)
+                self.chain_match_read(h, sid, alt, gap, Some(r.timed_by_arrival()), Some(r))
                     .map_or(target, Target::Existing)
             }
             _ => target,

@@ -309,13 +309,16 @@ class Reference:
         reboot = min((e for e in self.reboots.get(n.nas, []) if e > s.start_us), default=None)
         if s.state == CLOSED_NO_STOP and s.flags & NAS_REBOOT_CLOSED and reboot is not None:
             ended_before = ended_before and implied >= reboot
-        # A trusted Start is the Start of an instance a trusted Start began only at its very
-        # time (a copy carries the same Event-Timestamp).
-        other_start = n.status == START and not n.by_arrival and exact_start(s)
+        # By the NAS's clock (a trusted Event-Timestamp, an instance a trusted Start began):
+        # a record older than the instance's start is not its, and a Start is its Start only
+        # at its very time (a copy carries the same Event-Timestamp).
+        exact = not n.by_arrival and exact_start(s)
+        other_start = exact and n.status == START and s.start_us != implied
         return (
             distance <= gap
             and not self.reboot_between(n.nas, implied, s.start_us)
-            and not (other_start and s.start_us != implied)
+            and not (exact and n.event_us < s.start_us)
+            and not other_start
             and (not ended_before or distance <= START_SLACK_US)
         )
 
@@ -396,7 +399,10 @@ class Reference:
         if implied > cur.start_us + gap:
             close = cur if cur.state == OPEN else None
             return ("create", None, {"lost_start": True, "gap": True, "close": close})
-        if (cur.state != OPEN and implied > cur.stop_us) or far_before:
+        # Started after the newest instance ended, long before it began, or sent before its
+        # Start by the NAS's clock: a session whose Start was lost.
+        sent_before = not n.by_arrival and exact_start(cur) and n.event_us < cur.start_us
+        if (cur.state != OPEN and implied > cur.stop_us) or far_before or sent_before:
             return ("create", None, {"lost_start": True, "gap": False, "close": None})
         return ("late", cur, {})
 

@@ -1772,6 +1772,31 @@ async def test_an_id_reused_within_the_tolerance_counts_both_sessions_in_any_ord
     ]
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 0, 2), (1, 2, 0)])
+async def test_a_stop_sent_before_a_reused_ids_start_is_not_that_sessions_in_any_order(
+    usage: Usage, form: str, order: tuple[int, ...]
+) -> None:
+    """Session A (Start lost, Stop at 1100 after 100 s) and B (Start 1101, Stop 1400) of one
+    id, every record with a trusted Event-Timestamp: A's implied start (1000) is within the
+    tolerance of B's, but A's Stop was sent before B's Start by the NAS's clock, so it is not
+    B's. Delivered after B's Start it stopped B, and B's usage was lost."""
+    records = [
+        Rec(STOP, t=1100, session_time=100, inp=5_000_000, out=7_000_000, cause=1),
+        Rec(START, t=1101),
+        Rec(STOP, t=1400, session_time=299, inp=9_000_000, out=11_000_000, cause=1),
+    ]
+    acks = await usage.send_each(form, *(records[i] for i in order))
+    assert [counts(a) for a in acks] == [(1, 0, 0, 0)] * 3
+    sessions = sorted(await usage.sessions(), key=lambda s: utc(s.start_at))
+    assert [(utc(s.start_at), utc(s.stop_at), s.input_bytes, s.output_bytes) for s in sessions] == [
+        (at(1000), at(1100), 5_000_000, 7_000_000),
+        (at(1101), at(1400), 9_000_000, 11_000_000),
+    ]
+    assert "lost_start" in sessions[0].flags
+    assert "lost_start" not in sessions[1].flags
+    assert "interim_after_stop" not in sessions[1].flags
+
+
 async def test_starts_between_two_reboots_are_three_sessions_in_any_order(
     usage: Usage, form: str
 ) -> None:
