@@ -227,6 +227,13 @@ fn exact_start(s: &Session) -> bool {
     u32::from(s.flags) & (START_BY_EVENT_TIMESTAMP | LOST_START) == START_BY_EVENT_TIMESTAMP
 }
 
+/// Sent before the instance began, both read by the NAS's clock: the record's trusted
+/// Event-Timestamp is older than a start read from a Start's ([`exact_start`]). Such a record
+/// is another (older) session's.
+fn sent_before_start(r: &Record, s: &Session) -> bool {
+    !r.timed_by_arrival() && exact_start(s) && r.event_us < s.start_us
+}
+
 /// One buffer holding every session id (no allocation per session). Freed text is
 /// garbage until `compact` rewrites the buffer.
 #[derive(Default)]
@@ -1092,12 +1099,13 @@ impl Engine {
         by_event_timestamp: Option<bool>,
         r: Option<&Record>,
     ) -> Option<u32> {
-        let trusted = r
-            .filter(|r| !r.timed_by_arrival())
-            .map(|r| (r.event_us, r.status == STATUS_START));
         let not_its_own = |s: &Session| {
-            trusted.is_some_and(|(at, start)| {
-                exact_start(s) && (at < s.start_us || (start && s.start_us != implied))
+            r.is_some_and(|r| {
+                sent_before_start(r, s)
+                    || (r.status == STATUS_START
+                        && !r.timed_by_arrival()
+                        && exact_start(s)
+                        && s.start_us != implied)
             })
         };
         let nas = self.sessions[head as usize].nas;
@@ -1977,9 +1985,7 @@ impl Engine {
                                 }
                             } else if (c.state != STATE_OPEN && im > c.stop_us)
                                 || far_before(im)
-                                || (!r.timed_by_arrival()
-                                    && exact_start(c)
-                                    && r.event_us < c.start_us)
+                                || sent_before_start(r, c)
                             {
                                 // Started after the newest instance ended, or long before it
                                 // began, or sent before its Start (both by the NAS's clock):
